@@ -1,0 +1,387 @@
+"""The machinery every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
+
+A converter (see :class:`Converter`) only knows its source layout: ``plan`` lists the work items (deterministically),
+``convert`` turns one item into records and writes that item's images. This module does the rest once for all:
+
+- **resume**: each finished item is appended to ``OUT/.partial/journal.jsonl``; a rerun with the same arguments
+  skips journaled items. The final ``<name>_<split>.jsonl`` files, ``failures.jsonl`` and ``manifest.json`` are
+  written atomically only when every item is done, so they never appear half-written.
+- **bad input**: an item whose conversion raises is recorded in ``failures.jsonl`` (file, reason) and skipped.
+- **determinism**: records are ordered by the plan, not by completion, and ids are ``<split>-<10-digit counter>``
+  unless the converter sets its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from phi3v_data.io import atomic_write, resolve_inside, write_json, write_jsonl
+from schemas import Record
+
+JOURNAL_DIR = ".partial"
+
+
+class ConversionError(Exception):
+    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal."""
+
+
+class ConvertUsageError(Exception):
+    """The run cannot start (bad source layout, conflicting earlier run); the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One unit of work. ``key`` is unique and stable across runs; ``payload`` must be picklable."""
+
+    key: str
+    split: str
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A problem with one input file or annotation line."""
+
+    file: str
+    reason: str
+    split: str | None = None
+    line: int | None = None
+
+
+class ConverterOptions(BaseModel):
+    """Options every converter accepts; subclasses add their own fields (each becomes a ``--flag``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(default=0, description="Seed for any random choice (split carving, answer choice).")
+
+
+class Converter:
+    """Base class of converters. Subclass, set the class attributes, implement ``plan`` and ``convert``."""
+
+    name: ClassVar[str]
+    """Name users type: ``phi3v-data convert NAME``."""
+    version: ClassVar[str] = "1"
+    """Bump when the output for the same input changes; recorded in the manifest and part of the resume key."""
+    output_name: ClassVar[str]
+    """Default prefix of the output files: ``<output_name>_<split>.jsonl``."""
+    Options: ClassVar[type[ConverterOptions]] = ConverterOptions
+
+    def __init__(self, options: ConverterOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        """Scan ``source`` and yield the work items in output order, or a Failure for each unusable entry.
+
+        Raise :class:`ConvertUsageError` when ``source`` is not a layout this converter reads.
+        """
+        raise NotImplementedError
+
+    def convert(self, item: Item, out: "ImageWriter") -> list[dict[str, Any]]:
+        """Turn one item into records (dicts of the record schema; ``id`` optional). Runs in a worker process.
+
+        Raise :class:`ConversionError` for a bad item; it is reported and the run goes on.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ImageWriter:
+    """Where converters put images: every path is relative to ``OUT/images`` and written atomically."""
+
+    root: Path
+
+    def path(self, rel: str) -> Path:
+        return resolve_inside(self.root, rel)
+
+    def save(self, image: Any, rel: str, *, quality: int = 95) -> str:
+        """Save a PIL image (JPEG when ``rel`` ends in .jpg/.jpeg, else by extension). Returns ``rel``."""
+        target = self.path(rel)
+        fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
+        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        with atomic_write(target, "wb") as handle:
+            image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
+        return rel
+
+    def copy(self, src: Path, rel: str) -> str:
+        """Copy an image file after checking that it decodes. Returns ``rel``."""
+        from phi3v_data.images import ImageProblem, check_image
+
+        try:
+            check_image(src)
+        except ImageProblem as exc:
+            raise ConversionError(f"{src}: {exc}") from None
+        target = self.path(rel)
+        with open(src, "rb") as reader, atomic_write(target, "wb") as writer:
+            shutil.copyfileobj(reader, writer)
+        return rel
+
+
+@dataclass
+class RunResult:
+    out: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    reused: int = 0
+    up_to_date: bool = False
+
+
+# -- worker side -------------------------------------------------------------------------------------------------
+
+_WORKER: tuple[Converter, ImageWriter] | None = None
+
+
+def _init_worker(converter: Converter, writer: ImageWriter) -> None:
+    global _WORKER
+    _WORKER = (converter, writer)
+
+
+def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
+    """Convert one item; never raises (a failure comes back as data)."""
+    assert _WORKER is not None
+    converter, writer = _WORKER
+    try:
+        records = converter.convert(item, writer)
+        return item.key, records, None
+    except ConversionError as exc:
+        return item.key, None, {"file": item.key, "reason": str(exc), "split": item.split}
+    except Exception as exc:  # a bug or an unforeseen input: report it with its type, keep going
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+        return item.key, None, {"file": item.key, "reason": reason, "split": item.split}
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+def _params(converter: Converter, source: Path, name: str) -> dict[str, Any]:
+    return {
+        "converter": converter.name,
+        "version": converter.version,
+        "source": str(source.resolve()),
+        "name": name,
+        "options": converter.options.model_dump(mode="json"),
+    }
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Finished items of an interrupted run. A torn last line (killed mid-write) is ignored."""
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[entry["key"]] = entry
+    return done
+
+
+def run_converter(
+    converter: Converter,
+    source: Path,
+    out: Path,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> RunResult:
+    """Convert ``source`` into ``out`` (``out/images/…`` + ``out/<name>_<split>.jsonl``), resuming if interrupted."""
+    console = console or Console(stderr=True)
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise ConvertUsageError(f"source {source} does not exist")
+    name = name or converter.output_name
+    params = _params(converter, source, name)
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    manifest_path, partial = out / "manifest.json", out / JOURNAL_DIR
+
+    if manifest_path.exists() and not overwrite:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("params_digest") == digest:
+            console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
+            return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
+        raise ConvertUsageError(
+            f"{out} already holds a conversion with other arguments ({manifest.get('converter')}); "
+            "choose another --out or pass --overwrite"
+        )
+    if overwrite:
+        for stale in (manifest_path, out / "failures.jsonl"):
+            stale.unlink(missing_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    params_path = partial / "params.json"
+    if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
+        if not overwrite:
+            raise ConvertUsageError(
+                f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
+                "or pass --overwrite to start again"
+            )
+        shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    write_json(params_path, {"digest": digest, **params})
+
+    items: list[Item] = []
+    failures: list[Failure] = []
+    keys: set[str] = set()
+    with console.status(f"scanning {source}"):
+        for entry in converter.plan(source):
+            if isinstance(entry, Failure):
+                failures.append(entry)
+            elif entry.key in keys:
+                failures.append(Failure(entry.key, "duplicate item (listed twice in the source)", entry.split))
+            else:
+                keys.add(entry.key)
+                items.append(entry)
+    if not items and not failures:
+        raise ConvertUsageError(f"found nothing to convert in {source}: is this a {converter.name} dataset?")
+
+    journal_path = partial / "journal.jsonl"
+    done = _read_journal(journal_path)
+    todo = [item for item in items if item.key not in done]
+    writer = ImageWriter(out / "images")
+    writer.root.mkdir(parents=True, exist_ok=True)
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=len(items) - len(todo))
+    return _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
+
+
+def _convert_all(
+    converter: Converter,
+    writer: ImageWriter,
+    todo: list[Item],
+    journal_path: Path,
+    done: dict[str, dict],
+    *,
+    workers: int,
+    console: Console,
+    reused: int,
+) -> None:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with open(journal_path, "a", encoding="utf-8") as journal, Progress(*columns, console=console, transient=False) as progress:
+        label = f"{converter.name}" + (f" (resumed, {reused} done before)" if reused else "")
+        task = progress.add_task(label, total=len(todo))
+
+        def record(result: tuple[str, list[dict] | None, dict | None]) -> None:
+            key, records, failure = result
+            entry = {"key": key, "records": records} if failure is None else {"key": key, "failure": failure}
+            journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            journal.flush()
+            done[key] = entry
+            progress.advance(task)
+
+        if workers == 1 or len(todo) <= 1:
+            _init_worker(converter, writer)
+            for item in todo:
+                record(_run_item(item))
+            return
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(converter, writer))
+        try:
+            pending: set[Future] = set()
+            queue = iter(todo)
+            for item in queue:  # keep a bounded number of items in flight
+                pending.add(pool.submit(_run_item, item))
+                if len(pending) >= workers * 4:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        record(future.result())
+            for future in pending:
+                record(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+
+def _assemble(
+    converter: Converter,
+    items: list[Item],
+    done: dict[str, dict],
+    failures: list[Failure],
+    *,
+    out: Path,
+    name: str,
+    params: dict[str, Any],
+    digest: str,
+) -> RunResult:
+    result = RunResult(out=out)
+    per_split: dict[str, list[Record]] = {}
+    ids_seen: set[str] = set()
+    for item in items:
+        entry = done[item.key]
+        if "failure" in entry:
+            failures.append(Failure(**entry["failure"]))
+            continue
+        bucket = per_split.setdefault(item.split, [])
+        for raw in entry["records"]:
+            raw = dict(raw)
+            raw.setdefault("id", f"{item.split}-{len(bucket):010d}")
+            raw.setdefault("source", converter.name)
+            try:
+                record = Record.model_validate(raw)
+            except ValidationError as exc:  # a converter bug; never write a record the validator would reject
+                failures.append(Failure(item.key, f"converter produced an invalid record: {exc.errors()[0]['msg']}", item.split))
+                continue
+            if record.id in ids_seen:
+                failures.append(Failure(item.key, f"duplicate record id {record.id!r}", item.split))
+                continue
+            ids_seen.add(record.id)
+            bucket.append(record)
+
+    for split, records in per_split.items():
+        path = out / f"{name}_{split}.jsonl"
+        result.files[split] = path
+        result.counts[split] = write_jsonl(path, records)
+        result.images[split] = sum(len(r.images) for r in records)
+    write_jsonl(out / "failures.jsonl", [asdict(f) for f in failures])
+    result.failures = failures
+    write_json(
+        out / "manifest.json",
+        {
+            "converter": converter.name,
+            "version": converter.version,
+            "params": params,
+            "params_digest": digest,
+            "splits": result.counts,
+            "images": result.images,
+            "failures": len(failures),
+            "failures_by_split": dict(Counter(f.split or "-" for f in failures)),
+            "files": {split: path.name for split, path in result.files.items()},
+        },
+    )
+    shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)
+    return result
+
+
+def summary_table(result: RunResult) -> Table:
+    """The closing table of a conversion: records and images per split, failures."""
+    table = Table(title=f"converted → {result.out}")
+    table.add_column("split")
+    table.add_column("records", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("file")
+    for split, count in result.counts.items():
+        path = result.files.get(split)
+        table.add_row(split, str(count), str(result.images.get(split, "")), path.name if path else "")
+    table.caption = f"{len(result.failures)} failure(s)" + (" — see failures.jsonl" if result.failures else "")
+    return table

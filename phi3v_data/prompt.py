@@ -1,0 +1,113 @@
+"""Record → Phi-3 chat text → token ids and labels. The one place that decides what the model sees.
+
+Validation (``--processor``), the length-grouped sampler and the training collator all call :func:`encode_record`,
+so the sequence length the validator reports is the length training uses, by construction.
+
+Each turn becomes ``<|user|>\\n{images}{user}<|end|>\\n<|assistant|>\\n`` (not trained on) followed by
+``{assistant}<|end|>\\n`` (trained on); the last answer also ends with ``<|endoftext|>``. Images whose tags the user
+text does not place come first, one ``<|image_k|>\\n`` each. Each piece of text between image tags is encoded
+separately, as the official processor does, and every tag expands to ``num_tokens`` copies of ``-k`` — the official
+placeholder id of image ``k`` that the model replaces with image features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from schemas import IMAGE_TAG_RE, Record
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    text: str
+    train: bool
+
+
+def user_content(text: str, first_image: int, num_images: int) -> str:
+    """User text with its images placed: as tagged, or all in front when the text has no tags."""
+    if IMAGE_TAG_RE.search(text):
+        return text
+    tags = "".join(f"<|image_{k}|>\n" for k in range(first_image, first_image + num_images))
+    return tags + text
+
+
+def chat_segments(record: Record, *, upto: int | None = None) -> list[Segment]:
+    """Chat text of a record as alternating prompt/answer segments.
+
+    With ``upto=t`` the result stops after the prompt of turn ``t`` (0-based), ready for generating its answer;
+    earlier turns keep their reference answers.
+    """
+    segments: list[Segment] = []
+    next_image = 1
+    last = len(record.conversations) - 1
+    for index, turn in enumerate(record.conversations):
+        content = user_content(turn.user, next_image, len(turn.images))
+        next_image += len(turn.images)
+        segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False))
+        if upto is not None and index == upto:
+            return segments
+        if turn.assistant is None:
+            break
+        ending = "<|end|>\n<|endoftext|>" if index == last else "<|end|>\n"
+        segments.append(Segment(turn.assistant + ending, train=True))
+    return segments
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_segments(
+    segments: Sequence[Segment],
+    *,
+    encode: Callable[[str], list[int]],
+    image_tokens: Sequence[int],
+    bos_id: int | None = None,
+) -> Encoded:
+    """Token ids and labels for chat segments.
+
+    ``encode`` maps text to ids without special tokens; ``image_tokens[k-1]`` is the token count of image ``k``
+    (see :func:`phi3v_data.tokens.num_image_tokens`). Labels are ``-100`` outside trained segments.
+    """
+    out = Encoded()
+    if bos_id is not None:
+        out.input_ids.append(bos_id)
+        out.labels.append(IGNORE_INDEX)
+    for segment in segments:
+        position = 0
+        for match in [*IMAGE_TAG_RE.finditer(segment.text), None]:
+            end = match.start() if match else len(segment.text)
+            chunk = segment.text[position:end]
+            if chunk:
+                ids = encode(chunk)
+                out.input_ids += ids
+                out.labels += ids if segment.train else [IGNORE_INDEX] * len(ids)
+            if match is None:
+                break
+            k = int(match.group(1))
+            if not 1 <= k <= len(image_tokens):
+                raise ValueError(f"<|image_{k}|> refers to an image the record does not have ({len(image_tokens)} images)")
+            out.input_ids += [-k] * image_tokens[k - 1]
+            out.labels += [IGNORE_INDEX] * image_tokens[k - 1]
+            position = match.end()
+    return out
+
+
+def encode_record(
+    record: Record,
+    *,
+    encode: Callable[[str], list[int]],
+    image_tokens: Sequence[int],
+    bos_id: int | None = None,
+    upto: int | None = None,
+) -> Encoded:
+    """:func:`chat_segments` then :func:`encode_segments`."""
+    return encode_segments(chat_segments(record, upto=upto), encode=encode, image_tokens=image_tokens, bos_id=bos_id)

@@ -1,0 +1,30 @@
+"""``phi3v-train``: create a tiny model, finetune, evaluate, merge/export and benchmark.
+
+Each command lives in its own module and is imported only when used (torch is slow to import).
+"""
+
+from __future__ import annotations
+
+import click
+
+from phi3v_data.cli import LazyGroup
+
+COMMANDS = {
+    "init-tiny": "phi3v_train.cli.init_tiny:init_tiny",
+    "run": "phi3v_train.cli.run:run",
+    "eval": "phi3v_train.cli.eval:eval_",
+    "export": "phi3v_train.cli.export:export",
+    "bench": "phi3v_train.cli.bench:bench",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="phi3v")
+def main() -> None:
+    """Finetune Phi-3.5-vision on a converted dataset.
+
+    \b
+    Example:
+        phi3v-train init-tiny models/tiny
+        phi3v-train run --data data/ucf101 --model models/tiny --strategy lora --output runs/ucf101-lora
+    """

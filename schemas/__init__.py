@@ -1,0 +1,119 @@
+"""The on-disk record format: one JSON object per line of a dataset's ``.jsonl``.
+
+A record is a multi-turn conversation about zero or more images. Image paths are relative to the dataset's
+``images/`` directory and use POSIX separators. Images are numbered globally across the record
+(``<|image_1|>`` … ``<|image_N|>``), in the order the turns list them.
+
+Example::
+
+    {"id": "val-0000000300", "source": "ucf101", "task": "classification",
+     "conversations": [{"images": ["val/BabyCrawling/v_BabyCrawling_g21_c04.0.jpg"],
+                        "user": "Classify the video into one of the following classes: ...",
+                        "assistant": "BabyCrawling"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "BINARY_ANSWERS",
+    "IMAGE_TAG_RE",
+    "Record",
+    "Reference",
+    "Task",
+    "Turn",
+    "SCHEMA_PATH",
+    "json_schema",
+]
+
+IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
+"""An explicit image placeholder in user text; the number is the record-global image index (1-based)."""
+
+BINARY_ANSWERS: tuple[str, str] = ("no", "yes")
+"""Assistant texts of binary tasks: label 0 is "no", label 1 is "yes" (AUROC uses P(yes))."""
+
+Task = Literal["classification", "vqa", "binary", "caption", "chat"]
+"""What evaluation measures: classification/binary → accuracy (+AUROC for binary), vqa → ANLS, others → none."""
+
+SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class Reference(_Strict):
+    """Ground truth that evaluation uses and training does not."""
+
+    answers: list[str] | None = Field(
+        default=None, description="Every accepted answer for this turn (e.g. all DocVQA answers, scored with ANLS)."
+    )
+    label: Literal[0, 1] | None = Field(
+        default=None, description="Binary ground truth (1 = 'yes'); binary tasks report AUROC from it."
+    )
+
+
+class Turn(_Strict):
+    """One user message (with its images) and the assistant's reply."""
+
+    images: list[str] = Field(default_factory=list, description="Paths relative to the dataset's images/ directory.")
+    user: str = Field(description="User text; may place <|image_k|> tags (record-global k) to interleave images.")
+    assistant: str | None = Field(
+        default=None, description="Target reply; null only in unlabeled splits (e.g. test sets without answers)."
+    )
+    reference: Reference | None = Field(default=None, description="Extra ground truth for evaluation.")
+
+    @field_validator("images")
+    @classmethod
+    def _relative_posix(cls, images: list[str]) -> list[str]:
+        for path in images:
+            if not path or path.strip() != path:
+                raise ValueError(f"image path {path!r} is empty or has surrounding whitespace")
+            if "\\" in path:
+                raise ValueError(f"image path {path!r} must use '/' separators")
+            if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+                raise ValueError(f"image path {path!r} is absolute; paths are relative to the images/ directory")
+            if ".." in path.split("/"):
+                raise ValueError(f"image path {path!r} escapes the images/ directory")
+        return images
+
+
+class Record(_Strict):
+    """One training or evaluation sample."""
+
+    id: str = Field(min_length=1, description="Unique within a dataset file.")
+    source: str | None = Field(default=None, description="Where the record came from (converter name).")
+    task: Task = Field(default="chat", description="Selects evaluation metrics.")
+    conversations: list[Turn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _labels_all_or_nothing(self) -> "Record":
+        labeled = [t.assistant is not None for t in self.conversations]
+        if any(labeled) and not all(labeled):
+            raise ValueError("either every turn has an assistant reply or none does (unlabeled record)")
+        return self
+
+    @property
+    def images(self) -> list[str]:
+        """All image paths in global order."""
+        return [path for turn in self.conversations for path in turn.images]
+
+    @property
+    def labeled(self) -> bool:
+        return self.conversations[0].assistant is not None
+
+
+def json_schema() -> dict:
+    """The JSON Schema of one record, as committed in ``schemas/record.schema.json``."""
+    return Record.model_json_schema()
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> None:
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+
