@@ -262,8 +262,11 @@ def run_converter(
     writer = ImageWriter(out / "images")
     writer.root.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=len(items) - len(todo))
-    return _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
+    reused = len(items) - len(todo)
+    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
+    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
+    result.reused = reused
+    return result
 
 
 def _convert_all(

@@ -115,7 +115,7 @@ def _list_converters(ctx: click.Context, _param: click.Parameter, value: bool) -
             cls = load_converter(name)
             table.add_row(name, ep.value, _first_doc_line(cls))
         except PluginError as exc:
-            table.add_row(name, ep.value, f"[red]failed to load:[/] {exc}")
+            table.add_row(name, ep.value, f"[red]{exc.__cause__ or exc}[/]")
     Console().print(table)
     ctx.exit(0)
 

@@ -1,0 +1,211 @@
+"""The converter framework: resume, failures, determinism, manifest, plugin discovery."""
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from phi3v_data.cli import main
+from phi3v_data.convert import (
+    ConversionError,
+    Converter,
+    ConverterOptions,
+    ConvertUsageError,
+    Failure,
+    ImageWriter,
+    Item,
+    run_converter,
+)
+from phi3v_data.plugins import GROUP, PluginError, converter_entry_points, load_converter
+
+CALLS: list[str] = []
+
+
+class ToyOptions(ConverterOptions):
+    size: int = 4
+
+
+class ToyConverter(Converter):
+    """Reads a folder of `<split>/<name>.txt` files whose text is a colour name."""
+
+    name = "toy"
+    output_name = "toy"
+    Options = ToyOptions
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        for path in sorted(source.rglob("*.txt")):
+            if path.name.startswith("bad-line"):
+                yield Failure(str(path.relative_to(source)), "malformed", line=3)
+                continue
+            yield Item(key=str(path.relative_to(source)), split=path.parent.name, payload=str(path))
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        CALLS.append(item.key)
+        colour = Path(item.payload).read_text().strip()
+        if colour == "corrupt":
+            raise ConversionError("cannot read colour")
+        image = Image.new("RGB", (self.options.size, self.options.size), colour)
+        rel = out.save(image, f"{item.split}/{Path(item.key).stem}.png")
+        return [{"task": "classification", "conversations": [{"images": [rel], "user": "Colour?", "assistant": colour}]}]
+
+
+class InterruptAfter(ToyConverter):
+    limit = 2
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        if len(CALLS) >= self.limit:
+            raise KeyboardInterrupt
+        return super().convert(item, out)
+
+
+def _source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for split, names in {"train": ["a", "b", "c", "d"], "val": ["e"]}.items():
+        (src / split).mkdir(parents=True)
+        for i, name in enumerate(names):
+            (src / split / f"{name}.txt").write_text(["red", "green", "blue", "white"][i % 4])
+    return src
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_records_ids_and_manifest(tmp_path: Path) -> None:
+    result = run_converter(ToyConverter(), _source(tmp_path), tmp_path / "out", workers=1)
+    assert result.counts == {"train": 4, "val": 1}
+    lines = (tmp_path / "out" / "toy_train.jsonl").read_text().splitlines()
+    assert json.loads(lines[1]) == {
+        "id": "train-0000000001",
+        "source": "toy",
+        "task": "classification",
+        "conversations": [{"images": ["train/b.png"], "user": "Colour?", "assistant": "green"}],
+    }
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 4, "val": 1}
+    assert manifest["failures"] == 0
+    assert manifest["params"]["options"] == {"seed": 0, "size": 4}
+    assert Image.open(tmp_path / "out" / "images" / "train" / "b.png").getpixel((0, 0)) == (0, 128, 0)
+    assert not (tmp_path / "out" / ".partial").exists()
+
+
+def test_bad_items_are_reported_and_skipped(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    (src / "train" / "b.txt").write_text("corrupt")
+    (src / "train" / "bad-line.txt").write_text("")
+    result = run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    assert result.counts == {"train": 3, "val": 1}
+    failures = [json.loads(l) for l in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failures == [
+        {"file": "train/bad-line.txt", "reason": "malformed", "split": None, "line": 3},
+        {"file": "train/b.txt", "reason": "cannot read colour", "split": "train", "line": None},
+    ]
+    # ids stay contiguous after a skipped item
+    ids = [json.loads(l)["id"] for l in (tmp_path / "out" / "toy_train.jsonl").read_text().splitlines()]
+    assert ids == ["train-0000000000", "train-0000000001", "train-0000000002"]
+
+
+def test_interrupted_run_resumes_without_redoing_items(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    reference = tmp_path / "reference"
+    run_converter(ToyConverter(), src, reference, workers=1)
+
+    CALLS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_converter(InterruptAfter(), src, tmp_path / "out", workers=1)
+    assert CALLS == ["train/a.txt", "train/b.txt"]
+    assert not (tmp_path / "out" / "toy_train.jsonl").exists()  # nothing half-written appears
+
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    assert result.reused == 2 and CALLS == ["train/c.txt", "train/d.txt", "val/e.txt"]
+    assert _outputs(tmp_path / "out") == _outputs(reference)
+
+
+def test_torn_journal_line_is_ignored(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    CALLS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_converter(InterruptAfter(), src, tmp_path / "out", workers=1)
+    with open(tmp_path / "out" / ".partial" / "journal.jsonl", "a") as journal:
+        journal.write('{"key": "train/c.txt", "reco')  # killed mid-write
+    CALLS.clear()
+    run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    assert CALLS == ["train/c.txt", "train/d.txt", "val/e.txt"]
+
+
+def test_rerun_is_up_to_date_and_other_options_are_refused(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    assert run_converter(ToyConverter(), src, tmp_path / "out", workers=1).up_to_date
+    with pytest.raises(ConvertUsageError, match="--overwrite"):
+        run_converter(ToyConverter(ToyOptions(size=8)), src, tmp_path / "out", workers=1)
+    result = run_converter(ToyConverter(ToyOptions(size=8)), src, tmp_path / "out", workers=1, overwrite=True)
+    assert result.counts == {"train": 4, "val": 1}
+    assert Image.open(tmp_path / "out" / "images" / "train" / "a.png").size == (8, 8)
+
+
+def test_worker_pool_output_equals_sequential(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    run_converter(ToyConverter(), src, tmp_path / "one", workers=1)
+    run_converter(ToyConverter(), src, tmp_path / "two", workers=2)
+    one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
+    one.pop("manifest.json"), two.pop("manifest.json")  # the manifest records the output path's params only
+    assert one == two
+
+
+def test_empty_source_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConvertUsageError, match="nothing to convert"):
+        run_converter(ToyConverter(), tmp_path / "empty", tmp_path / "out")
+
+
+@pytest.fixture
+def toy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Install a third-party distribution that registers `toy` through the entry-point group, as a user would."""
+    site = tmp_path / "site"
+    package = site / "toy_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_convert import ToyConverter\n"
+    )
+    dist = site / "toy_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{GROUP}]\ntoy = toy_plugin:ToyConverter\nbroken = toy_plugin:Missing\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("toy_plugin", None)
+
+
+def test_external_plugin_is_discovered_and_runs_from_the_cli(toy_plugin: None, tmp_path: Path) -> None:
+    assert "toy" in converter_entry_points()
+    assert load_converter("toy").__name__ == "ToyConverter"
+    with pytest.raises(PluginError, match="failed to load"):
+        load_converter("broken")
+
+    runner = CliRunner()
+    listing = runner.invoke(main, ["convert", "--list"], terminal_width=200)
+    assert listing.exit_code == 0 and "toy" in listing.output and "broken" in listing.output
+    help_ = runner.invoke(main, ["convert", "toy", "--help"])
+    assert help_.exit_code == 0 and "--size" in help_.output
+
+    src = _source(tmp_path)
+    result = runner.invoke(main, ["convert", "toy", str(src), "--out", str(tmp_path / "out"), "--size", "2", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "out" / "toy_train.jsonl").read_text().splitlines()) == 4
+
+    bad = runner.invoke(main, ["convert", "toy", str(src), "--out", str(tmp_path / "o2"), "--size", "x"])
+    assert bad.exit_code == 2 and "--size" in bad.output
+
+
+def test_strict_exits_non_zero_on_failures(toy_plugin: None, tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    (src / "val" / "e.txt").write_text("corrupt")
+    result = CliRunner().invoke(main, ["convert", "toy", str(src), "--out", str(tmp_path / "out"), "-j", "1", "--strict"])
+    assert result.exit_code == 1
+    assert "cannot read colour" in result.output

@@ -1,0 +1,65 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside, write_jsonl
+
+
+def test_resolve_inside_joins_relative_paths(tmp_path: Path) -> None:
+    assert resolve_inside(tmp_path, "a/b.png") == tmp_path / "a" / "b.png"
+    assert resolve_inside(tmp_path, "./a//b.png") == tmp_path / "a" / "b.png"
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x.png", "a/../../x.png", "C:/x.png", "\\\\server\\x", ""])
+def test_resolve_inside_refuses_escapes(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(UnsafePathError):
+        resolve_inside(tmp_path, bad)
+
+
+def test_resolve_inside_refuses_symlink_out_of_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    os.symlink(outside, root / "link")
+    os.symlink(root / "inner.png", root / "ok.png")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        resolve_inside(root, "link/secret.png")
+    assert resolve_inside(root, "ok.png") == root / "ok.png"  # a link that stays inside is fine
+
+
+def test_atomic_write_leaves_old_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left behind
+
+
+def test_iter_jsonl_reports_bad_lines_with_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": \n\xff\xfe\n[1, 2]\n')
+    lines = list(iter_jsonl(path))
+    assert [(l.lineno, l.value, l.error is None) for l in lines] == [
+        (1, {"a": 1}, True),
+        (3, None, False),
+        (4, None, False),
+        (5, [1, 2], True),
+    ]
+    assert lines[1].error.startswith("invalid JSON")
+    assert lines[2].error.startswith("not valid UTF-8")
+
+
+def test_write_jsonl_counts_and_drops_none(tmp_path: Path) -> None:
+    from schemas import Record
+
+    record = Record.model_validate({"id": "a", "conversations": [{"user": "hi", "assistant": "yo"}]})
+    assert write_jsonl(tmp_path / "r.jsonl", [record, {"x": 1}]) == 2
+    assert (tmp_path / "r.jsonl").read_text().splitlines() == [
+        '{"id": "a", "task": "chat", "conversations": [{"images": [], "user": "hi", "assistant": "yo"}]}',
+        '{"x": 1}',
+    ]
