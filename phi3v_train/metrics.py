@@ -7,6 +7,9 @@ metric compares normalised strings. No sklearn: AUROC is the Mann-Whitney U stat
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from schemas import BINARY_ANSWERS, Turn
 
 ANLS_THRESHOLD = 0.5
 """Biten et al. 2019: a normalised edit distance at or above τ scores 0 (the answer is judged wrong, not close)."""
@@ -109,3 +112,68 @@ def _average_ranks(values: Sequence[float]) -> list[float]:
 def mean(values: Sequence[float]) -> float | None:
     """Arithmetic mean, ``None`` for no values (a metric with nothing to score is absent, not zero)."""
     return sum(values) / len(values) if values else None
+
+
+# ---- which metrics a turn gets, from its record's task -----------------------------------------------------------
+
+SCORED_TASKS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy",),
+    "binary": ("accuracy", "auroc"),
+    "vqa": ("anls", "accuracy"),
+}
+"""Metrics per task; caption and chat get predictions only (no reference-based metric is meaningful for them)."""
+
+
+def references_of(turn: Turn, *, task: str) -> list[str]:
+    """Every accepted answer of a turn: the assistant reply, then ``reference.answers``, then a binary label's word."""
+    answers = [turn.assistant] if turn.assistant is not None else []
+    if turn.reference is not None:
+        answers += turn.reference.answers or []
+        if task == "binary" and turn.reference.label is not None:
+            answers.append(BINARY_ANSWERS[turn.reference.label])
+    return list(dict.fromkeys(answers))  # de-duplicated, first occurrence wins
+
+
+def binary_label(turn: Turn) -> int | None:
+    """Ground truth of a binary turn: ``reference.label`` or, failing that, a yes/no assistant reply."""
+    if turn.reference is not None and turn.reference.label is not None:
+        return turn.reference.label
+    answer = normalize_answer(turn.assistant or "")
+    return BINARY_ANSWERS.index(answer) if answer in BINARY_ANSWERS else None
+
+
+def score_turn(prediction: str, turn: Turn, *, task: str, p_yes: float | None = None) -> dict[str, Any]:
+    """Per-turn fields of ``predictions.jsonl``: references and the task's metrics (none for unlabeled turns)."""
+    references = references_of(turn, task=task)
+    row: dict[str, Any] = {"references": references}
+    metrics = SCORED_TASKS.get(task, ())
+    if not references or not metrics:
+        return row
+    row["correct"] = exact_match(prediction, references)
+    if "anls" in metrics:
+        row["anls"] = anls(prediction, references)
+    if "auroc" in metrics:
+        row["label"] = binary_label(turn)
+        row["p_yes"] = p_yes
+    return row
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-task metrics from ``predictions.jsonl`` rows (each with ``task`` and :func:`score_turn`'s fields)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    summary: dict[str, dict[str, Any]] = {}
+    for task, task_rows in sorted(by_task.items()):
+        scored = [row for row in task_rows if "correct" in row]
+        entry: dict[str, Any] = {"turns": len(task_rows), "scored": len(scored)}
+        metrics = SCORED_TASKS.get(task, ())
+        if "accuracy" in metrics:
+            entry["accuracy"] = mean([float(row["correct"]) for row in scored])
+        if "anls" in metrics:
+            entry["anls"] = mean([row["anls"] for row in scored])
+        if "auroc" in metrics:
+            pairs = [(row["p_yes"], row["label"]) for row in scored if row.get("p_yes") is not None and row.get("label") is not None]
+            entry["auroc"] = auroc([p for p, _ in pairs], [label for _, label in pairs]) if pairs else None
+        summary[task] = entry
+    return summary

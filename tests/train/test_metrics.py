@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from phi3v_train.metrics import anls, auroc, exact_match, levenshtein, mean, nls, normalize_answer, normalize_text
+from phi3v_train.metrics import (
+    anls,
+    auroc,
+    binary_label,
+    exact_match,
+    levenshtein,
+    mean,
+    nls,
+    normalize_answer,
+    normalize_text,
+    references_of,
+    score_turn,
+    summarize,
+)
+from schemas import Reference, Turn
 
 
 def test_levenshtein_classic_pairs() -> None:
@@ -71,3 +85,51 @@ def test_auroc_extremes_and_one_class() -> None:
 def test_mean_of_nothing_is_absent() -> None:
     assert mean([]) is None
     assert mean([1.0, 0.0, 0.5]) == 0.5
+
+
+# ---- metric selection by task ------------------------------------------------------------------------------------
+
+
+def test_references_gather_assistant_answers_and_label() -> None:
+    turn = Turn(user="q", assistant="Yes", reference=Reference(answers=["Yes", "yep"], label=1))
+    assert references_of(turn, task="binary") == ["Yes", "yep", "yes"]
+    assert references_of(turn, task="vqa") == ["Yes", "yep"]
+    assert references_of(Turn(user="q"), task="vqa") == []
+
+
+def test_binary_label_from_reference_or_answer() -> None:
+    assert binary_label(Turn(user="q", assistant="No.")) == 0
+    assert binary_label(Turn(user="q", assistant="no", reference=Reference(label=1))) == 1
+    assert binary_label(Turn(user="q", assistant="maybe")) is None
+
+
+def test_score_turn_picks_metrics_by_task() -> None:
+    vqa = Turn(user="q", assistant="helo", reference=Reference(answers=["hello world"]))
+    assert score_turn("Hello", vqa, task="vqa") == {"references": ["helo", "hello world"], "correct": False, "anls": pytest.approx(0.8)}
+    cls = Turn(user="q", assistant="Archery")
+    assert score_turn("archery.", cls, task="classification") == {"references": ["Archery"], "correct": True}
+    binary = Turn(user="q", assistant="no")
+    assert score_turn("yes", binary, task="binary", p_yes=0.7) == {"references": ["no"], "correct": False, "label": 0, "p_yes": 0.7}
+    assert score_turn("a cat", Turn(user="q", assistant="a dog"), task="caption") == {"references": ["a dog"]}
+    assert score_turn("Archery", Turn(user="q"), task="classification") == {"references": []}
+
+
+def test_summarize_per_task() -> None:
+    rows = [
+        {"task": "binary", "correct": True, "label": 1, "p_yes": 0.9},
+        {"task": "binary", "correct": False, "label": 0, "p_yes": 0.6},
+        {"task": "binary", "correct": True, "label": 0, "p_yes": 0.2},
+        {"task": "binary"},  # unlabeled: counted, not scored
+        {"task": "vqa", "correct": True, "anls": 1.0},
+        {"task": "vqa", "correct": False, "anls": 0.5},
+        {"task": "chat"},
+    ]
+    assert summarize(rows) == {
+        "binary": {"turns": 4, "scored": 3, "accuracy": pytest.approx(2 / 3), "auroc": 1.0},
+        "chat": {"turns": 1, "scored": 0},
+        "vqa": {"turns": 2, "scored": 2, "accuracy": 0.5, "anls": 0.75},
+    }
+
+
+def test_summarize_unlabeled_only_has_no_values() -> None:
+    assert summarize([{"task": "classification"}]) == {"classification": {"turns": 1, "scored": 0, "accuracy": None}}
