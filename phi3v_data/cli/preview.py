@@ -1,0 +1,45 @@
+"""``phi3v-data preview DATASET.jsonl --out preview.html``: a self-contained HTML gallery of sampled records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from phi3v_data.preview import build_preview, validator_findings, write_preview
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="HTML file to write, or a directory (index.html is written there).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Images directory the record paths are relative to [default: images/ beside DATASET].")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="Records to sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (same seed, same sample).")
+@click.option("--thumb", type=click.IntRange(min=16, max=2048), default=256, show_default=True,
+              help="Longest side of the embedded thumbnails, in pixels.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Run the validator over the file and show its problems for each sampled record.")
+def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed: int, thumb: int, validate: bool) -> None:
+    """Write an HTML gallery of a random sample of DATASET's records (images, turns, problems).
+
+    \b
+    Example:
+        phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
+    """
+    console = Console(stderr=True)
+    with console.status("sampling records and making thumbnails…"):
+        findings = validator_findings(dataset, images_dir=images_dir) if validate else {}
+        gallery = build_preview(dataset, images_dir=images_dir, limit=limit, seed=seed, thumb=thumb, findings=findings)
+    try:
+        written = write_preview(gallery, out)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+    bad = sum(1 for item in gallery.items if item.problems)
+    colour = "red" if bad else "green"
+    console.print(
+        f"wrote [bold]{written}[/] — {len(gallery.items)} of {gallery.total_lines} records, "
+        f"[{colour}]{bad} with problems[/]"
+    )
