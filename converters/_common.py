@@ -1,0 +1,224 @@
+"""What the document and image-pair converters share: finding annotation files, reading JSON lines into Failures,
+finding images by basename, safe paths, and reading Hugging Face parquet/arrow exports with embedded images.
+
+Kept here so each converter module is only its source layout and its prompt.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from phi3v_data.convert import ConversionError, Failure, ImageWriter
+from phi3v_data.images import MAX_PIXELS
+from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside
+from schemas import BINARY_ANSWERS
+
+ESCAPES = "refused: escapes the dataset root"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
+M = TypeVar("M", bound=BaseModel)
+
+
+def find_named_files(source: Path, names: Sequence[str], *, subdirs: Sequence[str] = ("", "data")) -> list[Path]:
+    """Files among ``names`` in ``source`` (or the first of ``subdirs`` that holds any), in the order of ``names``."""
+    for sub in subdirs:
+        folder = source / sub if sub else source
+        found = [folder / name for name in names if (folder / name).is_file()]
+        if found:
+            return found
+    return []
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """How reports name a file: relative to the dataset root when inside it (stable across machines)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def first_error(exc: ValidationError) -> str:
+    """One readable line for a pydantic error: ``field 'label': Input should be 0 or 1``."""
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    return f"field {where!r}: {err['msg']}" if where else err["msg"]
+
+
+def read_json_lines(path: Path, model: type[M], *, file: str) -> Iterator[tuple[int, M] | Failure]:
+    """Each line of a JSON-lines annotation file parsed into ``model``, or a Failure naming file and line."""
+    for line in iter_jsonl(path):
+        if line.error is not None:
+            yield Failure(file, line.error, line=line.lineno)
+            continue
+        try:
+            yield line.lineno, model.model_validate(line.value)
+        except ValidationError as exc:
+            yield Failure(file, f"malformed line: {first_error(exc)}", line=line.lineno)
+
+
+def binary_turn(images: list[str], user: str, label: int | None) -> dict[str, Any]:
+    """A yes/no turn; ``label`` None makes it unlabeled (assistant null, no reference)."""
+    if label is None:
+        return {"images": images, "user": user, "assistant": None}
+    return {"images": images, "user": user, "assistant": BINARY_ANSWERS[label], "reference": {"label": label}}
+
+
+def check_template(template: str, *fields: str) -> str:
+    """Refuse a prompt template that lacks a placeholder or has unknown ones (caught before any work starts)."""
+    for name in fields:
+        if "{" + name + "}" not in template:
+            raise ValueError(f"the template must contain {{{name}}}")
+    try:
+        template.format(**{name: "" for name in fields})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"the template has an unknown placeholder or a stray brace ({exc}); write {{{{ for a literal brace") from None
+    return template
+
+
+@dataclass
+class BasenameIndex:
+    """Image files under ``root`` by file name, built on first use: datasets ship images flat or nested unpredictably."""
+
+    root: Path
+    _paths: dict[str, Path] | None = field(default=None, repr=False)
+
+    def _build(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for folder, dirs, files in os.walk(self.root):
+            dirs.sort()
+            for name in sorted(files):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    found.setdefault(name, Path(folder, name))  # the first in sorted walk order wins: deterministic
+        return found
+
+    def find(self, name: str) -> Path | None:
+        if self._paths is None:
+            self._paths = self._build()
+        path = self._paths.get(name)
+        if path is None:
+            return None
+        try:  # a symlinked file that points out of the root is not ours to read
+            return resolve_inside(self.root, path.relative_to(self.root).as_posix())
+        except UnsafePathError:
+            return None
+
+
+def locate(root: Path, rel: str, index: BasenameIndex, *, bases: Sequence[Path] = ()) -> Path | None:
+    """Find the file an annotation names: ``rel`` under each of ``bases`` (folders inside ``root``; default: root),
+    else by basename anywhere under ``root``.
+
+    Raises :class:`UnsafePathError` when ``rel`` escapes ``root`` (absolute, ``..``, symlink out).
+    """
+    resolve_inside(root, rel)  # refuse before looking anywhere
+    for base in bases or (root,):
+        try:
+            candidate = resolve_inside(base, rel)
+        except UnsafePathError:
+            continue
+        if candidate.is_file():
+            return candidate
+    return index.find(rel.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+# -- Hugging Face exports: parquet files and save_to_disk arrow shards ------------------------------------------------
+
+
+def table_files(source: Path) -> list[Path]:
+    """Parquet/arrow files of a Hugging Face export: ``source`` itself or those up to two folders down."""
+    if source.is_file():
+        return [source] if source.suffix in (".parquet", ".arrow") else []
+    found: list[Path] = []
+    for pattern in ("*", "*/*", "*/*/*"):
+        found += [p for p in source.glob(pattern) if p.suffix in (".parquet", ".arrow") and p.is_file()]
+    return sorted(set(found))
+
+
+def table_split(path: Path) -> str:
+    """Split of an export file: ``train-00000-of-00002.parquet`` → train; ``train/data-00000-of-00001.arrow`` → train."""
+    stem = path.stem.split("-", 1)[0].split(".", 1)[0]
+    return path.parent.name if stem == "data" else stem
+
+
+@lru_cache(maxsize=4)
+def _arrow_table(path: str) -> Any:
+    import pyarrow as pa
+
+    source = pa.memory_map(path)  # zero-copy: random access costs no reading of other rows
+    try:
+        return pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        return pa.ipc.open_file(pa.memory_map(path)).read_all()
+
+
+def iter_table(path: Path, *, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """Rows of a parquet/arrow file as Python dicts, streamed in batches (memory stays bounded)."""
+    if path.suffix == ".arrow":
+        batches = _arrow_table(str(path)).to_batches(max_chunksize=batch_size)
+    else:
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    for batch in batches:
+        yield from batch.to_pylist()
+
+
+@lru_cache(maxsize=2)
+def _parquet_group(path: str, group: int, column: str) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column).to_pylist()
+
+
+def read_cell(path: Path, row: int, column: str) -> Any:
+    """One cell of a parquet/arrow file; reading is cached per row group, so rows in order are cheap."""
+    if path.suffix == ".arrow":
+        return _arrow_table(str(path)).column(column)[row].as_py()
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if row < rows:
+            return _parquet_group(str(path), group, column)[row]
+        row -= rows
+    raise ConversionError(f"{path}: row {row} does not exist")
+
+
+_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+
+
+def sniff_suffix(data: bytes) -> str:
+    """File suffix of encoded image bytes (what the bytes are, whatever a stored path claims)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), ".png")
+
+
+def write_image_bytes(out: ImageWriter, data: bytes, rel: str) -> str:
+    """Write encoded image bytes as they are (no re-encoding) after checking that they decode."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ConversionError(f"embedded image is {image.width}x{image.height}, over the pixel limit")
+                image.load()
+    except ConversionError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ConversionError("embedded image is not in a recognised image format") from None
+    except Exception as exc:  # PIL raises many kinds for broken bytes
+        raise ConversionError(f"embedded image does not decode: {exc}") from None
+    with atomic_write(out.path(rel), "wb") as handle:
+        handle.write(data)
+    return rel

@@ -1,0 +1,278 @@
+"""DocVQA (single page, Mathew et al., 2021): the official annotation json or a Hugging Face export saved locally.
+
+Reads either
+
+- the official files ``train_v1.0_withQT.json``, ``val_v1.0_withQT.json``, ``test_v1.0.json`` (``{"data": [...]}``),
+  given as one file or as the folder holding them (also in ``spdocvqa_qas/``). The page images are looked up at
+  the annotated path (``documents/x.png``) beside the json or under the dataset root, else by file name anywhere
+  under the root (downloads such as ``spdocvqa_images/`` are flat). The root is the source folder, or the folder
+  of a source file (its parent when that folder is ``*_qas``); ``--images`` names another one.
+- a Hugging Face export as parquet files or ``save_to_disk`` arrow shards, e.g. ``nielsr/docvqa_1200_examples``
+  (``query`` {"en": ...}, ``answers``, ``image``) or ``HuggingFaceM4/DocumentVQA`` (``question``, ``answers``,
+  ``image``, ``questionId``). The split is named by the file (``train-00000-of-00002.parquet`` → train). Embedded
+  images are written out as they are; pages are recognised by content, so each is stored once.
+
+The user text is the question followed by ``--instruction`` on a new line, as the original Phi-3 cookbook DocVQA
+finetune did (``{question}\\nAnswer briefly.``). The assistant text is the most frequent answer after normalising
+case and spaces, ties going to the first listed (``--answer first`` takes the first listed); every answer stays in
+``reference.answers`` for ANLS. A split without answers (the official test set) is unlabeled. Questions about the
+same page are converted together (each page is copied once) in order of the page's first appearance; with
+``--group-pages`` they form one multi-turn record, the page attached to the first turn only. Ids are
+``<split>-q<questionId>`` (grouped: ``<split>-<page file stem>``); rows without a question id get ``<split>-<counter>``.
+
+One entry of ``val_v1.0_withQT.json`` (``dataset_split`` "val")::
+
+    {"questionId": 49153, "question": "What is the ‘actual’ value per 1000, during the year 1975?",
+     "question_types": ["figure/diagram"], "image": "documents/pybv0228_81.png", "docId": 14465,
+     "ucsf_document_id": "pybv0228", "ucsf_document_page_no": "81", "answers": ["0.28"], "data_split": "val"}
+
+becomes, in ``docvqa_val.jsonl``::
+
+    {"id": "val-q49153", "source": "docvqa", "task": "vqa",
+     "conversations": [{"images": ["val/pybv0228_81.png"],
+                        "user": "What is the ‘actual’ value per 1000, during the year 1975?\\nAnswer briefly.",
+                        "assistant": "0.28", "reference": {"answers": ["0.28"]}}]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from converters._common import (
+    ESCAPES,
+    BasenameIndex,
+    first_error,
+    iter_table,
+    locate,
+    read_cell,
+    relative_name,
+    sniff_suffix,
+    table_files,
+    table_split,
+    write_image_bytes,
+)
+from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.io import UnsafePathError
+
+ANNOTATION_RE = re.compile(r"^(?P<split>train|val|validation|test)(?:[_-].*)?\.json$", re.IGNORECASE)
+SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class Question(BaseModel):
+    """One question of the official json (extra keys such as question_types are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    questionId: int | str | None = None
+    question: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    answers: list[str] | None = None
+
+
+class DocVQAOptions(ConverterOptions):
+    group_pages: bool = Field(default=False, description="One multi-turn record per page (the page is encoded once).")
+    answer: Literal["majority", "first"] = Field(
+        default="majority", description="Assistant answer: the most frequent (normalised; ties → first listed) or the first."
+    )
+    instruction: str = Field(default="Answer briefly.", description="Line added after each question ('' for none).")
+    images: Path | None = Field(default=None, description="Folder holding the page images [default: the dataset root].")
+
+    @field_validator("images")
+    @classmethod
+    def _is_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
+
+
+def choose_answer(answers: list[str], how: str) -> str:
+    """The assistant text among the accepted answers (deterministic, see the module doc)."""
+    if how == "first":
+        return answers[0]
+    norm = [" ".join(a.split()).lower() for a in answers]
+    counts = Counter(norm)
+    best = max(counts.values())
+    return next(a for a, n in zip(answers, norm) if counts[n] == best)
+
+
+class DocVQAConverter(Converter):
+    """DocVQA official json (train/val/test) or a Hugging Face parquet/arrow export → document questions (ANLS)."""
+
+    name = "docvqa"
+    version = "1"
+    output_name = "docvqa"
+    Options = DocVQAOptions
+    options: DocVQAOptions
+
+    # -- plan ------------------------------------------------------------------------------------------------------
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        tables = table_files(source)
+        if tables:
+            for path in tables:
+                yield from self._plan_table(path, root=source if source.is_dir() else source.parent)
+            return
+        files = [source] if source.is_file() else self._annotation_files(source)
+        if not files:
+            raise ConvertUsageError(
+                f"{source} is not a DocVQA download: expected train_v1.0_withQT.json / val_v1.0_withQT.json / "
+                "test_v1.0.json (in it or in spdocvqa_qas/), one such json file, or a Hugging Face export "
+                "(*.parquet, or save_to_disk *.arrow shards)"
+            )
+        root = self.options.images or self._root(source)
+        index, base = BasenameIndex(root), source if source.is_dir() else source.parent
+        for path in files:
+            yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base))
+
+    @staticmethod
+    def _annotation_files(folder: Path) -> list[Path]:
+        found = sorted(p for pattern in ("*.json", "*/*.json") for p in folder.glob(pattern) if ANNOTATION_RE.match(p.name))
+        seen: dict[str, Path] = {}
+        for path in found:
+            split = ANNOTATION_RE.match(path.name)["split"].lower()  # type: ignore[index]
+            if split in seen:
+                raise ConvertUsageError(f"both {seen[split]} and {path} hold the {split} split; pass one of them as SOURCE")
+            seen[split] = path
+        return found
+
+    @staticmethod
+    def _root(source: Path) -> Path:
+        if source.is_dir():
+            return source
+        folder = source.parent
+        return folder.parent if folder.name.lower().endswith("qas") else folder
+
+    @staticmethod
+    def _load_json(path: Path, file: str) -> tuple[str, list[Any]] | Failure:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return Failure(file, f"cannot read the annotation json: {exc}")
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            return Failure(file, 'not a DocVQA annotation file: expected {"data": [{"questionId", "question", "image", ...}]}')
+        split = data.get("dataset_split")
+        if not (isinstance(split, str) and SPLIT_RE.match(split)):
+            match = ANNOTATION_RE.match(path.name)
+            split = match["split"].lower() if match else path.stem
+        return split, data["data"]
+
+    def _plan_json(self, path: Path, *, root: Path, index: BasenameIndex, file: str) -> Iterator[Item | Failure]:
+        loaded = self._load_json(path, file)
+        if isinstance(loaded, Failure):
+            yield loaded
+            return
+        split, entries = loaded
+        pages: dict[str, list[dict[str, Any]]] = {}
+        for number, raw in enumerate(entries):
+            try:
+                entry = Question.model_validate(raw)
+            except ValidationError as exc:
+                yield Failure(file, f"data[{number}]: malformed entry: {first_error(exc)}", split)
+                continue
+            question = {"qid": entry.questionId, "question": entry.question, "answers": entry.answers, "at": f"data[{number}]"}
+            pages.setdefault(entry.image, []).append(question)
+        for rel, questions in self._labeled_only(pages, file=file, split=split):
+            try:
+                found = locate(root, rel, index, bases=(path.parent, root))
+            except UnsafePathError:
+                yield Failure(file, f"{questions[0]['at']}: {ESCAPES} (image {rel!r})", split)
+                continue
+            if found is None:
+                yield Failure(file, f"{questions[0]['at']}: image {rel!r} not found under {root}", split)
+                continue
+            yield Item(f"{split}/{found.name}", split, {"src": str(found), "name": found.name, "questions": questions})
+
+    @staticmethod
+    def _labeled_only(pages: dict[str, list[dict[str, Any]]], *, file: str, split: str) -> Iterator[Any]:
+        """Pages with their questions; in a split that has answers, a question without any is reported instead."""
+        labeled = any(q["answers"] for questions in pages.values() for q in questions)
+        for key, questions in pages.items():
+            if labeled:
+                for q in questions:
+                    if not q["answers"]:
+                        yield Failure(file, f"{q['at']}: question {q['qid']} has no answers (other questions do)", split)
+                questions = [q for q in questions if q["answers"]]
+            if questions:
+                yield key, questions
+
+    def _plan_table(self, path: Path, *, root: Path) -> Iterator[Item | Failure]:
+        split, file = table_split(path), relative_name(path, root)
+        pages: dict[str, list[dict[str, Any]]] = {}
+        names: dict[str, str] = {}
+        taken: set[str] = set()
+        for row_number, row in enumerate(iter_table(path)):
+            parsed = self._parse_row(row)
+            if isinstance(parsed, str):
+                yield Failure(file, f"row {row_number}: {parsed}", split)
+                continue
+            question, data, stored_path = parsed
+            digest = hashlib.sha1(data).hexdigest()
+            if digest not in names:  # a page is its content: rows about the same page share one image file
+                stem = Path(stored_path).stem if stored_path else (f"doc{row['docId']}" if row.get("docId") is not None else digest[:16])
+                name = f"{stem}{sniff_suffix(data)}"
+                names[digest] = name if name not in taken else f"{stem}-{digest[:8]}{sniff_suffix(data)}"
+                taken.add(names[digest])
+            pages.setdefault(digest, []).append({**question, "at": f"row {row_number}", "row": row_number})
+        for digest, questions in self._labeled_only(pages, file=file, split=split):
+            payload = {"table": str(path), "row": questions[0]["row"], "name": names[digest], "questions": questions}
+            yield Item(f"{split}/{names[digest]}", split, payload)
+
+    @staticmethod
+    def _parse_row(row: dict[str, Any]) -> tuple[dict[str, Any], bytes, str | None] | str:
+        """(question, image bytes, stored image path) of one export row, or why the row cannot be used."""
+        query = row.get("question", row.get("query"))
+        if isinstance(query, dict):  # nielsr/docvqa_1200_examples: {"en": ..., "de": ...}
+            query = query.get("en")
+        if not isinstance(query, str) or not query:
+            return "no question text (expected a 'question' column or 'query' with 'en')"
+        answers = row.get("answers")
+        if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            return "'answers' is not a list of strings"
+        image = row.get("image")
+        data = image.get("bytes") if isinstance(image, dict) else None
+        if not data:
+            return "no embedded image bytes in the 'image' column"
+        qid = next((row[k] for k in ("questionId", "question_id", "id") if row.get(k) is not None), None)
+        stored = image.get("path")
+        return {"qid": qid, "question": query, "answers": answers or None}, data, stored if isinstance(stored, str) else None
+
+    # -- convert ---------------------------------------------------------------------------------------------------
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
+        page = item.payload
+        rel = f"{item.split}/{page['name']}"
+        if "table" in page:
+            try:
+                write_image_bytes(out, read_cell(Path(page["table"]), page["row"], "image")["bytes"], rel)
+            except ConversionError as exc:
+                raise ConversionError(f"{Path(page['table']).name} row {page['row']}: {exc}") from None
+        else:
+            out.copy(Path(page["src"]), rel)
+        turns = [self._turn(q, [rel]) for q in page["questions"]]
+        if self.options.group_pages:
+            for turn in turns[1:]:
+                turn["images"] = []
+            return [{"id": f"{item.split}-{Path(rel).stem}", "task": "vqa", "conversations": turns}]
+        return [self._record(item.split, q, turn) for q, turn in zip(page["questions"], turns)]
+
+    def _turn(self, question: dict[str, Any], images: list[str]) -> dict[str, Any]:
+        user = question["question"] + (f"\n{self.options.instruction}" if self.options.instruction else "")
+        answers = question["answers"]
+        if not answers:
+            return {"images": images, "user": user, "assistant": None}
+        return {"images": images, "user": user, "assistant": choose_answer(answers, self.options.answer), "reference": {"answers": answers}}
+
+    @staticmethod
+    def _record(split: str, question: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {"task": "vqa", "conversations": [turn]}
+        if question["qid"] is not None:
+            record["id"] = f"{split}-q{question['qid']}"
+        return record

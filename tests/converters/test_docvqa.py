@@ -1,0 +1,198 @@
+"""DocVQA converter on miniature copies of the official download and of Hugging Face parquet/arrow exports."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from rich.console import Console
+
+from converters.docvqa import DocVQAConverter, DocVQAOptions, choose_answer
+from phi3v_data.convert import ConvertUsageError, run_converter
+
+QUIET = Console(file=io.StringIO())
+
+
+def png(path: Path, color: str = "white", size: tuple[int, int] = (24, 32)) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path.read_bytes()
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(source: Path, out: Path, **options: object):
+    return run_converter(DocVQAConverter(DocVQAOptions(**options)), source, out, workers=1, console=QUIET)
+
+
+@pytest.fixture
+def official(tmp_path: Path) -> Path:
+    """The official layout: annotations in spdocvqa_qas/, every page flat in spdocvqa_images/."""
+    root = tmp_path / "DocVQA"
+    png(root / "spdocvqa_images" / "txpn0095_1.png", "white")
+    png(root / "spdocvqa_images" / "abcd0001_2.png", "gray")
+    png(root / "spdocvqa_images" / "test0001_1.png", "black")
+    png(tmp_path / "outside.png")
+    train = [
+        {"questionId": 52212, "question": "Who issued the report?", "image": "documents/txpn0095_1.png", "docId": 1968,
+         "ucsf_document_id": "txpn0095", "ucsf_document_page_no": "1", "answers": ["itc", "ITC Limited", "itc limited"],
+         "data_split": "train", "question_types": ["layout"]},
+        {"questionId": 52213, "question": "How many tables?", "image": "documents/abcd0001_2.png", "answers": ["5", "five", "Five"]},
+        {"questionId": 52214, "question": "What is the date?", "image": "documents/txpn0095_1.png", "answers": ["1/8/93"]},
+        {"questionId": 52215, "image": "documents/txpn0095_1.png", "answers": ["x"]},  # no question
+        {"questionId": 52216, "question": "Escape?", "image": "../outside.png", "answers": ["no"]},
+        {"questionId": 52217, "question": "Lost?", "image": "documents/missing_1.png", "answers": ["no"]},
+    ]
+    qas = root / "spdocvqa_qas"
+    qas.mkdir(parents=True)
+    (qas / "train_v1.0_withQT.json").write_text(json.dumps({"dataset_name": "docvqa", "dataset_split": "train", "data": train}))
+    test = [{"questionId": 7, "question": "What is the title?", "image": "documents/test0001_1.png", "docId": 3}]
+    (qas / "test_v1.0.json").write_text(json.dumps({"dataset_name": "docvqa", "dataset_split": "test", "data": test}))
+    return root
+
+
+def test_answer_choice_is_majority_after_normalising_ties_to_first() -> None:
+    assert choose_answer(["itc", "ITC Limited", "itc  limited"], "majority") == "ITC Limited"
+    assert choose_answer(["a", "b", "B ", "A"], "majority") == "a"
+    assert choose_answer(["itc", "ITC Limited", "itc limited"], "first") == "itc"
+
+
+def test_official_layout_exact_records_failures_and_unlabeled_test(official: Path, tmp_path: Path) -> None:
+    result = run(official, tmp_path / "out")
+    train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")
+    assert train[0] == {
+        "id": "train-q52212",
+        "source": "docvqa",
+        "task": "vqa",
+        "conversations": [
+            {
+                "images": ["train/txpn0095_1.png"],
+                "user": "Who issued the report?\nAnswer briefly.",
+                "assistant": "ITC Limited",
+                "reference": {"answers": ["itc", "ITC Limited", "itc limited"]},
+            }
+        ],
+    }
+    # questions about one page come together, pages in order of first appearance
+    assert [r["id"] for r in train] == ["train-q52212", "train-q52214", "train-q52213"]
+    assert [r["conversations"][0]["assistant"] for r in train] == ["ITC Limited", "1/8/93", "five"]
+    assert (tmp_path / "out" / "images" / "train" / "abcd0001_2.png").read_bytes() == (
+        official / "spdocvqa_images" / "abcd0001_2.png"
+    ).read_bytes()
+    test = jsonl(tmp_path / "out" / "docvqa_test.jsonl")
+    assert test == [
+        {"id": "test-q7", "source": "docvqa", "task": "vqa",
+         "conversations": [{"images": ["test/test0001_1.png"], "user": "What is the title?\nAnswer briefly."}]}
+    ]
+    reasons = sorted(f.reason for f in result.failures)
+    assert len(reasons) == 3 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
+    assert reasons[0].startswith("data[3]: malformed entry: field 'question'")
+    assert reasons[1] == "data[4]: refused: escapes the dataset root (image '../outside.png')"
+    assert reasons[2].startswith("data[5]: image 'documents/missing_1.png' not found under")
+    assert result.counts == {"train": 3, "test": 1}
+
+
+def test_group_pages_makes_one_multi_turn_record_per_page(official: Path, tmp_path: Path) -> None:
+    run(official, tmp_path / "out", group_pages=True, instruction="")
+    train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")
+    assert train[0] == {
+        "id": "train-txpn0095_1",
+        "source": "docvqa",
+        "task": "vqa",
+        "conversations": [
+            {"images": ["train/txpn0095_1.png"], "user": "Who issued the report?", "assistant": "ITC Limited",
+             "reference": {"answers": ["itc", "ITC Limited", "itc limited"]}},
+            {"images": [], "user": "What is the date?", "assistant": "1/8/93", "reference": {"answers": ["1/8/93"]}},
+        ],
+    }
+    assert [r["id"] for r in train] == ["train-txpn0095_1", "train-abcd0001_2"]
+
+
+def test_single_json_file_finds_images_beside_the_qas_folder(official: Path, tmp_path: Path) -> None:
+    result = run(official / "spdocvqa_qas" / "test_v1.0.json", tmp_path / "out")
+    assert result.counts == {"test": 1} and not result.failures
+    assert (tmp_path / "out" / "images" / "test" / "test0001_1.png").is_file()
+
+
+def test_unknown_layout_and_bad_options_are_usage_errors(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ConvertUsageError, match="train_v1.0_withQT.json"):
+        run(tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match="answer"):
+        DocVQAOptions(answer="random")
+    with pytest.raises(ValueError, match="not a folder"):
+        DocVQAOptions(images=tmp_path / "nope")
+
+
+def _nielsr_parquet(path: Path, pages: list[bytes]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {
+        "id": ["train_0", "train_1", "train_2"],
+        "image": [{"bytes": pages[0], "path": None}, {"bytes": pages[1], "path": None}, {"bytes": pages[0], "path": None}],
+        "query": [{"en": "What is the total?", "de": "?"}, {"en": "Whose letter?", "de": "?"}, {"en": "Which year?", "de": "?"}],
+        "answers": [["$10", "10"], ["Bob"], ["1999"]],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), path, row_group_size=2)  # two row groups: reading across them is exercised
+
+
+def test_parquet_export_with_embedded_images(tmp_path: Path) -> None:
+    pages = [png(tmp_path / "p0.png", "red"), png(tmp_path / "p1.png", "blue", (20, 20))]
+    _nielsr_parquet(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet", pages)
+    result = run(tmp_path / "hf", tmp_path / "out")
+    train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")
+    digest0 = __import__("hashlib").sha1(pages[0]).hexdigest()[:16]
+    assert train[0] == {
+        "id": "train-qtrain_0",
+        "source": "docvqa",
+        "task": "vqa",
+        "conversations": [{"images": [f"train/{digest0}.png"], "user": "What is the total?\nAnswer briefly.",
+                           "assistant": "$10", "reference": {"answers": ["$10", "10"]}}],
+    }
+    assert [r["id"] for r in train] == ["train-qtrain_0", "train-qtrain_2", "train-qtrain_1"]
+    assert (tmp_path / "out" / "images" / train[0]["conversations"][0]["images"][0]).read_bytes() == pages[0]
+    assert (tmp_path / "out" / "images" / train[2]["conversations"][0]["images"][0]).read_bytes() == pages[1]
+    assert result.counts == {"train": 3} and not result.failures
+
+
+def test_save_to_disk_arrow_export_unlabeled_test_and_bad_rows(tmp_path: Path) -> None:
+    import datasets
+
+    page = png(tmp_path / "p.png", "green")
+    test = datasets.Dataset.from_dict(
+        {"questionId": [11, 12, 13], "question": ["Q one?", "", "Q three?"], "answers": [None, None, None],
+         "image": [{"bytes": page, "path": "ffbf0023_4.png"}, {"bytes": page, "path": None}, {"bytes": b"garbage", "path": "bad.png"}]},
+        features=datasets.Features({"questionId": datasets.Value("int64"), "question": datasets.Value("string"),
+                                    "answers": datasets.Sequence(datasets.Value("string")), "image": datasets.Image()}),
+    )
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "saved"))
+    result = run(tmp_path / "saved", tmp_path / "out")
+    assert jsonl(tmp_path / "out" / "docvqa_test.jsonl") == [
+        {"id": "test-q11", "source": "docvqa", "task": "vqa",
+         "conversations": [{"images": ["test/ffbf0023_4.png"], "user": "Q one?\nAnswer briefly."}]}
+    ]
+    assert [(f.file, f.reason) for f in result.failures] == [
+        ("test/data-00000-of-00001.arrow", "row 1: no question text (expected a 'question' column or 'query' with 'en')"),
+        ("test/bad.png", "data-00000-of-00001.arrow row 2: embedded image is not in a recognised image format"),
+    ]
+
+
+def test_cli_converts_the_official_layout(official: Path, tmp_path: Path) -> None:
+    from phi3v_data.cli import main
+
+    out = tmp_path / "cli-out"
+    result = CliRunner().invoke(main, ["convert", "docvqa", str(official), "--out", str(out), "--workers", "1", "--group-pages"])
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in jsonl(out / "docvqa_train.jsonl")] == ["train-txpn0095_1", "train-abcd0001_2"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 2, "test": 1} and manifest["failures"] == 3
+    strict = CliRunner().invoke(main, ["convert", "docvqa", str(official), "--out", str(tmp_path / "o2"), "-j", "1", "--strict"])
+    assert strict.exit_code == 1
