@@ -1,0 +1,106 @@
+"""Hateful Memes (Facebook AI, 2020) as released: ``img/``, ``train.jsonl``, ``dev_seen.jsonl``, ``dev_unseen.jsonl``,
+``test_seen.jsonl``, ``test_unseen.jsonl`` (older releases: ``dev.jsonl``, ``test.jsonl``), possibly inside ``data/``.
+
+Each file becomes a split of the same name. The image comes from the ``img`` field, never the ``id`` (ids lose
+leading zeros: id 1235 is ``img/01235.png``); an image missing at that path is looked up by file name under the
+dataset root. A file in which no line has a ``label`` (the original test sets) becomes an unlabeled split.
+
+One line of ``dev_seen.jsonl``::
+
+    {"id": 8291, "img": "img/08291.png", "label": 1, "text": "white people is this a shooting range"}
+
+becomes, in ``hateful_memes_dev_seen.jsonl``::
+
+    {"id": "dev_seen-8291", "source": "hateful-memes", "task": "binary",
+     "conversations": [{"images": ["dev_seen/08291.png"],
+                        "user": "The text on this meme reads: \\"white people is this a shooting range\\"\\nIs this meme hateful? Answer yes or no.",
+                        "assistant": "yes", "reference": {"label": 1}}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from converters._common import ESCAPES, BasenameIndex, binary_turn, check_template, find_named_files, locate, read_json_lines, relative_name
+from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.io import UnsafePathError
+
+SPLIT_FILES = ("train", "dev", "dev_seen", "dev_unseen", "test", "test_seen", "test_unseen")
+DEFAULT_PROMPT = 'The text on this meme reads: "{text}"\nIs this meme hateful? Answer yes or no.'
+
+
+class MemeLine(BaseModel):
+    """One annotation line; unknown keys are ignored (later releases added some)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int | str
+    img: str = Field(min_length=1)
+    text: str
+    label: Literal[0, 1] | None = None
+
+
+class HatefulMemesOptions(ConverterOptions):
+    prompt: str = Field(default=DEFAULT_PROMPT, description="User text; {text} is replaced by the meme's text.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        return check_template(value, "text")
+
+
+class HatefulMemesConverter(Converter):
+    """Hateful Memes release (img/ + train/dev_seen/dev_unseen/test_*.jsonl) → yes/no questions with AUROC labels."""
+
+    name = "hateful-memes"
+    version = "1"
+    output_name = "hateful_memes"
+    Options = HatefulMemesOptions
+    options: HatefulMemesOptions
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        files = find_named_files(source, [f"{split}.jsonl" for split in SPLIT_FILES])
+        if not files:
+            raise ConvertUsageError(
+                f"{source} is not a Hateful Memes release: expected img/ and train.jsonl, dev_seen.jsonl, dev_unseen.jsonl, "
+                "test_seen.jsonl, test_unseen.jsonl (or dev.jsonl/test.jsonl) in it or in its data/ folder"
+            )
+        root = files[0].parent
+        index = BasenameIndex(root)
+        for path in files:
+            yield from self._plan_file(path, root=root, index=index)
+
+    def _plan_file(self, path: Path, *, root: Path, index: BasenameIndex) -> Iterator[Item | Failure]:
+        split, file = path.stem, relative_name(path, root)
+        rows: list[tuple[int, MemeLine]] = []
+        for entry in read_json_lines(path, MemeLine, file=file):
+            if isinstance(entry, Failure):
+                yield Failure(entry.file, entry.reason, split, entry.line)
+            else:
+                rows.append(entry)
+        labeled = any(row.label is not None for _, row in rows)
+        for lineno, row in rows:
+            if labeled and row.label is None:
+                yield Failure(file, "field 'label' is missing (other lines of this file have labels)", split, lineno)
+                continue
+            try:
+                image = locate(root, row.img, index)
+            except UnsafePathError:
+                yield Failure(file, f"{ESCAPES} (img {row.img!r})", split, lineno)
+                continue
+            if image is None:
+                yield Failure(file, f"image {row.img!r} not found under {root}", split, lineno)
+                continue
+            payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label}
+            yield Item(f"{split}/{row.id}", split, payload)
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
+        meme = item.payload
+        image = out.copy(Path(meme["image"]), f"{item.split}/{Path(meme['image']).name}")
+        user = self.options.prompt.format(text=meme["text"])
+        turn = binary_turn([image], user, meme["label"])
+        return [{"id": f"{item.split}-{meme['id']}", "task": "binary", "conversations": [turn]}]
