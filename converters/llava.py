@@ -1,0 +1,228 @@
+"""LLaVA and ShareGPT conversation files → records: each ``<image>`` tag becomes ``<|image_k|>`` in place.
+
+One LLaVA row (``llava.json``, ``--image-folder coco``, ``--split train``)::
+
+    {"id": "000000033471", "image": "train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
+                       {"from": "gpt", "value": "White and red."}]}
+
+becomes (the image copied to ``OUT/images/train/train2017/000000033471.jpg``)::
+
+    {"id": "000000033471", "source": "llava", "task": "chat",
+     "conversations": [{"images": ["train/train2017/000000033471.jpg"],
+                        "user": "<|image_1|>\\nWhat are the colors of the bus?", "assistant": "White and red."}]}
+
+The ``sharegpt`` converter reads the LLaMA-Factory layout the same way: ``{"messages": [{"role": "user", "content":
+"<image>…"}, {"role": "assistant", "content": "…"}], "images": ["a.jpg"]}``, or ``conversations`` with
+``from``/``value`` (``human``/``gpt``), optional top-level ``system`` and ``id``.
+
+Mapping rules (shared by both):
+- ``image``/``images`` may be one path or a list, relative to ``--image-folder`` (default: the file's folder); a path
+  that escapes it is refused. The k-th ``<image>`` tag of the human turns is the k-th image.
+- A row with images but no ``<image>`` tag gets one ``<image>\\n`` per image in front of its first human turn (the
+  LLaVA convention, and what the model sees for untagged images anyway). Any other tag/image count mismatch fails.
+- System messages are prepended to the first human text (``system + "\\n\\n"``) rather than dropped: in ShareGPT data
+  they often carry the task instruction, and the record format has no system slot.
+- Turns must alternate human, gpt, human, gpt…; a single human turn without a reply makes an unlabeled record.
+- Images land at ``images/<split>/<path>``; a path that already starts with ``<split>/`` (as ``phi3v-data export``
+  writes it) is kept as is, so an exported dataset imports back to identical records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from converters._common import first_error
+from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.export import IMAGE_TAG
+from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from schemas import IMAGE_TAG_RE, Task
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class RowError(ValueError):
+    """Why one row cannot become a record."""
+
+
+class LlavaOptions(ConverterOptions):
+    image_folder: Path | None = Field(default=None, description="Folder the rows' image paths are relative to [default: the file's folder].")
+    split: str = Field(default="train", pattern=r"^[A-Za-z0-9_-]+$", description="Split the file becomes (images/<split>/, <name>_<split>.jsonl).")
+    task: Task = Field(default="chat", description="Task of every record (picks evaluation metrics).")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str = Field(validation_alias="from")
+    text: str = Field(validation_alias="value")
+
+
+class _OpenAIMessage(_Message):
+    role: str
+    text: str = Field(validation_alias="content")
+
+
+class _Row(BaseModel):
+    """A LLaVA row, or a ShareGPT row with ``conversations``."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str | int | None = None
+    images: list[str] = Field(default_factory=list, validation_alias=AliasChoices("images", "image"))
+    system: str | None = None
+    messages: list[_Message] = Field(validation_alias="conversations")
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [] if value is None else [value] if isinstance(value, str) else value
+
+
+class _MessagesRow(_Row):
+    """A ShareGPT row as LLaMA-Factory writes it: ``messages`` with ``role``/``content``."""
+
+    messages: list[_OpenAIMessage] = Field(validation_alias="messages")  # type: ignore[assignment]
+
+
+def parse_row(raw: Any) -> _Row:
+    """A LLaVA or ShareGPT row; raises :class:`RowError` naming the bad field."""
+    if not isinstance(raw, dict):
+        raise RowError(f"a row must be a JSON object, not {type(raw).__name__}")
+    try:
+        return (_MessagesRow if "messages" in raw else _Row).model_validate(raw)
+    except ValidationError as exc:
+        raise RowError(first_error(exc)) from None
+
+
+def _pairs(row: _Row) -> tuple[str | None, list[tuple[str, str | None]]]:
+    """(system text, [(human, gpt)]) of a row, checking that the turns alternate."""
+    roles = [(ROLES.get(m.role.lower()), m) for m in row.messages]
+    unknown = [m.role for role, m in roles if role is None]
+    if unknown:
+        raise RowError(f"unsupported role {unknown[0]!r} (expected human/user, gpt/assistant or system)")
+    system = [row.system] if row.system else []
+    while roles and roles[0][0] == "system":
+        system.append(roles.pop(0)[1].text)
+    skipped = len(row.messages) - len(roles)
+    for position, (role, message) in enumerate(roles):
+        expected = ("user", "assistant")[position % 2]
+        if role != expected:
+            wanted = "a human" if expected == "user" else "a gpt"
+            raise RowError(f"message {skipped + position + 1} is {message.role!r} where {wanted} turn belongs: turns must alternate human, gpt")
+    pairs = [(roles[i][1].text, roles[i + 1][1].text if i + 1 < len(roles) else None) for i in range(0, len(roles), 2)]
+    if not pairs:
+        raise RowError("conversation has no human turn")
+    if pairs[-1][1] is None and len(pairs) > 1:
+        raise RowError("the last human turn has no reply (only a single-turn row may be unlabeled)")
+    return ("\n\n".join(system) or None), pairs
+
+
+def map_row(row: _Row) -> tuple[list[dict[str, Any]], list[str]]:
+    """Turns of the record (``images`` holding the row's own paths) and the row's images in global order."""
+    system, pairs = _pairs(row)
+    for human, gpt in pairs:
+        if IMAGE_TAG_RE.search(human):
+            raise RowError("text already holds <|image_k|> tags; only <image> tags are understood")
+        if gpt is not None and IMAGE_TAG in gpt:
+            raise RowError("a gpt turn holds an <image> tag")
+    if system:
+        pairs[0] = (f"{system}\n\n{pairs[0][0]}", pairs[0][1])
+    tags = sum(human.count(IMAGE_TAG) for human, _ in pairs)
+    if tags == 0 and row.images:
+        pairs[0] = (IMAGE_TAG + "\n") * len(row.images) + pairs[0][0], pairs[0][1]
+    elif tags != len(row.images):
+        raise RowError(f"{tags} <image> tag(s) but {len(row.images)} image(s)")
+    turns, next_image = [], 0
+    for human, gpt in pairs:
+        pieces = human.split(IMAGE_TAG)
+        text = pieces[0]
+        for offset, piece in enumerate(pieces[1:], start=next_image + 1):
+            text += f"<|image_{offset}|>{piece}"
+        turn_images = row.images[next_image : next_image + len(pieces) - 1]
+        next_image += len(turn_images)
+        turns.append({"images": turn_images, "user": text, "assistant": gpt})
+    return turns, row.images
+
+
+def image_destination(rel: str, split: str) -> str:
+    """Where an image of the row lands under ``images/``: ``<split>/<rel>`` unless ``rel`` starts with ``<split>/``."""
+    parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p != "."]
+    return "/".join(parts if parts[0] == split else [split, *parts])
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    record: dict[str, Any]
+    copies: tuple[tuple[str, str], ...]
+
+
+class LlavaConverter(Converter):
+    """LLaVA conversation json/jsonl (<image> tags, image or image list per row)."""
+
+    name: ClassVar[str] = "llava"
+    output_name: ClassVar[str] = "llava"
+    Options = LlavaOptions
+    options: LlavaOptions
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        if not source.is_file():
+            raise ConvertUsageError(f"{source} is not a file: give the {self.name} .json or .jsonl file itself")
+        folder = self.options.image_folder or source.parent
+        if not folder.is_dir():
+            raise ConvertUsageError(f"--image-folder {folder} is not a directory")
+        split = self.options.split
+        for where, line, raw, error in _rows(source):
+            try:
+                if error:
+                    raise RowError(error)
+                row = parse_row(raw)
+                turns, paths = map_row(row)
+                copies = tuple((str(resolve_inside(folder, p)), image_destination(p, split)) for p in paths)
+            except (RowError, UnsafePathError) as exc:
+                yield Failure(where, str(exc), split, line)
+                continue
+            for turn in turns:  # the turn's own paths → their places under images/
+                turn["images"] = [image_destination(p, split) for p in turn["images"]]
+            record: dict[str, Any] = {"task": self.options.task, "conversations": turns}
+            if row.id is not None:
+                record["id"] = str(row.id)
+            yield Item(key=where if line is None else f"{where}:{line}", split=split, payload=_Job(record, copies))
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
+        job: _Job = item.payload
+        for src, rel in job.copies:
+            target = out.path(rel)
+            if not (target.is_file() and target.stat().st_size == Path(src).stat().st_size):  # rows often share images
+                out.copy(Path(src), rel)
+        return [job.record]
+
+
+class ShareGPTConverter(LlavaConverter):
+    """ShareGPT / LLaMA-Factory json/jsonl (messages or conversations, images list)."""
+
+    name: ClassVar[str] = "sharegpt"
+    output_name: ClassVar[str] = "sharegpt"
+
+
+def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:
+    """(where, line, raw row, parse error) of a JSON array (loaded whole) or JSON lines (streamed), by the first byte."""
+    with open(source, "rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head != b"[":
+        for entry in iter_jsonl(source):
+            yield source.name, entry.lineno, entry.value, entry.error
+        return
+    try:
+        rows = json.loads(source.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConvertUsageError(f"{source}: not valid JSON ({exc}); fix the file or convert it to JSON lines") from None
+    for index, raw in enumerate(rows):
+        yield f"{source.name}[{index}]", None, raw, None
+
+
+__all__ = ["LlavaConverter", "ShareGPTConverter", "parse_row", "map_row", "image_destination", "RowError"]

@@ -1,0 +1,158 @@
+"""LLaVA / ShareGPT import: exact records, tag mapping, failures, and import → export → import round trips."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from converters.llava import LlavaConverter, LlavaOptions, ShareGPTConverter, image_destination
+from phi3v_data.convert import run_converter
+from phi3v_data.export import export_dataset
+
+
+def _images(folder: Path) -> None:
+    (folder / "coco").mkdir(parents=True)
+    Image.new("RGB", (4, 3), "red").save(folder / "coco" / "x.png")
+    Image.new("RGB", (5, 2), "blue").save(folder / "coco" / "y.jpg", quality=90)
+    (folder / "coco" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _human_gpt(*texts: str) -> list[dict]:
+    return [{"from": ("human", "gpt")[i % 2], "value": text} for i, text in enumerate(texts)]
+
+
+LLAVA_ROWS = [
+    {"id": "a1", "image": "coco/x.png", "conversations": _human_gpt("<image>\nWhat colour?", "Red.")},
+    {
+        "id": 7,
+        "image": ["coco/x.png", "coco/y.jpg"],
+        "conversations": [{"from": "system", "value": "Be brief."}, *_human_gpt("Compare <image> and <image>.", "Same size.", "Which is blue?", "The second.")],
+    },
+    {"image": "coco/y.jpg", "conversations": _human_gpt("Describe.", "A blue strip.")},
+    {"id": "t", "conversations": _human_gpt("Hi", "Hello")},
+    {"id": "u", "image": "coco/x.png", "conversations": _human_gpt("<image>\nWhat is it?")},
+    {"id": "multi-turn-images", "image": ["coco/x.png", "coco/y.jpg"], "conversations": _human_gpt("<image>\nFirst?", "Red.", "And <image>?", "Blue.")},
+    {"id": "too-many-tags", "image": "coco/x.png", "conversations": _human_gpt("<image> <image>", "?")},
+    {"id": "missing", "image": "coco/missing.png", "conversations": _human_gpt("<image>", "?")},
+    {"id": "escape", "image": "../outside.png", "conversations": _human_gpt("<image>", "?")},
+    {"id": "twice-human", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+    {"id": "corrupt", "image": "coco/broken.jpg", "conversations": _human_gpt("<image>", "?")},
+]
+
+EXPECTED = [
+    {"id": "a1", "source": "llava", "task": "chat",
+     "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat colour?", "assistant": "Red."}]},
+    {"id": "7", "source": "llava", "task": "chat",
+     "conversations": [
+         {"images": ["train/coco/x.png", "train/coco/y.jpg"], "user": "Be brief.\n\nCompare <|image_1|> and <|image_2|>.", "assistant": "Same size."},
+         {"images": [], "user": "Which is blue?", "assistant": "The second."}]},
+    {"id": "train-0000000002", "source": "llava", "task": "chat",
+     "conversations": [{"images": ["train/coco/y.jpg"], "user": "<|image_1|>\nDescribe.", "assistant": "A blue strip."}]},
+    {"id": "t", "source": "llava", "task": "chat", "conversations": [{"images": [], "user": "Hi", "assistant": "Hello"}]},
+    {"id": "u", "source": "llava", "task": "chat", "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat is it?"}]},
+    {"id": "multi-turn-images", "source": "llava", "task": "chat",
+     "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nFirst?", "assistant": "Red."},
+                       {"images": ["train/coco/y.jpg"], "user": "And <|image_2|>?", "assistant": "Blue."}]},
+]
+
+
+def _llava_source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    _images(src / "imgs")
+    (src / "llava.json").write_text(json.dumps(LLAVA_ROWS))
+    return src / "llava.json"
+
+
+def test_llava_rows_become_exact_records_and_failures(tmp_path: Path) -> None:
+    source = _llava_source(tmp_path)
+    options = LlavaOptions(image_folder=source.parent / "imgs")
+    result = run_converter(LlavaConverter(options), source, tmp_path / "out", workers=1)
+
+    assert _records(tmp_path / "out" / "llava_train.jsonl") == EXPECTED
+    assert [asdict(f) for f in result.failures] == [
+        {"file": "llava.json[6]", "reason": "2 <image> tag(s) but 1 image(s)", "split": "train", "line": None},
+        {"file": "llava.json[8]", "reason": f"'../outside.png' escapes {source.parent / 'imgs'}", "split": "train", "line": None},
+        {"file": "llava.json[9]", "reason": "message 2 is 'human' where a gpt turn belongs: turns must alternate human, gpt",
+         "split": "train", "line": None},
+        {"file": "llava.json[7]", "reason": f"{source.parent / 'imgs/coco/missing.png'}: file does not exist", "split": "train", "line": None},
+        {"file": "llava.json[10]", "reason": f"{source.parent / 'imgs/coco/broken.jpg'}: not a recognised image format",
+         "split": "train", "line": None},
+    ]
+    copied = tmp_path / "out" / "images" / "train" / "coco"
+    assert sorted(p.name for p in copied.iterdir()) == ["x.png", "y.jpg"]
+    assert (copied / "y.jpg").read_bytes() == (source.parent / "imgs" / "coco" / "y.jpg").read_bytes()
+
+
+def test_llava_jsonl_reports_bad_lines_with_line_numbers(tmp_path: Path) -> None:
+    _images(tmp_path)
+    lines = [json.dumps(LLAVA_ROWS[0]), "{not json", json.dumps({"id": "x", "conversations": [{"from": "robot", "value": "hi"}]}), ""]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    result = run_converter(LlavaConverter(LlavaOptions(split="val", task="vqa")), tmp_path / "data.jsonl", tmp_path / "out", workers=1)
+
+    assert _records(tmp_path / "out" / "llava_val.jsonl") == [
+        {"id": "a1", "source": "llava", "task": "vqa",
+         "conversations": [{"images": ["val/coco/x.png"], "user": "<|image_1|>\nWhat colour?", "assistant": "Red."}]}
+    ]
+    assert [(f.file, f.line, f.reason) for f in result.failures] == [
+        ("data.jsonl", 2, "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
+        ("data.jsonl", 3, "unsupported role 'robot' (expected human/user, gpt/assistant or system)"),
+    ]
+
+
+def test_sharegpt_messages_and_conversations_variants(tmp_path: Path) -> None:
+    _images(tmp_path)
+    rows = [
+        {"messages": [{"role": "system", "content": "You judge colours."}, {"role": "user", "content": "<image>Colour?"},
+                      {"role": "assistant", "content": "Red"}], "images": ["coco/x.png"]},
+        {"id": "c", "system": "Short answers.", "conversations": _human_gpt("Two: <image><image>", "ok"), "images": ["coco/y.jpg", "coco/x.png"]},
+        {"id": "bad", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+    ]
+    (tmp_path / "sg.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    result = run_converter(ShareGPTConverter(), tmp_path / "sg.jsonl", tmp_path / "out", workers=1)
+
+    assert _records(tmp_path / "out" / "sharegpt_train.jsonl") == [
+        {"id": "train-0000000000", "source": "sharegpt", "task": "chat",
+         "conversations": [{"images": ["train/coco/x.png"], "user": "You judge colours.\n\n<|image_1|>Colour?", "assistant": "Red"}]},
+        {"id": "c", "source": "sharegpt", "task": "chat",
+         "conversations": [{"images": ["train/coco/y.jpg", "train/coco/x.png"], "user": "Short answers.\n\nTwo: <|image_1|><|image_2|>", "assistant": "ok"}]},
+    ]
+    assert [(f.line, f.reason) for f in result.failures] == [(3, "field 'messages.0.content': Input should be a valid string")]
+
+
+def test_image_destination_keeps_an_existing_split_prefix() -> None:
+    assert image_destination("coco/x.png", "train") == "train/coco/x.png"
+    assert image_destination("./train/coco/x.png", "train") == "train/coco/x.png"
+    assert image_destination("train2017/x.png", "train") == "train/train2017/x.png"
+    assert image_destination("val/x.png", "train") == "train/val/x.png"
+
+
+def test_llava_round_trip_import_export_import(tmp_path: Path) -> None:
+    source = _llava_source(tmp_path)
+    first = tmp_path / "first"
+    run_converter(LlavaConverter(LlavaOptions(image_folder=source.parent / "imgs")), source, first, workers=1)
+    exported = export_dataset(first / "llava_train.jsonl", tmp_path / "exported.json", to="llava")
+    assert (exported.rows, exported.problems) == (6, [])
+
+    second = tmp_path / "second"
+    run_converter(LlavaConverter(LlavaOptions(image_folder=first / "images")), tmp_path / "exported.json", second, workers=1)
+    assert _records(second / "llava_train.jsonl") == _records(first / "llava_train.jsonl") == EXPECTED
+    assert (second / "images" / "train" / "coco" / "y.jpg").read_bytes() == (first / "images" / "train" / "coco" / "y.jpg").read_bytes()
+
+
+def test_sharegpt_round_trip_with_a_named_image_folder(tmp_path: Path) -> None:
+    source = _llava_source(tmp_path)  # the same rows, read as ShareGPT (conversations + from/value)
+    first = tmp_path / "first"
+    run_converter(ShareGPTConverter(LlavaOptions(image_folder=source.parent / "imgs", split="val")), source, first, workers=1)
+    export_dataset(first / "sharegpt_val.jsonl", tmp_path / "sg.jsonl", to="sharegpt", image_folder=first / "images" / "val")
+    assert json.loads((tmp_path / "sg.jsonl").read_text().splitlines()[1])["images"] == ["coco/x.png", "coco/y.jpg"]
+
+    second = tmp_path / "second"
+    run_converter(ShareGPTConverter(LlavaOptions(image_folder=first / "images" / "val", split="val")), tmp_path / "sg.jsonl", second, workers=1)
+    records = _records(second / "sharegpt_val.jsonl")
+    assert records == _records(first / "sharegpt_val.jsonl")
+    assert [r["id"] for r in records] == ["a1", "7", "val-0000000002", "t", "u", "multi-turn-images"]
