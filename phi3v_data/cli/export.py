@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,17 +38,19 @@ def export(dataset: Path, to: Format, out: Path, image_folder: Path | None) -> N
         # then train LLaVA with --data_path docvqa_llava.json --image_folder data/docvqa/images
     """
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("exporting {task.fields[name]}: {task.completed} records"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("exporting {task.fields[name]}: {task.completed:.0f} records"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("export", total=None, name=dataset.name)
         try:
             result = export_dataset(dataset, out, to=to, image_folder=image_folder, on_record=lambda: progress.advance(task))
         except ExportUsageError as exc:
             raise click.UsageError(str(exc)) from None
+        except OSError as exc:  # unreadable dataset, unwritable --out
+            raise click.ClickException(str(exc)) from None
     console.print(_summary(result, to=to, dataset=dataset))
     for problem in result.problems[:SHOWN_PROBLEMS]:
         record = f" (id {problem.id})" if problem.id else ""
-        console.print(f"  [red]skipped[/] {dataset}:{problem.line}{record}: {problem.reason}")
+        console.print(f"  [red]skipped[/] {escape(f'{dataset}:{problem.line}{record}: {problem.reason}')}", soft_wrap=True)
     if len(result.problems) > SHOWN_PROBLEMS:
         console.print(f"  … and {len(result.problems) - SHOWN_PROBLEMS} more")
     if result.problems:
