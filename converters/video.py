@@ -102,7 +102,7 @@ class VideoConverter(Converter):
         outputs: dict[str, str] = {}
         for entry in sorted(scan.entries, key=lambda e: (splits[e.split], order[e.label], e.key)):
             target = f"{entry.split}/{entry.label}/{entry.path.stem}"
-            if target in outputs:  # e.g. clip.avi and clip.mp4 in one folder would write the same frames
+            if outputs.get(target, entry.key) != entry.key:  # e.g. clip.avi and clip.mp4 in one folder would write the same frames
                 yield Failure(entry.key, f"same output images/{target}.*.jpg as {outputs[target]}; rename one", entry.split)
                 continue
             outputs[target] = entry.key
@@ -179,40 +179,46 @@ def _read_class_index(path: Path) -> list[str]:
 def _scan_official(videos: Path, lists: Path, *, split_list: int) -> _Scan:
     classes = _read_class_index(lists / "classInd.txt")
     scan = _Scan(classes=classes)
-    by_lower = {c.lower(): c for c in classes}
-    on_disk: dict[str, str] | None = None  # lower-case relative path → actual one, built on the first miss
+    index: dict[str, str] = {}  # lower-case relative path → actual one, built on the first miss
     for split, name in (("train", f"trainlist{split_list:02d}.txt"), ("test", f"testlist{split_list:02d}.txt")):
         list_path = lists / name
         if not list_path.is_file():
             raise ConvertUsageError(f"{list_path} is missing (--split-list {split_list})")
         for lineno, line in _read_lines(list_path):
-            where = f"{LISTS_DIR}/{name}"
-            parts = line.split()
-            rel = parts[0].replace("\\", "/")
-            folder = rel.split("/")[0].lower()
-            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()) or "/" not in rel:
-                scan.failures.append(Failure(where, f"expected '<Class>/<video> [label]', got {line!r}", split, lineno))
-                continue
-            if len(parts) == 2 and not 1 <= int(parts[1]) <= len(classes):
-                scan.failures.append(Failure(where, f"label {parts[1]} is not in classInd.txt (1..{len(classes)})", split, lineno))
-                continue
-            label = classes[int(parts[1]) - 1] if len(parts) == 2 else by_lower.get(folder)
-            if label is None or label.lower() != folder:
-                scan.failures.append(Failure(where, f"folder of {rel!r} does not match class {label!r} of classInd.txt", split, lineno))
-                continue
             try:
-                path = resolve_inside(videos, rel)
-                if not path.is_file():
-                    on_disk = on_disk if on_disk is not None else _index_videos(videos)
-                    path = resolve_inside(videos, on_disk.get(rel.lower(), rel))
-            except UnsafePathError as exc:
-                scan.failures.append(Failure(where, f"refused: {exc}", split, lineno))
-                continue
-            if not path.is_file():
-                scan.failures.append(Failure(where, f"{rel}: no such video under {videos}", split, lineno))
+                label, path = _list_entry(line, videos, classes, index)
+            except ValueError as exc:  # UnsafePathError is one
+                scan.failures.append(Failure(f"{LISTS_DIR}/{name}", str(exc), split, lineno))
                 continue
             scan.entries.append(_Entry(split, label, path.relative_to(videos).as_posix(), path))
     return scan
+
+
+def _list_entry(line: str, videos: Path, classes: list[str], index: dict[str, str]) -> tuple[str, Path]:
+    """Class and video of one split-list line (``Class/v_….avi [label]``); ValueError says what is wrong."""
+    parts = line.split()
+    rel = parts[0].replace("\\", "/")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()) or "/" not in rel:
+        raise ValueError(f"expected '<Class>/<video> [label]', got {line!r}")
+    try:
+        path = resolve_inside(videos, rel)
+    except UnsafePathError as exc:
+        raise ValueError(f"refused: {exc}") from None
+    if not path.is_file():  # e.g. a list written on a case-insensitive file system
+        index.update(index or _index_videos(videos))
+        path = resolve_inside(videos, index.get(rel.lower(), rel))
+    if not path.is_file():
+        raise ValueError(f"{rel}: no such video under {videos}")
+    folder = path.relative_to(videos).parts[0]
+    if len(parts) == 2:
+        if not 1 <= int(parts[1]) <= len(classes):
+            raise ValueError(f"label {parts[1]} is not in classInd.txt (1..{len(classes)})")
+        label = classes[int(parts[1]) - 1]
+    else:
+        label = next((c for c in classes if c.lower() == folder.lower()), folder)
+    if label.lower() != folder.lower():
+        raise ValueError(f"{rel} sits in folder {folder!r} but is labelled {label!r} (classInd.txt)")
+    return label, path
 
 
 def _index_videos(videos: Path) -> dict[str, str]:
