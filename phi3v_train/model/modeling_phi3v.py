@@ -1,0 +1,306 @@
+"""Phi-3.5-vision on transformers' native Phi-3 decoder and CLIP vision tower — no remote code.
+
+Parameter names follow the official checkpoints exactly (``model.vision_embed_tokens.img_processor.vision_model.…``,
+``model.vision_embed_tokens.{glb_GN,sub_GN,img_projection.0,img_projection.2}``, ``model.embed_tokens``,
+``model.layers.N.self_attn.qkv_proj``, ``lm_head``): transformers' own CLIP key mapping adds/strips the
+``vision_model.`` level when loading and saving, so official checkpoints load with no missing or unexpected keys and
+``save_pretrained`` writes the official layout.
+
+Image placement: in row ``b`` of ``input_ids`` the positions holding ``-k`` receive the features of image ``k`` of
+sample ``b``; ``pixel_values`` holds the images of all samples concatenated (sample order, then image order).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationMixin
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
+from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
+
+from .configuration_phi3v import Phi3VConfig
+
+CROP = 336
+
+
+class CLIPTower(nn.Module):
+    """Holds transformers' ``CLIPVisionModel`` under ``vision_model`` so parameter names are the official ones.
+
+    The extra level keeps ``…img_processor.vision_model.…`` in every state dict (save, load, peft adapters,
+    DeepSpeed checkpoints) without depending on transformers' load-time key renaming.
+    """
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.vision_model = CLIPVisionModel(config)
+
+
+class Phi3VImageEmbedding(nn.Module):
+    """CLIP features → 2×2 merge → learnable row/global separators → 2-layer GELU projection (official layout)."""
+
+    def __init__(self, config: Phi3VConfig) -> None:
+        super().__init__()
+        vision_config = config.vision_config
+        vision_config._attn_implementation_internal = config._attn_implementation_internal
+        self.img_processor = CLIPTower(vision_config)
+        self.image_dim_out = vision_config.hidden_size
+        self.crop_size = vision_config.image_size
+        self.layer_idx = config.feature_layer
+        merged = self.image_dim_out * 4
+        self.glb_GN = nn.Parameter(torch.zeros(1, 1, merged))
+        self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, merged))
+        self.img_projection = nn.Sequential(
+            nn.Linear(merged, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
+        )
+
+    def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """(n, 3, 336, 336) → (n, patches, dim): hidden states of ``layer_idx`` without the class token."""
+        dtype = self.img_processor.vision_model.embeddings.patch_embedding.weight.dtype
+        output = self.img_processor.vision_model(pixel_values=crops.to(dtype), output_hidden_states=True)
+        return output.hidden_states[self.layer_idx][:, 1:]
+
+    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """Projected tokens of each image: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
+
+        Only the crops an image actually uses go through CLIP (the zero padding up to ``num_crops + 1`` is skipped);
+        each crop is encoded independently, so this equals encoding all of them.
+        """
+        num_images, max_crops = pixel_values.shape[:2]
+        grids = [(int(h) // self.crop_size, int(w) // self.crop_size) for h, w in image_sizes.tolist()]
+        used = torch.zeros(num_images, max_crops, dtype=torch.bool)
+        for index, (rows, cols) in enumerate(grids):
+            if rows * cols + 1 > max_crops:
+                raise ValueError(
+                    f"image {index}: image_sizes {rows * self.crop_size}x{cols * self.crop_size} needs "
+                    f"{rows * cols + 1} crops but pixel_values has {max_crops}"
+                )
+            used[index, : rows * cols + 1] = True
+        features = self.crop_features(pixel_values[used.to(pixel_values.device)])
+        counts = used.sum(dim=1).tolist()
+        outputs = []
+        for image_features, (rows, cols) in zip(features.split(counts), grids):
+            glb = self._with_row_separators(self._merge_2x2(image_features[:1], 1, 1))
+            sub = self._with_row_separators(self._merge_2x2(image_features[1:], rows, cols))
+            tokens = torch.cat([sub, self.glb_GN.squeeze(0), glb])
+            projection = self.img_projection[0]
+            outputs.append(self.img_projection(tokens.to(projection.weight.device, projection.weight.dtype)))
+        return outputs
+
+    @staticmethod
+    def _merge_2x2(features: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """(rows*cols, side², C) crop features → (rows*side/2, cols*side/2, 4C) grid, crops in row-major order."""
+        count, length, channels = features.shape
+        side = math.isqrt(length)
+        half = side // 2
+        if side * side != length or side % 2 or count != rows * cols:
+            raise ValueError(f"cannot merge {count} crops of {length} patches into a {rows}x{cols} grid")
+        merged = (
+            features.reshape(count, half, 2, half, 2, channels)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(rows, cols, half, half, 4 * channels)
+            .permute(0, 2, 1, 3, 4)
+        )
+        return merged.reshape(rows * half, cols * half, 4 * channels)
+
+    def _with_row_separators(self, grid: torch.Tensor) -> torch.Tensor:
+        """Append ``sub_GN`` to every row of the (H, W, C) grid and flatten to (H*(W+1), C)."""
+        height = grid.shape[0]
+        separators = self.sub_GN.reshape(1, 1, -1).expand(height, 1, -1).to(grid.dtype)
+        return torch.cat([grid, separators], dim=1).reshape(-1, grid.shape[-1])
+
+
+def image_slots(input_ids: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
+    """(row, k) of every image in ``pixel_values`` order: rows in order, within a row ``k = 1..K_row``.
+
+    ``K_row`` is the largest placeholder ``-k`` in the row; every ``1..K_row`` must occur (the official ids).
+    """
+    slots: list[tuple[int, int]] = []
+    for row, ids in enumerate(input_ids.tolist()):
+        present = sorted({-value for value in ids if value < 0})
+        if present and present != list(range(1, present[-1] + 1)):
+            raise ValueError(f"row {row}: image placeholders must be -1..-K without gaps, found {[-k for k in present]}")
+        slots += [(row, k) for k in present]
+    if len(slots) != num_images:
+        raise ValueError(f"input_ids reference {len(slots)} images but pixel_values holds {num_images}")
+    return slots
+
+
+def merge_image_features(
+    input_ids: torch.Tensor, inputs_embeds: torch.Tensor, features: list[torch.Tensor]
+) -> torch.Tensor:
+    """Write each image's features into the placeholder positions of its row (out of place, autograd-safe)."""
+    rows, cols, values = [], [], []
+    for index, (row, k) in enumerate(image_slots(input_ids, len(features))):
+        positions = (input_ids[row] == -k).nonzero(as_tuple=True)[0]
+        if positions.numel() != features[index].shape[0]:
+            raise ValueError(
+                f"row {row}, image {k}: {positions.numel()} placeholder positions but the image has "
+                f"{features[index].shape[0]} tokens (check num_crops of the processor and the model inputs)"
+            )
+        rows.append(torch.full_like(positions, row))
+        cols.append(positions)
+        values.append(features[index])
+    if not values:
+        return inputs_embeds
+    index = (torch.cat(rows), torch.cat(cols))
+    return inputs_embeds.index_put(index, torch.cat(values).to(inputs_embeds.dtype))
+
+
+class Phi3VPreTrainedModel(PreTrainedModel):
+    config: Phi3VConfig
+    config_class = Phi3VConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer", "Phi3VImageEmbedding"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": Phi3DecoderLayer}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        tower = self._clip_tower()
+        if tower is not None and any(module is m for m in tower.modules()):
+            CLIPPreTrainedModel._init_weights(tower, module)
+            return
+        super()._init_weights(module)
+        if isinstance(module, Phi3VImageEmbedding):
+            std = self.config.initializer_range
+            nn.init.normal_(module.glb_GN, std=std)
+            nn.init.normal_(module.sub_GN, std=std)
+
+    def _clip_tower(self) -> CLIPVisionModel | None:
+        base = getattr(self, "model", self)
+        embedding = getattr(base, "vision_embed_tokens", None)
+        return embedding.img_processor.vision_model if embedding is not None else None
+
+
+class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
+    """Phi-3 decoder whose input embeddings carry image features at the placeholder positions."""
+
+    def __init__(self, config: Phi3VConfig) -> None:
+        Phi3Model.__init__(self, config)
+        self.vision_embed_tokens = Phi3VImageEmbedding(config)
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+            inputs_embeds = self.embed_images(input_ids, pixel_values, image_sizes)
+        return Phi3Model.forward(
+            self,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    def embed_images(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token embeddings with image features written over the ``-k`` placeholders."""
+        has_placeholders = bool((input_ids < 0).any())
+        inputs_embeds = self.embed_tokens(input_ids.clamp(min=0))
+        if not has_placeholders:
+            return inputs_embeds
+        if pixel_values is None or image_sizes is None:
+            raise ValueError("input_ids hold image placeholders (negative ids) but pixel_values/image_sizes are missing")
+        features = self.vision_embed_tokens(pixel_values, torch.as_tensor(image_sizes))
+        return self.embed_dropout(merge_image_features(input_ids, inputs_embeds, features))
+
+
+class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
+    """Phi-3.5-vision for generation and finetuning; see the module docstring for the input contract."""
+
+    _tied_weights_keys: dict[str, str] = {}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: Phi3VConfig) -> None:
+        super().__init__(config)
+        self.model = Phi3VModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if "past_key_values" in kwargs:  # the pre-5.x name, still used by some callers
+            cache = kwargs.pop("past_key_values")
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        """Images are encoded on the prefill step only; later steps see text tokens and the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        if model_inputs.get("pixel_values") is None:
+            model_inputs.pop("image_sizes", None)
+        return model_inputs
+
+
+__all__ = ["Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]

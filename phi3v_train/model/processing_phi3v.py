@@ -1,0 +1,174 @@
+"""Text + images → model inputs, as the official Phi-3.5-vision processor builds them (plus a batched call).
+
+Text path (official ``_convert_images_texts_to_inputs``): with images, the prompt is split at ``<|image_k|>`` tags;
+every piece between tags — empty ones included — is tokenized on its own WITH the tokenizer's special tokens (so each
+piece starts with BOS when the tokenizer adds one: a BOS follows every image), and tag ``k`` becomes
+``[-k] * num_img_tokens[k-1]``. Without images the whole text is tokenized in one call (tags are not split).
+
+This differs from :func:`phi3v_data.prompt.encode_segments`, which adds one BOS at the very start and skips empty
+pieces; the two agree exactly on texts without images. :func:`bos_id` and :func:`text_encoder` give the arguments
+that training code passes to ``encode_record``.
+
+Batched calls pad every sample to the longest with the tokenizer's pad id; the side is ``padding_side`` (default:
+the tokenizer's, ``"right"`` for training; use ``"left"`` for batched ``generate``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+
+from .image_processing_phi3v import Phi3VImageProcessor
+
+IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+ImageList = Sequence[Image.Image]
+
+
+def bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id the official processor puts in front of a prompt: the tokenizer's, if it adds one."""
+    ids = tokenizer("a")["input_ids"]
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
+def text_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]]:
+    """Text → ids without special tokens, the ``encode`` argument of :func:`phi3v_data.prompt.encode_record`."""
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class Phi3VProcessor:
+    """Tokenizer + :class:`Phi3VImageProcessor`; ``from_pretrained`` reads the official files."""
+
+    special_image_token = "<|image|>"
+
+    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.num_img_tokens = image_processor.num_img_tokens
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, num_crops: int | None = None, **kwargs: Any) -> Phi3VProcessor:
+        """Load ``preprocessor_config.json`` and the tokenizer files of a checkpoint directory."""
+        config_path = Path(path) / PREPROCESSOR_CONFIG
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: missing; is {path} a Phi-3.5-vision checkpoint directory?")
+        try:
+            settings = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path}: line {error.lineno}: invalid JSON ({error.msg})") from error
+        keep = ("num_crops", "image_mean", "image_std", "do_convert_rgb")
+        image_kwargs = {key: settings[key] for key in keep if key in settings}
+        if num_crops is not None:
+            image_kwargs["num_crops"] = num_crops
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return cls(Phi3VImageProcessor(**image_kwargs), tokenizer)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``preprocessor_config.json`` (official keys) and the tokenizer files."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "do_convert_rgb": self.image_processor.do_convert_rgb,
+            "image_mean": self.image_processor.image_mean,
+            "image_processor_type": "Phi3VImageProcessor",
+            "image_std": self.image_processor.image_std,
+            "num_crops": self.image_processor.num_crops,
+            "num_img_tokens": self.num_img_tokens,
+            "processor_class": "Phi3VProcessor",
+        }
+        tmp = path / (PREPROCESSOR_CONFIG + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path / PREPROCESSOR_CONFIG)
+        self.tokenizer.save_pretrained(str(path))
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images: Image.Image | ImageList | Sequence[ImageList | None] | None = None,
+        *,
+        padding_side: str | None = None,
+        return_tensors: str | None = "pt",
+        **_: Any,
+    ) -> BatchFeature:
+        """One prompt with its images, or a batch: ``text`` a list and ``images`` a list of per-sample lists."""
+        if isinstance(text, str):
+            single = [images] if isinstance(images, Image.Image) else images
+            return self._batch([text], [list(single or [])], padding_side, return_tensors)
+        texts = list(text)
+        if images is None:
+            per_sample: list[list[Image.Image]] = [[] for _ in texts]
+        else:
+            per_sample = [list(sample or []) for sample in images]  # type: ignore[union-attr]
+        if len(per_sample) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(per_sample)} image lists")
+        return self._batch(texts, per_sample, padding_side, return_tensors)
+
+    def encode_prompt(self, text: str, num_tokens: Sequence[int]) -> list[int]:
+        """Official ids of one prompt whose images have ``num_tokens`` tokens each (see module docstring)."""
+        if not num_tokens:
+            return list(self.tokenizer(text)["input_ids"])
+        tags = [int(tag[8:-2]) for tag in IMAGE_TAG.findall(text)]
+        if sorted(set(tags)) != list(range(1, len(num_tokens) + 1)):
+            raise ValueError(
+                f"image tags {sorted(set(tags))} must be exactly 1..{len(num_tokens)} for {len(num_tokens)} images"
+            )
+        ids: list[int] = []
+        for index, chunk in enumerate(IMAGE_TAG.split(text)):
+            ids += self.tokenizer(chunk)["input_ids"]
+            if index < len(tags):
+                ids += [-tags[index]] * int(num_tokens[tags[index] - 1])
+        return ids
+
+    def _batch(
+        self,
+        texts: list[str],
+        images: list[list[Image.Image]],
+        padding_side: str | None,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        flat = [image for sample in images for image in sample]
+        image_inputs = self.image_processor(flat, return_tensors="pt") if flat else None
+        counts = image_inputs["num_img_tokens"].tolist() if image_inputs is not None else []
+        rows, start = [], 0
+        for text, sample in zip(texts, images):
+            rows.append(self.encode_prompt(text, counts[start : start + len(sample)]))
+            start += len(sample)
+        data: dict[str, Any] = self._pad(rows, padding_side or self.tokenizer.padding_side)
+        if image_inputs is not None:
+            data["pixel_values"] = image_inputs["pixel_values"]
+            data["image_sizes"] = image_inputs["image_sizes"]
+        if return_tensors != "pt":
+            data = {key: value.tolist() for key, value in data.items()}
+        return BatchFeature(data=data)
+
+    def _pad(self, rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id
+        longest = max(len(row) for row in rows)
+        if pad_id is None and any(len(row) != longest for row in rows):
+            raise ValueError("the tokenizer has no pad token; cannot pad samples of different lengths")
+        input_ids = torch.full((len(rows), longest), pad_id if pad_id is not None else 0, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for index, row in enumerate(rows):
+            span = slice(longest - len(row), longest) if side == "left" else slice(0, len(row))
+            input_ids[index, span] = torch.tensor(row, dtype=torch.long)
+            attention_mask[index, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """The tokenizer's (official) chat template."""
+        kwargs.setdefault("tokenize", False)
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
