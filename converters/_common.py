@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_ins
 from schemas import BINARY_ANSWERS
 
 ESCAPES = "refused: escapes the dataset root"
+MISSING_LABEL = "field 'label' is missing (other lines of this file have labels)"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 M = TypeVar("M", bound=BaseModel)
 
@@ -79,13 +81,14 @@ def check_template(template: str, *fields: str) -> str:
     try:
         template.format(**{name: "" for name in fields})
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"the template has an unknown placeholder or a stray brace ({exc}); write {{{{ for a literal brace") from None
+        hint = "write {{ for a literal brace"
+        raise ValueError(f"the template has an unknown placeholder or a stray brace ({exc}); {hint}") from None
     return template
 
 
 @dataclass
 class BasenameIndex:
-    """Image files under ``root`` by file name, built on first use: datasets ship images flat or nested unpredictably."""
+    """Image files under ``root`` by file name, built on first use (downloads ship images flat or nested)."""
 
     root: Path
     _paths: dict[str, Path] | None = field(default=None, repr=False)
@@ -142,9 +145,10 @@ def table_files(source: Path) -> list[Path]:
 
 
 def table_split(path: Path) -> str:
-    """Split of an export file: ``train-00000-of-00002.parquet`` → train; ``train/data-00000-of-00001.arrow`` → train."""
+    """Split of an export file: ``train-00000-of-00002.parquet`` and ``train/data-00000-of-00001.arrow`` → train."""
     stem = path.stem.split("-", 1)[0].split(".", 1)[0]
-    return path.parent.name if stem == "data" else stem
+    split = path.parent.name if stem == "data" else stem
+    return re.sub(r"[^A-Za-z0-9_]", "_", split) or "train"  # it names output files and folders
 
 
 @lru_cache(maxsize=4)
@@ -158,7 +162,7 @@ def _arrow_table(path: str) -> Any:
         return pa.ipc.open_file(pa.memory_map(path)).read_all()
 
 
-def iter_table(path: Path, *, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+def iter_table(path: Path, *, batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """Rows of a parquet/arrow file as Python dicts, streamed in batches (memory stays bounded)."""
     if path.suffix == ".arrow":
         batches = _arrow_table(str(path)).to_batches(max_chunksize=batch_size)
@@ -192,7 +196,14 @@ def read_cell(path: Path, row: int, column: str) -> Any:
     raise ConversionError(f"{path}: row {row} does not exist")
 
 
-_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+_MAGIC = (
+    (b"\x89PNG", ".png"),
+    (b"\xff\xd8", ".jpg"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+)
 
 
 def sniff_suffix(data: bytes) -> str:

@@ -59,7 +59,15 @@ from converters._common import (
     table_split,
     write_image_bytes,
 )
-from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.convert import (
+    ConversionError,
+    Converter,
+    ConverterOptions,
+    ConvertUsageError,
+    Failure,
+    ImageWriter,
+    Item,
+)
 from phi3v_data.io import UnsafePathError
 
 ANNOTATION_RE = re.compile(r"^(?P<split>train|val|validation|test)(?:[_-].*)?\.json$", re.IGNORECASE)
@@ -80,7 +88,8 @@ class Question(BaseModel):
 class DocVQAOptions(ConverterOptions):
     group_pages: bool = Field(default=False, description="One multi-turn record per page (the page is encoded once).")
     answer: Literal["majority", "first"] = Field(
-        default="majority", description="Assistant answer: the most frequent (normalised; ties → first listed) or the first."
+        default="majority",
+        description="Assistant answer: the most frequent (normalised; ties → first listed) or the first listed.",
     )
     instruction: str = Field(default="Answer briefly.", description="Line added after each question ('' for none).")
     images: Path | None = Field(default=None, description="Folder holding the page images [default: the dataset root].")
@@ -117,10 +126,16 @@ class DocVQAConverter(Converter):
     def plan(self, source: Path) -> Iterator[Item | Failure]:
         tables = table_files(source)
         if tables:
+            splits: dict[str, list[Path]] = {}
             for path in tables:
-                yield from self._plan_table(path, root=source if source.is_dir() else source.parent)
+                splits.setdefault(table_split(path), []).append(path)
+            for split, paths in splits.items():  # shards of one split share pages: plan them together
+                yield from self._plan_tables(split, paths, root=source if source.is_dir() else source.parent)
             return
-        files = [source] if source.is_file() else self._annotation_files(source)
+        if source.is_dir():
+            files = self._annotation_files(source)
+        else:
+            files = [source] if source.suffix.lower() == ".json" else []
         if not files:
             raise ConvertUsageError(
                 f"{source} is not a DocVQA download: expected train_v1.0_withQT.json / val_v1.0_withQT.json / "
@@ -134,12 +149,13 @@ class DocVQAConverter(Converter):
 
     @staticmethod
     def _annotation_files(folder: Path) -> list[Path]:
-        found = sorted(p for pattern in ("*.json", "*/*.json") for p in folder.glob(pattern) if ANNOTATION_RE.match(p.name))
+        candidates = [*folder.glob("*.json"), *folder.glob("*/*.json")]
+        found = sorted(p for p in candidates if ANNOTATION_RE.match(p.name))
         seen: dict[str, Path] = {}
         for path in found:
             split = ANNOTATION_RE.match(path.name)["split"].lower()  # type: ignore[index]
             if split in seen:
-                raise ConvertUsageError(f"both {seen[split]} and {path} hold the {split} split; pass one of them as SOURCE")
+                raise ConvertUsageError(f"both {seen[split]} and {path} hold the {split} split; pass one as SOURCE")
             seen[split] = path
         return found
 
@@ -157,7 +173,7 @@ class DocVQAConverter(Converter):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             return Failure(file, f"cannot read the annotation json: {exc}")
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            return Failure(file, 'not a DocVQA annotation file: expected {"data": [{"questionId", "question", "image", ...}]}')
+            return Failure(file, 'not a DocVQA annotation file: expected {"data": [{"question", "image", ...}]}')
         split = data.get("dataset_split")
         if not (isinstance(split, str) and SPLIT_RE.match(split)):
             match = ANNOTATION_RE.match(path.name)
@@ -177,9 +193,13 @@ class DocVQAConverter(Converter):
             except ValidationError as exc:
                 yield Failure(file, f"data[{number}]: malformed entry: {first_error(exc)}", split)
                 continue
-            question = {"qid": entry.questionId, "question": entry.question, "answers": entry.answers, "at": f"data[{number}]"}
-            pages.setdefault(entry.image, []).append(question)
-        for rel, questions in self._labeled_only(pages, file=file, split=split):
+            question = {"qid": entry.questionId, "question": entry.question, "answers": entry.answers}
+            pages.setdefault(entry.image, []).append({**question, "at": f"data[{number}]"})
+        for entry in self._labeled_only(pages, file=file, split=split):
+            if isinstance(entry, Failure):
+                yield entry
+                continue
+            rel, questions = entry
             try:
                 found = locate(root, rel, index, bases=(path.parent, root))
             except UnsafePathError:
@@ -191,39 +211,53 @@ class DocVQAConverter(Converter):
             yield Item(f"{split}/{found.name}", split, {"src": str(found), "name": found.name, "questions": questions})
 
     @staticmethod
-    def _labeled_only(pages: dict[str, list[dict[str, Any]]], *, file: str, split: str) -> Iterator[Any]:
+    def _labeled_only(
+        pages: dict[str, list[dict[str, Any]]], *, file: str, split: str
+    ) -> Iterator[Failure | tuple[str, list[dict[str, Any]]]]:
         """Pages with their questions; in a split that has answers, a question without any is reported instead."""
         labeled = any(q["answers"] for questions in pages.values() for q in questions)
         for key, questions in pages.items():
             if labeled:
                 for q in questions:
                     if not q["answers"]:
-                        yield Failure(file, f"{q['at']}: question {q['qid']} has no answers (other questions do)", split)
+                        yield Failure(file, f"{q['at']}: question {q['qid']} has no answers (others do)", split)
                 questions = [q for q in questions if q["answers"]]
             if questions:
                 yield key, questions
 
-    def _plan_table(self, path: Path, *, root: Path) -> Iterator[Item | Failure]:
-        split, file = table_split(path), relative_name(path, root)
+    def _plan_tables(self, split: str, paths: list[Path], *, root: Path) -> Iterator[Item | Failure]:
         pages: dict[str, list[dict[str, Any]]] = {}
         names: dict[str, str] = {}
         taken: set[str] = set()
-        for row_number, row in enumerate(iter_table(path)):
-            parsed = self._parse_row(row)
-            if isinstance(parsed, str):
-                yield Failure(file, f"row {row_number}: {parsed}", split)
+        for path in paths:
+            file = relative_name(path, root)
+            for row_number, row in enumerate(iter_table(path)):
+                parsed = self._parse_row(row)
+                if isinstance(parsed, str):
+                    yield Failure(file, f"row {row_number}: {parsed}", split)
+                    continue
+                question, data, stored_path = parsed
+                digest = hashlib.sha1(data).hexdigest()
+                if digest not in names:  # a page is its content: rows about the same page share one image file
+                    names[digest] = self._page_name(stored_path, data, digest, taken)
+                    taken.add(names[digest])
+                where = {"at": f"{file} row {row_number}", "table": str(path), "row": row_number}
+                pages.setdefault(digest, []).append({**question, **where})
+        for entry in self._labeled_only(pages, file=relative_name(paths[0], root), split=split):
+            if isinstance(entry, Failure):
+                yield entry
                 continue
-            question, data, stored_path = parsed
-            digest = hashlib.sha1(data).hexdigest()
-            if digest not in names:  # a page is its content: rows about the same page share one image file
-                stem = Path(stored_path).stem if stored_path else (f"doc{row['docId']}" if row.get("docId") is not None else digest[:16])
-                name = f"{stem}{sniff_suffix(data)}"
-                names[digest] = name if name not in taken else f"{stem}-{digest[:8]}{sniff_suffix(data)}"
-                taken.add(names[digest])
-            pages.setdefault(digest, []).append({**question, "at": f"row {row_number}", "row": row_number})
-        for digest, questions in self._labeled_only(pages, file=file, split=split):
-            payload = {"table": str(path), "row": questions[0]["row"], "name": names[digest], "questions": questions}
+            digest, questions = entry
+            first = questions[0]
+            payload = {"table": first["table"], "row": first["row"], "name": names[digest], "questions": questions}
             yield Item(f"{split}/{names[digest]}", split, payload)
+
+    @staticmethod
+    def _page_name(stored_path: str | None, data: bytes, digest: str, taken: set[str]) -> str:
+        """File name of an embedded page: its stored name, else its content hash; the suffix is what the bytes are."""
+        stem = Path(stored_path).stem if stored_path else digest[:16]
+        name = f"{stem}{sniff_suffix(data)}"
+        return name if name not in taken else f"{stem}-{digest[:8]}{sniff_suffix(data)}"
 
     @staticmethod
     def _parse_row(row: dict[str, Any]) -> tuple[dict[str, Any], bytes, str | None] | str:
@@ -242,7 +276,8 @@ class DocVQAConverter(Converter):
             return "no embedded image bytes in the 'image' column"
         qid = next((row[k] for k in ("questionId", "question_id", "id") if row.get(k) is not None), None)
         stored = image.get("path")
-        return {"qid": qid, "question": query, "answers": answers or None}, data, stored if isinstance(stored, str) else None
+        stored = stored if isinstance(stored, str) and stored else None
+        return {"qid": qid, "question": query, "answers": answers or None}, data, stored
 
     # -- convert ---------------------------------------------------------------------------------------------------
 
@@ -268,7 +303,8 @@ class DocVQAConverter(Converter):
         answers = question["answers"]
         if not answers:
             return {"images": images, "user": user, "assistant": None}
-        return {"images": images, "user": user, "assistant": choose_answer(answers, self.options.answer), "reference": {"answers": answers}}
+        assistant = choose_answer(answers, self.options.answer)
+        return {"images": images, "user": user, "assistant": assistant, "reference": {"answers": answers}}
 
     @staticmethod
     def _record(split: str, question: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:

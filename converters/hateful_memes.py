@@ -25,7 +25,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from converters._common import ESCAPES, BasenameIndex, binary_turn, check_template, find_named_files, locate, read_json_lines, relative_name
+from converters._common import (
+    ESCAPES,
+    MISSING_LABEL,
+    BasenameIndex,
+    binary_turn,
+    check_template,
+    find_named_files,
+    locate,
+    read_json_lines,
+    relative_name,
+)
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError
 
@@ -66,8 +76,9 @@ class HatefulMemesConverter(Converter):
         files = find_named_files(source, [f"{split}.jsonl" for split in SPLIT_FILES])
         if not files:
             raise ConvertUsageError(
-                f"{source} is not a Hateful Memes release: expected img/ and train.jsonl, dev_seen.jsonl, dev_unseen.jsonl, "
-                "test_seen.jsonl, test_unseen.jsonl (or dev.jsonl/test.jsonl) in it or in its data/ folder"
+                f"{source} is not a Hateful Memes release: expected img/ and train.jsonl, dev_seen.jsonl, "
+                "dev_unseen.jsonl, test_seen.jsonl, test_unseen.jsonl (or dev.jsonl/test.jsonl) in it "
+                "or in its data/ folder"
             )
         root = files[0].parent
         index = BasenameIndex(root)
@@ -85,7 +96,7 @@ class HatefulMemesConverter(Converter):
         labeled = any(row.label is not None for _, row in rows)
         for lineno, row in rows:
             if labeled and row.label is None:
-                yield Failure(file, "field 'label' is missing (other lines of this file have labels)", split, lineno)
+                yield Failure(file, MISSING_LABEL, split, lineno)
                 continue
             try:
                 image = locate(root, row.img, index)

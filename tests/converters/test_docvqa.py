@@ -48,6 +48,7 @@ def official(tmp_path: Path) -> Path:
         {"questionId": 52215, "image": "documents/txpn0095_1.png", "answers": ["x"]},  # no question
         {"questionId": 52216, "question": "Escape?", "image": "../outside.png", "answers": ["no"]},
         {"questionId": 52217, "question": "Lost?", "image": "documents/missing_1.png", "answers": ["no"]},
+        {"questionId": 52218, "question": "Unanswered?", "image": "documents/abcd0001_2.png"},
     ]
     qas = root / "spdocvqa_qas"
     qas.mkdir(parents=True)
@@ -91,10 +92,11 @@ def test_official_layout_exact_records_failures_and_unlabeled_test(official: Pat
          "conversations": [{"images": ["test/test0001_1.png"], "user": "What is the title?\nAnswer briefly."}]}
     ]
     reasons = sorted(f.reason for f in result.failures)
-    assert len(reasons) == 3 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
+    assert len(reasons) == 4 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
     assert reasons[0].startswith("data[3]: malformed entry: field 'question'")
     assert reasons[1] == "data[4]: refused: escapes the dataset root (image '../outside.png')"
     assert reasons[2].startswith("data[5]: image 'documents/missing_1.png' not found under")
+    assert reasons[3] == "data[6]: question 52218 has no answers (others do)"
     assert result.counts == {"train": 3, "test": 1}
 
 
@@ -130,7 +132,8 @@ def test_unknown_layout_and_bad_options_are_usage_errors(tmp_path: Path) -> None
         DocVQAOptions(images=tmp_path / "nope")
 
 
-def _nielsr_parquet(path: Path, pages: list[bytes]) -> None:
+def _nielsr_parquet(folder: Path, pages: list[bytes]) -> None:
+    """Two shards of a train split in the columns of nielsr/docvqa_1200_examples; page 0 appears in both."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -140,13 +143,15 @@ def _nielsr_parquet(path: Path, pages: list[bytes]) -> None:
         "query": [{"en": "What is the total?", "de": "?"}, {"en": "Whose letter?", "de": "?"}, {"en": "Which year?", "de": "?"}],
         "answers": [["$10", "10"], ["Bob"], ["1999"]],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), path, row_group_size=2)  # two row groups: reading across them is exercised
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(rows)
+    pq.write_table(table.slice(0, 2), folder / "train-00000-of-00002.parquet", row_group_size=1)  # two row groups
+    pq.write_table(table.slice(2), folder / "train-00001-of-00002.parquet")
 
 
 def test_parquet_export_with_embedded_images(tmp_path: Path) -> None:
     pages = [png(tmp_path / "p0.png", "red"), png(tmp_path / "p1.png", "blue", (20, 20))]
-    _nielsr_parquet(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet", pages)
+    _nielsr_parquet(tmp_path / "hf" / "data", pages)
     result = run(tmp_path / "hf", tmp_path / "out")
     train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")
     digest0 = __import__("hashlib").sha1(pages[0]).hexdigest()[:16]
@@ -161,6 +166,7 @@ def test_parquet_export_with_embedded_images(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "images" / train[0]["conversations"][0]["images"][0]).read_bytes() == pages[0]
     assert (tmp_path / "out" / "images" / train[2]["conversations"][0]["images"][0]).read_bytes() == pages[1]
     assert result.counts == {"train": 3} and not result.failures
+    assert len(list((tmp_path / "out" / "images" / "train").iterdir())) == 2  # the page shared by both shards: once
 
 
 def test_save_to_disk_arrow_export_unlabeled_test_and_bad_rows(tmp_path: Path) -> None:
@@ -193,6 +199,18 @@ def test_cli_converts_the_official_layout(official: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in jsonl(out / "docvqa_train.jsonl")] == ["train-txpn0095_1", "train-abcd0001_2"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["splits"] == {"train": 2, "test": 1} and manifest["failures"] == 3
+    assert manifest["splits"] == {"train": 2, "test": 1} and manifest["failures"] == 4
     strict = CliRunner().invoke(main, ["convert", "docvqa", str(official), "--out", str(tmp_path / "o2"), "-j", "1", "--strict"])
     assert strict.exit_code == 1
+
+
+def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
+    import re
+
+    import converters.docvqa as module
+
+    raw, expected = (" ".join(s.split()) for s in re.findall(r"::\n\n((?:    .*\n)+)", module.__doc__ or ""))
+    png(tmp_path / "src" / "spdocvqa_images" / "pybv0228_81.png")
+    (tmp_path / "src" / "val_v1.0_withQT.json").write_text(json.dumps({"dataset_split": "val", "data": [json.loads(raw)]}))
+    run(tmp_path / "src", tmp_path / "out")
+    assert jsonl(tmp_path / "out" / "docvqa_val.jsonl") == [json.loads(expected)]

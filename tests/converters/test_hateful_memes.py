@@ -124,3 +124,15 @@ def test_unknown_layout_and_bad_prompt(tmp_path: Path) -> None:
         HatefulMemesOptions(prompt="Is it hateful?")
     with pytest.raises(ValueError, match="unknown placeholder"):
         HatefulMemesOptions(prompt="{text} {label}")
+
+
+def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
+    import re
+
+    import converters.hateful_memes as module
+
+    raw, expected = (" ".join(s.split()) for s in re.findall(r"::\n\n((?:    .*\n)+)", module.__doc__ or ""))
+    png(tmp_path / "src" / json.loads(raw)["img"])
+    (tmp_path / "src" / "dev_seen.jsonl").write_text(raw + "\n")
+    run(tmp_path / "src", tmp_path / "out")
+    assert jsonl(tmp_path / "out" / "hateful_memes_dev_seen.jsonl") == [json.loads(expected)]
