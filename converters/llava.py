@@ -162,7 +162,15 @@ class _Job:
 
 
 class LlavaConverter(Converter):
-    """LLaVA conversation json/jsonl (<image> tags, image or image list per row)."""
+    """LLaVA conversation json/jsonl (<image> tags, image or image list per row).
+
+    Each <image> tag becomes <|image_k|> in place; rows with images but no tags get them in front of the first
+    human turn; system turns are prepended to the first human text. The file becomes one split (--split).
+
+    \b
+    Example:
+        phi3v-data convert llava llava_instruct_150k.json --image-folder coco/train2017 --out data/llava
+    """
 
     name: ClassVar[str] = "llava"
     output_name: ClassVar[str] = "llava"
@@ -203,7 +211,14 @@ class LlavaConverter(Converter):
 
 
 class ShareGPTConverter(LlavaConverter):
-    """ShareGPT / LLaMA-Factory json/jsonl (messages or conversations, images list)."""
+    """ShareGPT / LLaMA-Factory json/jsonl (messages or conversations, images list).
+
+    Same mapping as the llava converter: <image> tags → <|image_k|>, system turns prepended to the first user text.
+
+    \b
+    Example:
+        phi3v-data convert sharegpt mllm_demo.json --image-folder data/ --out data/demo --split train
+    """
 
     name: ClassVar[str] = "sharegpt"
     output_name: ClassVar[str] = "sharegpt"
