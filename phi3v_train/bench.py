@@ -322,7 +322,7 @@ def run_bench(options: BenchOptions, *, on_row: Callable[[BenchRow], None] | Non
             base = count_params(Phi3VForCausalLM(config))
         work = make_workload(checkpoint, options, device)
         report = BenchReport(name, 1 if device == "cuda" else 0, time.strftime("%Y-%m-%d %H:%M %Z"),
-                             str(options.model or options.preset), describe_workload(options, work), peak)
+                             model_label(options), describe_workload(options, work), peak)
         runnable, report.skipped = configurations(options, device)
         for strategy, attention in runnable:
             try:
@@ -334,6 +334,12 @@ def run_bench(options: BenchOptions, *, on_row: Callable[[BenchRow], None] | Non
             if on_row:
                 on_row(row)
     return report
+
+
+def model_label(options: BenchOptions) -> str:
+    if options.model is None:
+        return f"{options.preset} preset (random weights)"
+    return f"checkpoint {options.model}"
 
 
 def describe_workload(options: BenchOptions, work: Workload) -> str:
@@ -369,7 +375,7 @@ def render_markdown(report: BenchReport) -> str:
     lines = [
         "# Phi-3.5-vision training speed",
         "",
-        f"- device: {report.device}; date: {report.date}; model: {report.preset} (random weights)",
+        f"- device: {report.device}; date: {report.date}; model: {report.preset}",
         f"- workload: {report.workload}",
         f"- {FORMULA}; peak = {f'{report.peak_flops:.3g} FLOP/s' if report.peak_flops else 'unknown (MFU n/a)'}",
         "- speed-up: throughput relative to the first row; peak memory: "
