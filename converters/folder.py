@@ -58,6 +58,8 @@ PROMPTS: dict[Mode, str] = {
 }
 PLACEHOLDERS: dict[Mode, frozenset[str]] = {"classes": frozenset({"classes"}), "captions": frozenset(), "manifest": frozenset({"question"})}
 TASKS: dict[Mode, Task] = {"classes": "classification", "captions": "caption", "manifest": "vqa"}
+Entry = tuple[str | None, Path, Path]
+"""(split of a pre-split folder or None, the folder the image's path is taken from, the image file)."""
 
 
 class FolderOptions(ConverterOptions):
@@ -171,21 +173,23 @@ class FolderConverter(Converter):
             raise ConvertUsageError(f"--prompt uses {{{unknown[0]}}}, which {mode} mode does not fill (it fills: {known})")
         return template
 
-    def _plan_folder(self, root: Path, entries: list[tuple[str | None, Path, Path]], mode: Mode) -> Iterator[Item | Failure]:
+    def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure]:
+        template = self._template(mode)
         if mode == "classes":
             for _, base, path in entries:
                 if len(path.relative_to(base).parts) == 1:
                     yield Failure(path.relative_to(root).as_posix(), "image is not inside a class folder")
             entries = [entry for entry in entries if len(entry[2].relative_to(entry[1]).parts) > 1]
             group_of: Callable[[Path, Path], str] = _class_of
-            user = self._template(mode).format(classes=", ".join(sorted({_class_of(b, p) for _, b, p in entries})))
+            user = template.format(classes=", ".join(sorted({_class_of(b, p) for _, b, p in entries})))
         else:
-            group_of, user = _one_group, self._template(mode).format()
+            group_of, user = _one_group, template.format()
         task = self.options.task or TASKS[mode]
         splits = self._splits(root, entries, group_of)
         for _, base, path in entries:
             key = path.relative_to(root).as_posix()
-            split, images = splits[key], ((str(path), f"{splits[key]}/{path.relative_to(base).as_posix()}"),)
+            split = splits[key]
+            images = ((str(path), f"{split}/{path.relative_to(base).as_posix()}"),)
             if mode == "classes":
                 yield Item(key, split, _Job(images, user, group_of(base, path), task))
             elif path.with_suffix(".txt").is_file():
@@ -193,7 +197,7 @@ class FolderConverter(Converter):
             else:
                 yield Failure(key, f"no caption: expected {path.with_suffix('.txt').name} beside it", split)
 
-    def _splits(self, root: Path, entries: list[tuple[str | None, Path, Path]], group_of: Callable[[Path, Path], str]) -> dict[str, str]:
+    def _splits(self, root: Path, entries: list[Entry], group_of: Callable[[Path, Path], str]) -> dict[str, str]:
         """Split of each image (by path under root): pre-split folders kept, the rest carved by ratio per group."""
         presplit = any(split is not None for split, _, _ in entries)
         has_val = any(split == "val" for split, _, _ in entries)
@@ -235,8 +239,8 @@ class FolderConverter(Converter):
             yield Item(f"{path.name}:{line}", split, job)
 
 
-def _entries(root: Path) -> list[tuple[str | None, Path, Path]]:
-    """(split of a pre-split folder or None, folder the path is relative to, image) for every usable image."""
+def _entries(root: Path) -> list[Entry]:
+    """Every usable image under ``root``, with its pre-split folder when ``root`` is split into train/val/test."""
     dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if dirs and all(d.name.lower() in SPLIT_DIRS for d in dirs):
         return [(SPLIT_DIRS[d.name.lower()], d, path) for d in dirs for path in _images_under(d)]

@@ -134,7 +134,7 @@ def map_row(row: _Row) -> tuple[list[dict[str, Any]], list[str]]:
         pairs[0] = (f"{system}\n\n{pairs[0][0]}", pairs[0][1])
     tags = sum(human.count(IMAGE_TAG) for human, _ in pairs)
     if tags == 0 and row.images:
-        pairs[0] = (IMAGE_TAG + "\n") * len(row.images) + pairs[0][0], pairs[0][1]
+        pairs[0] = ((IMAGE_TAG + "\n") * len(row.images) + pairs[0][0], pairs[0][1])
     elif tags != len(row.images):
         raise RowError(f"{tags} <image> tag(s) but {len(row.images)} image(s)")
     turns, next_image = [], 0
@@ -152,6 +152,8 @@ def map_row(row: _Row) -> tuple[list[dict[str, Any]], list[str]]:
 def image_destination(rel: str, split: str) -> str:
     """Where an image of the row lands under ``images/``: ``<split>/<rel>`` unless ``rel`` starts with ``<split>/``."""
     parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p != "."]
+    if not parts:
+        raise RowError(f"image path {rel!r} names no file")
     return "/".join(parts if parts[0] == split else [split, *parts])
 
 
@@ -184,13 +186,14 @@ class LlavaConverter(Converter):
         if not folder.is_dir():
             raise ConvertUsageError(f"--image-folder {folder} is not a directory")
         split = self.options.split
+        placed: dict[str, str] = {}  # destination → source, so two different files never land on one path
         for where, line, raw, error in _rows(source):
             try:
                 if error:
                     raise RowError(error)
                 row = parse_row(raw)
                 turns, paths = map_row(row)
-                copies = tuple((str(resolve_inside(folder, p)), image_destination(p, split)) for p in paths)
+                copies = tuple(_placement(folder, p, split, placed) for p in paths)
             except (RowError, UnsafePathError) as exc:
                 yield Failure(where, str(exc), split, line)
                 continue
@@ -204,9 +207,10 @@ class LlavaConverter(Converter):
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         job: _Job = item.payload
         for src, rel in job.copies:
-            target = out.path(rel)
-            if not (target.is_file() and target.stat().st_size == Path(src).stat().st_size):  # rows often share images
-                out.copy(Path(src), rel)
+            source, target = Path(src), out.path(rel)
+            if source.is_file() and target.is_file() and target.stat().st_size == source.stat().st_size:
+                continue  # rows often share an image: copied once (plan guarantees one source per target)
+            out.copy(source, rel)
         return [job.record]
 
 
@@ -222,6 +226,14 @@ class ShareGPTConverter(LlavaConverter):
 
     name: ClassVar[str] = "sharegpt"
     output_name: ClassVar[str] = "sharegpt"
+
+
+def _placement(folder: Path, rel: str, split: str, placed: dict[str, str]) -> tuple[str, str]:
+    """(source file, destination under images/) of one image path of a row."""
+    src, dest = str(resolve_inside(folder, rel)), image_destination(rel, split)
+    if placed.setdefault(dest, src) != src:
+        raise RowError(f"images {placed[dest]} and {src} would both land at images/{dest}")
+    return src, dest
 
 
 def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:

@@ -156,3 +156,18 @@ def test_sharegpt_round_trip_with_a_named_image_folder(tmp_path: Path) -> None:
     records = _records(second / "sharegpt_val.jsonl")
     assert records == _records(first / "sharegpt_val.jsonl")
     assert [r["id"] for r in records] == ["a1", "7", "val-0000000002", "t", "u", "multi-turn-images"]
+
+
+def test_two_files_never_land_on_one_path(tmp_path: Path) -> None:
+    Image.new("RGB", (2, 2), "red").save(tmp_path / "x.png")
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (2, 2), "blue").save(tmp_path / "train" / "x.png")
+    rows = [{"id": n, "image": path, "conversations": _human_gpt("<image>", "?")} for n, path in enumerate(["x.png", "train/x.png", "."])]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    result = run_converter(LlavaConverter(), tmp_path / "d.jsonl", tmp_path / "out", workers=1)
+
+    assert [r["conversations"][0]["images"] for r in _records(tmp_path / "out" / "llava_train.jsonl")] == [["train/x.png"]]
+    assert [(f.line, f.reason) for f in result.failures] == [
+        (2, f"images {tmp_path / 'x.png'} and {tmp_path / 'train' / 'x.png'} would both land at images/train/x.png"),
+        (3, "image path '.' names no file"),
+    ]
