@@ -1,0 +1,36 @@
+"""``phi3v-train export``: merge a LoRA/QLoRA adapter into its base as an ordinary checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from phi3v_train.cli.eval import PRECISIONS
+
+
+@click.command("export")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Adapter directory (RUN/final of a lora/qlora run) or the run directory.")
+@click.option("--base", type=str, default=None,
+              help="Full-precision base model [default: the adapter's base_model_name_or_path].")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Merged checkpoint directory.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Saved precision [default: the base's].")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+def export(adapter: Path, base: str | None, out: Path, precision: str | None, overwrite: bool) -> None:
+    """Merge an adapter into its base and save it loadable by Phi3VForCausalLM.from_pretrained.
+
+    A QLoRA adapter is merged onto the unquantised base, never onto NF4 weights.
+
+    \b
+    Example:
+        phi3v-train export --adapter runs/docvqa-qlora/final --out models/docvqa-merged
+    """
+    from phi3v_train.loading import LoadError
+    from phi3v_train.merge import merge_adapter
+
+    try:
+        merged = merge_adapter(adapter, out=out, base=base, dtype=precision, overwrite=overwrite)
+    except LoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"merged checkpoint written to {merged}")
