@@ -215,32 +215,40 @@ def run_converter(
     name = name or converter.output_name
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    manifest_path, partial = out / "manifest.json", out / JOURNAL_DIR
+    if not overwrite and _up_to_date(out, digest):
+        console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
+        manifest = json.loads((out / "manifest.json").read_text())
+        return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
 
-    if manifest_path.exists() and not overwrite:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("params_digest") == digest:
-            console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
-            return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
-        raise ConvertUsageError(
-            f"{out} already holds a conversion with other arguments ({manifest.get('converter')}); "
-            "choose another --out or pass --overwrite"
-        )
-    if overwrite:
-        for stale in (manifest_path, out / "failures.jsonl"):
-            stale.unlink(missing_ok=True)
-    partial.mkdir(parents=True, exist_ok=True)
-    params_path = partial / "params.json"
-    if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
-        if not overwrite:
-            raise ConvertUsageError(
-                f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
-                "or pass --overwrite to start again"
-            )
-        shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    write_json(params_path, {"digest": digest, **params})
+    items, failures = _plan(converter, source, console)  # before touching `out`: a wrong layout leaves nothing behind
+    journal_path = _prepare_partial(out, digest, params, overwrite=overwrite)
+    done = _read_journal(journal_path)
+    todo = [item for item in items if item.key not in done]
+    writer = ImageWriter(out / "images")
+    writer.root.mkdir(parents=True, exist_ok=True)
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    reused = len(items) - len(todo)
+    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
+    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
+    result.reused = reused
+    return result
 
+
+def _up_to_date(out: Path, digest: str) -> bool:
+    """True when ``out`` holds a finished conversion with the same arguments; refuses one with other arguments."""
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("params_digest") == digest:
+        return True
+    raise ConvertUsageError(
+        f"{out} already holds a conversion with other arguments ({manifest.get('converter')}); "
+        "choose another --out or pass --overwrite"
+    )
+
+
+def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[Item], list[Failure]]:
     items: list[Item] = []
     failures: list[Failure] = []
     keys: set[str] = set()
@@ -255,18 +263,26 @@ def run_converter(
                 items.append(entry)
     if not items and not failures:
         raise ConvertUsageError(f"found nothing to convert in {source}: is this a {converter.name} dataset?")
+    return items, failures
 
-    journal_path = partial / "journal.jsonl"
-    done = _read_journal(journal_path)
-    todo = [item for item in items if item.key not in done]
-    writer = ImageWriter(out / "images")
-    writer.root.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    reused = len(items) - len(todo)
-    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
-    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
-    result.reused = reused
-    return result
+
+def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool) -> Path:
+    """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``."""
+    partial = out / JOURNAL_DIR
+    if overwrite:
+        for stale in (out / "manifest.json", out / "failures.jsonl"):
+            stale.unlink(missing_ok=True)
+    params_path = partial / "params.json"
+    if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
+        if not overwrite:
+            raise ConvertUsageError(
+                f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
+                "or pass --overwrite to start again"
+            )
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(params_path, {"digest": digest, **params})
+    return partial / "journal.jsonl"
 
 
 def _convert_all(

@@ -162,6 +162,7 @@ def test_empty_source_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConvertUsageError, match="nothing to convert"):
         run_converter(ToyConverter(), tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # a wrong layout leaves nothing behind
 
 
 @pytest.fixture
