@@ -157,6 +157,8 @@ def _chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator[list
         for number, raw in enumerate(handle, start=1):
             read += len(raw)
             raw = raw.rstrip(b"\r\n")
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
+                raw = raw[3:]
             if raw.strip():
                 chunk.append((number, raw))
             if len(chunk) >= CHUNK_LINES:

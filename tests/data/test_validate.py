@@ -73,6 +73,12 @@ def test_invalid_json(data: Path) -> None:
     assert findings(path) == [("invalid_json", 3, None, "", "invalid JSON: Expecting property name enclosed in double quotes at column 14")]
 
 
+def test_byte_order_mark_and_crlf_are_accepted(data: Path) -> None:
+    path = data / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record("a")).encode() + b"\r\n" + json.dumps(record("b")).encode() + b"\r\n")
+    assert findings(path) == []
+
+
 def test_schema_reports_every_error_with_field_path(data: Path) -> None:
     bad = {"id": "r1", "task": "poem", "conversations": [{"images": ["a/x.png", 7], "assistant": "x"}], "extra": 1}
     assert findings(write(data / "d.jsonl", bad)) == [
