@@ -212,6 +212,8 @@ def run_converter(
     source, out = Path(source), Path(out)
     if not source.exists():
         raise ConvertUsageError(f"source {source} does not exist")
+    if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
+        raise ConvertUsageError(f"--out {out} is inside the source {source}: its images would be read as input next time")
     name = name or converter.output_name
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -269,9 +271,10 @@ def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[It
 def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool) -> Path:
     """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``."""
     partial = out / JOURNAL_DIR
-    if overwrite:
+    if overwrite:  # images of an earlier conversion must not survive into this one
         for stale in (out / "manifest.json", out / "failures.jsonl"):
             stale.unlink(missing_ok=True)
+        shutil.rmtree(out / "images", ignore_errors=True)
     params_path = partial / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
         if not overwrite:

@@ -95,6 +95,8 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[JsonlLine]:
     """
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
+                raw = raw[3:]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -158,6 +158,20 @@ def test_worker_pool_output_equals_sequential(tmp_path: Path) -> None:
     assert one == two
 
 
+def test_output_inside_the_source_is_refused(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    with pytest.raises(ConvertUsageError, match="inside the source"):
+        run_converter(ToyConverter(), src, src / "converted", workers=1)
+
+
+def test_overwrite_removes_images_of_the_earlier_conversion(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    (src / "val" / "e.txt").unlink()
+    run_converter(ToyConverter(ToyOptions(size=2)), src, tmp_path / "out", workers=1, overwrite=True)
+    assert not (tmp_path / "out" / "images" / "val").exists()
+
+
 def test_empty_source_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConvertUsageError, match="nothing to convert"):

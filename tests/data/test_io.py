@@ -63,3 +63,9 @@ def test_write_jsonl_counts_and_drops_none(tmp_path: Path) -> None:
         '{"id": "a", "task": "chat", "conversations": [{"images": [], "user": "hi", "assistant": "yo"}]}',
         '{"x": 1}',
     ]
+
+
+def test_iter_jsonl_ignores_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    assert [line.value for line in iter_jsonl(path)] == [{"a": 1}]
