@@ -26,7 +26,17 @@ from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, 
 from schemas import Record, Turn
 
 T = TypeVar("T")
-Findings = dict[int, list[str]]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a record: a stable code (the validator's codes) and a sentence for people."""
+
+    code: str
+    text: str
+
+
+Findings = dict[int, list[Problem]]
 """Validator problems per 1-based jsonl line number."""
 
 
@@ -37,7 +47,7 @@ class Thumb:
     path: str
     data_uri: str | None = None
     size: tuple[int, int] | None = None
-    problem: str | None = None
+    problem: Problem | None = None
 
 
 @dataclass
@@ -47,7 +57,7 @@ class Item:
     lineno: int
     raw: str
     record: Record | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     thumbs: list[list[Thumb]] = field(default_factory=list)  # per turn
 
 
@@ -105,17 +115,17 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _schema_problems(exc: ValidationError) -> list[str]:
-    return [f"field {'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}" for e in exc.errors()]
+def _schema_problems(exc: ValidationError) -> list[Problem]:
+    return [Problem("schema", f"field {'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}") for e in exc.errors()]
 
 
 def _make_thumb(images_dir: Path, rel: str, size: int) -> Thumb:
     try:
         data_uri, dims = thumbnail_data_uri(resolve_inside(images_dir, rel), size=size)
     except UnsafePathError as exc:
-        return Thumb(rel, problem=f"unsafe path: {exc}")
+        return Thumb(rel, problem=Problem("image_path_unsafe", f"image {rel!r}: unsafe path: {exc}"))
     except ImageProblem as exc:
-        return Thumb(rel, problem=f"{exc} ({exc.code})")
+        return Thumb(rel, problem=Problem(exc.code, f"image {rel!r}: {exc} ({exc.code})"))
     return Thumb(rel, data_uri=data_uri, size=dims)
 
 
@@ -123,7 +133,7 @@ def build_item(line: JsonlLine, *, images_dir: Path, thumb: int = 256) -> Item:
     """Parse one sampled line and make its thumbnails; every failure becomes a listed problem."""
     item = Item(line.lineno, line.text)
     if line.error:
-        item.problems.append(line.error)
+        item.problems.append(Problem("not_utf8" if "UTF-8" in line.error else "invalid_json", line.error))
         return item
     try:
         item.record = Record.model_validate(line.value)
@@ -132,7 +142,7 @@ def build_item(line: JsonlLine, *, images_dir: Path, thumb: int = 256) -> Item:
         return item
     for turn in item.record.conversations:
         thumbs = [_make_thumb(images_dir, rel, thumb) for rel in turn.images]
-        item.problems += [f"image {t.path!r}: {t.problem}" for t in thumbs if t.problem]
+        item.problems += [t.problem for t in thumbs if t.problem]
         item.thumbs.append(thumbs)
     return item
 
@@ -149,43 +159,33 @@ def build_preview(
     """Sample ``limit`` lines of ``jsonl`` and prepare them for :func:`render_html`.
 
     ``images_dir`` defaults to ``images/`` beside the jsonl (the converter layout). ``findings`` are validator
-    problems per line number, merged into each item's problem list.
+    problems per line number; they come first, and the preview's own findings of the same kind are dropped.
     """
     images_dir = images_dir if images_dir is not None else jsonl.parent / "images"
     lines, total = reservoir_sample(iter_jsonl(jsonl), limit, seed=seed)
     items = [build_item(line, images_dir=images_dir, thumb=thumb) for line in lines]
     for item in items:
-        for problem in (findings or {}).get(item.lineno, []):
-            if problem not in item.problems:
-                item.problems.append(problem)
+        found = (findings or {}).get(item.lineno, [])
+        codes = {problem.code for problem in found}
+        item.problems = found + [problem for problem in item.problems if problem.code not in codes]
     return Preview(jsonl, total, seed, items)
 
 
 def validator_findings(jsonl: Path, *, images_dir: Path | None = None) -> Findings:
-    """Problems :mod:`phi3v_data.validate` reports, per line; empty when that module is not available."""
-    try:
-        from phi3v_data.validate import validate_file  # noqa: PLC0415 - optional collaborator
-    except ImportError:
-        return {}
-    kwargs = {"images_dir": images_dir} if images_dir is not None else {}
-    try:
-        report = validate_file(jsonl, **kwargs)
-    except TypeError:
-        report = validate_file(jsonl)
-    return findings_from_report(report)
+    """Problems ``phi3v-data validate`` reports for ``jsonl`` (header-level image checks), per line."""
+    from phi3v_data.validate import validate_file  # noqa: PLC0415 - only when asked for
+
+    return findings_from_report(validate_file(jsonl, images_dir=images_dir))
 
 
 def findings_from_report(report: object) -> Findings:
-    """Group a validation report's findings by line number, as ``"[severity] code: message"`` strings."""
+    """Group a :class:`phi3v_data.report.ValidationReport`'s findings by line: ``"code (field): message"``."""
     out: Findings = {}
     for finding in getattr(report, "findings", None) or []:
-        line = getattr(finding, "line", None) or getattr(finding, "lineno", None)
-        if not line:
+        if not finding.line:  # file-level findings (e.g. no records) belong to no record
             continue
-        parts = [getattr(finding, "code", None), getattr(finding, "message", None) or str(finding)]
-        text = ": ".join(str(p) for p in parts if p)
-        severity = getattr(finding, "severity", None)
-        out.setdefault(int(line), []).append(f"[{getattr(severity, 'value', severity)}] {text}" if severity else text)
+        where = f" ({finding.field})" if getattr(finding, "field", "") else ""
+        out.setdefault(int(finding.line), []).append(Problem(finding.code, f"{finding.code}{where}: {finding.message}"))
     return out
 
 
@@ -218,7 +218,7 @@ def _esc(text: object) -> str:
 def _render_thumb(t: Thumb) -> str:
     caption = _esc(t.path) + (f" ({t.size[0]}×{t.size[1]})" if t.size else "")
     if t.data_uri is None:
-        return f'<figure><div class="missing">image unavailable<br>{_esc(t.problem)}</div><figcaption>{caption}</figcaption></figure>'
+        return f'<figure><div class="missing">image unavailable<br>{_esc(t.problem.code if t.problem else "")}</div><figcaption>{caption}</figcaption></figure>'
     return (
         f'<figure><img class="thumb" src="{t.data_uri}" alt="{_esc(t.path)}" title="click to enlarge" '
         f"onclick=\"this.classList.toggle('big')\"><figcaption>{caption}</figcaption></figure>"
@@ -254,7 +254,7 @@ def _render_item(item: Item) -> str:
     parts = [f'<section class="record{" bad" if item.problems else ""}" id="line-{item.lineno}">', f"<h2>{title}</h2>"]
     parts.append(f'<div class="meta">{meta}</div>')
     if item.problems:
-        parts.append('<ul class="problems">' + "".join(f"<li>{_esc(p)}</li>" for p in item.problems) + "</ul>")
+        parts.append('<ul class="problems">' + "".join(f"<li>{_esc(p.text)}</li>" for p in item.problems) + "</ul>")
     if record is None:
         parts.append(f'<div class="raw">{_esc(item.raw[:2000])}</div>')
     else:

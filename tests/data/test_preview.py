@@ -17,6 +17,7 @@ from PIL import Image
 from phi3v_data.cli.preview import preview as preview_cmd
 from phi3v_data.preview import (
     build_preview,
+    Problem,
     findings_from_report,
     output_path,
     render_html,
@@ -73,7 +74,7 @@ def test_html_escapes_user_text_and_lists_problems(tmp_path: Path) -> None:
     assert "a &lt; b" in page and "&lt;i&gt;x&lt;/i&gt;" in page
     assert page.count('<img class="thumb"') == 2
     assert page.count('class="missing"') == 2
-    problems = re.findall(r"<li>(.*?)</li>", page)
+    problems = re.findall(r"<li>(.*?)</li>", page)  # the preview's own findings (no validator run here)
     assert problems == [
         html.escape("image 'val/missing.jpg': file does not exist (image_missing)"),
         html.escape("image 'val/corrupt.jpg': not a recognised image format (image_undecodable)"),
@@ -94,15 +95,32 @@ def test_thumbnail_records_original_size_and_fits_thumb(tmp_path: Path) -> None:
     assert page.data_uri.startswith("data:image/jpeg;base64,") and page.problem is None
 
 
-def test_validator_findings_are_merged_per_line(tmp_path: Path) -> None:
+def test_validator_findings_come_first_and_replace_own_problems_of_the_same_code(tmp_path: Path) -> None:
     report = SimpleNamespace(findings=[
-        SimpleNamespace(line=1, code="too_long", message="5000 tokens > 4096", severity=SimpleNamespace(value="error")),
-        SimpleNamespace(line=None, code="file_level", message="ignored: no line", severity=None),
+        SimpleNamespace(line=2, code="image_missing", field="conversations.0.images.0", message="no such file"),
+        SimpleNamespace(line=1, code="too_long", field="", message="5000 tokens > 4096"),
+        SimpleNamespace(line=0, code="no_records", field="", message="file-level: belongs to no record"),
     ])
     findings = findings_from_report(report)
-    assert findings == {1: ["[error] too_long: 5000 tokens > 4096"]}
-    item = build_preview(_dataset(tmp_path), thumb=32, findings=findings).items[0]
-    assert item.problems == ["[error] too_long: 5000 tokens > 4096"]
+    assert findings == {
+        2: [Problem("image_missing", "image_missing (conversations.0.images.0): no such file")],
+        1: [Problem("too_long", "too_long: 5000 tokens > 4096")],
+    }
+    items = build_preview(_dataset(tmp_path), thumb=32, findings=findings).items
+    assert [p.text for p in items[0].problems] == ["too_long: 5000 tokens > 4096"]
+    assert [p.code for p in items[1].problems] == ["image_missing", "image_undecodable"]  # own image_missing dropped
+    assert items[1].problems[0].text.startswith("image_missing (conversations.0.images.0)")
+
+
+def test_cli_shows_what_the_validator_found(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path)
+    result = CliRunner().invoke(preview_cmd, [str(dataset), "--out", str(tmp_path / "p.html"), "--thumb", "32"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "p.html").read_text()
+    problems = re.findall(r'<ul class="problems">(.*?)</ul>', page)
+    assert len(problems) == 3  # lines 2, 3 and 4; line 1 is clean
+    assert "image_missing" in problems[0] and "image_undecodable" in problems[0]
+    assert "invalid_json" in problems[1] and "schema" in problems[2]
 
 
 def test_output_path_and_cli(tmp_path: Path) -> None:
@@ -110,7 +128,9 @@ def test_output_path_and_cli(tmp_path: Path) -> None:
     assert output_path(tmp_path) == tmp_path / "index.html"
     assert output_path(tmp_path / "new_dir") == tmp_path / "new_dir" / "index.html"
     assert output_path(tmp_path / "p.html") == tmp_path / "p.html"
-    result = CliRunner().invoke(preview_cmd, [str(dataset), "--out", str(tmp_path / "site"), "--limit", "2", "--thumb", "32"])
+    result = CliRunner().invoke(
+        preview_cmd, [str(dataset), "--out", str(tmp_path / "site"), "--limit", "2", "--thumb", "32", "--no-validate"]
+    )
     assert result.exit_code == 0, result.output
     written = (tmp_path / "site" / "index.html").read_text()
     assert "2 of 4 records" in written
