@@ -41,7 +41,7 @@ SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val
 
 class VideoOptions(ConverterOptions):
     frames: int = Field(default=8, ge=1, le=128, description="Frames per clip, at the centres of equal segments.")
-    backend: Literal["auto", "decord", "pyav"] = Field(default="auto", description="Decoder; auto tries decord, then PyAV.")
+    backend: Literal["auto", "decord", "pyav"] = Field(default="auto", description="Decoder; auto tries PyAV (keyframe seeking), then decord.")
     quality: int = Field(default=95, ge=1, le=100, description="JPEG quality of the saved frames.")
     max_side: int | None = Field(default=None, ge=16, description="Shrink frames whose longer side exceeds this.")
     split_list: int = Field(default=1, ge=1, le=3, description="Official UCF-101 split (trainlist0K/testlist0K).")
@@ -88,6 +88,7 @@ class VideoConverter(Converter):
     name = "video"
     version = "1"
     output_name = "ucf101"
+    scans_source = True
     Options = VideoOptions
     options: VideoOptions
 

@@ -81,6 +81,8 @@ class Converter:
     output_name: ClassVar[str]
     """Default prefix of the output files: ``<output_name>_<split>.jsonl``."""
     Options: ClassVar[type[ConverterOptions]] = ConverterOptions
+    scans_source: ClassVar[bool] = False
+    """True when ``plan`` takes every file under the source as input, so ``--out`` must not lie inside it."""
 
     def __init__(self, options: ConverterOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -212,7 +214,7 @@ def run_converter(
     source, out = Path(source), Path(out)
     if not source.exists():
         raise ConvertUsageError(f"source {source} does not exist")
-    if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
+    if converter.scans_source and source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
         raise ConvertUsageError(f"--out {out} is inside the source {source}: its images would be read as input next time")
     name = name or converter.output_name
     params = _params(converter, source, name)

@@ -35,6 +35,7 @@ class ToyConverter(Converter):
     name = "toy"
     output_name = "toy"
     Options = ToyOptions
+    scans_source = True
 
     def plan(self, source: Path) -> Iterator[Item | Failure]:
         for path in sorted(source.rglob("*.txt")):
