@@ -133,6 +133,7 @@ class FolderConverter(Converter):
 
     name: ClassVar[str] = "folder"
     output_name: ClassVar[str] = "folder"
+    scans_source: ClassVar[bool] = True
     Options = FolderOptions
     options: FolderOptions
 
