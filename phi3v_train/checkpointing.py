@@ -1,0 +1,174 @@
+"""Checkpoints that can be trusted: complete-or-ignored, rotated, resumable, and saved on pre-emption.
+
+The Trainer writes ``RUN/checkpoint-<step>/`` (weights or adapter, optimizer, scheduler, RNG states of every rank,
+trainer state with the data position). Only after every rank has finished writing does rank 0 add ``COMPLETE``, so a
+crash mid-save leaves a directory that resume ignores and the next start removes. ``--resume latest`` picks the
+newest complete checkpoint. SIGTERM (a cluster pre-empting the job) is turned into "save now, then stop" at the end
+of the current optimizer step; a non-finite loss stops the run before the optimizer applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from phi3v_data.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A --resume request that cannot be honoured; the message says what exists instead."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the optimizer applied it."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at optimizer step {step + 1}")
+        self.step = step
+        self.value = value
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    step: int
+    path: Path
+    complete: bool
+
+
+def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """``checkpoint-<step>`` directories of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for path in run_dir.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir():
+            found.append(Checkpoint(int(match.group(1)), path, (path / COMPLETE).is_file()))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_complete(run_dir: Path) -> Checkpoint | None:
+    complete = [c for c in list_checkpoints(run_dir) if c.complete]
+    return complete[-1] if complete else None
+
+
+def resolve_resume(run_dir: Path, resume: str) -> Path:
+    """The checkpoint directory ``--resume`` means: ``latest`` in ``run_dir``, or an explicit complete checkpoint."""
+    if resume == "latest":
+        found = latest_complete(run_dir)
+        if found is None:
+            partial = [c.path.name for c in list_checkpoints(run_dir)]
+            extra = f" (incomplete, ignored: {', '.join(partial)})" if partial else ""
+            raise CheckpointError(f"--resume latest: no complete checkpoint in {run_dir}{extra}; start without --resume")
+        return found.path
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint directory")
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"--resume {resume}: has no {COMPLETE} marker (saving was interrupted); pick an older one")
+    return path
+
+
+def mark_complete(path: Path, *, step: int) -> None:
+    """Write the marker last, atomically: its presence means every file before it is in place."""
+    with atomic_write(path / COMPLETE, "w", encoding="utf-8") as handle:
+        handle.write(f"step {step}\nsaved {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def prune(run_dir: Path, *, keep: int) -> list[Path]:
+    """Delete complete checkpoints beyond the newest ``keep`` and incomplete ones older than the newest complete."""
+    checkpoints = list_checkpoints(run_dir)
+    complete = [c for c in checkpoints if c.complete]
+    newest = complete[-1].step if complete else -1
+    doomed = [c.path for c in complete[:-keep]] + [c.path for c in checkpoints if not c.complete and c.step < newest]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def remove_incomplete(run_dir: Path) -> list[Path]:
+    """Clear leftovers of an interrupted save so the Trainer never writes into a half-filled directory."""
+    doomed = [c.path for c in list_checkpoints(run_dir) if not c.complete]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one; ranks must agree on stopping or they deadlock."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([1.0 if flag else 0.0], device=backend_device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank."""
+    bad = not bool(torch.isfinite(loss.detach()).all())
+    return not _any_rank(bad)
+
+
+class CheckpointCallback(TrainerCallback):
+    """Marks each saved checkpoint complete (after all ranks wrote their part) and keeps the newest ``keep``."""
+
+    def __init__(self, run_dir: Path, *, keep: int) -> None:
+        self.run_dir = run_dir
+        self.keep = keep
+        self.saved: list[Path] = []
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        _barrier()  # ZeRO shards and per-rank RNG files are written by every rank
+        path = self.run_dir / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            mark_complete(path, step=state.global_step)
+            prune(self.run_dir, keep=self.keep)
+        self.saved.append(path)
+        _barrier()
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM → finish the current optimizer step, save a checkpoint, stop. Restores the old handler at the end."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous: object = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if _any_rank(self.requested):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True

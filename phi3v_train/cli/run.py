@@ -1,0 +1,107 @@
+"""``phi3v-train run``: parse flags, call :func:`phi3v_train.train.run`, turn its errors into messages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+HELP = """Finetune Phi-3.5-vision on a converted dataset.
+
+Settings come from --config YAML and/or flags (flags win); RUN/config.yaml keeps the resolved settings.
+The dataset is validated first; a broken one is refused with a report. Output: RUN/checkpoint-<step>/ (each
+complete one holds a COMPLETE marker), RUN/final/ (full checkpoint, or LoRA adapter, + processor files),
+RUN/log.jsonl and RUN/tensorboard/.
+
+\b
+Example:
+    phi3v-train run --data data/ucf101 --model microsoft/Phi-3.5-vision-instruct \\
+        --strategy lora --num-crops 4 --batch-size 2 --global-batch-size 32 --output runs/ucf101-lora
+    phi3v-train run --config runs/ucf101-lora/config.yaml --resume latest
+
+\b
+Several GPUs (DDP), one node:
+    torchrun --nproc_per_node 8 -m phi3v_train.cli.run --data … --output …
+Several nodes (run on each node, node_rank 0..N-1; MASTER is node 0's address):
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr MASTER --master_port 29500 \\
+        -m phi3v_train.cli.run --data … --output … --deepspeed zero3
+DeepSpeed: --deepspeed zero2 | zero3 (shipped configs) | my_config.json, launched with torchrun or deepspeed.
+Pre-emption: SIGTERM saves a checkpoint and exits (code 1); rerun with --resume latest.
+"""
+
+
+def _flags(**given: Any) -> dict[str, Any]:
+    """Flat click values → the nested dict :func:`load_config` overlays on the YAML (None = not given)."""
+    lora = {key[5:]: given.pop(key) for key in list(given) if key.startswith("lora_")}
+    if lora.get("targets"):
+        lora["targets"] = [t for part in lora["targets"] for t in part.split(",") if t]
+    return {**given, "lora": lora}
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
+@click.option("--data", type=click.Path(path_type=Path), help="Converted dataset directory.")
+@click.option("--model", help="Base model: local checkpoint directory or Hub id.")
+@click.option("--output", type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--train-split", help="Train on <data>/*_<split>.jsonl [train].")
+@click.option("--eval-split", help="Split for --eval-before/--eval-after [val].")
+@click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
+@click.option("--train-projector/--freeze-projector", default=None, help="frozen-vision: train the projector? [train]")
+@click.option("--lora.rank", "lora_rank", type=int, help="[16]")
+@click.option("--lora.alpha", "lora_alpha", type=float, help="[32]")
+@click.option("--lora.dropout", "lora_dropout", type=float, help="[0.05]")
+@click.option("--lora.targets", "lora_targets", multiple=True, help="Language-model linears, comma-separated "
+              "[qkv_proj,o_proj,gate_up_proj,down_proj].")
+@click.option("--lora.vision/--lora.no-vision", "lora_vision", default=None, help="Adapters on the vision tower too.")
+@click.option("--lora.projector/--lora.no-projector", "lora_projector", default=None, help="Adapters on the projector.")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), help="[bf16]")
+@click.option("--attention", type=click.Choice(["sdpa", "eager", "flash_attention_2"]), help="[sdpa]")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
+@click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
+@click.option("--max-length", type=int, help="Drop (and count) longer samples [4096].")
+@click.option("--batch-size", type=int, help="Per device [1].")
+@click.option("--global-batch-size", type=int, help="Per optimizer step over all devices [batch size × devices].")
+@click.option("--epochs", type=float, help="[1]")
+@click.option("--max-steps", type=int, help="Optimizer steps; overrides --epochs.")
+@click.option("--lr", type=float, help="Peak learning rate [2e-4 lora/qlora, 2e-5 otherwise].")
+@click.option("--weight-decay", type=float, help="[0]")
+@click.option("--warmup", type=float, help="Fraction of steps warming up [0.03].")
+@click.option("--scheduler", type=click.Choice(["cosine", "linear", "constant"]), help="[cosine]")
+@click.option("--max-grad-norm", type=float, help="Clip gradients; 0 = off [1.0].")
+@click.option("--seed", type=int, help="[42]")
+@click.option("--save-every", type=int, help="Checkpoint every N steps [500].")
+@click.option("--keep-last", type=int, help="Complete checkpoints kept [2].")
+@click.option("--log-every", type=int, help="Steps per log line [10].")
+@click.option("--resume", help="'latest' or a checkpoint directory.")
+@click.option("--overwrite", is_flag=True, default=None, help="Start afresh, deleting existing checkpoints.")
+@click.option("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON file.")
+@click.option("--workers", type=int, help="Data loader workers [2].")
+@click.option("--preflight/--no-preflight", default=None, help="Validate the dataset first [on].")
+@click.option("--eval-before/--no-eval-before", default=None, help="Evaluate --eval-split before training.")
+@click.option("--eval-after/--no-eval-after", default=None, help="Evaluate --eval-split after training.")
+@click.option("--eval-limit", type=int, help="At most this many eval records.")
+@click.option("--tensorboard/--no-tensorboard", default=None, help="[on]")
+def run(config_path: Path | None, **given: Any) -> None:
+    from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415 - keep --help fast
+
+    try:
+        config = load_config(config_path, flags=_flags(**given))
+    except ConfigError as exc:
+        raise click.UsageError("\n".join(exc.problems)) from None
+    from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
+
+    try:
+        result = run_training(config)
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.status == "preempted":
+        click.echo(f"stopped by SIGTERM at step {result.global_step}; checkpoint {result.last_checkpoint}. "
+                   f"Continue with: phi3v-train run --config {config.output / 'config.yaml'} --resume latest", err=True)
+        sys.exit(1)
+    click.echo(f"done: {result.global_step} steps; final model in {result.final_dir}")
+
+
+if __name__ == "__main__":  # torchrun -m phi3v_train.cli.run …
+    run()

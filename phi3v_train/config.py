@@ -1,0 +1,226 @@
+"""Everything one training run needs to know, read from a YAML file and/or command-line flags.
+
+Flags override the YAML file; the result is validated once and every problem is reported together, each naming the
+flag (``--lora.rank``) or the YAML key and file it came from. The resolved configuration (defaults filled in, the
+strategy's learning rate chosen) is what :func:`write_config` saves as ``RUN/config.yaml``; passing that file back
+with ``--config`` repeats the run.
+
+Example YAML (``phi3v-train run --config ucf101-lora.yaml``)::
+
+    data: data/ucf101
+    model: microsoft/Phi-3.5-vision-instruct
+    output: runs/ucf101-lora
+    strategy: lora
+    num_crops: 4
+    batch_size: 2
+    global_batch_size: 32
+    lora: {rank: 16, alpha: 32, vision: false}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from phi3v_data.io import atomic_write
+
+Strategy = Literal["full", "frozen-vision", "lora", "qlora"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Attention = Literal["sdpa", "eager", "flash_attention_2"]
+
+DEFAULT_LR: dict[str, float] = {"full": 2e-5, "frozen-vision": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+"""Adapters tolerate (and need) a larger step than full finetuning; the values follow the official recipe."""
+
+# Flags whose spelling is not "--" + the field path with "_" → "-".
+_FLAG_OVERRIDES = {"train_projector": "--train-projector/--freeze-projector", "preflight": "--preflight/--no-preflight"}
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, one per line, each naming its flag or YAML key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    """LoRA adapter shape; used by the lora and qlora strategies."""
+
+    rank: int = Field(16, gt=0, description="Adapter rank r.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator (update scaled by alpha / rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        min_length=1,
+        description="Linear layers of the language model that get adapters (module names, last component).",
+    )
+    vision: bool = Field(False, description="Also put adapters on every linear layer of the vision tower.")
+    projector: bool = Field(False, description="Also put adapters on the image projector's linear layers.")
+
+
+class TrainConfig(_Section):
+    """One finetuning run. Field names are the YAML keys; flags are ``--`` + the name with ``-`` for ``_``."""
+
+    data: Path = Field(description="Converted dataset directory (holds *_train.jsonl, *_val.jsonl and images/).")
+    model: str = Field(description="Base model: a local checkpoint directory or a Hugging Face Hub id.")
+    output: Path = Field(description="Run directory: config.yaml, checkpoint-<step>/, final/, tensorboard/.")
+    train_split: str = Field("train", min_length=1, description="Reads <data>/*_<train_split>.jsonl.")
+    eval_split: str = Field("val", min_length=1, description="Split evaluated by --eval-before/--eval-after.")
+    strategy: Strategy = "lora"
+    train_projector: bool = Field(True, description="frozen-vision: keep training the image projector.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    precision: Precision = "bf16"
+    attention: Attention = "sdpa"
+    gradient_checkpointing: bool = True
+    num_crops: int = Field(4, ge=1, le=64, description="HD crops per image: 4 for video frames, 16 for documents.")
+    max_length: int = Field(4096, gt=0, description="Longer samples (text + image tokens) are dropped, never cut.")
+    batch_size: int = Field(1, gt=0, description="Samples per device per forward pass.")
+    global_batch_size: int | None = Field(None, gt=0, description="Samples per optimizer step over all devices.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate; default depends on the strategy.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.03, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables it.")
+    seed: int = 42
+    save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept; older ones are deleted.")
+    log_every: int = Field(10, gt=0, description="Optimizer steps between log lines / TensorBoard points.")
+    resume: str | None = Field(None, description="'latest' (newest complete checkpoint in --output) or a path.")
+    overwrite: bool = Field(False, description="Allow starting afresh in an --output that already has checkpoints.")
+    deepspeed: str | None = Field(None, description="'zero2', 'zero3' (shipped configs) or a DeepSpeed JSON path.")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes (image decoding happens there).")
+    preflight: bool = Field(True, description="Validate the dataset before training; refuse a broken one.")
+    eval_before: bool = False
+    eval_after: bool = False
+    eval_limit: int | None = Field(None, gt=0, description="Evaluate at most this many records.")
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _strategy_learning_rate(self) -> "TrainConfig":
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.strategy]
+        return self
+
+
+def flag_name(loc: tuple[str | int, ...]) -> str:
+    """The command-line flag of a config field path: ``("lora", "rank")`` → ``--lora.rank``."""
+    names = [str(part) for part in loc if not isinstance(part, int)]
+    if len(names) == 1 and names[0] in _FLAG_OVERRIDES:
+        return _FLAG_OVERRIDES[names[0]]
+    return "--" + ".".join(name.replace("_", "-") for name in names)
+
+
+def _cross_checks(config: TrainConfig) -> list[str]:
+    """Combinations that are each valid alone but not together."""
+    problems = []
+    if config.attention == "flash_attention_2" and config.precision != "bf16":
+        problems.append(
+            f"--attention flash_attention_2 with --precision {config.precision}: flash attention needs bf16 "
+            "(fp16 overflows in Phi-3.5-vision's attention and gives NaN losses); use --precision bf16 or --attention sdpa"
+        )
+    if config.strategy == "qlora" and config.precision == "fp32":
+        problems.append("--strategy qlora with --precision fp32: 4-bit layers compute in bf16 or fp16; pick one of those")
+    if config.strategy == "qlora" and config.deepspeed:
+        problems.append("--strategy qlora with --deepspeed: bitsandbytes 4-bit weights cannot be sharded; drop --deepspeed")
+    if config.global_batch_size is not None and config.global_batch_size % config.batch_size:
+        problems.append(
+            f"--global-batch-size {config.global_batch_size} is not a multiple of --batch-size {config.batch_size}"
+        )
+    return problems
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"--config {path}: cannot read it ({exc.strerror})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"--config {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config {path}: expected a mapping of settings, got {type(data).__name__}"])
+    return data
+
+
+def _came_from_flags(loc: tuple[str | int, ...], flags: dict[str, Any]) -> bool:
+    node: Any = flags
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path | None) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        origin = f"in {yaml_path}" if yaml_path and not _came_from_flags(loc, flags) else "among the settings"
+        return f"unknown setting {key!r} {origin}; `phi3v-train run --help` lists them"
+    where = flag_name(loc)
+    if yaml_path is not None and not _came_from_flags(loc, flags):
+        where += f" ({key} in {yaml_path})"
+    given = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+    message = "is required" if error["type"] == "missing" else error["msg"]
+    return f"{where}: {message}{given}"
+
+
+def load_config(yaml_path: Path | None = None, *, flags: dict[str, Any] | None = None) -> TrainConfig:
+    """Validate YAML settings overlaid with ``flags`` (nested dicts, ``None`` = not given), or raise ConfigError.
+
+    >>> load_config(flags={"data": "d", "model": "m", "output": "o", "lora": {"rank": 8}}).lora.rank
+    8
+    """
+    flags = _drop_unset(flags or {})
+    raw = _merge(_read_yaml(yaml_path) if yaml_path else {}, flags)
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e, flags=flags, yaml_path=yaml_path) for e in exc.errors()]) from None
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _drop_unset(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags left at ``None`` (not given on the command line) must not override the YAML file."""
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if isinstance(value, dict):
+            value = _drop_unset(value)
+            if value:
+                out[key] = value
+        elif value is not None and value != ():
+            out[key] = value
+    return out
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    """Save the resolved configuration atomically; ``--config`` accepts it back unchanged."""
+    data = config.model_dump(mode="json")
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write("# Resolved configuration of this run; rerun with: phi3v-train run --config <this file>\n")
+        yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)

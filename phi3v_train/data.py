@@ -1,0 +1,181 @@
+"""Training samples from a converted dataset directory: which records are used, and how long each one is.
+
+A converted dataset is ``<data>/images/`` plus ``<data>/<name>_<split>.jsonl`` files. Every record of the split is
+measured once at start-up — text tokens through :func:`phi3v_data.prompt.encode_record`, image tokens from each
+image's header-read size — so the sampler can group by real length and over-long samples can be dropped (and
+counted) instead of being cut through their image tokens. Unlabeled records (test splits) are skipped and counted.
+Pixels are decoded later, in the data loader's workers (:mod:`phi3v_train.collator`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+from torch.utils.data import Dataset
+
+from phi3v_data.images import ImageProblem, check_image
+from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, write_json
+from phi3v_data.prompt import encode_record
+from phi3v_data.tokens import num_image_tokens
+from schemas import Record
+
+Encode = Callable[[str], list[int]]
+
+
+class DataError(ValueError):
+    """The dataset cannot be trained on as it is; the message says which file and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One trainable record, where it came from, and the sequence length the model will see."""
+
+    record: Record
+    length: int
+    where: str  # "file:line", for messages
+
+
+@dataclass
+class SplitSummary:
+    """What loading a split kept and what it left out, and why."""
+
+    files: list[Path]
+    kept: int = 0
+    unlabeled: int = 0
+    too_long: int = 0
+    unusable: int = 0
+    longest_dropped: int = 0
+    problems: list[str] = field(default_factory=list)  # first few unusable records, "file:line: why"
+
+
+def split_files(data_dir: Path, split: str) -> list[Path]:
+    """The ``*_<split>.jsonl`` files of a converted dataset (sorted), or DataError saying what is there instead."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: no such dataset directory (convert one with `phi3v-data convert`)")
+    files = sorted(data_dir.glob(f"*_{split}.jsonl"))
+    if not files:
+        found = ", ".join(sorted(p.name for p in data_dir.glob("*.jsonl"))) or "no .jsonl files"
+        raise DataError(f"{data_dir}: no *_{split}.jsonl file (found: {found}); pick another split")
+    return files
+
+
+def images_dir(data_dir: Path) -> Path:
+    return data_dir / "images"
+
+
+def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> list[int]:
+    """Tokens of each image of ``record``, from header-read sizes (no pixel decoding).
+
+    Raises ImageProblem or UnsafePathError for an image that cannot be used.
+    """
+    counts = []
+    for rel in record.images:
+        width, height = check_image(resolve_inside(images_root, rel))
+        counts.append(num_image_tokens(width, height, num_crops))
+    return counts
+
+
+def sample_length(record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int]) -> int:
+    """Sequence length of ``record`` as the collator will build it."""
+    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id))
+
+
+class SampleDataset(Dataset):
+    """The kept samples of a split; ``lengths`` feeds the length-grouped sampler."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [sample.length for sample in self.samples]
+
+
+def load_split(
+    data_dir: Path, split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
+) -> tuple[SampleDataset, SplitSummary]:
+    """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier)."""
+    files = split_files(data_dir, split)
+    summary = SplitSummary(files=files)
+    cached = functools.lru_cache(maxsize=65536)(lambda text: tuple(encode(text)))  # prompts repeat a lot
+    encode_cached: Encode = lambda text: list(cached(text))  # noqa: E731
+    samples: list[Sample] = []
+    for path in files:
+        for line in iter_jsonl(path):
+            where = f"{path}:{line.lineno}"
+            sample = _measure(line.value, line.error, where=where, data_dir=data_dir, encode=encode_cached,
+                              bos_id=bos_id, num_crops=num_crops, summary=summary)
+            if sample is None:
+                continue
+            if sample.length > max_length:
+                summary.too_long += 1
+                summary.longest_dropped = max(summary.longest_dropped, sample.length)
+                continue
+            samples.append(sample)
+    summary.kept = len(samples)
+    if not samples:
+        raise DataError(_nothing_left(summary, split=split, max_length=max_length))
+    return SampleDataset(samples), summary
+
+
+def _measure(
+    value: object, error: str | None, *, where: str, data_dir: Path, encode: Encode, bos_id: int | None,
+    num_crops: int, summary: SplitSummary,
+) -> Sample | None:
+    try:
+        if error is not None:
+            raise ValueError(error)
+        record = Record.model_validate(value)
+        if not record.labeled:
+            summary.unlabeled += 1
+            return None
+        tokens = image_token_counts(record, images_root=images_dir(data_dir), num_crops=num_crops)
+        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens)
+    except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
+        summary.unusable += 1
+        if len(summary.problems) < 5:
+            summary.problems.append(f"{where}: {str(exc).splitlines()[0]}")
+        return None
+    return Sample(record=record, length=length, where=where)
+
+
+def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
+    files = ", ".join(str(p) for p in summary.files)
+    reasons = [f"{summary.unlabeled} unlabeled", f"{summary.too_long} longer than --max-length {max_length}"
+               f" (longest {summary.longest_dropped})", f"{summary.unusable} unusable"]
+    hint = "; first problems: " + "; ".join(summary.problems) if summary.problems else ""
+    return f"no trainable record in split {split!r} ({files}): {', '.join(reasons)}{hint}"
+
+
+def preflight(data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None) -> str | None:
+    """Run the validator's checks on the split; None when clean, else why training must not start.
+
+    The full report goes to ``report_dir/preflight-<split>.json``. Over-long records are not problems here: training
+    drops and counts them. Unlabeled records are fine too (skipped and counted).
+    """
+    from phi3v_data.validate import validate_files  # noqa: PLC0415 - the validator is only needed when asked for
+
+    files = split_files(data_dir, split)
+    workers = workers or max(1, min(8, (os.cpu_count() or 1) // 2))
+    report = validate_files(files, images_dir=images_dir(data_dir), image_check="header", workers=workers)
+    if report.valid:
+        return None
+    report_path = report_dir / f"preflight-{split}.json"
+    write_json(report_path, report.to_dict())
+    first = "; ".join(f"{Path(f.file).name}:{f.line} {f.field}: {f.message}" for f in report.findings[:3])
+    return (
+        f"the dataset has problems ({report.stats.with_problems} of {report.stats.records} records; first: {first}). "
+        f"Full report: {report_path}. Fix them, or write a clean copy with `phi3v-data validate {files[0]} "
+        f"--output CLEAN.jsonl` (or skip this check with --no-preflight)"
+    )

@@ -1,0 +1,96 @@
+"""Length-grouped sample order: batches of similar real length, so little compute is spent on padding.
+
+A sample's length is what the model sees — text tokens plus image tokens from each image's size (see
+:func:`phi3v_train.data.sample_length`) — so a short question about a 16-crop document is known to be long.
+
+The order is a pure function of (seed, epoch): shuffle everything, cut into mega-batches, sort each mega-batch by
+length and cut it into *groups* of ``batch_size × world_size`` samples, then shuffle the groups. Under DDP the
+Trainer's data loader (accelerate's ``BatchSamplerShard``) deals consecutive per-device batches round-robin to the
+ranks, so one group is one optimizer micro-step across all ranks: every rank gets its own, disjoint share of
+similar length and no rank waits long for a slower one. The group holding the longest sample goes first, so an
+out-of-memory error shows up at step 1 rather than hours in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+from torch.utils.data import Sampler
+
+MEGABATCH_GROUPS = 64
+"""Groups per mega-batch: large enough to find similar lengths, small enough to keep the order random."""
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Deterministic per (seed, epoch) order of dataset indices, grouped by length (see module docstring).
+
+    >>> sampler = LengthGroupedSampler([5, 50, 6, 49], batch_size=2, seed=0)
+    >>> sampler.batches(0)  # the longest group first
+    [[1, 3], [2, 0]]
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], *, batch_size: int, world_size: int = 1, seed: int = 0,
+        megabatch_groups: int = MEGABATCH_GROUPS,
+    ) -> None:
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.group_size = batch_size * world_size
+        self.seed = seed
+        self.megabatch = self.group_size * megabatch_groups
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer (through accelerate) before each epoch, including the one a resume lands in."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch))
+
+    def order(self, epoch: int) -> list[int]:
+        """All indices in the order of ``epoch``."""
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        indices = list(range(len(self.lengths)))
+        rng.shuffle(indices)
+        groups: list[list[int]] = []
+        for start in range(0, len(indices), self.megabatch):
+            chunk = sorted(indices[start : start + self.megabatch], key=lambda i: -self.lengths[i])
+            groups += [chunk[k : k + self.group_size] for k in range(0, len(chunk), self.group_size)]
+        # A short group in the middle would shift every later batch off its group; keep it last.
+        tail = [groups.pop()] if groups and len(groups[-1]) < self.group_size else []
+        rng.shuffle(groups)
+        if groups:
+            longest = max(range(len(groups)), key=lambda g: self.lengths[groups[g][0]])
+            groups.insert(0, groups.pop(longest))
+        return [i for group in groups + tail for i in group]
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Per-device batches of ``epoch`` in the order the data loader cuts them."""
+        order = self.order(epoch)
+        return [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+
+    def padding_fraction(self, epoch: int = 0) -> float:
+        """Fraction of the token slots of ``epoch``'s batches that are padding."""
+        return padding_fraction(self.lengths, self.batches(epoch))
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Padding slots / all slots when each batch is right-padded to its longest sample.
+
+    >>> padding_fraction([3, 5, 6], [[0, 1], [2]])  # (10 + 6 - 14) / 16
+    0.125
+    """
+    slots = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches if batch)
+    real = sum(lengths[i] for batch in batches for i in batch)
+    return (slots - real) / slots if slots else 0.0
+
+
+def rank_batches(batches: Sequence[Sequence[int]], *, world_size: int, rank: int) -> list[list[int]]:
+    """The batches one rank trains on: accelerate's ``BatchSamplerShard`` gives rank r batches r, r+W, r+2W, …"""
+    return [list(batch) for batch in batches[rank::world_size]]

@@ -1,0 +1,165 @@
+"""What gets trained: loading the base model for a strategy and choosing its trainable parameters.
+
+=============  =======================================================  ==============================================
+strategy       trains                                                   trade-off
+=============  =======================================================  ==============================================
+full           everything                                               best fit, most memory (use DeepSpeed ZeRO)
+frozen-vision  language model (+ projector unless --freeze-projector)   CLIP features kept; ~1/10 fewer parameters
+lora           low-rank adapters on the language model's linears        small adapter; base weights untouched
+               (optionally on vision tower and projector too)
+qlora          the same adapters on a 4-bit NF4 base (bitsandbytes)     fits a 24 GB GPU; slower steps
+=============  =======================================================  ==============================================
+
+Parts of the model are told apart by the official parameter names: the CLIP tower lives under
+``vision_embed_tokens.img_processor``, the projector is ``vision_embed_tokens.{img_projection,glb_GN,sub_GN}``,
+everything else is the language model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from phi3v_train.config import LoraSettings, TrainConfig
+
+log = logging.getLogger(__name__)
+
+VISION_TOWER = "vision_embed_tokens.img_processor."
+PROJECTOR = ("vision_embed_tokens.img_projection.", "vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def part_of(name: str) -> str:
+    """``"vision"``, ``"projector"`` or ``"language"`` for a parameter or module name.
+
+    >>> part_of("model.vision_embed_tokens.img_projection.0.weight"), part_of("lm_head.weight")
+    ('projector', 'language')
+    """
+    if VISION_TOWER in name:
+        return "vision"
+    if any(prefix in name for prefix in PROJECTOR):
+        return "projector"
+    return "language"
+
+
+def resolve_attention(requested: str) -> str:
+    """The attention implementation to load: flash-attn when asked for and usable, otherwise sdpa with a warning."""
+    if requested != "flash_attention_2":
+        return requested
+    if importlib.util.find_spec("flash_attn") is None:
+        log.warning("flash-attn is not installed (pip install 'phi3v[flash]'); using sdpa attention instead")
+        return "sdpa"
+    if not torch.cuda.is_available():
+        log.warning("flash attention needs a CUDA GPU; using sdpa attention instead")
+        return "sdpa"
+    return requested
+
+
+def load_dtype(config: TrainConfig) -> torch.dtype:
+    """Weights dtype at load time. Fully trained weights stay fp32 (the optimizer's master copy; autocast does the
+    bf16/fp16 compute); a frozen LoRA base is stored in the compute dtype to halve its memory."""
+    if config.strategy in ("lora", "qlora"):
+        return DTYPES[config.precision]
+    return torch.float32
+
+
+def quantization_config(config: TrainConfig):  # -> transformers.BitsAndBytesConfig | None
+    """NF4 with double quantization for qlora; the vision tower and the output head stay unquantized (they are small
+    and sensitive)."""
+    if config.strategy != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig  # noqa: PLC0415 - bitsandbytes only matters for qlora
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[config.precision], llm_int8_skip_modules=["model.vision_embed_tokens", "lm_head"],
+    )
+
+
+def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
+    """Full names of the linear layers that get adapters: the language model's ``settings.targets``, plus every
+    linear of the vision tower / projector when asked. Full names keep a target such as ``o_proj`` from matching
+    a same-named layer in the vision tower."""
+    wanted = set(settings.targets)
+    names = []
+    for name, module in model.named_modules():
+        if not _is_linear(module):
+            continue
+        part = part_of(name)
+        if (part == "language" and name.rsplit(".", 1)[-1] in wanted and not name.endswith("lm_head")) or (
+            part == "vision" and settings.vision
+        ) or (part == "projector" and settings.projector):
+            names.append(name)
+    if not any(part_of(n) == "language" for n in names):
+        raise ValueError(f"--lora.targets {','.join(settings.targets)}: no such linear layer in the language model")
+    return names
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt")  # bitsandbytes layers (qlora)
+
+
+def apply_strategy(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Freeze / wrap ``model`` for ``config.strategy``; returns the model to train (a PeftModel for lora/qlora)."""
+    if config.strategy == "full":
+        model.requires_grad_(True)
+        return model
+    if config.strategy == "frozen-vision":
+        for name, param in model.named_parameters():
+            part = part_of(name)
+            param.requires_grad_(part == "language" or (part == "projector" and config.train_projector))
+        return model
+    return _wrap_lora(model, config)
+
+
+def _wrap_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415
+
+    if config.strategy == "qlora":
+        # Casts the unquantized rest to fp32 and hooks input gradients so checkpointed 4-bit layers backpropagate.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    settings = config.lora
+    peft_config = LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=lora_targets(model, settings), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def count_parameters(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def trainable_summary(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameter counts per part, for the start-up log."""
+    summary: dict[str, list[int]] = {"vision": [0, 0], "projector": [0, 0], "language": [0, 0], "adapters": [0, 0]}
+    for name, param in model.named_parameters():
+        part = "adapters" if "lora_" in name else part_of(name)
+        summary[part][1] += param.numel()
+        if param.requires_grad:
+            summary[part][0] += param.numel()
+    return {part: (trainable, total) for part, (trainable, total) in summary.items() if total}
+
+
+def load_base_model(config: TrainConfig) -> nn.Module:
+    """The base model in the dtype, attention and quantization the strategy needs.
+
+    Under DeepSpeed ZeRO-3 the TrainingArguments must exist before this call: transformers then builds the model
+    already partitioned instead of materialising it whole on every rank.
+    """
+    from phi3v_train.model import Phi3VForCausalLM  # noqa: PLC0415 - keeps torch-free imports of this module cheap
+
+    return Phi3VForCausalLM.from_pretrained(
+        config.model, attn_implementation=resolve_attention(config.attention), dtype=load_dtype(config),
+        quantization_config=quantization_config(config),
+    )

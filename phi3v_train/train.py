@@ -1,0 +1,400 @@
+"""One finetuning run: ``setup`` (config, data, model) → ``fit`` (train, checkpoint, stop cleanly) → final save.
+
+Built on transformers' ``Trainer`` rather than a hand-written loop because it already does, and keeps doing, the
+parts that are easy to get subtly wrong: DDP under torchrun, DeepSpeed ZeRO-2/3, gradient accumulation with loss
+normalised over the real label tokens of the whole global batch (``num_items_in_batch``), and resume that restores
+weights, optimizer, scheduler, every rank's RNG state and the data position (it skips the batches already seen in
+the resumed epoch; our sampler's order depends only on (seed, epoch), so the skipped batches are the ones seen).
+What the Trainer lacks is added here and in :mod:`phi3v_train.checkpointing`: the length-grouped sampler, the
+multimodal collator, COMPLETE markers, SIGTERM handling, stopping on a non-finite loss, and readable logging
+(one line per interval + TensorBoard: loss, learning rate, grad norm, images/s, tokens/s, padding, peak memory).
+
+Order matters in :func:`setup`: TrainingArguments are built before the model so that DeepSpeed ZeRO-3 can build it
+partitioned, and the dataset is measured before both so a broken dataset costs no model load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from phi3v_train import checkpointing as ckpt
+from phi3v_train.collator import Collator, TextEncoder
+from phi3v_train.config import TrainConfig, write_config
+from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_split, preflight
+from phi3v_train.sampler import LengthGroupedSampler
+from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run cannot start or had to stop; the message says why and what to do."""
+
+
+@dataclass
+class RunResult:
+    """How a run ended: ``finished`` (final/ written) or ``preempted`` (checkpoint saved, resume with --resume)."""
+
+    run_dir: Path
+    status: str
+    global_step: int
+    final_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Setup:
+    config: TrainConfig
+    args: TrainingArguments
+    trainer: "Phi3VTrainer"
+    processor: Any
+    resume_from: Path | None
+    preemption: ckpt.PreemptionCallback
+    console: Console
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) as torchrun / the deepspeed launcher announce them."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(config: TrainConfig, world_size: int) -> int:
+    """Gradient accumulation that turns per-device batches into the global batch, or RunError if it cannot."""
+    per_step = config.batch_size * world_size
+    wanted = config.global_batch_size or per_step
+    if wanted % per_step:
+        raise RunError(
+            f"--global-batch-size {wanted} is not a multiple of --batch-size {config.batch_size} × {world_size} "
+            f"device(s) = {per_step}; use a multiple of {per_step}"
+        )
+    return wanted // per_step
+
+
+def deepspeed_config(value: str | None) -> str | None:
+    """Path of the DeepSpeed JSON: a shipped preset (``zero2``/``zero3``) or the user's file."""
+    if value is None:
+        return None
+    if value in ("zero2", "zero3"):
+        return str(resources.files("phi3v_train") / "configs" / f"{value}.json")
+    path = Path(value)
+    if not path.is_file():
+        raise RunError(f"--deepspeed {value}: neither zero2, zero3 nor an existing JSON file")
+    try:
+        json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"--deepspeed {value}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    return str(path)
+
+
+def prepare_output(config: TrainConfig, *, is_main: bool) -> Path | None:
+    """Check the run directory against --resume/--overwrite; return the checkpoint to resume from, if any."""
+    run_dir = config.output
+    existing = ckpt.list_checkpoints(run_dir)
+    if config.resume:
+        try:
+            return ckpt.resolve_resume(run_dir, config.resume)
+        except ckpt.CheckpointError as exc:
+            raise RunError(str(exc)) from None
+    if existing and not config.overwrite:
+        raise RunError(
+            f"{run_dir} already has checkpoints ({existing[-1].path.name}, …); continue it with --resume latest, "
+            "or start afresh with --overwrite (deletes them)"
+        )
+    if existing and is_main:
+        for found in existing:
+            shutil.rmtree(found.path, ignore_errors=True)
+    return None
+
+
+def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(config.output),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=accumulation_steps(config, world_size),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup,
+        lr_scheduler_type=config.scheduler,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=config.log_every,
+        logging_nan_inf_filter=False,  # a NaN stops the run (Phi3VTrainer.compute_loss) rather than being hidden
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=None,  # rotation counts only COMPLETE checkpoints (CheckpointCallback)
+        dataloader_num_workers=config.workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # lets bf16 autocast run on CPU (tests, debugging)
+        remove_unused_columns=False,
+        report_to="none",  # TensorBoard is attached by hand to write into RUN/tensorboard
+        disable_tqdm=True,
+        deepspeed=deepspeed_config(config.deepspeed),
+        ddp_find_unused_parameters=False,
+    )
+
+
+class Phi3VTrainer(Trainer):
+    """Trainer with our sampler, a finite-loss guard and throughput figures added to every log."""
+
+    def __init__(self, *args: Any, sampler: LengthGroupedSampler, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+        self.counts = torch.zeros(3, dtype=torch.float64)  # images, real tokens, padded token slots
+        self.last_log_time = time.perf_counter()
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
+        return self.sampler
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+        mask = inputs["attention_mask"]
+        images = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
+        self.counts += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if not ckpt.all_finite(loss):
+            raise ckpt.NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # only interval logs; every rank reaches them together, so the all-reduce is safe
+            logs.update(self._throughput())
+        super().log(logs, start_time)
+
+    def _throughput(self) -> dict[str, float]:
+        counts = self.counts.clone()
+        if dist.is_available() and dist.is_initialized():
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        images, real, slots = counts.tolist()
+        now = time.perf_counter()
+        elapsed = max(now - self.last_log_time, 1e-9)
+        self.counts.zero_()
+        self.last_log_time = now
+        return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
+                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb()}
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory of this process (GPU), or its peak resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class ProgressLog(TrainerCallback):
+    """Main process only: a rich progress bar, one readable line per logging interval, and ``RUN/log.jsonl``."""
+
+    def __init__(self, console: Console, run_dir: Path) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.path = run_dir / "log.jsonl"
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 console=console, transient=True)
+        self.task: Any = None
+        self.losses: list[float] = []
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        self.losses.append(logs["loss"])
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        grad = logs.get("grad_norm")
+        self.console.print(
+            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+            + (f"grad {grad:.3f}  " if grad is not None else "")
+            + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
+            f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GiB"
+        )
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.stop()
+
+
+def _describe_data(console: Console, summary: SplitSummary, sampler: LengthGroupedSampler, config: TrainConfig) -> None:
+    skipped = [f"{summary.unlabeled} unlabeled", f"{summary.too_long} longer than --max-length {config.max_length}"]
+    if summary.unusable:
+        skipped.append(f"{summary.unusable} unusable")
+    console.print(f"data: {summary.kept} samples from {', '.join(p.name for p in summary.files)} "
+                  f"(skipped: {', '.join(skipped)})")
+    grouped = sampler.padding_fraction(0)
+    # Sorting within single groups of one batch changes no batch's padding: this is what random batches would pad.
+    shuffled = LengthGroupedSampler(sampler.lengths, batch_size=sampler.batch_size, seed=config.seed, megabatch_groups=1)
+    console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
+                  f"{shuffled.padding_fraction(0):.1%}); longest sample {max(sampler.lengths)} tokens")
+
+
+def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, SplitSummary]:
+    from phi3v_train.model import bos_id
+
+    try:
+        return load_split(config.data, config.train_split, encode=TextEncoder(processor.tokenizer),
+                          bos_id=bos_id(processor.tokenizer), num_crops=config.num_crops, max_length=config.max_length)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+
+
+def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
+    """Rank 0 validates; every rank learns the verdict, so all refuse together."""
+    verdict = [preflight(config.data, config.train_split, report_dir=config.output) if is_main else None]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise RunError(verdict[0])
+
+
+def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Setup:
+    """Everything up to the first step. Raises RunError for problems a user can fix."""
+    from phi3v_train.model import Phi3VProcessor, bos_id
+
+    rank, world_size = world()
+    is_main = rank == 0
+    if Path(config.model).is_dir():  # adapters record their base; an absolute path survives a change of directory
+        config = config.model_copy(update={"model": str(Path(config.model).resolve())})
+    console = Console(quiet=not is_main, stderr=True)
+    resume_from = prepare_output(config, is_main=is_main)
+    args = training_arguments(config, world_size=world_size)  # initialises the process group under torchrun
+    if is_main:
+        config.output.mkdir(parents=True, exist_ok=True)
+        write_config(config, config.output / "config.yaml")
+        ckpt.remove_incomplete(config.output)
+    if config.preflight:
+        _run_preflight(config, is_main=is_main)
+    processor = Phi3VProcessor.from_pretrained(config.model, num_crops=config.num_crops)
+    dataset, summary = _measure_data(config, processor)
+    sampler = LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, world_size=world_size, seed=config.seed)
+    _describe_data(console, summary, sampler, config)
+    model = apply_strategy(load_base_model(config), config)
+    for part, (trainable, total) in trainable_summary(model).items():
+        console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
+    preemption = ckpt.PreemptionCallback()
+    extra: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last), preemption]
+    if is_main:
+        extra.append(ProgressLog(console, config.output))
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            extra.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
+                        bos_id=bos_id(processor.tokenizer),
+                        pad_id=processor.tokenizer.pad_token_id, images_root=images_dir(config.data))
+    trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
+                           callbacks=[*extra, *callbacks])
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return Setup(config, args, trainer, processor, resume_from, preemption, console)
+
+
+def _evaluate(state: Setup, *, label: str) -> None:
+    """--eval-before/--eval-after on rank 0 (imported lazily: evaluation is the eval module's job)."""
+    config = state.config
+    if world()[0] == 0:
+        from phi3v_train.evaluate import evaluate, find_split, load_records
+
+        records_path, images_root = find_split(config.data, config.eval_split)
+        records = load_records(records_path, limit=config.eval_limit)
+        model = state.trainer.accelerator.unwrap_model(state.trainer.model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            result = evaluate(model, state.processor, records, images_root=images_root, num_crops=config.num_crops,
+                              batch_size=config.batch_size, output_dir=config.output / f"eval-{label}",
+                              meta={"when": label})
+        model.train(was_training)
+        state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_final(state: Setup) -> Path:
+    """RUN/final: the full checkpoint (full/frozen-vision) or the adapter (lora/qlora), plus the processor files.
+
+    Written to a temporary directory and renamed, so ``final/`` is never half there.
+    """
+    run_dir = state.config.output
+    final, staging = run_dir / "final", run_dir / ".final.tmp"
+    is_main = state.trainer.is_world_process_zero()
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
+    if is_main:
+        state.processor.save_pretrained(staging)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+def fit(state: Setup) -> RunResult:
+    """Train until done, pre-empted (SIGTERM) or a non-finite loss; returns how the run ended."""
+    config, trainer = state.config, state.trainer
+    if config.eval_before:
+        _evaluate(state, label="before")
+    try:
+        trainer.train(resume_from_checkpoint=str(state.resume_from) if state.resume_from else None)
+    except ckpt.NonFiniteLossError as exc:
+        good = ckpt.latest_complete(config.output)
+        where = f"the last good checkpoint is {good.path} (--resume {good.path})" if good else "no checkpoint was saved yet"
+        raise RunError(f"training stopped: {exc}; {where}. Lower --lr, use --precision bf16 instead of fp16, "
+                       "or check the data around that step") from None
+    finally:
+        _close_callbacks(trainer)
+    losses = next((cb.losses for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressLog)), [])
+    last = ckpt.latest_complete(config.output)
+    result = RunResult(config.output, "finished", trainer.state.global_step, last_checkpoint=last and last.path,
+                       losses=losses)
+    if state.preemption.stopped_at is not None:
+        result.status = "preempted"
+        return result
+    result.final_dir = save_final(state)
+    if config.eval_after:
+        _evaluate(state, label="after")
+    return result
+
+
+def _close_callbacks(trainer: Trainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressLog):
+            callback.progress.stop()
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+            callback.tb_writer.flush()
+
+
+def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
+    """setup → fit. ``callbacks`` are extra Trainer callbacks (tests use them to simulate crashes)."""
+    state = setup(config, callbacks=callbacks)
+    return fit(state)

@@ -1,0 +1,60 @@
+"""Shared builders for the training tests: the tiny model and a tiny memorisable dataset, made in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+          "black": (5, 5, 5), "white": (250, 250, 250), "pink": (250, 120, 200), "brown": (120, 70, 20)}
+
+
+def write_dataset(root: Path, *, name: str = "colors", split: str = "train", extra: list[dict] | None = None) -> Path:
+    """8 labeled records (one or two solid-colour images, answers = colour names) + ``extra`` raw records."""
+    images = root / "images" / split
+    images.mkdir(parents=True, exist_ok=True)
+    sizes = [(40, 30), (30, 40), (64, 64), (50, 20)]
+    records: list[dict[str, Any]] = []
+    for index, (color, rgb) in enumerate(COLORS.items()):
+        path = f"{split}/{color}.png"
+        Image.new("RGB", sizes[index % len(sizes)], rgb).save(root / "images" / path)
+        turns = [{"images": [path], "user": "What color is the image?" + " Answer in one word." * (index % 3),
+                  "assistant": color}]
+        if index % 4 == 3:  # a second turn about a second image: longer samples, global image numbering
+            turns.append({"images": [f"{split}/red.png"], "user": "And this one?", "assistant": "red"})
+        records.append({"id": f"{split}-{index}", "source": "colors", "task": "classification", "conversations": turns})
+    records += extra or []
+    (root / f"{name}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model helper's tiny random checkpoint (created once per test session)."""
+    from phi3v_train.model import create_tiny_checkpoint
+
+    path = tmp_path_factory.getbasetemp() / "tiny-model"
+    if not (path / "config.json").is_file():
+        create_tiny_checkpoint(path, preset="tiny", seed=0)
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+def run_flags(data: Path, model: Path, output: Path, **overrides: Any) -> dict[str, Any]:
+    """Settings for a few fast CPU steps; tests override what they exercise."""
+    flags: dict[str, Any] = {
+        "data": str(data), "model": str(model), "output": str(output), "strategy": "full", "precision": "fp32",
+        "num_crops": 1, "batch_size": 2, "max_steps": 4, "lr": 1e-3, "warmup": 0, "scheduler": "constant",
+        "save_every": 100, "log_every": 1, "workers": 0, "tensorboard": False, "seed": 0,
+        "gradient_checkpointing": False,
+    }
+    flags.update(overrides)
+    return flags
