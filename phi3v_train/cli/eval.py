@@ -1,0 +1,74 @@
+"""``phi3v-train eval``: answer a split greedily, score it by task, write predictions and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+@click.command("eval")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A checkpoint, an adapter dir (RUN/final of a lora/qlora run) or a run dir.")
+@click.option("--base", type=str, default=None, help="Base model of an adapter [default: the one it records].")
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Converted dataset directory (or one of its .jsonl files).")
+@click.option("--split", default="val", show_default=True, help="Which <name>_<split>.jsonl of --data to use.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--num-crops", type=click.IntRange(min=1), default=None,
+              help="HD crops per image; use what training used [default: the processor's].")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
+@click.option("--attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for predictions.jsonl and metrics.json.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int | None, batch_size: int, num_crops: int | None,
+          max_new_tokens: int, precision: str | None, attn: str, device: str | None, output: Path, quiet: bool) -> None:
+    """Evaluate a model on a converted split: accuracy, ANLS and AUROC by each record's task.
+
+    Writes OUTPUT/predictions.jsonl (one row per turn) and OUTPUT/metrics.json. Exits 1 when a record or turn
+    could not be evaluated (each is reported and skipped).
+
+    \b
+    Example:
+        phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --output runs/docvqa-lora/eval
+    """
+    import torch
+
+    from phi3v_train.evaluate import evaluate, find_split, load_records
+    from phi3v_train.loading import LoadError, load_for_inference
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        files, images_root = find_split(data, split)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    problems: list[str] = []
+    records = load_records(files, limit=limit, on_error=problems.append)
+    for problem in problems:
+        console.print(f"[yellow]skipped[/] {problem}")
+    if not records:
+        names = " ".join(map(str, files))
+        raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    try:
+        model, processor = load_for_inference(model_path, base=base, dtype=precision, attn_implementation=attn,
+                                              device=device, num_crops=num_crops)
+    except LoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    result = evaluate(model, processor, records, images_root=images_root, num_crops=processor.image_processor.num_crops,
+                      batch_size=batch_size, max_new_tokens=max_new_tokens, output_dir=output, progress=not quiet,
+                      meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
+    if not quiet:
+        Console().print(result.table(title=f"{data} [{split}] · {model_path}"))
+    console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
+    if problems or result.metrics["failed"]:
+        raise SystemExit(1)
