@@ -78,6 +78,18 @@ class Phi3VConfig(Phi3Config):
                 f"{self.vision_config.hidden_size}"
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        """Also write the pre-5.x ``rope_theta``/``rope_scaling`` keys the official remote code reads."""
+        output = super().to_dict()
+        rope = output.get("rope_parameters") or {}
+        output["rope_theta"] = rope.get("rope_theta", 10000.0)
+        if rope.get("rope_type", "default") == "default":
+            output["rope_scaling"] = None
+        else:
+            keep = ("short_factor", "long_factor")
+            output["rope_scaling"] = {"type": rope["rope_type"], **{key: rope[key] for key in keep if key in rope}}
+        return output
+
     @property
     def vision_config(self) -> CLIPVisionConfig:
         """The CLIP tower's config: ``img_processor.vision_config`` if given, else ViT-L/14-336."""

@@ -66,13 +66,20 @@ class Phi3VImageEmbedding(nn.Module):
         return output.hidden_states[self.layer_idx][:, 1:]
 
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
-        """Projected tokens of each image: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
+        """Projected tokens of each image, (tokens, hidden) per image."""
+        weight = self.img_projection[0].weight
+        return [self.img_projection(t.to(weight.device, weight.dtype)) for t in self.merged_tokens(pixel_values, image_sizes)]
+
+    def merged_tokens(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """Per image, before projection: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
 
         Only the crops an image actually uses go through CLIP (the zero padding up to ``num_crops + 1`` is skipped);
         each crop is encoded independently, so this equals encoding all of them.
         """
         num_images, max_crops = pixel_values.shape[:2]
         grids = [(int(h) // self.crop_size, int(w) // self.crop_size) for h, w in image_sizes.tolist()]
+        if len(grids) != num_images:
+            raise ValueError(f"pixel_values holds {num_images} images but image_sizes {len(grids)}")
         used = torch.zeros(num_images, max_crops, dtype=torch.bool)
         for index, (rows, cols) in enumerate(grids):
             if rows * cols + 1 > max_crops:
@@ -82,14 +89,11 @@ class Phi3VImageEmbedding(nn.Module):
                 )
             used[index, : rows * cols + 1] = True
         features = self.crop_features(pixel_values[used.to(pixel_values.device)])
-        counts = used.sum(dim=1).tolist()
         outputs = []
-        for image_features, (rows, cols) in zip(features.split(counts), grids):
+        for image_features, (rows, cols) in zip(features.split(used.sum(dim=1).tolist()), grids):
             glb = self._with_row_separators(self._merge_2x2(image_features[:1], 1, 1))
             sub = self._with_row_separators(self._merge_2x2(image_features[1:], rows, cols))
-            tokens = torch.cat([sub, self.glb_GN.squeeze(0), glb])
-            projection = self.img_projection[0]
-            outputs.append(self.img_projection(tokens.to(projection.weight.device, projection.weight.dtype)))
+            outputs.append(torch.cat([sub, self.glb_GN.reshape(1, -1).to(sub.dtype), glb]))
         return outputs
 
     @staticmethod

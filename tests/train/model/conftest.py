@@ -28,3 +28,12 @@ def model(tiny_dir: Path):
     from phi3v_train.model import Phi3VForCausalLM
 
     return Phi3VForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread start-up and contention on a busy 2-core CI box cost more than they save (~20x here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
