@@ -25,7 +25,7 @@ from phi3v_data.io import iter_jsonl, resolve_inside, write_json, write_jsonl
 from phi3v_data.prompt import encode_record
 from phi3v_data.tokens import num_image_tokens
 from phi3v_train.data import images_dir, split_files
-from phi3v_train.metrics import SCORED_TASKS, score_turn, summarize
+from phi3v_train.metrics import score_turn, summarize
 from phi3v_train.model import bos_id, text_encoder
 from schemas import Record
 
@@ -190,7 +190,6 @@ def _result(state: _State, *, settings: dict[str, Any], meta: dict[str, Any] | N
         "turns": len(rows),
         "failed": len(rows) - len(answered),
         "tasks": summarize(answered),
-        "metrics_by_task": {task: list(names) for task, names in SCORED_TASKS.items()},
         "settings": settings,
     }
     return EvalResult(rows=rows, metrics=metrics)
@@ -230,7 +229,7 @@ def load_records(
 class PreparedTurn:
     """A turn's prompt as training would build it, and the images it needs (paths inside the images root)."""
 
-    input_ids: list[int]
+    input_ids: torch.Tensor  # int32: a split's prompts are held at once, image placeholders included
     image_paths: list[Path]
     image_tokens: list[int]
 
@@ -248,6 +247,7 @@ class Generator:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[-1]
         # Training encodes an answer as its own chunk, so its first token is the first token of encode("yes").
         self.yes_id, self.no_id = (self.encode(word)[0] for word in ("yes", "no"))
+        self.max_length: int | None = getattr(model.config, "max_position_embeddings", None)
 
     def prepare(self, record: Record, *, turn: int) -> PreparedTurn:
         """The prompt for answering ``turn``; ``ValueError`` naming the image or tag when it cannot be built."""
@@ -262,7 +262,12 @@ class Generator:
             resolved.append(path)
             tokens.append(num_image_tokens(width, height, self.num_crops))
         encoded = encode_record(record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id, upto=turn)
-        return PreparedTurn(encoded.input_ids, resolved, tokens)
+        if self.max_length is not None and len(encoded) + self.max_new_tokens > self.max_length:
+            raise ValueError(
+                f"prompt of {len(encoded)} tokens + {self.max_new_tokens} new ones exceeds the model's "
+                f"{self.max_length} positions (fewer --num-crops or --max-new-tokens would fit)"
+            )
+        return PreparedTurn(torch.tensor(encoded.input_ids, dtype=torch.int32), resolved, tokens)
 
     def load_images(self, prepared: PreparedTurn) -> list[Image.Image]:
         """Decoded RGB images of one turn; ``ValueError`` when one does not decode."""
@@ -300,7 +305,7 @@ class Generator:
         ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), length), dtype=torch.long)
         for row, turn in enumerate(batch):
-            ids[row, length - len(turn.input_ids) :] = torch.tensor(turn.input_ids)
+            ids[row, length - len(turn.input_ids) :] = turn.input_ids
             mask[row, length - len(turn.input_ids) :] = 1
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
         if images:

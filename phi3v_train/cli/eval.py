@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -24,7 +25,7 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
               help="HD crops per image; use what training used [default: the processor's].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
-@click.option("--attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
+@click.option("--attention", "attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for predictions.jsonl and metrics.json.")
@@ -68,7 +69,7 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
                       batch_size=batch_size, max_new_tokens=max_new_tokens, output_dir=output, progress=not quiet,
                       meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
     if not quiet:
-        Console().print(result.table(title=f"{data} [{split}] · {model_path}"))
+        Console().print(result.table(title=escape(f"{data} [{split}] · {model_path}")))
     console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
     if problems or result.metrics["failed"]:
         raise SystemExit(1)

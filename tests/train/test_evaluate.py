@@ -201,6 +201,26 @@ def test_p_yes_is_the_first_answer_position_of_a_forward_pass(dataset: Path, loa
     assert result.rows[0]["prediction"] == generator._decode([int(last.argmax())])
 
 
+def test_unusable_turns_become_error_rows(dataset: Path, loaded: tuple[Any, Any], tmp_path: Path) -> None:
+    model, processor = loaded
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (tmp_path / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    records = [
+        _record("gone", "vqa", ("x", None), images=["missing.png"]),
+        _record("escape", "vqa", ("x", None), images=["link.png"]),
+    ]
+    result = evaluate(model, processor, records, images_root=tmp_path / "images", num_crops=2, progress=False)
+    assert [row["error"] for row in result.rows] == [
+        "image missing.png: file does not exist",
+        f"'link.png' leads outside {tmp_path / 'images'} (through a symlink)",
+    ]
+    too_long = evaluate(model, processor, _records(dataset)[:1], images_root=dataset / "images", num_crops=2,
+                        max_new_tokens=131072, progress=False)
+    assert "new ones exceeds the model's 131072 positions" in too_long.rows[0]["error"]
+    assert too_long.metrics["failed"] == 1 and too_long.metrics["tasks"] == {}
+
+
 def test_cli_eval_writes_outputs_and_reports_bad_lines(tiny: Path, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = CliRunner().invoke(main, ["eval", "--model", str(tiny), "--data", str(dataset), "--split", "val",
@@ -233,3 +253,11 @@ def test_cli_eval_unknown_split_is_a_usage_error(tiny: Path, dataset: Path, tmp_
                                        "--output", str(tmp_path / "eval")])
     assert result.exit_code == 2
     assert "no *_test.jsonl file (found: tiny_val.jsonl)" in result.output
+
+
+def test_cli_eval_on_a_directory_that_is_no_model(dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "empty"), "--data", str(dataset),
+                                       "--output", str(tmp_path / "eval")])
+    assert result.exit_code == 1
+    assert "neither config.json (a full checkpoint) nor adapter_config.json (a LoRA adapter)" in result.output

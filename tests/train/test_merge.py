@@ -126,3 +126,16 @@ def test_export_base_override_and_clear_errors(base: Path, tmp_path: Path) -> No
     not_adapter = _export("--adapter", str(base), "--out", str(tmp_path / "other"))
     assert not_adapter.exit_code == 1 and "adapter_config.json" in not_adapter.output
     assert not (tmp_path / "other").exists()
+
+
+def test_export_refuses_a_quantised_base(tmp_path: Path) -> None:
+    quantised = tmp_path / "nf4-base"
+    quantised.mkdir()
+    (quantised / "config.json").write_text(json.dumps({"model_type": "phi3_v", "quantization_config": {"load_in_4bit": True}}))
+    adapter = tmp_path / "run" / "final"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(quantised)}))
+    result = _export("--adapter", str(adapter), "--out", str(tmp_path / "merged"))
+    assert result.exit_code == 1
+    assert f"{quantised / 'config.json'}: the base checkpoint is quantised" in result.output
+    assert "--base" in result.output
