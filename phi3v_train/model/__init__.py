@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, A
 
 from .configuration_phi3v import Phi3VConfig
 from .image_processing_phi3v import Phi3VImageProcessor
-from .modeling_phi3v import Phi3VForCausalLM, Phi3VModel
+from .modeling_phi3v import QUANT_SKIP_MODULES, Phi3VForCausalLM, Phi3VModel
 from .processing_phi3v import Phi3VProcessor, bos_id, text_encoder
 from .tiny import count_parameters, create_tiny_checkpoint, preset_config
 
@@ -24,6 +24,7 @@ __all__ = [
     "Phi3VConfig",
     "Phi3VForCausalLM",
     "Phi3VModel",
+    "QUANT_SKIP_MODULES",
     "Phi3VImageProcessor",
     "Phi3VProcessor",
     "bos_id",

@@ -27,6 +27,9 @@ from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 from .configuration_phi3v import Phi3VConfig
 
 CROP = 336
+# Keep the vision tower, its projection and the output head in full precision under bitsandbytes quantisation:
+# BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=QUANT_SKIP_MODULES).
+QUANT_SKIP_MODULES = ["model.vision_embed_tokens", "lm_head"]
 
 
 class CLIPTower(nn.Module):
@@ -307,4 +310,4 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]
+__all__ = ["QUANT_SKIP_MODULES", "Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]

@@ -110,7 +110,10 @@ def preset_config(preset: str, *, vocab_size: int = 32064, pad_token_id: int = 3
             pad_token_id=pad_token_id, rope_scaling=_longrope(48), dtype="bfloat16",
         )  # fmt: skip
     if preset == "tiny":
-        tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+        tower = {
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 336, "patch_size": 14, "hidden_act": "quick_gelu", "projection_dim": 32,
+        }  # fmt: skip
         return Phi3VConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=131072,
