@@ -91,12 +91,13 @@ def machine() -> str:
         torch_version = torch.__version__
     except ImportError:
         torch_version = "not installed"
+    load = f", load average {os.getloadavg()[0]:.1f} at start (other work on the machine slows every figure)"
     return (f"{platform.platform()} ({platform.machine()}), {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, torch {torch_version}")
+            f"{platform.python_version()}, torch {torch_version}{load}")
 
 
-def render(outcomes: list[Outcome], *, started: str) -> str:
-    lines = ["# Benchmark results", "", f"- machine: {machine()}", f"- date: {started}",
+def render(outcomes: list[Outcome], *, started: str, host: str) -> str:
+    lines = ["# Benchmark results", "", f"- machine: {host}", f"- date: {started}",
              "- command: `.venv/bin/python benchmarks/run_all.py` (small sizes; each section lists its exact command)",
              "", "| benchmark | status | seconds | headline |", "|---|---|---|---|"]
     lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {o.headline.replace('|', '/')} |" for o in outcomes]
@@ -114,7 +115,7 @@ def main() -> int:
     args = parser.parse_args()
 
     scripts = sorted(p for p in HERE.glob("bench_*.py") if not args.only or any(o in p.name for o in args.only))
-    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    started, host = time.strftime("%Y-%m-%d %H:%M %Z"), machine()
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="phi3v-benchmarks-") as tmp:
         for script in scripts:
@@ -123,7 +124,7 @@ def main() -> int:
             print(f"  {outcome.status} in {outcome.seconds:.0f}s: {outcome.headline}", flush=True)
             outcomes.append(outcome)
     with atomic_write(args.out, "w", encoding="utf-8") as handle:
-        handle.write(render(outcomes, started=started))
+        handle.write(render(outcomes, started=started, host=host))
     print(f"wrote {args.out}")
     return 0 if all(o.status == "ok" for o in outcomes) else 1
 
