@@ -20,9 +20,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""Precision names the CLI accepts, mapped to torch dtype names."""
-
 
 class LoadError(ValueError):
     """A model directory that cannot be loaded; the message says which file is wrong and what to pass instead."""
@@ -66,10 +63,12 @@ def adapter_base(adapter_dir: Path, *, base: str | Path | None = None) -> str:
 
 
 def torch_dtype(name: str) -> "torch.dtype":
-    """``fp32``/``bf16``/``fp16`` (or a torch dtype name) as a ``torch.dtype``."""
+    """``fp32``/``bf16``/``fp16`` (the CLI's names) or a config's torch dtype name as a ``torch.dtype``."""
     import torch
 
-    value = getattr(torch, DTYPES.get(name, name), None)
+    from phi3v_train.strategies import DTYPES
+
+    value = DTYPES.get(name) or getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
         raise LoadError(f"unknown precision {name!r}; use one of {', '.join(DTYPES)}")
     return value

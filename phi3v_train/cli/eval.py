@@ -45,6 +45,7 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
 
     from phi3v_train.evaluate import evaluate, find_split, load_records
     from phi3v_train.loading import LoadError, load_for_inference
+    from phi3v_train.strategies import resolve_attention
 
     console = Console(stderr=True, soft_wrap=True)
     try:
@@ -60,10 +61,13 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
         raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    if attn == "flash_attention_2" and precision != "bf16":
+        raise click.UsageError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
+    attn = resolve_attention(attn)
     try:
         model, processor = load_for_inference(model_path, base=base, dtype=precision, attn_implementation=attn,
                                               device=device, num_crops=num_crops)
-    except LoadError as exc:
+    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
     result = evaluate(model, processor, records, images_root=images_root, num_crops=processor.image_processor.num_crops,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, output_dir=output, progress=not quiet,

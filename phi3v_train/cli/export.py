@@ -31,6 +31,6 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
 
     try:
         merged = merge_adapter(adapter, out=out, base=base, dtype=precision, overwrite=overwrite)
-    except LoadError as exc:
+    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
     click.echo(f"merged checkpoint written to {merged}")
