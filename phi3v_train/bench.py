@@ -364,7 +364,7 @@ def table_rows(report: BenchReport) -> list[list[str]]:
             out.append([row.strategy, gpus, flash, str(row.batch), "failed", "—", "—", "—", row.note])
             continue
         speedup = f"{row.images_per_s / baseline:.2f}×" if baseline else "—"
-        mfu_cell = f"{row.mfu * 100:.1f}%" if row.mfu is not None else "n/a"
+        mfu_cell = f"{row.mfu * 100:.3g}%" if row.mfu is not None else "n/a"
         out.append([row.strategy, gpus, flash, str(row.batch), f"{row.images_per_s:.3g}", speedup,
                     f"{row.peak_memory_gb:.2f}", f"{row.tokens_per_s:,.0f}", mfu_cell])
     return out
