@@ -64,7 +64,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
         """HD-transform every image; all outputs stacked along the image axis."""
         images = [images] if isinstance(images, Image.Image) else list(images)
         crops = int(num_crops or self.num_crops)
-        pixel_values = torch.zeros(len(images), crops + 1, 3, CROP, CROP)
+        pixel_values = torch.empty(len(images), crops + 1, 3, CROP, CROP)
         sizes, tokens = [], []
         for index, image in enumerate(images):
             hd_image = self.hd_image(image, crops)
@@ -73,6 +73,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
             pixel_values[index, 0] = F.interpolate(hd_image[None], size=(CROP, CROP), mode="bicubic")[0]
             grid = hd_image.reshape(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4)
             pixel_values[index, 1 : 1 + rows * cols] = grid.reshape(rows * cols, 3, CROP, CROP)
+            pixel_values[index, 1 + rows * cols :] = 0.0  # official zero padding up to num_crops + 1
             sizes.append([height, width])
             tokens.append(num_image_tokens(image.width, image.height, crops))
         data = {
@@ -88,7 +89,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
 
     def hd_image(self, image: Image.Image, num_crops: int) -> torch.Tensor:
         """The normalised, white-padded HD image (3, H, W) with H and W multiples of 336."""
-        if self.do_convert_rgb or image.mode != "RGB":
+        if image.mode != "RGB":
             image = image.convert("RGB")
         width, height = image.size
         new_width, new_height = resized_size(width, height, num_crops)
@@ -100,11 +101,23 @@ class Phi3VImageProcessor(BaseImageProcessor):
             image = image.transpose(Image.Transpose.TRANSPOSE)
             new_width, new_height = new_height, new_width
             grid_width, grid_height = grid_height, grid_width
-        resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float().div(255)
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
-        canvas = ((1.0 - mean) / std).expand(3, grid_height, new_width).clone()
+        pixels = np.asarray(image.resize((new_width, new_height), Image.Resampling.BILINEAR))
+        table = self._lookup_table()
+        canvas = torch.empty(3, grid_height, new_width)
         top = int((grid_height - new_height) / 2)
-        canvas[:, top : top + new_height] = (pixels - mean) / std
+        canvas[:, :top] = table[:, 255].view(3, 1, 1)  # white padding, normalised
+        canvas[:, top + new_height :] = table[:, 255].view(3, 1, 1)
+        target = canvas.numpy()
+        for channel in range(3):  # one table lookup per pixel instead of ToTensor + Normalize passes
+            np.take(table[channel].numpy(), pixels[:, :, channel], out=target[channel, top : top + new_height])
         return canvas.transpose(1, 2) if tall else canvas
+
+    def _lookup_table(self) -> torch.Tensor:
+        """(3, 256) normalised value of each byte, computed with exactly ToTensor's and Normalize's float32 ops."""
+        key = (tuple(self.image_mean), tuple(self.image_std))
+        if getattr(self, "_table_key", None) != key:
+            values = torch.arange(256, dtype=torch.uint8).float().div(255)
+            mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1)
+            std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1)
+            self._table, self._table_key = (values.view(1, 256) - mean) / std, key
+        return self._table

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -106,3 +109,39 @@ def test_grey_and_rgba_images_are_converted() -> None:
     out = Phi3VImageProcessor(num_crops=1)([Image.new("L", (40, 40), 255), Image.new("RGBA", (40, 40), (0, 0, 0, 0))])
     assert out["pixel_values"].shape == (2, 2, 3, 336, 336)
     torch.testing.assert_close(out["pixel_values"][0, 1], _normalised((255, 255, 255)).expand(3, 336, 336))
+
+
+def _reference_hd_image(image: Image.Image, num_crops: int) -> torch.Tensor:
+    """The official steps written out plainly: transpose, PIL bilinear resize, white paste, ToTensor, Normalize."""
+    width, height = image.size
+    tall = width < height
+    if tall:
+        image = image.transpose(Image.Transpose.TRANSPOSE)
+        width, height = image.size
+    ratio = width / height
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= num_crops:
+        scale += 1
+    scale -= 1
+    new_width = int(scale * 336)
+    new_height = int(new_width / ratio)
+    image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    target = int(math.ceil(new_height / 336) * 336)
+    canvas = Image.new("RGB", (new_width, target), (255, 255, 255))
+    canvas.paste(image, (0, int((target - new_height) / 2)))
+    if tall:
+        canvas = canvas.transpose(Image.Transpose.TRANSPOSE)
+    pixels = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float().div(255)
+    return (pixels - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize(("width", "height", "num_crops"), [(170, 220, 16), (220, 170, 4), (37, 999, 4), (333, 50, 1)])
+def test_vectorised_transform_is_bitwise_the_official_one(width: int, height: int, num_crops: int) -> None:
+    rng = np.random.default_rng(width * height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    processor = Phi3VImageProcessor(num_crops=num_crops)
+    expected = _reference_hd_image(image, num_crops)
+    assert torch.equal(processor.hd_image(image, num_crops), expected)
+    out = processor([image])
+    glb = torch.nn.functional.interpolate(expected[None], size=(336, 336), mode="bicubic")[0]
+    torch.testing.assert_close(out["pixel_values"][0, 0], glb, rtol=0, atol=1e-6)
