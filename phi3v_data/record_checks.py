@@ -148,6 +148,15 @@ def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
 
 def content_problems(record: Record) -> list[Problem]:
     """Empty texts, binary answers and <|image_k|> tags that do not match the images."""
+    problems: list[Problem] = []
+    for t, turn in enumerate(record.conversations):
+        problems += _text_problems(record, turn, f"conversations[{t}]")
+    if any("<|image_" in turn.user for turn in record.conversations):
+        problems += _tag_problems(record)
+    return problems
+
+
+def _tag_problems(record: Record) -> list[Problem]:
     owner: dict[int, tuple[int, int]] = {}  # global image number → (turn, index in that turn)
     for t, turn in enumerate(record.conversations):
         for j in range(len(turn.images)):
@@ -159,8 +168,7 @@ def content_problems(record: Record) -> list[Problem]:
         where = f"conversations[{t}]"
         own = range(first, first + len(turn.images))
         first += len(turn.images)
-        problems += _text_problems(record, turn, where)
-        tags = [int(k) for k in IMAGE_TAG_RE.findall(turn.user)] if "<|image_" in turn.user else []
+        tags = [int(k) for k in IMAGE_TAG_RE.findall(turn.user)]
         for k in tags:
             if k in seen:
                 problems.append(("image_tag_duplicate", f"{where}.user", f"<|image_{k}|> appears more than once"))

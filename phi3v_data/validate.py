@@ -25,7 +25,7 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from phi3v_data.images import ImageProblem
 from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, content_problems, length_problem,
                                       schema_problems)
 from phi3v_data.io import atomic_write
-from phi3v_data.report import Finding, Stats, ValidationReport, bounded_add
+from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
 
 __all__ = ["ImageCheck", "LengthSpec", "LengthSpecError", "iter_valid_records", "validate_file", "validate_files"]
@@ -89,25 +89,26 @@ class RecordChecker:
         if record is None:
             return Checked(line, record_id, problems)
         problems = content_problems(record)
-        sizes = self._image_problems(record, problems)
+        n_images = sum(len(turn.images) for turn in record.conversations)
+        sizes = self._image_problems(record, problems, n_images)
         length = None
         if self.config.lengths is not None and not problems and sizes is not None:
             length, problem = length_problem(record, sizes, self.config.lengths)
             problems += [problem] if problem else []
-        return Checked(line, record.id, problems, record.source, record.task, len(record.images),
-                       _labels(record), record.labeled, length)
+        return Checked(line, record.id, problems, record.source, record.task, n_images, _labels(record),
+                       record.labeled, length)
 
-    def _image_problems(self, record: Record, problems: list[Problem]) -> list[tuple[int, int]] | None:
+    def _image_problems(self, record: Record, problems: list[Problem], n_images: int) -> list[tuple[int, int]] | None:
         """Append each image's problem; return the sizes when every image has one (header modes, no problem)."""
         sizes: list[tuple[int, int]] = []
         for t, turn in enumerate(record.conversations):
-            for j, path in enumerate(turn.images):
-                result = self.images.check(path)
+            results = self.images.check_all(turn.images) if turn.images else None
+            for j, result in enumerate(results or ()):
                 if isinstance(result, ImageProblem):
                     problems.append((result.code, f"conversations[{t}].images[{j}]", str(result)))
                 elif result is not None:
                     sizes.append(result)
-        return sizes if len(sizes) == len(record.images) else None
+        return sizes if len(sizes) == n_images else None
 
 
 def parse_record(raw: bytes) -> tuple[Record | None, list[Problem], str | None]:
@@ -173,6 +174,39 @@ def _chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator[list
         progress(read)
 
 
+class ChunkResult(NamedTuple):
+    """A chunk's verdicts, compact enough to send back from a worker: ids, problems by position, partial counts."""
+
+    ids: list[str | None]
+    problems: dict[int, list[Problem]]
+    stats: Stats  # sources, tasks, images, labels, unlabeled, lengths of the chunk's schema-valid records
+
+
+def check_chunk(checker: RecordChecker, chunk: list[tuple[int, bytes]]) -> ChunkResult:
+    result = ChunkResult([], {}, Stats())
+    for index, (line, raw) in enumerate(chunk):
+        checked = checker.check(line, raw)
+        result.ids.append(checked.id)
+        if checked.problems:
+            result.problems[index] = checked.problems
+        if checked.task is not None:
+            _count(result.stats, checked)
+    return result
+
+
+def _count(stats: Stats, checked: Checked) -> None:
+    """Count one record into a chunk's stats (unbounded here: a chunk is small; merging into the report bounds them)."""
+    stats.sources[checked.source or "(none)"] += 1
+    stats.tasks[checked.task] += 1
+    stats.images_per_record[checked.n_images] += 1
+    stats.unlabeled += not checked.labeled
+    if checked.labels:
+        counter = stats.labels.get(checked.task) or stats.labels.setdefault(checked.task, Counter())
+        counter.update(checked.labels)
+    if checked.length is not None:
+        stats.lengths[checked.length] += 1
+
+
 _WORKER: RecordChecker | None = None
 
 
@@ -181,38 +215,39 @@ def _start_worker(config: CheckConfig) -> None:
     _WORKER = RecordChecker(config)
 
 
-def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Checked]:
+def _worker_chunk(chunk: list[tuple[int, bytes]]) -> ChunkResult:
     assert _WORKER is not None
-    return [_WORKER.check(line, raw) for line, raw in chunk]
+    return check_chunk(_WORKER, chunk)
 
 
-def _checked_lines(path: Path, config: CheckConfig, *, workers: int,
-                   progress: Callable[[int], None] | None) -> Iterator[tuple[bytes, Checked]]:
-    """(raw line, result) in file order; with ``workers > 1`` chunks are checked in parallel, a few in flight at once."""
+def _chunk_results(path: Path, config: CheckConfig, *, workers: int, progress: Callable[[int], None] | None
+                   ) -> Iterator[tuple[list[tuple[int, bytes]], ChunkResult]]:
+    """(chunk, result) in file order.
+
+    With ``workers = N > 1``, N - 1 worker processes check chunks while this process checks every N-th chunk itself
+    (besides reading and counting), so N processes share N cores; only a few chunks are in flight (constant memory).
+    """
+    checker = RecordChecker(config)
     if workers <= 1:
-        checker = RecordChecker(config)
         for chunk in _chunks(path, progress):
-            for line, raw in chunk:
-                yield raw, checker.check(line, raw)
+            yield chunk, check_chunk(checker, chunk)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, _start_worker, (config,)) as pool:
+    with multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config,)) as pool:
         pending: deque = deque()
-        for chunk in _chunks(path, progress):
-            pending.append((chunk, pool.apply_async(_check_chunk, (chunk,))))
-            while len(pending) > 2 * workers:  # bounded read-ahead keeps memory constant
-                yield from _ready(*pending.popleft())
+        for index, chunk in enumerate(_chunks(path, progress)):
+            job = None if index % workers == 0 else pool.apply_async(_worker_chunk, (chunk,))
+            pending.append((chunk, job))
+            while len(pending) > 2 * workers:
+                chunk, job = pending.popleft()
+                yield chunk, job.get() if job else check_chunk(checker, chunk)
         while pending:
-            yield from _ready(*pending.popleft())
-
-
-def _ready(chunk: list[tuple[int, bytes]], result: multiprocessing.pool.AsyncResult) -> Iterator[tuple[bytes, Checked]]:
-    for (_, raw), checked in zip(chunk, result.get()):
-        yield raw, checked
+            chunk, job = pending.popleft()
+            yield chunk, job.get() if job else check_chunk(checker, chunk)
 
 
 class _Collector:
-    """Turns checked lines into a report: duplicate ids, counts, kept findings and the clean output."""
+    """Turns chunk results into a report: duplicate ids, counts and the findings kept."""
 
     def __init__(self, path: Path, lengths: LengthSpec | None, max_findings: int) -> None:
         self.report = ValidationReport(files=[path])
@@ -220,26 +255,30 @@ class _Collector:
         self.file, self.max_findings = str(path), max_findings
         self.first_line: dict[str, int] = {}
 
-    def add(self, checked: Checked) -> bool:
-        """Count one line; True when the record is valid."""
-        problems = checked.problems
-        if checked.id is not None:
-            first = self.first_line.setdefault(checked.id, checked.line)
-            if first != checked.line:
-                problems = [*problems, ("duplicate_id", "id", f"id {checked.id!r} was already used on line {first}")]
+    def valid_lines(self, chunk: list[tuple[int, bytes]], result: ChunkResult) -> Iterator[tuple[int, bytes]]:
+        """Count a chunk; yield the (line, raw) of its valid records."""
         stats = self.report.stats
-        stats.records += 1
-        if checked.task is not None:
-            self._count(stats, checked)
-        if not problems:
-            stats.ok += 1
-            return True
+        stats.merge(result.stats)
+        stats.records += len(chunk)
+        first_line = self.first_line
+        for index, ((line, raw), record_id) in enumerate(zip(chunk, result.ids)):
+            problems = result.problems.get(index)
+            if record_id is not None and (first := first_line.setdefault(record_id, line)) != line:
+                duplicate = ("duplicate_id", "id", f"id {record_id!r} was already used on line {first}")
+                problems = [*(problems or []), duplicate]
+            if problems:
+                self._problems(line, record_id, problems)
+            else:
+                stats.ok += 1
+                yield line, raw
+
+    def _problems(self, line: int, record_id: str | None, problems: list[Problem]) -> None:
+        stats = self.report.stats
         stats.with_problems += 1
         for code in {code for code, _, _ in problems}:
             stats.records_by_code[code] += 1
         for code, field, message in problems:
-            self.finding(Finding(code, checked.line, checked.id, field, message, self.file))
-        return False
+            self.finding(Finding(code, line, record_id, field, message, self.file))
 
     def finding(self, finding: Finding) -> None:
         self.report.stats.findings_by_code[finding.code] += 1
@@ -247,17 +286,6 @@ class _Collector:
             self.report.findings.append(finding)
         else:
             self.report.findings_not_kept += 1
-
-    @staticmethod
-    def _count(stats: Stats, checked: Checked) -> None:
-        bounded_add(stats.sources, checked.source or "(none)")
-        stats.tasks[checked.task] += 1
-        stats.images_per_record[checked.n_images] += 1
-        stats.unlabeled += not checked.labeled
-        for label in checked.labels:
-            stats.add_label(checked.task, label)
-        if checked.length is not None:
-            stats.lengths[checked.length] += 1
 
     def finish(self) -> ValidationReport:
         if self.report.stats.records == 0:
@@ -291,14 +319,15 @@ def validate_file(
         lengths.text_encoder()  # fail before the run, not on every line
     config = CheckConfig(Path(images_dir) if images_dir is not None else default_images_dir(path), image_check, lengths)
     collector = _Collector(path, lengths, max_findings)
-    lines = _checked_lines(path, config, workers=workers, progress=progress)
+    results = _chunk_results(path, config, workers=workers, progress=progress)
     if output is None:
-        for _, checked in lines:
-            collector.add(checked)
+        for chunk, result in results:
+            for _ in collector.valid_lines(chunk, result):
+                pass
         return collector.finish()
     with atomic_write(output, "wb") as handle:
-        for raw, checked in lines:
-            if collector.add(checked):
+        for chunk, result in results:
+            for _, raw in collector.valid_lines(chunk, result):
                 handle.write(raw + b"\n")
                 collector.report.written += 1
     collector.report.output = Path(output)
@@ -318,6 +347,6 @@ def iter_valid_records(
     path = Path(path)
     config = CheckConfig(Path(images_dir) if images_dir is not None else default_images_dir(path), image_check, lengths)
     collector = _Collector(path, lengths, max_findings=0)
-    for raw, checked in _checked_lines(path, config, workers=1, progress=None):
-        if collector.add(checked):
-            yield checked.line, Record.model_validate_json(raw)
+    for chunk, result in _chunk_results(path, config, workers=1, progress=None):
+        for line, raw in collector.valid_lines(chunk, result):
+            yield line, Record.model_validate_json(raw)

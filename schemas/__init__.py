@@ -35,6 +35,8 @@ __all__ = [
 IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
 """An explicit image placeholder in user text; the number is the record-global image index (1-based)."""
 
+_DRIVE_RE = re.compile(r"[A-Za-z]:")  # compiled once: the validator runs this on millions of paths
+
 BINARY_ANSWERS: tuple[str, str] = ("no", "yes")
 """Assistant texts of binary tasks: label 0 is "no", label 1 is "yes" (AUROC uses P(yes))."""
 
@@ -77,7 +79,7 @@ class Turn(_Strict):
                 raise ValueError(f"image path {path!r} is empty or has surrounding whitespace")
             if "\\" in path:
                 raise ValueError(f"image path {path!r} must use '/' separators")
-            if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+            if path.startswith("/") or _DRIVE_RE.match(path):
                 raise ValueError(f"image path {path!r} is absolute; paths are relative to the images/ directory")
             if ".." in path.split("/"):
                 raise ValueError(f"image path {path!r} escapes the images/ directory")
