@@ -25,7 +25,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class Phi3VImageProcessor(BaseImageProcessor):
-    """Images → ``pixel_values`` (N, num_crops+1, 3, 336, 336), ``image_sizes`` (N, 2) = HD (h, w), ``num_img_tokens``."""
+    """Images → ``pixel_values`` (N, num_crops+1, 3, 336, 336), ``image_sizes`` (N, 2) = HD (h, w), token counts."""
 
     model_input_names = ["pixel_values", "image_sizes"]
 

@@ -45,7 +45,7 @@ class CLIPTower(nn.Module):
 
 
 class Phi3VImageEmbedding(nn.Module):
-    """CLIP features → 2×2 merge → learnable row/global separators → 2-layer GELU projection (official layout)."""
+    """CLIP features → 2×2 merge → learnable row/global separators → 2-layer GELU projection (official)."""
 
     def __init__(self, config: Phi3VConfig) -> None:
         super().__init__()
@@ -71,7 +71,8 @@ class Phi3VImageEmbedding(nn.Module):
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Projected tokens of each image, (tokens, hidden) per image."""
         weight = self.img_projection[0].weight
-        return [self.img_projection(t.to(weight.device, weight.dtype)) for t in self.merged_tokens(pixel_values, image_sizes)]
+        tokens = self.merged_tokens(pixel_values, image_sizes)
+        return [self.img_projection(t.to(weight.device, weight.dtype)) for t in tokens]
 
     def merged_tokens(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Per image, before projection: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
@@ -131,7 +132,8 @@ def image_slots(input_ids: torch.Tensor, num_images: int) -> list[tuple[int, int
     for row, ids in enumerate(input_ids.tolist()):
         present = sorted({-value for value in ids if value < 0})
         if present and present != list(range(1, present[-1] + 1)):
-            raise ValueError(f"row {row}: image placeholders must be -1..-K without gaps, found {[-k for k in present]}")
+            found = [-k for k in present]
+            raise ValueError(f"row {row}: image placeholders must be -1..-K without gaps, found {found}")
         slots += [(row, k) for k in present]
     if len(slots) != num_images:
         raise ValueError(f"input_ids reference {len(slots)} images but pixel_values holds {num_images}")
@@ -231,7 +233,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         if not has_placeholders:
             return inputs_embeds
         if pixel_values is None or image_sizes is None:
-            raise ValueError("input_ids hold image placeholders (negative ids) but pixel_values/image_sizes are missing")
+            raise ValueError("input_ids hold image placeholders (negative ids) but no pixel_values/image_sizes")
         features = self.vision_embed_tokens(pixel_values, torch.as_tensor(image_sizes))
         return self.embed_dropout(merge_image_features(input_ids, inputs_embeds, features))
 

@@ -1,8 +1,8 @@
 """Text + images → model inputs, as the official Phi-3.5-vision processor builds them (plus a batched call).
 
 Text path (official ``_convert_images_texts_to_inputs``): with images, the prompt is split at ``<|image_k|>`` tags;
-every piece between tags — empty ones included — is tokenized on its own WITH the tokenizer's special tokens (so each
-piece starts with BOS when the tokenizer adds one: a BOS follows every image), and tag ``k`` becomes
+every piece between tags — empty ones included — is tokenized on its own WITH the tokenizer's special tokens (so
+each piece starts with BOS when the tokenizer adds one: a BOS follows every image), and tag ``k`` becomes
 ``[-k] * num_img_tokens[k-1]``. Without images the whole text is tokenized in one call (tags are not split).
 
 This differs from :func:`phi3v_data.prompt.encode_segments`, which adds one BOS at the very start and skips empty

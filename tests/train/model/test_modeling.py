@@ -38,7 +38,8 @@ def test_separators_and_merge_order(model: Phi3VForCausalLM, monkeypatch: pytest
     assert (tokens[600] == -2).all()  # glb_GN between the sub-images and the global view
     glb = tokens[601:].reshape(12, 13, 128)
     assert (glb[:, 12] == -1).all() and not (glb[:, :12] == -1).any()
-    # crops: 0 global, 1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right; 2x2 merge takes patches p, p+1, p+24, p+25
+    # crops: 0 global, 1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right; a merged token = patches p, p+1,
+    # p+24, p+25
     assert sub[0, 0, ::32].tolist() == [1000, 1001, 1024, 1025]
     assert sub[0, 12, ::32].tolist() == [2000, 2001, 2024, 2025]
     assert sub[12, 0, ::32].tolist() == [3000, 3001, 3024, 3025]

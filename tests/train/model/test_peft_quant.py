@@ -27,7 +27,8 @@ def _batch(processor) -> dict:
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_lora_trains_only_adapters_everywhere(processor, model, checkpointing: bool) -> None:
     peft = pytest.importorskip("peft")
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
+    lora = peft.get_peft_model(model, config)
     if checkpointing:
         lora.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora.train()
