@@ -7,7 +7,9 @@ Each turn becomes ``<|user|>\\n{images}{user}<|end|>\\n<|assistant|>\\n`` (not t
 ``{assistant}<|end|>\\n`` (trained on); the last answer also ends with ``<|endoftext|>``. Images whose tags the user
 text does not place come first, one ``<|image_k|>\\n`` each. Each piece of text between image tags is encoded
 separately, as the official processor does, and every tag expands to ``num_tokens`` copies of ``-k`` — the official
-placeholder id of image ``k`` that the model replaces with image features.
+placeholder id of image ``k`` that the model replaces with image features. The official processor tokenizes every
+piece with special tokens, so BOS starts the text *and* follows every image; we do the same, so a single-turn prompt
+encodes exactly as ``Phi3VProcessor`` encodes it.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def encode_segments(
     """Token ids and labels for chat segments.
 
     ``encode`` maps text to ids without special tokens; ``image_tokens[k-1]`` is the token count of image ``k``
-    (see :func:`phi3v_data.tokens.num_image_tokens`). Labels are ``-100`` outside trained segments.
+    (see :func:`phi3v_data.tokens.num_image_tokens`). ``bos_id``, when the tokenizer adds one, starts the sequence
+    and follows every image (as in the official processor). Labels are ``-100`` outside trained segments.
     """
     out = Encoded()
     if bos_id is not None:
@@ -97,6 +100,9 @@ def encode_segments(
                 raise ValueError(f"<|image_{k}|> refers to an image the record does not have ({len(image_tokens)} images)")
             out.input_ids += [-k] * image_tokens[k - 1]
             out.labels += [IGNORE_INDEX] * image_tokens[k - 1]
+            if bos_id is not None:
+                out.input_ids.append(bos_id)
+                out.labels.append(IGNORE_INDEX)
             position = match.end()
     return out
 

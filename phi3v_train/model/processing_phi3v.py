@@ -5,9 +5,9 @@ every piece between tags — empty ones included — is tokenized on its own WIT
 each piece starts with BOS when the tokenizer adds one: a BOS follows every image), and tag ``k`` becomes
 ``[-k] * num_img_tokens[k-1]``. Without images the whole text is tokenized in one call (tags are not split).
 
-This differs from :func:`phi3v_data.prompt.encode_segments`, which adds one BOS at the very start and skips empty
-pieces; the two agree exactly on texts without images. :func:`bos_id` and :func:`text_encoder` give the arguments
-that training code passes to ``encode_record``.
+:func:`phi3v_data.prompt.encode_segments` implements exactly this rule (BOS at the start and after every image), and
+the processor calls it, so training, validation and inference share one encoder. :func:`bos_id` and
+:func:`text_encoder` give the arguments that training code passes to ``encode_record``.
 
 Batched calls pad every sample to the longest with the tokenizer's pad id; the side is ``padding_side`` (default:
 the tokenizer's, ``"right"`` for training; use ``"left"`` for batched ``generate``).
@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+
+from phi3v_data.prompt import Segment, encode_segments
 
 from .image_processing_phi3v import Phi3VImageProcessor
 
@@ -120,12 +122,11 @@ class Phi3VProcessor:
             raise ValueError(
                 f"image tags {sorted(set(tags))} must be exactly 1..{len(num_tokens)} for {len(num_tokens)} images"
             )
-        ids: list[int] = []
-        for index, chunk in enumerate(IMAGE_TAG.split(text)):
-            ids += self.tokenizer(chunk)["input_ids"]
-            if index < len(tags):
-                ids += [-tags[index]] * int(num_tokens[tags[index] - 1])
-        return ids
+        segment = Segment(text, train=False)
+        encoded = encode_segments(
+            [segment], encode=text_encoder(self.tokenizer), image_tokens=num_tokens, bos_id=bos_id(self.tokenizer)
+        )
+        return encoded.input_ids
 
     def _batch(
         self,

@@ -49,8 +49,9 @@ def test_encode_expands_images_and_masks_prompts() -> None:
     prompt_before = _chars("<|user|>\n")
     prompt_after = _chars("\nQ<|end|>\n<|assistant|>\n")
     answer = _chars("A<|end|>\n<|endoftext|>")
-    assert encoded.input_ids == [1, *prompt_before, -1, -1, -1, *prompt_after, *answer]
-    n_prompt = 1 + len(prompt_before) + 3 + len(prompt_after)
+    # BOS starts the text and follows every image, as the official processor's per-chunk tokenization does
+    assert encoded.input_ids == [1, *prompt_before, -1, -1, -1, 1, *prompt_after, *answer]
+    n_prompt = 1 + len(prompt_before) + 3 + 1 + len(prompt_after)
     assert encoded.labels == [IGNORE_INDEX] * n_prompt + answer
     assert len(encoded) == n_prompt + len(answer)
 
@@ -66,3 +67,10 @@ def test_unlabeled_record_encodes_prompt_only() -> None:
     encoded = encode_record(record, encode=_chars, image_tokens=[])
     assert encoded.input_ids == _chars("<|user|>\nQ<|end|>\n<|assistant|>\n")
     assert set(encoded.labels) == {IGNORE_INDEX}
+
+
+def test_adjacent_images_each_get_a_following_bos() -> None:
+    record = _record([{"images": ["a.jpg", "b.jpg"], "user": "<|image_1|><|image_2|>Q", "assistant": "A"}])
+    encoded = encode_record(record, encode=_chars, image_tokens=[2, 1], bos_id=1)
+    user = _chars("<|user|>\n")
+    assert encoded.input_ids[: len(user) + 6] == [1, *user, -1, -1, 1, -2, 1]
