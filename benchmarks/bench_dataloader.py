@@ -66,7 +66,7 @@ def build_loader(data: Path, model: Path, *, num_crops: int, batch: int, workers
     dataset, _ = load_split(data, "train", encode=encode, bos_id=bos, num_crops=num_crops, max_length=1 << 20)
     collator = Collator(image_processor=processor.image_processor, encode=encode, bos_id=bos,
                         pad_id=processor.tokenizer.pad_token_id, images_root=images_dir(data))
-    sampler = LengthGroupedSampler(dataset.lengths, batch_size=batch, seed=0)
+    sampler = LengthGroupedSampler(dataset.lengths, batch_size=batch, global_batch_size=batch, seed=0)
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collator)
 
 

@@ -29,7 +29,6 @@ from phi3v_data.io import atomic_write  # noqa: E402 - needs the repository root
 SMALL_FLAGS: dict[str, dict[str, str]] = {
     "bench_convert_video.py": {"--clips": "20"},
     "bench_validate.py": {"--records": "20000", "--header-records": "2000"},
-    "bench_processor.py": {"--images": "32", "--iterations": "2"},
     "bench_dataloader.py": {"--records": "24"},
     "bench_padding.py": {"--samples": "4000"},
 }
