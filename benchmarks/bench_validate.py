@@ -55,12 +55,14 @@ def make_dataset(root: Path, records: int, *, real_images: bool) -> Path:
     return path
 
 
-def measure(path: Path, mode: str, workers: int) -> tuple[float, int]:
-    start = time.perf_counter()
+def measure(path: Path, mode: str, workers: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process and its workers, records)."""
+    before, start = os.times(), time.perf_counter()
     report = validate_file(path, image_check=mode, workers=workers)
-    seconds = time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user + system, self + reaped worker processes
     assert report.valid, report.findings[:3]
-    return seconds, report.stats.records
+    return seconds, cpu, report.stats.records
 
 
 def main() -> None:
@@ -75,14 +77,16 @@ def main() -> None:
     header_file = make_dataset(args.work / f"header-{args.header_records}", args.header_records, real_images=True)
     console.print(f"data ready in {time.perf_counter() - start:.1f}s under {args.work} ({os.cpu_count()} CPUs)")
     table = Table(title="phi3v-data validate throughput", title_justify="left")
-    for column in ("mode", "records", "image paths", "workers", "seconds", "records/s"):
+    for column in ("mode", "records", "image paths", "workers", "seconds", "records/s", "CPU s", "records/CPU-s"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     runs = [(exists_file, "exists", w) for w in (1, 2)] + [(header_file, "header", w) for w in (1, 2)]
     for path, mode, workers in runs:
         measure(path, mode, workers)  # warm the page cache and directory entries first
-        seconds, records = min(measure(path, mode, workers) for _ in range(2))
+        seconds, cpu, records = min(measure(path, mode, workers) for _ in range(2))
         table.add_row(mode, f"{records:,}", f"{records * FRAMES:,}", str(workers), f"{seconds:.2f}",
-                      f"{records / seconds:,.0f}")
+                      f"{records / seconds:,.0f}", f"{cpu:.2f}", f"{records / cpu:,.0f}")
+    table.caption = "load average while measuring: {:.1f} {:.1f} {:.1f} (other work on the machine slows the wall clock)".format(
+        *os.getloadavg())
     console.print(table)
 
 

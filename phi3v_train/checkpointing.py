@@ -62,6 +62,14 @@ def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint directory was saved at (from its name)."""
+    match = _CHECKPOINT_RE.match(path.name)
+    if match is None:
+        raise CheckpointError(f"{path}: not a checkpoint-<step> directory")
+    return int(match.group(1))
+
+
 def latest_complete(run_dir: Path) -> Checkpoint | None:
     complete = [c for c in list_checkpoints(run_dir) if c.complete]
     return complete[-1] if complete else None

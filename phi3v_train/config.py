@@ -180,11 +180,11 @@ def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path |
         origin = f"in {yaml_path}" if yaml_path and not _came_from_flags(loc, flags) else "among the settings"
         return f"unknown setting {key!r} {origin}; `phi3v-train run --help` lists them"
     where = flag_name(loc)
+    if error["type"] == "missing":
+        return f"{where} is required (a flag, or {key!r} in the --config YAML)"
     if yaml_path is not None and not _came_from_flags(loc, flags):
         where += f" ({key} in {yaml_path})"
-    given = f" (got {error['input']!r})" if error["type"] != "missing" else ""
-    message = "is required" if error["type"] == "missing" else error["msg"]
-    return f"{where}: {message}{given}"
+    return f"{where}: {error['msg']} (got {error['input']!r})"
 
 
 def load_config(yaml_path: Path | None = None, *, flags: dict[str, Any] | None = None) -> TrainConfig:

@@ -4,11 +4,13 @@ A sample's length is what the model sees — text tokens plus image tokens from 
 :func:`phi3v_train.data.sample_length`) — so a short question about a 16-crop document is known to be long.
 
 The order is a pure function of (seed, epoch): shuffle everything, cut into mega-batches, sort each mega-batch by
-length and cut it into *groups* of ``batch_size × world_size`` samples, then shuffle the groups. Under DDP the
-Trainer's data loader (accelerate's ``BatchSamplerShard``) deals consecutive per-device batches round-robin to the
-ranks, so one group is one optimizer micro-step across all ranks: every rank gets its own, disjoint share of
-similar length and no rank waits long for a slower one. The group holding the longest sample goes first, so an
-out-of-memory error shows up at step 1 rather than hours in.
+length and cut it into *groups* of one global batch (the samples of one optimizer step), then shuffle the groups.
+Because a group is a global batch — not a per-device one — the order does not depend on how many devices share it:
+one process accumulating 4 micro-batches and 4 DDP ranks see the same samples at each step. The Trainer's data
+loader cuts the order into per-device batches (each a slice of one sorted group, so of similar lengths) and, under
+DDP, accelerate's ``BatchSamplerShard`` deals them round-robin, so each rank gets its own disjoint share and the
+ranks of one micro-step get neighbouring slices: none waits long for a slower one. The group holding the longest
+sample goes first, so an out-of-memory error shows up at step 1 rather than hours in.
 """
 
 from __future__ import annotations
@@ -25,20 +27,20 @@ MEGABATCH_GROUPS = 64
 class LengthGroupedSampler(Sampler[int]):
     """Deterministic per (seed, epoch) order of dataset indices, grouped by length (see module docstring).
 
-    >>> sampler = LengthGroupedSampler([5, 50, 6, 49], batch_size=2, seed=0)
+    >>> sampler = LengthGroupedSampler([5, 50, 6, 49], batch_size=2, global_batch_size=2, seed=0)
     >>> sampler.batches(0)  # the longest group first
     [[1, 3], [2, 0]]
     """
 
     def __init__(
-        self, lengths: Sequence[int], *, batch_size: int, world_size: int = 1, seed: int = 0,
+        self, lengths: Sequence[int], *, batch_size: int, global_batch_size: int, seed: int = 0,
         megabatch_groups: int = MEGABATCH_GROUPS,
     ) -> None:
-        if batch_size < 1 or world_size < 1:
-            raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
+        if batch_size < 1 or global_batch_size % batch_size:
+            raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of batch_size {batch_size} >= 1")
         self.lengths = list(lengths)
         self.batch_size = batch_size
-        self.group_size = batch_size * world_size
+        self.group_size = global_batch_size
         self.seed = seed
         self.megabatch = self.group_size * megabatch_groups
         self.epoch = 0

@@ -3,7 +3,7 @@
 =============  =======================================================  ==============================================
 strategy       trains                                                   trade-off
 =============  =======================================================  ==============================================
-full           everything                                               best fit, most memory (use DeepSpeed ZeRO)
+full           everything that reaches the loss                                              best fit, most memory (use DeepSpeed ZeRO)
 frozen-vision  language model (+ projector unless --freeze-projector)   CLIP features kept; ~1/10 fewer parameters
 lora           low-rank adapters on the language model's linears        small adapter; base weights untouched
                (optionally on vision tower and projector too)
@@ -47,6 +47,28 @@ def part_of(name: str) -> str:
     return "language"
 
 
+def unused_vision_prefixes(config: object) -> list[str]:
+    """Vision-tower modules that never reach the loss: features come from hidden state ``layer_idx`` (official: -2),
+    so later CLIP layers and its ``post_layernorm`` get no gradient. They stay frozen in every strategy — DDP would
+    otherwise stop on parameters without gradients, and the optimizer would keep state for them.
+
+    >>> from types import SimpleNamespace
+    >>> unused_vision_prefixes(SimpleNamespace(feature_layer=-2, vision_config=SimpleNamespace(num_hidden_layers=3)))
+    ['vision_embed_tokens.img_processor.vision_model.encoder.layers.2.', 'vision_embed_tokens.img_processor.vision_model.post_layernorm.']
+    """
+    layers = config.vision_config.num_hidden_layers
+    used = config.feature_layer if config.feature_layer >= 0 else layers + 1 + config.feature_layer
+    tower = VISION_TOWER + "vision_model."
+    return [f"{tower}encoder.layers.{i}." for i in range(used, layers)] + [f"{tower}post_layernorm."]
+
+
+def _freeze_unused(model: nn.Module) -> None:
+    prefixes = unused_vision_prefixes(model.config)
+    for name, param in model.named_parameters():
+        if any(prefix in name for prefix in prefixes):
+            param.requires_grad_(False)
+
+
 def resolve_attention(requested: str) -> str:
     """The attention implementation to load: flash-attn when asked for and usable, otherwise sdpa with a warning."""
     if requested != "flash_attention_2":
@@ -86,9 +108,10 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
     linear of the vision tower / projector when asked. Full names keep a target such as ``o_proj`` from matching
     a same-named layer in the vision tower."""
     wanted = set(settings.targets)
+    unused = unused_vision_prefixes(model.config)
     names = []
     for name, module in model.named_modules():
-        if not _is_linear(module):
+        if not _is_linear(module) or any(prefix in name + "." for prefix in unused):
             continue
         part = part_of(name)
         if (part == "language" and name.rsplit(".", 1)[-1] in wanted and not name.endswith("lm_head")) or (
@@ -110,6 +133,7 @@ def apply_strategy(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Freeze / wrap ``model`` for ``config.strategy``; returns the model to train (a PeftModel for lora/qlora)."""
     if config.strategy == "full":
         model.requires_grad_(True)
+        _freeze_unused(model)
         return model
     if config.strategy == "frozen-vision":
         for name, param in model.named_parameters():

@@ -23,17 +23,17 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from phi3v_data.io import atomic_write
 from phi3v_train import checkpointing as ckpt
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
@@ -58,6 +58,7 @@ class RunResult:
     final_dir: Path | None = None
     last_checkpoint: Path | None = None
     losses: list[float] = field(default_factory=list)
+    main_process: bool = True  # only the main process reports (every rank returns a result)
 
 
 @dataclass
@@ -93,7 +94,7 @@ def deepspeed_config(value: str | None) -> str | None:
     if value is None:
         return None
     if value in ("zero2", "zero3"):
-        return str(resources.files("phi3v_train") / "configs" / f"{value}.json")
+        return str(Path(__file__).with_name("configs") / f"{value}.json")
     path = Path(value)
     if not path.is_file():
         raise RunError(f"--deepspeed {value}: neither zero2, zero3 nor an existing JSON file")
@@ -206,6 +207,19 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+LOG_FILE = "log.jsonl"
+
+
+def _forget_log_after(path: Path, *, step: int) -> None:
+    """Drop log lines of steps a resumed run will redo, so log.jsonl reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+
+
 class ProgressLog(TrainerCallback):
     """Main process only: a rich progress bar, one readable line per logging interval, and ``RUN/log.jsonl``."""
 
@@ -213,7 +227,7 @@ class ProgressLog(TrainerCallback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = console
-        self.path = run_dir / "log.jsonl"
+        self.path = run_dir / LOG_FILE
         self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                  console=console, transient=True)
         self.task: Any = None
@@ -252,7 +266,9 @@ def _describe_data(console: Console, summary: SplitSummary, sampler: LengthGroup
                   f"(skipped: {', '.join(skipped)})")
     grouped = sampler.padding_fraction(0)
     # Sorting within single groups of one batch changes no batch's padding: this is what random batches would pad.
-    shuffled = LengthGroupedSampler(sampler.lengths, batch_size=sampler.batch_size, seed=config.seed, megabatch_groups=1)
+    batch = sampler.batch_size
+    shuffled = LengthGroupedSampler(sampler.lengths, batch_size=batch, global_batch_size=batch, seed=config.seed,
+                                    megabatch_groups=1)
     console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
                   f"{shuffled.padding_fraction(0):.1%}); longest sample {max(sampler.lengths)} tokens")
 
@@ -291,15 +307,25 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> 
         config.output.mkdir(parents=True, exist_ok=True)
         write_config(config, config.output / "config.yaml")
         ckpt.remove_incomplete(config.output)
+        # A fresh start forgets an old log; a resumed one forgets the steps it will redo.
+        _forget_log_after(config.output / LOG_FILE, step=ckpt.checkpoint_step(resume_from) if resume_from else 0)
     if config.preflight:
         _run_preflight(config, is_main=is_main)
     processor = Phi3VProcessor.from_pretrained(config.model, num_crops=config.num_crops)
     dataset, summary = _measure_data(config, processor)
-    sampler = LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, world_size=world_size, seed=config.seed)
+    global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
+    sampler = LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
+                                   seed=config.seed)
     _describe_data(console, summary, sampler, config)
+    set_seed(config.seed)  # LoRA initialisation draws from the global RNG: same seed, same adapters
     model = apply_strategy(load_base_model(config), config)
-    for part, (trainable, total) in trainable_summary(model).items():
+    summary_by_part = trainable_summary(model)
+    for part, (trainable, total) in summary_by_part.items():
         console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
+    if any(not s.record.images for s in dataset.samples) and any(
+        summary_by_part.get(part, (0, 0))[0] for part in ("vision", "projector")
+    ) or (config.lora.vision or config.lora.projector) and config.strategy in ("lora", "qlora"):
+        args.ddp_find_unused_parameters = True  # a text-only batch leaves the trainable vision side without gradients
     preemption = ckpt.PreemptionCallback()
     extra: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last), preemption]
     if is_main:
@@ -376,7 +402,7 @@ def fit(state: Setup) -> RunResult:
     losses = next((cb.losses for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressLog)), [])
     last = ckpt.latest_complete(config.output)
     result = RunResult(config.output, "finished", trainer.state.global_step, last_checkpoint=last and last.path,
-                       losses=losses)
+                       losses=losses, main_process=trainer.is_world_process_zero())
     if state.preemption.stopped_at is not None:
         result.status = "preempted"
         return result
@@ -396,5 +422,9 @@ def _close_callbacks(trainer: Trainer) -> None:
 
 def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
     """setup → fit. ``callbacks`` are extra Trainer callbacks (tests use them to simulate crashes)."""
-    state = setup(config, callbacks=callbacks)
-    return fit(state)
+    try:
+        state = setup(config, callbacks=callbacks)
+        return fit(state)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # an open gloo group can abort the interpreter at exit

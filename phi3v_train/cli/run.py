@@ -97,10 +97,13 @@ def run(config_path: Path | None, **given: Any) -> None:
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     if result.status == "preempted":
-        click.echo(f"stopped by SIGTERM at step {result.global_step}; checkpoint {result.last_checkpoint}. "
-                   f"Continue with: phi3v-train run --config {config.output / 'config.yaml'} --resume latest", err=True)
+        if result.main_process:
+            click.echo(f"stopped by SIGTERM at step {result.global_step}; checkpoint {result.last_checkpoint}. "
+                       f"Continue with: phi3v-train run --config {config.output / 'config.yaml'} --resume latest",
+                       err=True)
         sys.exit(1)
-    click.echo(f"done: {result.global_step} steps; final model in {result.final_dir}")
+    if result.main_process:
+        click.echo(f"done: {result.global_step} steps; final model in {result.final_dir}")
 
 
 if __name__ == "__main__":  # torchrun -m phi3v_train.cli.run …

@@ -275,9 +275,15 @@ def test_cli_problems_exit_1_and_list_findings(data: Path) -> None:
         "processor-without-tokenizer", "exists-only-and-processor"])
 def test_cli_usage_errors_exit_2(data: Path, args: list[str]) -> None:
     path = clean_file(data)
-    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", *(a.format(d=path, dir=data / "a") for a in args)])
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", *(a.format(d=path, dir=data / "images") for a in args)])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_processor_without_tokenizer_names_the_file(data: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(clean_file(data)), "--processor", str(data), "--num-crops", "4"])
+    assert result.exit_code == 2
+    assert f"cannot load {data / 'tokenizer.json'}" in result.output
 
 
 def test_report_json_content(data: Path) -> None:
@@ -366,17 +372,18 @@ def processor(tmp_path: Path) -> Path:
 def test_exact_length_counts_bos_text_and_image_tokens(data: Path, processor: Path) -> None:
     png(data / "images/sq.png", (336, 336))  # 313 tokens at num_crops=1
     path = write(data / "d.jsonl", record(images=["sq.png"]))
-    # <s> | <|user|> | image 313 | what is it <|end|> <|assistant|> | cat <|end|> <|endoftext|>  = 1+1+313+5+3
-    report = validate_file(path, lengths=LengthSpec(num_crops=1, max_length=323, processor=processor))
-    assert report.valid and report.stats.lengths == {323: 1}
-    assert report.stats.length_summary() == {"p50": 323, "p90": 323, "p99": 323, "max": 323, "count": 1}
+    # <s> | <|user|> | image: 313 | <s> (the official processor's BOS after each image) | what is it <|end|>
+    # <|assistant|> | cat <|end|> <|endoftext|>  = 1 + 1 + 313 + 1 + 5 + 3
+    report = validate_file(path, lengths=LengthSpec(num_crops=1, max_length=324, processor=processor))
+    assert report.valid and report.stats.lengths == {324: 1}
+    assert report.stats.length_summary() == {"p50": 324, "p90": 324, "p99": 324, "max": 324, "count": 1}
 
 
 def test_too_long_by_answer_tokens(data: Path, processor: Path) -> None:
     png(data / "images/sq.png", (336, 336))
     path = write(data / "d.jsonl", record(images=["sq.png"]))
     assert findings(path, lengths=LengthSpec(num_crops=1, max_length=321, processor=processor)) == [
-        ("too_long", 1, "r1", "", "323 tokens, over --max-length 321 by 2: truncating it would drop 2 answer token(s); "
+        ("too_long", 1, "r1", "", "324 tokens, over --max-length 321 by 3: truncating it would drop 3 answer token(s); "
                                   "lower --num-crops, use fewer or smaller images, or raise --max-length")]
 
 
@@ -388,7 +395,7 @@ def test_too_long_through_image_tokens_via_cli(data: Path, processor: Path) -> N
     result = CliRunner(env={"COLUMNS": "300"}).invoke(main, args)
     assert result.exit_code == 1
     [finding] = json.loads(out.read_text())["findings"]
-    assert finding["message"].startswith("323 tokens, over --max-length 100 by 223: truncating it would cut through "
+    assert finding["message"].startswith("324 tokens, over --max-length 100 by 224: truncating it would cut through "
                                          "image tokens (image 1)")
     assert "Sequence length" in result.output
 
@@ -398,4 +405,4 @@ def test_bos_follows_tokenizer_config(data: Path, processor: Path) -> None:
     png(data / "images/sq.png", (336, 336))
     path = write(data / "d.jsonl", record(images=["sq.png"]))
     report = validate_file(path, lengths=LengthSpec(num_crops=1, processor=processor))
-    assert report.stats.lengths == {322: 1}
+    assert report.stats.lengths == {322: 1}  # 324 less the two BOS
