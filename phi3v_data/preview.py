@@ -296,7 +296,4 @@ def write_preview(preview: Preview, out: Path) -> Path:
     target = output_path(out)
     with atomic_write(target, "w", encoding="utf-8") as handle:
         handle.write(render_html(preview))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)  # the temp file is private (0600); a report is meant to be read by others
     return target

@@ -69,3 +69,10 @@ def test_iter_jsonl_ignores_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
     assert [line.value for line in iter_jsonl(path)] == [{"a": 1}]
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
+    with atomic_write(tmp_path / "a.txt") as handle:
+        handle.write("x")
+    (tmp_path / "b.txt").write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
