@@ -140,8 +140,8 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
         seed=config.seed,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,  # a NaN stops the run (Phi3VTrainer.compute_loss) rather than being hidden
         save_strategy="steps",

@@ -13,19 +13,22 @@ COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "
           "black": (5, 5, 5), "white": (250, 250, 250), "pink": (250, 120, 200), "brown": (120, 70, 20)}
 
 
-def write_dataset(root: Path, *, name: str = "colors", split: str = "train", extra: list[dict] | None = None) -> Path:
-    """8 labeled records (one or two solid-colour images, answers = colour names) + ``extra`` raw records."""
+def write_dataset(
+    root: Path, *, name: str = "colors", split: str = "train", extra: list[dict] | None = None, count: int = 8
+) -> Path:
+    """``count`` (≤ 8) labeled records (one or two solid-colour images, answers = colour names) + ``extra`` raw records."""
     images = root / "images" / split
     images.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (30, 40), COLORS["green"]).save(images / "green.png")
     sizes = [(40, 30), (30, 40), (64, 64), (50, 20)]
     records: list[dict[str, Any]] = []
-    for index, (color, rgb) in enumerate(COLORS.items()):
+    for index, (color, rgb) in enumerate(list(COLORS.items())[:count]):
         path = f"{split}/{color}.png"
         Image.new("RGB", sizes[index % len(sizes)], rgb).save(root / "images" / path)
         turns = [{"images": [path], "user": "What color is the image?" + " Answer in one word." * (index % 3),
                   "assistant": color}]
         if index % 4 == 3:  # a second turn about a second image: longer samples, global image numbering
-            turns.append({"images": [f"{split}/red.png"], "user": "And this one?", "assistant": "red"})
+            turns.append({"images": [f"{split}/green.png"], "user": "And this one?", "assistant": "green"})
         records.append({"id": f"{split}-{index}", "source": "colors", "task": "classification", "conversations": turns})
     records += extra or []
     (root / f"{name}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -1,0 +1,122 @@
+"""``phi3v-train run`` end to end: outputs, refusals with clear messages, NaN stop, SIGTERM from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from phi3v_train.checkpointing import COMPLETE
+from phi3v_train.cli.run import run as run_command
+from phi3v_train.config import load_config
+from phi3v_train.model import Phi3VForCausalLM
+from phi3v_train.train import RunError, run
+from train_fixtures import dataset, run_flags, tiny_model, write_dataset  # noqa: F401 - fixtures
+
+
+def _cli_args(flags: dict) -> list[str]:
+    args = []
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_cli_run_writes_the_documented_layout(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+    flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=2, save_every=1, keep_last=1,
+                      tensorboard=True, workers=1)
+    result = CliRunner().invoke(run_command, _cli_args(flags))
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]  # keep_last=1
+    assert (run_dir / "checkpoint-2" / COMPLETE).is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == str(tiny_model.resolve())
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2]
+    assert {"loss", "learning_rate", "grad_norm", "images_per_s", "tokens_per_s", "padding_fraction",
+            "peak_memory_gb"} <= set(logged[0])
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    final = Phi3VForCausalLM.from_pretrained(run_dir / "final")  # official format, loadable as is
+    assert final.config.model_type == "phi3_v" and (run_dir / "final" / "preprocessor_config.json").is_file()
+
+
+def test_cli_refuses_flash_attention_with_fp16_before_loading_anything(tmp_path: Path) -> None:
+    result = CliRunner().invoke(run_command, ["--data", "d", "--model", "m", "--output", str(tmp_path),
+                                              "--attention", "flash_attention_2", "--precision", "fp16"])
+    assert result.exit_code == 2
+    assert "--attention flash_attention_2 with --precision fp16: flash attention needs bf16" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_a_broken_dataset_pointing_at_the_report(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    bad = {"id": "x", "conversations": [{"images": ["nope.png"], "user": "q", "assistant": "a"}]}
+    data = write_dataset(tmp_path / "data", extra=[bad])
+    result = CliRunner().invoke(run_command, _cli_args(run_flags(data, tiny_model, tmp_path / "run")))
+    assert result.exit_code == 1
+    assert "colors_train.jsonl:9" in result.output and str(tmp_path / "run" / "preflight-train.json") in result.output
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(RunError, match="already has checkpoints .*--resume latest.*--overwrite"):
+        run(load_config(flags=run_flags(dataset, tiny_model, tmp_path / "run")))
+    with pytest.raises(RunError, match="--resume latest: no complete checkpoint .*incomplete, ignored: checkpoint-3"):
+        run(load_config(flags=run_flags(dataset, tiny_model, tmp_path / "run", resume="latest")))
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
+    tmp_path: Path, dataset: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    forward = Phi3VForCausalLM.forward
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # optimizer step 3 (one micro-batch per step)
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(Phi3VForCausalLM, "forward", poisoned)
+    config = load_config(flags=run_flags(dataset, tiny_model, tmp_path / "run", save_every=2, max_steps=6))
+    with pytest.raises(RunError) as caught:
+        run(config)
+    good = tmp_path / "run" / "checkpoint-2"
+    assert f"loss is nan at optimizer step 3; the last good checkpoint is {good}" in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (good / COMPLETE).is_file()
+    weights = Phi3VForCausalLM.from_pretrained(good).state_dict()
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_sigterm_to_the_command_saves_a_checkpoint_then_exits(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+    flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=200, save_every=1000)
+    command = [sys.executable, "-m", "phi3v_train.cli.run", *_cli_args(flags)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    checkpoints = list((tmp_path / "run").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / COMPLETE).is_file(), output
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 1 <= step < 200
+    assert f"stopped by SIGTERM at step {step}" in output and "--resume latest" in output
+    assert not (tmp_path / "run" / "final").exists()

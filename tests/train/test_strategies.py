@@ -1,0 +1,131 @@
+"""Each strategy trains (its loss falls on a memorisable set) and changes only the parameters it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from phi3v_train.config import LoraSettings, load_config
+from phi3v_train.model import Phi3VForCausalLM
+from phi3v_train.strategies import apply_strategy, lora_targets, part_of, resolve_attention, unused_vision_prefixes
+from phi3v_train.train import fit, setup
+from train_fixtures import run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+
+
+def _train(tmp_path: Path, model: Path, **overrides) -> tuple[list[float], nn.Module]:
+    """4 full-batch steps on 4 records: every step sees the same data, so the loss must go down."""
+    data = write_dataset(tmp_path / "data", count=4)
+    flags = run_flags(data, model, tmp_path / "run", batch_size=2, global_batch_size=4, **overrides)
+    state = setup(load_config(flags=flags))
+    result = fit(state)
+    return result.losses, state.trainer.model
+
+
+def _base_parameters(model: Path) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in Phi3VForCausalLM.from_pretrained(model).named_parameters()}
+
+
+def _changed_parts(trained: nn.Module, base: dict[str, torch.Tensor]) -> dict[str, set[bool]]:
+    """Part → {whether each of its base parameters changed}; peft names are mapped back to the base names."""
+    parts: dict[str, set[bool]] = {}
+    for name, param in trained.named_parameters():
+        if "lora_" in name:
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        parts.setdefault(part_of(plain), set()).add(not torch.equal(param.detach().float(), base[plain].float()))
+    return parts
+
+
+def test_full_trains_everything_but_the_unused_clip_tail(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    base = _base_parameters(tiny_model)
+    losses, model = _train(tmp_path, tiny_model, strategy="full")
+    assert losses[-1] < losses[0] - 0.1, losses
+    unused = unused_vision_prefixes(model.config)
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (not any(p in name for p in unused)), name
+        if param.requires_grad and name.endswith("weight") and "norm" not in name:
+            assert not torch.equal(param.detach(), base[name]), f"{name} did not change"
+
+
+@pytest.mark.parametrize("train_projector", [True, False])
+def test_frozen_vision_keeps_the_tower_bit_identical(tmp_path: Path, tiny_model: Path, train_projector: bool) -> None:  # noqa: F811
+    base = _base_parameters(tiny_model)
+    losses, model = _train(tmp_path, tiny_model, strategy="frozen-vision", train_projector=train_projector)
+    assert losses[-1] < losses[0] - 0.1, losses
+    changed = _changed_parts(model, base)
+    assert changed["vision"] == {False}
+    assert changed["projector"] == ({True} if train_projector else {False})
+    assert True in changed["language"]
+
+
+def test_lora_leaves_the_base_untouched(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    base = _base_parameters(tiny_model)
+    losses, model = _train(tmp_path, tiny_model, strategy="lora", lr=1e-2, lora={"dropout": 0.0})
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert _changed_parts(model, base) == {"vision": {False}, "projector": {False}, "language": {False}}
+    adapters = {n for n, p in model.named_parameters() if "lora_B" in n and p.abs().sum() > 0}
+    assert len(adapters) == 2 * 4  # 2 layers x qkv/o/gate_up/down, all moved off their zero init
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").is_file() and (final / "preprocessor_config.json").is_file()
+
+
+@pytest.mark.slow  # bf16 autocast and 4-bit matmuls are slow on CPU (~20 s)
+def test_qlora_trains_adapters_on_a_4bit_base(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    losses, model = _train(tmp_path, tiny_model, strategy="qlora", precision="bf16", lr=1e-2, max_steps=3)
+    assert losses[-1] < losses[0], losses
+    kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("qkv_proj.base_layer")}
+    assert kinds == {"Linear4bit"}
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+
+
+class StandIn(nn.Module):
+    """The official module layout in miniature: LM linears, a 2-layer vision tower read at layer -2, a projector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        tower = nn.Module()
+        tower.vision_model = nn.Module()
+        tower.vision_model.encoder = nn.Module()
+        tower.vision_model.encoder.layers = nn.ModuleList(
+            nn.ModuleDict({"o_proj": nn.Linear(2, 2), "fc1": nn.Linear(2, 2)}) for _ in range(2)
+        )
+        tower.vision_model.post_layernorm = nn.LayerNorm(2)
+        embed = nn.Module()
+        embed.img_processor = tower
+        embed.img_projection = nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2))
+        embed.glb_GN = nn.Parameter(torch.zeros(1, 1, 2))
+        self.model = nn.Module()
+        self.model.vision_embed_tokens = embed
+        self.model.layers = nn.ModuleList(nn.ModuleDict({"o_proj": nn.Linear(2, 2), "qkv_proj": nn.Linear(2, 2)})
+                                          for _ in range(2))
+        self.lm_head = nn.Linear(2, 2)
+        self.config = type("C", (), {"feature_layer": -2, "vision_config": type("V", (), {"num_hidden_layers": 2})})
+
+
+def test_lora_targets_stay_in_their_part() -> None:
+    model = StandIn()
+    language_only = lora_targets(model, LoraSettings(targets=["o_proj"]))
+    assert language_only == ["model.layers.0.o_proj", "model.layers.1.o_proj"]  # not the tower's o_proj
+    everywhere = lora_targets(model, LoraSettings(targets=["o_proj"], vision=True, projector=True))
+    tower = "model.vision_embed_tokens.img_processor.vision_model.encoder.layers.0"
+    assert everywhere == [f"{tower}.o_proj", f"{tower}.fc1", "model.vision_embed_tokens.img_projection.0",
+                          "model.vision_embed_tokens.img_projection.2", *language_only]  # layer 1 is past layer -2
+    with pytest.raises(ValueError, match="--lora.targets q_proj: no such linear layer in the language model"):
+        lora_targets(model, LoraSettings(targets=["q_proj"]))
+
+
+def test_frozen_vision_selection_on_stand_in() -> None:
+    config = load_config(flags={"data": "d", "model": "m", "output": "o", "strategy": "frozen-vision",
+                                "train_projector": False})
+    model = apply_strategy(StandIn(), config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("model.layers.", "lm_head."))}
+
+
+def test_missing_flash_attn_falls_back_to_sdpa(caplog: pytest.LogCaptureFixture) -> None:
+    assert resolve_attention("eager") == "eager"
+    assert resolve_attention("flash_attention_2") == "sdpa"  # no flash-attn and no GPU on the test machine
+    assert "using sdpa attention instead" in caplog.text
