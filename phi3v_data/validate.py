@@ -21,6 +21,7 @@ A record is valid when it has no finding; unlabeled records (every assistant nul
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import multiprocessing.pool
@@ -43,7 +44,7 @@ from schemas import BINARY_ANSWERS, Record
 
 __all__ = ["ImageCheck", "LengthSpec", "LengthSpecError", "iter_valid_records", "validate_file", "validate_files"]
 
-CHUNK_LINES = 2000  # lines per unit of work sent to a worker process
+BLOCK_BYTES = 1 << 20  # bytes of whole lines per unit of work (a worker reads its block from the file itself)
 MAX_FINDINGS = 1_000_000  # findings kept in memory per file; per-code counts always cover all of them
 
 
@@ -150,28 +151,30 @@ def _labels(record: Record) -> tuple[str, ...]:
     return ()
 
 
-def _chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator[list[tuple[int, bytes]]]:
-    """Non-blank lines in chunks of (line number, bytes without the newline); reports bytes read to ``progress``."""
-    chunk: list[tuple[int, bytes]] = []
-    read = 0
+def _blocks(path: Path, progress: Callable[[int], None] | None) -> Iterator[tuple[int, int, bytes]]:
+    """The file as (first line number, byte offset, bytes) blocks of whole lines; reports bytes read to ``progress``."""
+    line, offset = 1, 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            read += len(raw)
-            raw = raw.rstrip(b"\r\n")
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
-                raw = raw[3:]
-            if raw.strip():
-                chunk.append((number, raw))
-            if len(chunk) >= CHUNK_LINES:
-                yield chunk
-                chunk = []
-                if progress:
-                    progress(read)
-                    read = 0
-    if chunk:
-        yield chunk
-    if progress and read:
-        progress(read)
+        while data := handle.read(BLOCK_BYTES):
+            if not data.endswith(b"\n"):
+                data += handle.readline()  # finish the last line (a line longer than a block included)
+            yield line, offset, data
+            line += data.count(b"\n")
+            offset += len(data)
+            if progress:
+                progress(len(data))
+
+
+def _lines(first_line: int, data: bytes) -> list[tuple[int, bytes]]:
+    """Non-blank lines of a block as (line number, bytes without the line ending)."""
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
+        raw = raw.rstrip(b"\r")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
+            raw = raw[3:]
+        if raw.strip():
+            lines.append((number, raw))
+    return lines
 
 
 class ChunkResult(NamedTuple):
@@ -212,38 +215,58 @@ _WORKER: RecordChecker | None = None
 
 def _start_worker(config: CheckConfig) -> None:
     global _WORKER  # noqa: PLW0603 - one checker per worker process, with its own directory caches
-    _WORKER = RecordChecker(config)
+    if _WORKER is None or _WORKER.config != config:  # a forked worker inherits the parent's warm checker
+        _WORKER = RecordChecker(config)
 
 
-def _worker_chunk(chunk: list[tuple[int, bytes]]) -> ChunkResult:
+def _worker_block(path: Path, first_line: int, offset: int, size: int) -> ChunkResult:
+    """Check one block, read here: sending offsets instead of lines keeps the parent's pickling work near zero."""
     assert _WORKER is not None
-    return check_chunk(_WORKER, chunk)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return check_chunk(_WORKER, _lines(first_line, handle.read(size)))
 
 
 def _chunk_results(path: Path, config: CheckConfig, *, workers: int, progress: Callable[[int], None] | None
                    ) -> Iterator[tuple[list[tuple[int, bytes]], ChunkResult]]:
-    """(chunk, result) in file order.
+    """(lines of a block, their result) in file order.
 
-    With ``workers = N > 1``, N - 1 worker processes check chunks while this process checks every N-th chunk itself
-    (besides reading and counting), so N processes share N cores; only a few chunks are in flight (constant memory).
+    With ``workers = N > 1``, N - 1 worker processes check blocks while this process checks every N-th block itself
+    (besides reading and counting), so N processes share N cores; only a few blocks are in flight (constant memory).
     """
     checker = RecordChecker(config)
     if workers <= 1:
-        for chunk in _chunks(path, progress):
-            yield chunk, check_chunk(checker, chunk)
+        for first_line, _, data in _blocks(path, progress):
+            lines = _lines(first_line, data)
+            yield lines, check_chunk(checker, lines)
         return
+    blocks = _blocks(path, progress)
+    for first_line, _, data in itertools.islice(blocks, 1):  # warms the directory listings the workers inherit
+        lines = _lines(first_line, data)
+        yield lines, check_chunk(checker, lines)
+    global _WORKER  # noqa: PLW0603
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config,)) as pool:
+    _WORKER = checker
+    try:
+        pool = multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config,))
+    finally:
+        _WORKER = None
+    with pool:
         pending: deque = deque()
-        for index, chunk in enumerate(_chunks(path, progress)):
-            job = None if index % workers == 0 else pool.apply_async(_worker_chunk, (chunk,))
-            pending.append((chunk, job))
+        for index, (first_line, offset, data) in enumerate(blocks):
+            mine = index % workers == 0
+            job = None if mine else pool.apply_async(_worker_block, (path, first_line, offset, len(data)))
+            pending.append((first_line, data, job))
             while len(pending) > 2 * workers:
-                chunk, job = pending.popleft()
-                yield chunk, job.get() if job else check_chunk(checker, chunk)
+                yield _block_result(checker, *pending.popleft())
         while pending:
-            chunk, job = pending.popleft()
-            yield chunk, job.get() if job else check_chunk(checker, chunk)
+            yield _block_result(checker, *pending.popleft())
+
+
+def _block_result(checker: RecordChecker, first_line: int, data: bytes, job: multiprocessing.pool.AsyncResult | None
+                  ) -> tuple[list[tuple[int, bytes]], ChunkResult]:
+    lines = _lines(first_line, data)
+    return lines, job.get() if job is not None else check_chunk(checker, lines)
 
 
 class _Collector:

@@ -334,7 +334,7 @@ def test_iter_valid_records_and_findings_by_line(data: Path) -> None:
 
 
 def test_parallel_workers_match_serial(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("phi3v_data.validate.CHUNK_LINES", 3)
+    monkeypatch.setattr("phi3v_data.validate.BLOCK_BYTES", 300)  # a few lines per block
     rows = [record(f"r{i % 7}", images=["a/x.png"] if i % 2 else ["a/missing.png"]) for i in range(20)]
     path = write(data / "d.jsonl", *rows)
     serial, parallel = validate_file(path), validate_file(path, workers=2)
