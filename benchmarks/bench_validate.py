@@ -7,7 +7,7 @@ distinct image's header once, so it is measured on a smaller set of real tiny JP
 
 Data is generated once and reused under ``--work``. Run::
 
-    .venv/bin/python benchmarks/bench_validate.py --work /tmp/validate-bench [--records 100000] [--header-records 5000]
+    .venv/bin/python benchmarks/bench_validate.py --work /tmp/validate-bench [--records 100000] [--header-records 20000]
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/validate-bench"))
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--header-records", type=int, default=5_000)
+    parser.add_argument("--header-records", type=int, default=20_000)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)
     start = time.perf_counter()
     exists_file = make_dataset(args.work / f"exists-{args.records}", args.records, real_images=False)
     header_file = make_dataset(args.work / f"header-{args.header_records}", args.header_records, real_images=True)
