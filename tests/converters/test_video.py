@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import av
@@ -140,6 +141,21 @@ def test_bad_videos_raise_conversion_errors(tmp_path: Path, backend: str) -> Non
         read_frames(cut, 8, backend=backend)  # type: ignore[arg-type]
     with pytest.raises(ConversionError, match="holds no frames"):
         read_frames(empty, 8, backend=backend)  # type: ignore[arg-type]
+
+
+def test_auto_falls_back_to_decord_when_pyav_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_clip(tmp_path / "clip.avi", 24, gop=6)
+
+    def broken(*_args: object) -> None:
+        raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(_video_decode, "_pyav_frames", broken)
+    assert [frame_index(f) for f in read_frames(path, 4, backend="auto")] == [3, 9, 15, 21]
+    with pytest.raises(ConversionError, match="cannot decode: pyav: .*Invalid data"):
+        read_frames(path, 4, backend="pyav")
+    monkeypatch.setitem(sys.modules, "decord", None)  # as if decord were not installed
+    with pytest.raises(ConversionError, match="decord: decord is not installed"):
+        read_frames(path, 4, backend="decord")
 
 
 def test_convert_reports_a_missing_file_and_shrinks_to_max_side(tmp_path: Path) -> None:
