@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +31,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from phi3v_data.io import atomic_write
 from phi3v_train import checkpointing as ckpt
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_split, preflight
 from phi3v_train.sampler import LengthGroupedSampler
 from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
+from phi3v_train.trainer import LOG_FILE, Phi3VTrainer, ProgressLog, forget_log_after
 
 log = logging.getLogger(__name__)
 
@@ -158,106 +156,6 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
     )
 
 
-class Phi3VTrainer(Trainer):
-    """Trainer with our sampler, a finite-loss guard and throughput figures added to every log."""
-
-    def __init__(self, *args: Any, sampler: LengthGroupedSampler, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sampler = sampler
-        self.counts = torch.zeros(3, dtype=torch.float64)  # images, real tokens, padded token slots
-        self.last_log_time = time.perf_counter()
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
-        return self.sampler
-
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
-        mask = inputs["attention_mask"]
-        images = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
-        self.counts += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss = result[0] if return_outputs else result
-        if not ckpt.all_finite(loss):
-            raise ckpt.NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
-        return result
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # only interval logs; every rank reaches them together, so the all-reduce is safe
-            logs.update(self._throughput())
-        super().log(logs, start_time)
-
-    def _throughput(self) -> dict[str, float]:
-        counts = self.counts.clone()
-        if dist.is_available() and dist.is_initialized():
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            counts = counts.to(device)
-            dist.all_reduce(counts)
-        images, real, slots = counts.tolist()
-        now = time.perf_counter()
-        elapsed = max(now - self.last_log_time, 1e-9)
-        self.counts.zero_()
-        self.last_log_time = now
-        return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
-                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb()}
-
-
-def peak_memory_gb() -> float:
-    """Peak accelerator memory of this process (GPU), or its peak resident memory on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-LOG_FILE = "log.jsonl"
-
-
-def _forget_log_after(path: Path, *, step: int) -> None:
-    """Drop log lines of steps a resumed run will redo, so log.jsonl reads as one uninterrupted run."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        handle.writelines(kept)
-
-
-class ProgressLog(TrainerCallback):
-    """Main process only: a rich progress bar, one readable line per logging interval, and ``RUN/log.jsonl``."""
-
-    def __init__(self, console: Console, run_dir: Path) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.console = console
-        self.path = run_dir / LOG_FILE
-        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=console, transient=True)
-        self.task: Any = None
-        self.losses: list[float] = []
-
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.update(self.task, completed=state.global_step)
-
-    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not logs or "loss" not in logs:
-            return
-        self.losses.append(logs["loss"])
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-        grad = logs.get("grad_norm")
-        self.console.print(
-            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
-            + (f"grad {grad:.3f}  " if grad is not None else "")
-            + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
-            f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GiB"
-        )
-
-    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.stop()
-
-
 def _describe_data(console: Console, summary: SplitSummary, sampler: LengthGroupedSampler, config: TrainConfig) -> None:
     skipped = [f"{summary.unlabeled} unlabeled", f"{summary.too_long} longer than --max-length {config.max_length}"]
     if summary.unusable:
@@ -292,6 +190,49 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
         raise RunError(verdict[0])
 
 
+def _start_run_dir(config: TrainConfig, resume_from: Path | None) -> None:
+    """Main process: resolved config, no half-saved checkpoints, a log that matches the steps the run will have."""
+    config.output.mkdir(parents=True, exist_ok=True)
+    write_config(config, config.output / "config.yaml")
+    ckpt.remove_incomplete(config.output)
+    # A fresh start forgets an old log; a resumed one forgets the steps it will redo.
+    forget_log_after(config.output / LOG_FILE, step=ckpt.checkpoint_step(resume_from) if resume_from else 0)
+
+
+def _load(what: str, source: str, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Loading a model or processor from --model: a wrong path or an unreachable Hub id is a user problem."""
+    try:
+        return load(*args, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"--model {source}: cannot load the {what}: {str(exc).splitlines()[0]}") from None
+
+
+def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset, console: Console) -> Any:
+    set_seed(config.seed)  # LoRA initialisation draws from the global RNG: same seed, same adapters
+    model = apply_strategy(_load("model", config.model, load_base_model, config), config)
+    parts = trainable_summary(model)
+    for part, (trainable, total) in parts.items():
+        console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
+    text_only = any(not sample.record.images for sample in dataset.samples)
+    vision_trains = any(parts.get(part, (0, 0))[0] for part in ("vision", "projector")) or (
+        config.strategy in ("lora", "qlora") and (config.lora.vision or config.lora.projector))
+    if text_only and vision_trains:
+        args.ddp_find_unused_parameters = True  # a text-only batch leaves the trainable vision side without gradients
+    return model
+
+
+def _callbacks(config: TrainConfig, console: Console, *, is_main: bool) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last),
+                                        ckpt.PreemptionCallback()]
+    if is_main:
+        callbacks.append(ProgressLog(console, config.output))
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+    return callbacks
+
+
 def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Setup:
     """Everything up to the first step. Raises RunError for problems a user can fix."""
     from phi3v_train.model import Phi3VProcessor, bos_id
@@ -300,47 +241,30 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> 
     is_main = rank == 0
     if Path(config.model).is_dir():  # adapters record their base; an absolute path survives a change of directory
         config = config.model_copy(update={"model": str(Path(config.model).resolve())})
-    console = Console(quiet=not is_main, stderr=True)
+    console = Console(quiet=not is_main, stderr=True, soft_wrap=True)
     resume_from = prepare_output(config, is_main=is_main)
     args = training_arguments(config, world_size=world_size)  # initialises the process group under torchrun
     if is_main:
-        config.output.mkdir(parents=True, exist_ok=True)
-        write_config(config, config.output / "config.yaml")
-        ckpt.remove_incomplete(config.output)
-        # A fresh start forgets an old log; a resumed one forgets the steps it will redo.
-        _forget_log_after(config.output / LOG_FILE, step=ckpt.checkpoint_step(resume_from) if resume_from else 0)
+        _start_run_dir(config, resume_from)
     if config.preflight:
         _run_preflight(config, is_main=is_main)
-    processor = Phi3VProcessor.from_pretrained(config.model, num_crops=config.num_crops)
+    processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
+                      num_crops=config.num_crops)
     dataset, summary = _measure_data(config, processor)
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
     sampler = LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
                                    seed=config.seed)
     _describe_data(console, summary, sampler, config)
-    set_seed(config.seed)  # LoRA initialisation draws from the global RNG: same seed, same adapters
-    model = apply_strategy(load_base_model(config), config)
-    summary_by_part = trainable_summary(model)
-    for part, (trainable, total) in summary_by_part.items():
-        console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
-    if any(not s.record.images for s in dataset.samples) and any(
-        summary_by_part.get(part, (0, 0))[0] for part in ("vision", "projector")
-    ) or (config.lora.vision or config.lora.projector) and config.strategy in ("lora", "qlora"):
-        args.ddp_find_unused_parameters = True  # a text-only batch leaves the trainable vision side without gradients
-    preemption = ckpt.PreemptionCallback()
-    extra: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last), preemption]
-    if is_main:
-        extra.append(ProgressLog(console, config.output))
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            extra.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+    model = _model(config, args, dataset, console)
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
-                        bos_id=bos_id(processor.tokenizer),
-                        pad_id=processor.tokenizer.pad_token_id, images_root=images_dir(config.data))
+                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+                        images_root=images_dir(config.data))
+    own = _callbacks(config, console, is_main=is_main)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
-                           callbacks=[*extra, *callbacks])
+                           callbacks=[*own, *callbacks])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
     return Setup(config, args, trainer, processor, resume_from, preemption, console)
 
 

@@ -20,24 +20,14 @@ from phi3v_train.cli.run import run as run_command
 from phi3v_train.config import load_config
 from phi3v_train.model import Phi3VForCausalLM
 from phi3v_train.train import RunError, run
-from train_fixtures import dataset, run_flags, tiny_model, write_dataset  # noqa: F401 - fixtures
-
-
-def _cli_args(flags: dict) -> list[str]:
-    args = []
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        else:
-            args += [flag, str(value)]
-    return args
+from train_fixtures import cli_args, dataset, run_flags, tiny_model, write_dataset  # noqa: F401 - fixtures
 
 
 def test_cli_run_writes_the_documented_layout(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+    write_dataset(dataset, split="val", count=2)
     flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=2, save_every=1, keep_last=1,
-                      tensorboard=True, workers=1)
-    result = CliRunner().invoke(run_command, _cli_args(flags))
+                      tensorboard=True, workers=1, eval_after=True, eval_limit=2)
+    result = CliRunner().invoke(run_command, cli_args(flags))
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]  # keep_last=1
@@ -50,6 +40,8 @@ def test_cli_run_writes_the_documented_layout(tmp_path: Path, dataset: Path, tin
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     final = Phi3VForCausalLM.from_pretrained(run_dir / "final")  # official format, loadable as is
     assert final.config.model_type == "phi3_v" and (run_dir / "final" / "preprocessor_config.json").is_file()
+    predictions = (run_dir / "eval-after" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 2 and (run_dir / "eval-after" / "metrics.json").is_file()
 
 
 def test_cli_refuses_flash_attention_with_fp16_before_loading_anything(tmp_path: Path) -> None:
@@ -63,7 +55,7 @@ def test_cli_refuses_flash_attention_with_fp16_before_loading_anything(tmp_path:
 def test_cli_refuses_a_broken_dataset_pointing_at_the_report(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
     bad = {"id": "x", "conversations": [{"images": ["nope.png"], "user": "q", "assistant": "a"}]}
     data = write_dataset(tmp_path / "data", extra=[bad])
-    result = CliRunner().invoke(run_command, _cli_args(run_flags(data, tiny_model, tmp_path / "run")))
+    result = CliRunner().invoke(run_command, cli_args(run_flags(data, tiny_model, tmp_path / "run")))
     assert result.exit_code == 1
     assert "colors_train.jsonl:9" in result.output and str(tmp_path / "run" / "preflight-train.json") in result.output
     assert not list((tmp_path / "run").glob("checkpoint-*"))
@@ -105,7 +97,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
 
 def test_sigterm_to_the_command_saves_a_checkpoint_then_exits(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
     flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=200, save_every=1000)
-    command = [sys.executable, "-m", "phi3v_train.cli.run", *_cli_args(flags)]
+    command = [sys.executable, "-m", "phi3v_train.cli.run", *cli_args(flags)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = tmp_path / "run" / "log.jsonl"
     deadline = time.monotonic() + 120

@@ -61,3 +61,15 @@ def run_flags(data: Path, model: Path, output: Path, **overrides: Any) -> dict[s
     }
     flags.update(overrides)
     return flags
+
+
+def cli_args(flags: dict[str, Any]) -> list[str]:
+    """The same settings as ``phi3v-train run`` flags."""
+    args: list[str] = []
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, str(value)]
+    return args

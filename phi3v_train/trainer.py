@@ -1,0 +1,124 @@
+"""What the run adds to transformers' Trainer: our sampler, a finite-loss guard, throughput figures and readable logs.
+
+Every interval log gains images/s, tokens/s (real, not padding), the padding fraction of the batches actually
+trained on and peak memory; TensorBoard records them with the Trainer's loss, learning rate and grad norm. On the
+main process :class:`ProgressLog` shows a rich progress bar, prints one line per interval and appends the same
+figures to ``RUN/log.jsonl`` (the file tests and people compare runs with).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from phi3v_data.io import atomic_write
+from phi3v_train import checkpointing as ckpt
+from phi3v_train.sampler import LengthGroupedSampler
+
+
+class Phi3VTrainer(Trainer):
+    """Trainer with our sampler, a finite-loss guard and throughput figures added to every log."""
+
+    def __init__(self, *args: Any, sampler: LengthGroupedSampler, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+        self.counts = torch.zeros(3, dtype=torch.float64)  # images, real tokens, padded token slots
+        self.last_log_time = time.perf_counter()
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
+        return self.sampler
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+        mask = inputs["attention_mask"]
+        images = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
+        self.counts += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if not ckpt.all_finite(loss):
+            raise ckpt.NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # only interval logs; every rank reaches them together, so the all-reduce is safe
+            logs.update(self._throughput())
+        super().log(logs, start_time)
+
+    def _throughput(self) -> dict[str, float]:
+        counts = self.counts.clone()
+        if dist.is_available() and dist.is_initialized():
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        images, real, slots = counts.tolist()
+        now = time.perf_counter()
+        elapsed = max(now - self.last_log_time, 1e-9)
+        self.counts.zero_()
+        self.last_log_time = now
+        return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
+                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb()}
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory of this process (GPU), or its peak resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+LOG_FILE = "log.jsonl"
+
+
+def forget_log_after(path: Path, *, step: int) -> None:
+    """Drop log lines of steps a resumed run will redo, so log.jsonl reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+
+
+class ProgressLog(TrainerCallback):
+    """Main process only: a rich progress bar, one readable line per logging interval, and ``RUN/log.jsonl``."""
+
+    def __init__(self, console: Console, run_dir: Path) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.path = run_dir / LOG_FILE
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 console=console, transient=True)
+        self.task: Any = None
+        self.losses: list[float] = []
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        self.losses.append(logs["loss"])
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        grad = logs.get("grad_norm")
+        self.console.print(
+            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+            + (f"grad {grad:.3f}  " if grad is not None else "")
+            + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
+            f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GiB"
+        )
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.stop()
