@@ -244,6 +244,10 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> 
     console = Console(quiet=not is_main, stderr=True, soft_wrap=True)
     resume_from = prepare_output(config, is_main=is_main)
     args = training_arguments(config, world_size=world_size)  # initialises the process group under torchrun
+    if config.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed()  # ZeRO-3 partitions at load time and must see every rank, not just torch's group
     if is_main:
         _start_run_dir(config, resume_from)
     if config.preflight:
