@@ -122,12 +122,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def collective_device() -> str:
+    """Where tensors for a collective must live: NCCL only reduces GPU tensors, gloo CPU ones."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def _any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on at least one; ranks must agree on stopping or they deadlock."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor([1.0 if flag else 0.0], device=backend_device)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 

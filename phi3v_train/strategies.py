@@ -3,8 +3,8 @@
 =============  =======================================================  ==============================================
 strategy       trains                                                   trade-off
 =============  =======================================================  ==============================================
-full           everything that reaches the loss                                              best fit, most memory (use DeepSpeed ZeRO)
-frozen-vision  language model (+ projector unless --freeze-projector)   CLIP features kept; ~1/10 fewer parameters
+full           everything that reaches the loss                         best fit, most memory (use DeepSpeed ZeRO)
+frozen-vision  language model (+ projector unless --freeze-projector)   CLIP features kept; 0.3B of 4.2B params frozen
 lora           low-rank adapters on the language model's linears        small adapter; base weights untouched
                (optionally on vision tower and projector too)
 qlora          the same adapters on a 4-bit NF4 base (bitsandbytes)     fits a 24 GB GPU; slower steps
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -160,10 +159,6 @@ def _wrap_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def count_parameters(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
-
-
 def trainable_summary(model: nn.Module) -> dict[str, tuple[int, int]]:
     """(trainable, total) parameter counts per part, for the start-up log."""
     summary: dict[str, list[int]] = {"vision": [0, 0], "projector": [0, 0], "language": [0, 0], "adapters": [0, 0]}
@@ -181,7 +176,7 @@ def load_base_model(config: TrainConfig) -> nn.Module:
     Under DeepSpeed ZeRO-3 the TrainingArguments must exist before this call: transformers then builds the model
     already partitioned instead of materialising it whole on every rank.
     """
-    from phi3v_train.model import Phi3VForCausalLM  # noqa: PLC0415 - keeps torch-free imports of this module cheap
+    from phi3v_train.model import Phi3VForCausalLM  # noqa: PLC0415 - the model code loads only when a run starts
 
     return Phi3VForCausalLM.from_pretrained(
         config.model, attn_implementation=resolve_attention(config.attention), dtype=load_dtype(config),

@@ -9,7 +9,6 @@ figures to ``RUN/log.jsonl`` (the file tests and people compare runs with).
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from phi3v_data.io import atomic_write
 from phi3v_train import checkpointing as ckpt
+from phi3v_train.bench import peak_memory_gb
 from phi3v_train.sampler import LengthGroupedSampler
 
 
@@ -54,23 +54,16 @@ class Phi3VTrainer(Trainer):
     def _throughput(self) -> dict[str, float]:
         counts = self.counts.clone()
         if dist.is_available() and dist.is_initialized():
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            counts = counts.to(device)
+            counts = counts.to(ckpt.collective_device())
             dist.all_reduce(counts)
         images, real, slots = counts.tolist()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         now = time.perf_counter()
         elapsed = max(now - self.last_log_time, 1e-9)
         self.counts.zero_()
         self.last_log_time = now
         return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
-                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb()}
-
-
-def peak_memory_gb() -> float:
-    """Peak accelerator memory of this process (GPU), or its peak resident memory on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb(device)}
 
 
 LOG_FILE = "log.jsonl"
@@ -117,7 +110,7 @@ class ProgressLog(TrainerCallback):
             f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
             + (f"grad {grad:.3f}  " if grad is not None else "")
             + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
-            f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GiB"
+            f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GB"
         )
 
     def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
