@@ -112,3 +112,18 @@ def test_sigterm_to_the_command_saves_a_checkpoint_then_exits(tmp_path: Path, da
     assert 1 <= step < 200
     assert f"stopped by SIGTERM at step {step}" in output and "--resume latest" in output
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_accumulation_and_deepspeed_presets() -> None:
+    from phi3v_train.train import accumulation_steps, deepspeed_config
+
+    config = load_config(flags={"data": "d", "model": "m", "output": "o", "batch_size": 2, "global_batch_size": 16})
+    assert accumulation_steps(config, world_size=1) == 8
+    assert accumulation_steps(config, world_size=4) == 2
+    with pytest.raises(RunError, match=r"--global-batch-size 16 is not a multiple of --batch-size 2 × 3 device\(s\) = 6"):
+        accumulation_steps(config, world_size=3)
+    for preset, stage in (("zero2", 2), ("zero3", 3)):
+        shipped = json.loads(Path(deepspeed_config(preset)).read_text())
+        assert shipped["zero_optimization"]["stage"] == stage and shipped["zero_force_ds_cpu_optimizer"] is False
+    with pytest.raises(RunError, match="--deepspeed zero4: neither zero2, zero3 nor an existing JSON file"):
+        deepspeed_config("zero4")
