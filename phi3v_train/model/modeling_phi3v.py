@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationMixin
 from transformers.cache_utils import Cache
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
@@ -68,11 +69,25 @@ class Phi3VImageEmbedding(nn.Module):
         output = self.img_processor.vision_model(pixel_values=crops.to(dtype), output_hidden_states=True)
         return output.hidden_states[self.layer_idx][:, 1:]
 
-    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
-        """Projected tokens of each image, (tokens, hidden) per image."""
+    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """Projected tokens of all images, concatenated: (sum of tokens, hidden); split with ``tokens_per_image``.
+
+        One projection call and one output tensor: under ZeRO-3 every module call gathers weights collectively and
+        every output tensor gets a backward hook, so per-image calls or outputs would make ranks that hold different
+        numbers of images disagree and hang.
+        """
         weight = self.img_projection[0].weight
         tokens = self.merged_tokens(pixel_values, image_sizes)
-        return [self.img_projection(t.to(weight.device, weight.dtype)) for t in tokens]
+        return self.img_projection(torch.cat(tokens).to(weight.device, weight.dtype))
+
+    def tokens_per_image(self, image_sizes: torch.Tensor) -> list[int]:
+        """Token count of each image from its HD grid (the official formula, for this tower's patch grid)."""
+        half = self.crop_size // self.img_processor.vision_model.config.patch_size // 2
+        counts = []
+        for h, w in torch.as_tensor(image_sizes).tolist():
+            rows, cols = int(h) // self.crop_size, int(w) // self.crop_size
+            counts.append(rows * half * (cols * half + 1) + 1 + half * (half + 1))
+        return counts
 
     def merged_tokens(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Per image, before projection: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
@@ -230,12 +245,27 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         """Token embeddings with image features written over the ``-k`` placeholders."""
         has_placeholders = bool((input_ids < 0).any())
         inputs_embeds = self.embed_tokens(input_ids.clamp(min=0))
-        if not has_placeholders:
-            return inputs_embeds
-        if pixel_values is None or image_sizes is None:
-            raise ValueError("input_ids hold image placeholders (negative ids) but no pixel_values/image_sizes")
-        features = self.vision_embed_tokens(pixel_values, torch.as_tensor(image_sizes))
-        return self.embed_dropout(merge_image_features(input_ids, inputs_embeds, features))
+        if has_placeholders:
+            if pixel_values is None or image_sizes is None:
+                raise ValueError("input_ids hold image placeholders (negative ids) but no pixel_values/image_sizes")
+            image_sizes = torch.as_tensor(image_sizes)
+            features = self.vision_embed_tokens(pixel_values, image_sizes)
+            per_image = list(features.split(self.vision_embed_tokens.tokens_per_image(image_sizes)))
+            inputs_embeds = merge_image_features(input_ids, inputs_embeds, per_image)
+        elif self.training and is_deepspeed_zero3_enabled():
+            inputs_embeds = inputs_embeds + 0.0 * self._idle_vision_pass(inputs_embeds)
+        return self.embed_dropout(inputs_embeds)  # on every path, as the official embedding does
+
+
+    def _idle_vision_pass(self, like: torch.Tensor) -> torch.Tensor:
+        """Run the vision path on one blank image and return a zero-weight scalar.
+
+        Under ZeRO-3 each module call gathers its sharded weights collectively; a rank whose batch has no image must
+        still make the same calls as ranks that have images, or training hangs.
+        """
+        size = self.vision_embed_tokens.crop_size
+        blank = like.new_zeros(1, 2, 3, size, size)
+        return self.vision_embed_tokens(blank, torch.tensor([[size, size]])).sum().to(like.dtype)
 
 
 class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):

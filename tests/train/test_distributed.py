@@ -70,3 +70,18 @@ def test_deepspeed_zero2_matches_single_process(single, tiny_model: Path, tmp_pa
     # DeepSpeed's fp32 path differs from plain PyTorch in the last digits (seen: ~3e-5 relative).
     assert _losses(tmp_path / "zero2") == pytest.approx(expected, rel=1e-3)
     assert (tmp_path / "zero2" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_with_uneven_image_counts_matches_single_process(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    """ZeRO-3 gathers each module's weights collectively: ranks holding 0, 1 or 2 images per batch must not hang."""
+    text_only = [
+        {"id": f"text-{i}", "task": "chat", "conversations": [{"user": f"Say {word}.", "assistant": word}]}
+        for i, word in enumerate(["red", "blue"])
+    ]
+    data = write_dataset(tmp_path / "data", count=6, extra=text_only)
+    expected = run(load_config(flags=_flags(data, tiny_model, tmp_path / "single"))).losses
+    flags = {**_flags(data, tiny_model, tmp_path / "zero3"), "deepspeed": "zero3"}
+    _torchrun([str(HERE / "ds_launch.py")], flags, DS_ACCELERATOR="cpu")
+    assert _losses(tmp_path / "zero3") == pytest.approx(expected, rel=1e-3)
+    assert (tmp_path / "zero3" / "final" / "model.safetensors").is_file()
