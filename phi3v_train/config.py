@@ -80,7 +80,9 @@ class TrainConfig(_Section):
     attention: Attention = "sdpa"
     gradient_checkpointing: bool = True
     num_crops: int = Field(4, ge=1, le=64, description="HD crops per image: 4 for video frames, 16 for documents.")
-    max_length: int = Field(4096, gt=0, description="Longer samples (text + image tokens) are dropped, never cut.")
+    # Phi-3.5-vision's context window: 8 video frames at num_crops 4 are already ~6k tokens, so a small default
+    # would silently drop whole datasets; lower it to bound memory.
+    max_length: int = Field(131072, gt=0, description="Longer samples (text + image tokens) are dropped, never cut.")
     batch_size: int = Field(1, gt=0, description="Samples per device per forward pass.")
     global_batch_size: int | None = Field(None, gt=0, description="Samples per optimizer step over all devices.")
     epochs: float = Field(1.0, gt=0)

@@ -60,7 +60,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--attention", type=click.Choice(["sdpa", "eager", "flash_attention_2"]), help="[sdpa]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
 @click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
-@click.option("--max-length", type=int, help="Drop (and count) longer samples [4096].")
+@click.option("--max-length", type=int, help="Drop (and count) longer samples [131072, the model's context].")
 @click.option("--batch-size", type=int, help="Per device [1].")
 @click.option("--global-batch-size", type=int, help="Per optimizer step over all devices [batch size × devices].")
 @click.option("--epochs", type=float, help="[1]")
