@@ -230,6 +230,6 @@ def write_image_bytes(out: ImageWriter, data: bytes, rel: str) -> str:
         raise ConversionError("embedded image is not in a recognised image format") from None
     except Exception as exc:  # PIL raises many kinds for broken bytes
         raise ConversionError(f"embedded image does not decode: {exc}") from None
-    with atomic_write(out.path(rel), "wb") as handle:
+    with atomic_write(out.path(rel), "wb", durable=False) as handle:
         handle.write(data)
     return rel

@@ -117,7 +117,7 @@ class ImageWriter:
         fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
-        with atomic_write(target, "wb") as handle:
+        with atomic_write(target, "wb", durable=False) as handle:
             image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
         return rel
 
@@ -130,7 +130,7 @@ class ImageWriter:
         except ImageProblem as exc:
             raise ConversionError(f"{src}: {exc}") from None
         target = self.path(rel)
-        with open(src, "rb") as reader, atomic_write(target, "wb") as writer:
+        with open(src, "rb") as reader, atomic_write(target, "wb", durable=False) as writer:
             shutil.copyfileobj(reader, writer)
         return rel
 

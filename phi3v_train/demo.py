@@ -44,6 +44,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _accuracy(metrics: dict) -> str:
+    entry = metrics.get("classification") or metrics.get("tasks", {}).get("classification", {})
+    return f"{entry['accuracy']:.1%} of {entry['scored']}" if "accuracy" in entry else "n/a"
+
+
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--steps", type=int, default=60, show_default=True, help="LoRA optimizer steps.")
@@ -70,13 +75,14 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
     _step("5. evaluate before training", [train_cli, "eval", "--model", str(model), *common_eval, "--output", str(out / "eval_before")], log=log)
     _step("6. finetune with LoRA", [train_cli, "run", "--data", str(data), "--model", str(model), "--strategy", "lora",
           "--output", str(run), "--num-crops", "1", "--max-steps", str(steps), "--batch-size", "4",
-          "--global-batch-size", "8", "--lr", "2e-3", "--precision", "fp32", "--save-every", str(steps),
+          "--global-batch-size", "8", "--lr", "5e-3", "--precision", "fp32", "--save-every", str(steps),
           "--lora.rank", "16", "--lora.alpha", "32"], log=log)
     _step("7. evaluate after training", [train_cli, "eval", "--model", str(run / "final"), *common_eval, "--output", str(out / "eval_after")], log=log)
 
     manifest = _read_json(data / "manifest.json")
     before, after = _read_json(out / "eval_before" / "metrics.json"), _read_json(out / "eval_after" / "metrics.json")
-    losses = _read_json(run / "losses.json")
+    log_lines = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").exists() else []
+    losses = [json.loads(line)["loss"] for line in log_lines if "loss" in json.loads(line)]
     table = Table(title=f"demo finished in {time.perf_counter() - started:.0f} s — everything is under {out}/")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -84,9 +90,9 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
         table.add_row(f"records ({split})", str(count))
     table.add_row("classes (chance accuracy)", f"{classes} ({1 / classes:.0%})")
     if losses:
-        table.add_row("training loss first → last", f"{losses['first']:.3f} → {losses['last']:.3f}")
-    table.add_row(f"accuracy before ({eval_split})", f"{before.get('accuracy', float('nan')):.1%}")
-    table.add_row(f"accuracy after ({eval_split})", f"{after.get('accuracy', float('nan')):.1%}")
+        table.add_row("training loss first → last", f"{losses[0]:.3f} → {losses[-1]:.3f}")
+    table.add_row(f"accuracy before ({eval_split})", _accuracy(before))
+    table.add_row(f"accuracy after ({eval_split})", _accuracy(after))
     for label, path in [("dataset", data), ("run (checkpoints, TensorBoard)", run), ("predictions", out / "eval_after")]:
         table.add_row(label, str(path))
     console.print(table)

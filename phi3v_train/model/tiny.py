@@ -48,10 +48,16 @@ walking running playing eating looking color shape count label class category ha
 please give single final output hello world assistant user system end of line
 """
 _CLASS_NAMES = "airplane automobile bird cat deer dog frog horse ship truck apply_eye_makeup archery basketball"
+# UCF-101 names as the video converter writes them (the demo's classes among them): whole-word tokens let a tiny
+# model learn to spell an answer in a few steps instead of character by character.
+_UCF_NAMES = (
+    "ApplyEyeMakeup ApplyLipstick Archery BabyCrawling BalanceBeam BandMarching BaseballPitch Basketball "
+    "BasketballDunk BenchPress HandstandPushups JumpingJack PlayingGuitar Rowing Surfing YoYo"
+)
 
 
 def _corpus() -> list[str]:
-    words = _WORDS.split() + _CLASS_NAMES.split()
+    words = _WORDS.split() + _CLASS_NAMES.split() + _UCF_NAMES.split() * 20
     lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
     lines += [" ".join(str(n) for n in range(start, start + 25)) for start in range(0, 1000, 25)]
     lines += [f"What is in the image? The answer is {w}." for w in words]
@@ -119,6 +125,9 @@ def preset_config(preset: str, *, vocab_size: int = 32064, pad_token_id: int = 3
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=131072,
             original_max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id,
             img_processor={"image_dim_out": 32, "vision_config": tower}, dtype="float32",
+            # random weights at the usual 0.02 give near-uniform logits at hidden size 64, and LoRA (which cannot
+            # rescale lm_head) then needs hundreds of steps before the demo learns anything
+            initializer_range=0.1,
         )  # fmt: skip
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
