@@ -24,9 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy  # noqa: F401 - imported here, before the worker pool forks, so workers inherit it (PIL.fromarray needs it)
 from PIL import Image
 
 from phi3v_data.convert import ConversionError
+
+try:  # at import time for the same reason: each worker importing PyAV itself cost ~0.1 s of a ~0.6 s benchmark
+    import av
+except ImportError:  # the [video] extra is missing; read_frames reports it per clip
+    av = None
 
 Backend = Literal["auto", "decord", "pyav"]
 
@@ -86,8 +92,8 @@ frames) its keyframe seeking read 8 frames in ~15-20 ms where decord's ``get_bat
 
 def read_frames(path: Path, num: int, *, backend: Backend = "auto") -> list[Image.Image]:
     """The ``num`` sampled frames of ``path`` as RGB images; ConversionError when the file cannot give them."""
-    import av
-
+    if av is None:
+        raise ConversionError("PyAV is not installed: pip install 'phi3v[video]'")
     problems: list[str] = []
     try:
         with av.open(str(path)) as container:

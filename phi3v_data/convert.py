@@ -13,6 +13,7 @@ A converter (see :class:`Converter`) only knows its source layout: ``plan`` list
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from phi3v_data.io import atomic_write, resolve_inside, write_json, write_jsonl
+from phi3v_data.io import UnsafePathError, atomic_write, resolve_inside, write_json, write_jsonl
 from schemas import Record
 
 JOURNAL_DIR = ".partial"
@@ -109,7 +110,11 @@ class ImageWriter:
     root: Path
 
     def path(self, rel: str) -> Path:
-        return resolve_inside(self.root, rel)
+        """``root/rel``, refused if it leaves ``root``; symlink checks cached per directory (hot path: every frame)."""
+        parent, _, name = rel.rpartition("/")
+        if not name or name in (".", "..") or rel.startswith("/"):
+            raise UnsafePathError(f"{rel!r} is not a file path")
+        return _checked_dir(self.root, parent) / name
 
     def save(self, image: Any, rel: str, *, quality: int = 95) -> str:
         """Save a PIL image (JPEG when ``rel`` ends in .jpg/.jpeg, else by extension). Returns ``rel``."""
@@ -144,6 +149,11 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     reused: int = 0
     up_to_date: bool = False
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_dir(root: Path, parent: str) -> Path:
+    return resolve_inside(root, parent) if parent else root
 
 
 # -- worker side -------------------------------------------------------------------------------------------------
