@@ -106,6 +106,10 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_EMPTY_USER = "user text is empty"
+_EMPTY_ASSISTANT = "assistant text is empty (use null for unlabeled records)"
+
+
 def _path_rule(path: str) -> tuple[str, str] | None:
     """The schema's image-path rules, per path, so each bad path gets its own finding and index."""
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
@@ -143,6 +147,22 @@ def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
             if kind != "value_error":
                 message += f" (got {_describe(error.get('input'))})"
         problems.append(("schema", render_loc(loc), message))
+    return problems
+
+
+def raw_text_problems(value: dict[str, Any], flagged: set[str]) -> list[Problem]:
+    """Empty texts of a record the schema rejected, so one run reports both (fields already flagged are skipped)."""
+    turns = value.get("conversations")
+    if not isinstance(turns, list):
+        return []
+    problems: list[Problem] = []
+    for t, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            continue
+        for name, message in (("user", _EMPTY_USER), ("assistant", _EMPTY_ASSISTANT)):
+            field, text = f"conversations[{t}].{name}", turn.get(name)
+            if isinstance(text, str) and not text.strip() and field not in flagged:
+                problems.append(("empty_text", field, message))
     return problems
 
 
@@ -190,11 +210,11 @@ def _tag_problems(record: Record) -> list[Problem]:
 def _text_problems(record: Record, turn: Turn, where: str) -> list[Problem]:
     problems: list[Problem] = []
     if not turn.user.strip():
-        problems.append(("empty_text", f"{where}.user", "user text is empty"))
+        problems.append(("empty_text", f"{where}.user", _EMPTY_USER))
     if turn.assistant is None:
         return problems
     if not turn.assistant.strip():
-        problems.append(("empty_text", f"{where}.assistant", "assistant text is empty (use null for unlabeled records)"))
+        problems.append(("empty_text", f"{where}.assistant", _EMPTY_ASSISTANT))
     elif "<|image_" in turn.assistant and IMAGE_TAG_RE.search(turn.assistant):
         problems.append(("image_tag_in_answer", f"{where}.assistant",
                          "assistant text contains an <|image_k|> tag; tags belong in user text"))

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from phi3v_data.image_index import ImageCheck, ImageChecker
 from phi3v_data.images import ImageProblem
 from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, content_problems, length_problem,
-                                      schema_problems)
+                                      raw_text_problems, schema_problems)
 from phi3v_data.io import atomic_write
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
@@ -137,7 +137,8 @@ def parse_record(raw: bytes) -> tuple[Record | None, list[Problem], str | None]:
     try:
         record = Record.model_validate(value)
     except ValidationError as exc:
-        return None, schema_problems(exc, value), record_id
+        problems = schema_problems(exc, value)
+        return None, problems + raw_text_problems(value, {field for _, field, _ in problems}), record_id
     return record, [], record.id
 
 

@@ -97,6 +97,15 @@ def test_schema_non_object_and_half_labeled(data: Path) -> None:
     ]
 
 
+def test_a_schema_error_does_not_hide_an_empty_text(data: Path) -> None:
+    broken = {"id": "x", "conversations": [{"images": ["../a.png"], "user": " ", "assistant": "b", "extra": 1}]}
+    assert findings(write(data / "d.jsonl", broken)) == [
+        ("image_path_unsafe", 1, "x", "conversations[0].images[0]", "'../a.png' escapes the images directory ('..')"),
+        ("schema", 1, "x", "conversations[0].extra", "is not a field of the record format (misspelt?)"),
+        ("empty_text", 1, "x", "conversations[0].user", "user text is empty"),
+    ]
+
+
 def test_duplicate_id_names_the_first_line(data: Path) -> None:
     path = write(data / "d.jsonl", record("a"), record("b"), record("a"))
     assert findings(path) == [("duplicate_id", 3, "a", "id", "id 'a' was already used on line 1")]
