@@ -55,6 +55,10 @@ class Phi3VConfig(Phi3Config):
     img_processor: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # The official config.json pins "_attn_implementation": "flash_attention_2" for its remote code. Honouring
+        # it would make every load fail where flash-attn is not installed, so attention is chosen at load time
+        # (``attn_implementation=``; transformers' default, sdpa, otherwise).
+        kwargs.pop("_attn_implementation", None)
         self.embd_layer = {**DEFAULT_EMBD_LAYER, **(self.embd_layer or {})}
         self.img_processor = {**DEFAULT_IMG_PROCESSOR, **(self.img_processor or {})}
         super().__post_init__(**kwargs)

@@ -111,9 +111,13 @@ def test_official_config_with_auto_map_loads_without_remote_code(tiny_dir: Path,
         (tmp_path / name).write_bytes((tiny_dir / name).read_bytes())
     config = json.loads((tmp_path / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "configuration_phi3_v.Phi3VConfig", "AutoModelForCausalLM": "x.Y"}
+    config["_attn_implementation"] = "flash_attention_2"  # as the official config.json pins it for its remote code
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "Phi3VConfig"
-    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), Phi3VForCausalLM)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)  # no flash-attn here: the pin must not make loading fail
+    assert isinstance(model, Phi3VForCausalLM) and model.config._attn_implementation == "sdpa"
+    eager = Phi3VForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
 
 
 def test_batch_with_zero_one_and_two_images_equals_one_by_one(processor, model) -> None:
