@@ -225,3 +225,37 @@ def test_strict_exits_non_zero_on_failures(toy_plugin: None, tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["convert", "toy", str(src), "--out", str(tmp_path / "out"), "-j", "1", "--strict"])
     assert result.exit_code == 1
     assert "cannot read colour" in result.output
+
+
+class KilledAfter(ToyConverter):
+    """Dies with SIGKILL (no cleanup, no finally blocks) when it reaches its third item: what `kill -9` does."""
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        if item.key == "train/c.txt":
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().convert(item, out)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_output(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = _source(tmp_path)
+    reference = tmp_path / "reference"
+    run_converter(ToyConverter(), src, reference, workers=1)
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\nfrom test_convert import KilledAfter\nfrom phi3v_data.convert import run_converter\n"
+        f"run_converter(KilledAfter(), Path({str(src)!r}), Path({str(tmp_path / 'out')!r}), workers=1)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert killed.returncode == -9
+    assert not (tmp_path / "out" / "toy_train.jsonl").exists()
+
+    CALLS.clear()
+    run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
+    assert CALLS == ["train/c.txt", "train/d.txt", "val/e.txt"]  # a.txt and b.txt were journaled before the kill
+    assert _outputs(tmp_path / "out") == _outputs(reference)
