@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from phi3v_data.prompt import IGNORE_INDEX, encode_record
 from phi3v_data.tokens import num_image_tokens
-from schemas import BINARY_ANSWERS, IMAGE_TAG_RE, Record, Turn
+from schemas import BINARY_ANSWERS, IMAGE_TAG_RE, Record, Turn, image_path_problem
 
 Problem = tuple[str, str, str]
 """(code, field, message): a finding before its file, line and record id are attached."""
@@ -110,17 +110,13 @@ _EMPTY_USER = "user text is empty"
 _EMPTY_ASSISTANT = "assistant text is empty (use null for unlabeled records)"
 
 
-def _path_rule(path: str) -> tuple[str, str] | None:
-    """The schema's image-path rules, per path, so each bad path gets its own finding and index."""
-    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
-        return "image_path_unsafe", f"{path!r} is absolute; image paths are relative to the images directory"
-    if ".." in path.replace("\\", "/").split("/"):
-        return "image_path_unsafe", f"{path!r} escapes the images directory ('..')"
-    if not path or path.strip() != path:
-        return "schema", f"{path!r} is empty or has surrounding whitespace"
-    if "\\" in path:
-        return "schema", f"{path!r} must use '/' separators"
-    return None
+def _path_code(path: str) -> tuple[str, str] | None:
+    """The schema's path rule as (finding code, message)."""
+    problem = image_path_problem(path)
+    if problem is None:
+        return None
+    kind, message = problem
+    return ("image_path_unsafe" if kind == "unsafe" else "schema"), message
 
 
 def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
@@ -134,7 +130,7 @@ def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
             except (KeyError, IndexError, TypeError):
                 images = []
             found = [(code, f"{render_loc(loc)}[{j}]", msg) for j, path in enumerate(images)
-                     if isinstance(path, str) and (rule := _path_rule(path)) for code, msg in [rule]]
+                     if isinstance(path, str) and (rule := _path_code(path)) for code, msg in [rule]]
             if found:
                 problems += found
                 continue

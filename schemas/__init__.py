@@ -28,6 +28,7 @@ __all__ = [
     "Reference",
     "Task",
     "Turn",
+    "image_path_problem",
     "SCHEMA_PATH",
     "json_schema",
 ]
@@ -75,15 +76,25 @@ class Turn(_Strict):
     @classmethod
     def _relative_posix(cls, images: list[str]) -> list[str]:
         for path in images:
-            if not path or path.strip() != path:
-                raise ValueError(f"image path {path!r} is empty or has surrounding whitespace")
-            if "\\" in path:
-                raise ValueError(f"image path {path!r} must use '/' separators")
-            if path.startswith("/") or _DRIVE_RE.match(path):
-                raise ValueError(f"image path {path!r} is absolute; paths are relative to the images/ directory")
-            if ".." in path.split("/"):
-                raise ValueError(f"image path {path!r} escapes the images/ directory")
+            if (problem := image_path_problem(path)) is not None:
+                raise ValueError(f"image path {problem[1]}")
         return images
+
+
+def image_path_problem(path: str) -> tuple[str, str] | None:
+    """Why ``path`` is not a valid image path, as (kind, sentence): kind ``unsafe`` (absolute, ``..``) or ``form``.
+
+    One rule set for the schema and for ``phi3v-data validate``, which reports each bad path as its own finding.
+    """
+    if path.startswith("/") or _DRIVE_RE.match(path):
+        return "unsafe", f"{path!r} is absolute; image paths are relative to the images directory"
+    if ".." in path.replace("\\", "/").split("/"):
+        return "unsafe", f"{path!r} escapes the images directory ('..')"
+    if not path or path.strip() != path:
+        return "form", f"{path!r} is empty or has surrounding whitespace"
+    if "\\" in path:
+        return "form", f"{path!r} must use '/' separators"
+    return None
 
 
 class Record(_Strict):
