@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 CROP = 336
-TOKENS_PER_CROP = 144  # (336 / 14 / 2) ** 2
 ROWS_PER_CROP = 12
 
 
@@ -57,5 +56,15 @@ def num_image_tokens(width: int, height: int, num_crops: int) -> int:
     313
     """
     grid_w, grid_h = hd_grid(width, height, num_crops)
-    rows, cols = grid_h // CROP, grid_w // CROP
-    return (rows * cols + 1) * TOKENS_PER_CROP + 1 + (rows + 1) * ROWS_PER_CROP
+    return grid_tokens(grid_h // CROP, grid_w // CROP)
+
+
+def grid_tokens(rows: int, cols: int, *, side: int = ROWS_PER_CROP) -> int:
+    """Tokens of a ``rows``×``cols`` crop grid plus the global view, each crop ``side``×``side`` merged patches.
+
+    Sub-image rows each end in a separator, then one ``glb_GN``, then the global view with its row separators.
+
+    >>> grid_tokens(1, 1)
+    313
+    """
+    return rows * side * (cols * side + 1) + 1 + side * (side + 1)

@@ -25,6 +25,8 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 
+from phi3v_data.tokens import grid_tokens
+
 from .configuration_phi3v import Phi3VConfig
 
 CROP = 336
@@ -82,12 +84,11 @@ class Phi3VImageEmbedding(nn.Module):
 
     def tokens_per_image(self, image_sizes: torch.Tensor) -> list[int]:
         """Token count of each image from its HD grid (the official formula, for this tower's patch grid)."""
-        half = self.crop_size // self.img_processor.vision_model.config.patch_size // 2
-        counts = []
-        for h, w in torch.as_tensor(image_sizes).tolist():
-            rows, cols = int(h) // self.crop_size, int(w) // self.crop_size
-            counts.append(rows * half * (cols * half + 1) + 1 + half * (half + 1))
-        return counts
+        side = self.crop_size // self.img_processor.vision_model.config.patch_size // 2
+        return [
+            grid_tokens(int(h) // self.crop_size, int(w) // self.crop_size, side=side)
+            for h, w in torch.as_tensor(image_sizes).tolist()
+        ]
 
     def merged_tokens(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Per image, before projection: ``[sub-image grid + sub_GN per row, glb_GN, global view + sub_GN per row]``.
