@@ -45,7 +45,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _accuracy(metrics: dict) -> str:
-    entry = metrics.get("classification") or metrics.get("tasks", {}).get("classification", {})
+    entry = metrics.get("tasks", {}).get("classification", {})
     return f"{entry['accuracy']:.1%} of {entry['scored']}" if "accuracy" in entry else "n/a"
 
 
