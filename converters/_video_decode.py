@@ -4,23 +4,25 @@ Which frames: the centres of N equal segments, frame ``floor((i + 0.5) * n / N)`
 ``n`` is the clip's frame count. Centres (not ``linspace(0, n - 1)``) never pick the first and last frames, which are
 often fades or cuts, and spread the frames evenly; a clip shorter than N frames repeats frames.
 
-How many frames: one demux pass over the packets (reads packet headers, decodes nothing; ~1 ms for a UCF clip)
-counts the frames and finds the keyframes. Container headers are not trusted: AVI headers of cut or re-muxed files
+How many frames: one demux pass over the packets (reads the file, decodes nothing; ~1 ms for a UCF clip) counts
+the frames and finds the keyframes, and keeps the packets in memory when they fit in ``PACKET_CACHE_BYTES``. Container headers are not trusted: AVI headers of cut or re-muxed files
 announce frames that are not there, and Matroska/WebM announce none. The same pass detects truncated files (an
 incomplete last packet) so they are reported instead of silently yielding fewer frames.
 
-Decoding (``--backend auto`` tries PyAV, then decord; see ``AUTO_ORDER``): decord's ``get_batch``, or PyAV seeking
-to the keyframe before each wanted frame and decoding forward to it; a wanted frame reachable from the current
-position without a new keyframe is decoded forward (so a clip with a single keyframe costs one forward pass that
-stops after the last wanted frame). When the stream ends before a wanted frame (a lying index), the last decodable
-frame stands in for it.
+Decoding (``--backend auto`` tries PyAV, then decord; see ``AUTO_ORDER``): decord's ``get_batch``, or PyAV starting
+at the keyframe before each wanted frame and decoding forward to it — from the kept packets (no second read of the
+file, no seeking), or by seeking in the file when the packets were too big to keep. A wanted frame reachable from the
+current position without a new keyframe is decoded forward (so a clip with a single keyframe costs one forward pass
+that stops after the last wanted frame). When the stream ends before a wanted frame (a lying index), the last
+decodable frame stands in for it.
 """
 
 from __future__ import annotations
 
 import os
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +53,10 @@ class Probe:
     """Sorted presentation timestamps (one per frame), or None when the container gives none (no seeking then)."""
     keyframes: list[int]
     """Display-order indices of keyframes, sorted."""
+    packets: list[Any] | None = None
+    """The stream's packets in decode order, or None when they were too big to keep (then decoding seeks)."""
+    key_packets: dict[int, int] = field(default_factory=dict)
+    """Display-order keyframe index → its position in ``packets``."""
 
     def index_of(self, pts: int | None) -> int | None:
         if self.pts is None or pts is None:
@@ -62,10 +68,16 @@ class Probe:
         return self.keyframes[pos] if pos >= 0 else 0
 
 
+PACKET_CACHE_BYTES = 64 << 20
+"""Keep a clip's packets in memory up to this size (a UCF-101 clip is ~0.5 MB); longer videos are re-read by seeking."""
+
+
 def probe(container: Any, stream: Any) -> Probe:
     """Count frames and locate keyframes by demuxing; raise ConversionError for truncated or frameless streams."""
     stamps: list[int | None] = []
     keys: list[int] = []
+    kept: list[Any] | None = []
+    size = 0
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream flush packet
             continue
@@ -74,14 +86,19 @@ def probe(container: Any, stream: Any) -> Probe:
         if packet.is_keyframe:
             keys.append(len(stamps))
         stamps.append(packet.pts if packet.pts is not None else packet.dts)
+        if kept is not None:
+            size += packet.size
+            kept.append(packet)
+            if size > PACKET_CACHE_BYTES:
+                kept = None
     if not stamps:
         raise ConversionError("the video stream holds no frames")
     if any(s is None for s in stamps) or len(set(stamps)) != len(stamps):
-        return Probe(count=len(stamps), pts=None, keyframes=[0])
+        return Probe(count=len(stamps), pts=None, keyframes=[0], packets=kept, key_packets={0: 0})
     ordered = sorted(stamps)  # type: ignore[type-var]
     rank = {s: i for i, s in enumerate(ordered)}
-    keyframes = sorted(rank[stamps[k]] for k in keys) or [0]
-    return Probe(count=len(stamps), pts=ordered, keyframes=keyframes)
+    key_packets = {rank[stamps[k]]: k for k in keys} or {0: 0}
+    return Probe(count=len(stamps), pts=ordered, keyframes=sorted(key_packets), packets=kept, key_packets=key_packets)
 
 
 AUTO_ORDER: tuple[str, ...] = ("pyav", "decord")
@@ -100,13 +117,13 @@ def read_frames(path: Path, num: int, *, backend: Backend = "auto") -> list[Imag
             if not container.streams.video:
                 raise ConversionError("the file has no video stream")
             stream = container.streams.video[0]
+            stream.thread_type = "NONE"  # workers give the parallelism; decoder threads only contend with them
             info = probe(container, stream)
             indices = sample_indices(info.count, num)
             for name in AUTO_ORDER if backend == "auto" else (backend,):
                 try:
                     if name == "decord":
                         return _decord_frames(path, indices)
-                    container.seek(0)  # back to the start after the demux pass (flushes the decoder too)
                     return _pyav_frames(container, stream, info, indices)
                 except (ConversionError, av.FFmpegError) as exc:
                     problems.append(f"{name}: {exc}")
@@ -144,17 +161,30 @@ def _reformatter() -> Any:
     return _REFORMATTERS[pid]
 
 
+def decode_from(container: Any, stream: Any, info: Probe, keyframe: int) -> Iterator[Any]:
+    """Decoded frames from the (display-order) keyframe ``keyframe`` to the end of the stream."""
+    if info.packets is not None:
+        context = stream.codec_context
+        context.flush_buffers()
+        for packet in info.packets[info.key_packets.get(keyframe, len(info.packets)) :]:
+            yield from context.decode(packet)
+        yield from context.decode(None)  # drain the frames the decoder still holds
+        return
+    if info.pts is not None and keyframe > 0:
+        container.seek(info.pts[keyframe], stream=stream, backward=True, any_frame=False)
+    else:
+        container.seek(0)  # back to the start after the demux pass (flushes the decoder too)
+    yield from container.decode(stream)
+
+
 def _pyav_frames(container: Any, stream: Any, info: Probe, indices: list[int]) -> list[Image.Image]:
-    """Seek to the keyframe before each wanted frame unless decoding forward gets there without a new keyframe."""
-    stream.thread_type = "NONE"  # workers give the parallelism; decoder threads only contend with them
+    """Start at the keyframe before each wanted frame unless decoding forward gets there without a new keyframe."""
     got: dict[int, Image.Image] = {}
     frames, pos, last = None, -1, None
     for target in sorted(set(indices)):
         keyframe = info.keyframe_before(target)
         if frames is None or (info.pts is not None and keyframe > pos):
-            if info.pts is not None and keyframe > 0:
-                container.seek(info.pts[keyframe], stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
+            frames = decode_from(container, stream, info, keyframe)
         for frame in frames:
             index = info.index_of(frame.pts)
             pos = index if index is not None else pos + 1
@@ -163,5 +193,12 @@ def _pyav_frames(container: Any, stream: Any, info: Probe, indices: list[int]) -
                 break
         if last is None:
             raise ConversionError("no frame of the video could be decoded")
-        got[target] = Image.fromarray(_reformatter().reformat(last, format="rgb24").to_ndarray())
+        got[target] = _to_image(last)
     return [got[i] for i in indices]
+
+
+def _to_image(frame: Any) -> Image.Image:
+    """An RGB PIL image of a decoded frame: one swscale pass, one copy."""
+    rgb = _reformatter().reformat(frame, format="rgb24")
+    plane = rgb.planes[0]
+    return Image.frombuffer("RGB", (rgb.width, rgb.height), plane, "raw", "RGB", plane.line_size, 1)

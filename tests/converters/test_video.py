@@ -94,32 +94,67 @@ def test_read_frames_picks_the_segment_centres(tmp_path: Path, backend: str, kin
     assert all(f.size == (W, H) and f.mode == "RGB" for f in frames)
 
 
-def test_pyav_seeks_instead_of_decoding_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a keyframe every 6 frames, 2 frames of 48 need at most 2 GOPs decoded, not the whole clip."""
-    path = write_clip(tmp_path / "clip.avi", 48, gop=6)
-    decoded = 0
-    real_decode = av.container.InputContainer.decode
+@pytest.fixture(params=["kept-packets", "seeking"])
+def packet_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both PyAV paths: packets kept from the demux pass (small clips), and seeking in the file (too big to keep)."""
+    if request.param == "seeking":
+        monkeypatch.setattr(_video_decode, "PACKET_CACHE_BYTES", 0)
+    return request.param
 
-    def counting_decode(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+
+@pytest.mark.parametrize("kind", ["avi-gop6", "avi-one-keyframe", "mkv-no-frame-count"])
+def test_both_pyav_paths_pick_the_segment_centres(tmp_path: Path, packet_cache: str, kind: str) -> None:
+    if kind == "mkv-no-frame-count":
+        path = write_clip(tmp_path / "clip.mkv", 30, fmt="matroska")
+    else:
+        path = write_clip(tmp_path / "clip.avi", 30, gop=6 if kind == "avi-gop6" else 250)
+    with av.open(str(path)) as container:
+        info = _video_decode.probe(container, container.streams.video[0])
+    assert (info.packets is None) == (packet_cache == "seeking")
+    assert [frame_index(f) for f in read_frames(path, 8, backend="pyav")] == sample_indices(30, 8)
+
+
+def test_pyav_decodes_from_keyframes_not_the_whole_clip(tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyframes every 6 frames: each wanted frame costs the frames from its keyframe to it, never the whole clip."""
+    path = write_clip(tmp_path / "clip.avi", 48, gop=6)
+    starts: list[int] = []
+    decoded = 0
+    real_decode_from = _video_decode.decode_from
+
+    def counting(container, stream, info, keyframe):  # noqa: ANN001, ANN202
         nonlocal decoded
-        for frame in real_decode(self, *args, **kwargs):
+        starts.append(keyframe)
+        for frame in real_decode_from(container, stream, info, keyframe):
             decoded += 1
             yield frame
 
-    monkeypatch.setattr(av.container.InputContainer, "decode", counting_decode)
+    monkeypatch.setattr(_video_decode, "decode_from", counting)
     frames = read_frames(path, 2, backend="pyav")
     assert [frame_index(f) for f in frames] == [12, 36]  # centres of [0, 24) and [24, 48)
-    assert decoded == 2  # both targets sit on keyframes (12 and 36): one frame decoded per seek
+    assert (starts, decoded) == ([12, 36], 2)  # both targets sit on keyframes: one frame decoded each
+    starts.clear()
+    decoded = 0
+    frames = read_frames(path, 3, backend="pyav")  # centres 8, 24, 40: keyframes 6, 24, 36
+    assert [frame_index(f) for f in frames] == [8, 24, 40]
+    assert (starts, decoded) == ([6, 24, 36], 3 + 1 + 5)
+    starts.clear()
+    decoded = 0
+    frames = read_frames(path, 16, backend="pyav")  # centres 1, 4, 7, …, 46: two per keyframe interval
+    assert [frame_index(f) for f in frames] == sample_indices(48, 16)
+    assert starts == [0, 6, 12, 18, 24, 30, 36, 42] and decoded == 8 * 5  # keyframe 6k up to 6k + 4
 
 
-def test_lying_frame_count_uses_the_last_decodable_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lying_frame_count_uses_the_last_decodable_frame(tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A count of 34 for a 24-frame clip: targets past the end get the last frame there is."""
     path = write_clip(tmp_path / "clip.avi", 24, gop=6)
     real_probe = _video_decode.probe
 
     def lying_probe(container, stream) -> Probe:  # noqa: ANN001
         info = real_probe(container, stream)
-        return Probe(count=34, pts=[*info.pts, *range(100, 110)], keyframes=[*info.keyframes, 30])
+        return Probe(
+            count=34, pts=[*info.pts, *range(100, 110)], keyframes=[*info.keyframes, 30],
+            packets=info.packets, key_packets=info.key_packets,
+        )
 
     monkeypatch.setattr(_video_decode, "probe", lying_probe)
     frames = read_frames(path, 8, backend="pyav")
