@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from phi3v_data.convert import ConversionError, Failure, ImageWriter
 from phi3v_data.images import MAX_PIXELS
-from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside
+from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
 from schemas import BINARY_ANSWERS
 
 ESCAPES = "refused: escapes the dataset root"
@@ -230,6 +230,4 @@ def write_image_bytes(out: ImageWriter, data: bytes, rel: str) -> str:
         raise ConversionError("embedded image is not in a recognised image format") from None
     except Exception as exc:  # PIL raises many kinds for broken bytes
         raise ConversionError(f"embedded image does not decode: {exc}") from None
-    with atomic_write(out.path(rel), "wb", durable=False) as handle:
-        handle.write(data)
-    return rel
+    return out.write(data, rel)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from converters._video_decode import read_frames
+from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError, resolve_inside
 
@@ -134,14 +134,11 @@ class VideoConverter(Converter):
         path = Path(clip.path)
         if not path.is_file():
             raise ConversionError(f"{path}: no such video file")
-        frames = read_frames(path, self.options.frames, backend=self.options.backend)
+        frames = decode_frames(path, self.options.frames, backend=self.options.backend)
         images = []
-        for k, image in enumerate(frames):
-            if self.options.max_side and max(image.size) > self.options.max_side:
-                scale = self.options.max_side / max(image.size)
-                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3)
-            rel = f"{item.split}/{clip.label}/{path.stem}.{k}.jpg"
-            images.append(out.save(image, rel, quality=self.options.quality))
+        for k, frame in enumerate(frames):
+            jpeg = to_jpeg(frame, quality=self.options.quality, max_side=self.options.max_side)
+            images.append(out.write(jpeg, f"{item.split}/{clip.label}/{path.stem}.{k}.jpg"))
         turn = {"images": images, "user": clip.prompt, "assistant": clip.label}
         return [{"source": "ucf101", "task": "classification", "conversations": [turn]}]
 

@@ -126,6 +126,12 @@ class ImageWriter:
             image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
         return rel
 
+    def write(self, data: bytes, rel: str) -> str:
+        """Write already encoded image bytes as they are. Returns ``rel``."""
+        with atomic_write(self.path(rel), "wb", durable=False) as handle:
+            handle.write(data)
+        return rel
+
     def copy(self, src: Path, rel: str) -> str:
         """Copy an image file after checking that it decodes. Returns ``rel``."""
         from phi3v_data.images import ImageProblem, check_image

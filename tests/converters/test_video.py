@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -191,6 +192,62 @@ def test_auto_falls_back_to_decord_when_pyav_fails(tmp_path: Path, monkeypatch: 
     monkeypatch.setitem(sys.modules, "decord", None)  # as if decord were not installed
     with pytest.raises(ConversionError, match="decord: decord is not installed"):
         read_frames(path, 4, backend="decord")
+
+
+# -- JPEG encoding ---------------------------------------------------------------------------------------------------
+
+
+COLOURS = [(200, 30, 90), (20, 180, 240), (250, 250, 250), (16, 16, 16), (128, 128, 128), (255, 200, 0)]
+
+
+def _patch_frame(colorspace: int | None = None, full_range: bool = False) -> av.VideoFrame:
+    """A 4:2:0 video frame of six flat 16x16-aligned colour patches (what the decoder hands over)."""
+    rgb = np.zeros((32, 96, 3), np.uint8)
+    for i, colour in enumerate(COLOURS):
+        rgb[:, 16 * i : 16 * (i + 1)] = colour
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    if colorspace is not None:
+        frame.colorspace = colorspace
+    if full_range:
+        frame = frame.reformat(format="yuvj420p")
+    return frame
+
+
+def _patch_colours(data: bytes) -> np.ndarray:
+    img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+    return np.array([img[8:24, 16 * i + 4 : 16 * i + 12].mean(axis=(0, 1)) for i in range(len(COLOURS))])
+
+
+@pytest.mark.parametrize("encoder", ["simplejpeg", "pillow"])
+@pytest.mark.parametrize("source", ["yuv420p", "yuvj420p", "bt709"])
+def test_to_jpeg_keeps_the_colours_of_the_rgb_path(encoder: str, source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every route to JPEG (YUV planes into libjpeg-turbo, or RGB through simplejpeg or Pillow) gives the colours
+    the RGB conversion gives: a wrong range (limited vs full) would shift them by 10-20 levels."""
+    yuv_calls = []
+    if encoder == "pillow":
+        monkeypatch.setattr(_video_decode, "simplejpeg", None)
+    else:
+        real = _video_decode.simplejpeg.encode_jpeg_yuv_planes
+        monkeypatch.setattr(_video_decode.simplejpeg, "encode_jpeg_yuv_planes", lambda *a, **k: yuv_calls.append(1) or real(*a, **k))
+    frame = _patch_frame(colorspace=1 if source == "bt709" else None, full_range=source == "yuvj420p")
+    data = _video_decode.to_jpeg(frame, quality=95)
+    expected = np.asarray(_video_decode.to_image(frame), dtype=int)[16, 8::16]
+    assert np.abs(_patch_colours(data) - expected).max() <= 3
+    if source == "bt709":  # the same bytes read as BT.709 are other colours: copying the planes would be wrong here
+        assert np.abs(expected - np.array(COLOURS)).max() > 10
+    else:  # and that is the picture that was encoded
+        assert np.abs(expected - np.array(COLOURS)).max() <= 3
+    assert len(yuv_calls) == (encoder == "simplejpeg" and source != "bt709")  # BT.709 is converted through RGB
+
+
+def test_to_jpeg_shrinks_to_max_side_and_follows_quality() -> None:
+    frame = _patch_frame()
+    small = _video_decode.to_jpeg(frame, quality=95, max_side=48)
+    assert Image.open(io.BytesIO(small)).size == (48, 16)
+    assert np.abs(_patch_colours(_video_decode.to_jpeg(frame, quality=95, max_side=96)) - np.array(COLOURS)).max() <= 3
+    textured = av.VideoFrame.from_ndarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")
+    textured = textured.reformat(format="yuv420p")
+    assert len(_video_decode.to_jpeg(textured, quality=30)) < len(_video_decode.to_jpeg(textured, quality=95)) / 2
 
 
 def test_convert_reports_a_missing_file_and_shrinks_to_max_side(tmp_path: Path) -> None:
