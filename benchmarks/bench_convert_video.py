@@ -6,11 +6,13 @@
     spaced ones and saves them with PIL.
 
 Both wall time (the figure users feel; the target is the toolkit >= 4x faster) and CPU seconds (this process plus
-its finished workers) are printed. Both methods write the same 8 JPEG files per clip, and on a shared VM the cost of
-creating a file swings by 10x from minute to minute, so the two run in alternation for ``--rounds`` rounds (the
-order flips every round, and the files of one run are synced to disk before the next starts) and the speed-up is
-the ratio of the best rounds — timeit's rule: noise only ever adds time — with the ratio of the medians beside it.
-Clips are generated once and cached under ``--work``. Run::
+its finished workers) are printed. Both methods write the same 8 JPEG files per clip, and creating a file costs 40 us or 400 us
+depending on the file system's state: ext4 without a journal skips inodes deleted in the last minute (or six), so
+creating files right after deleting many is ~10x slower. So every run writes to a new directory (older outputs are
+deleted only after the timing), the two methods alternate for ``--rounds`` rounds (the order flips every round;
+each run's files are synced to disk before the next starts), and the speed-up is the ratio of the best rounds —
+timeit's rule: noise only ever adds time — with the ratio of the medians beside it. Clips are generated once and
+cached under ``--work``; leave a minute after deleting large outputs before timing. Run::
 
     .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 50] [--rounds 3] [--backend auto]
 """
@@ -105,18 +107,23 @@ def main() -> None:
     converter = VideoConverter(VideoOptions(frames=8, backend=args.backend, val_ratio=0, test_ratio=0))
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - progress output would distort nothing but clutters
 
-    def toolkit() -> None:
-        run_converter(converter, source, args.work / "toolkit", workers=args.workers, console=quiet)
+    runs_dir = args.work / "runs"
+    if runs_dir.exists():  # outputs of an earlier invocation, moved aside now and deleted after the timing
+        runs_dir.rename(args.work / f"old-runs-{time.time_ns()}")
 
-    methods = {"toolkit": toolkit, "baseline": lambda: baseline(clips, args.work / "baseline")}
+    def toolkit(out: Path) -> None:
+        run_converter(converter, source, out, workers=args.workers, console=quiet)
+
+    methods = {"toolkit": toolkit, "baseline": lambda out: baseline(clips, out)}
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for round_ in range(args.rounds):
         for name in ("toolkit", "baseline") if round_ % 2 == 0 else ("baseline", "toolkit"):
-            shutil.rmtree(args.work / name, ignore_errors=True)
             os.sync()  # write back the previous run's files now, not during this run's timing
-            runs[name].append(timed(methods[name]))
-    manifest = json.loads((args.work / "toolkit/manifest.json").read_text())
+            runs[name].append(timed(methods[name], runs_dir / f"{name}-{round_}"))
+    manifest = json.loads((runs_dir / "toolkit-0/manifest.json").read_text())
     assert manifest["failures"] == 0 and manifest["images"]["train"] == 8 * args.clips, manifest
+    for old in args.work.glob("old-runs-*"):
+        shutil.rmtree(old)
 
     best = {name: min(wall for wall, _ in rs) for name, rs in runs.items()}
     median = {name: statistics.median(wall for wall, _ in rs) for name, rs in runs.items()}

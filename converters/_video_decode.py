@@ -149,7 +149,7 @@ def to_image(frame: Any) -> Image.Image:
     """An RGB PIL image of a frame from :func:`decode_frames`: one swscale pass, one copy."""
     if isinstance(frame, Image.Image):
         return frame
-    rgb = _reformatter().reformat(frame, format="rgb24")
+    rgb = _reformatter().reformat(frame, format="rgb24", threads=1)
     plane = rgb.planes[0]
     return Image.frombuffer("RGB", (rgb.width, rgb.height), plane, "raw", "RGB", plane.line_size, 1)
 
@@ -174,7 +174,7 @@ def to_jpeg(frame: Any, *, quality: int, max_side: int | None = None) -> bytes:
         and not (max_side and max(frame.width, frame.height) > max_side)
     ):
         if frame.format.name != "yuvj420p" and frame.color_range != 2:  # limited (TV) range: JPEG wants full range
-            frame = _reformatter().reformat(frame, format="yuvj420p")
+            frame = _reformatter().reformat(frame, format="yuv420p", dst_color_range="JPEG", threads=1)
         planes = [
             numpy.frombuffer(plane, numpy.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
             for plane in frame.planes
@@ -209,6 +209,8 @@ _REFORMATTERS: dict[int, Any] = {}
 
 def _reformatter() -> Any:
     """One swscale context per process: ``frame.to_ndarray(format=...)`` builds a new one per frame (~2 ms each).
+    Callers pass ``threads=1``: swscale's own threads cost ~20-40% more CPU on these small frames, CPU the other
+    workers want.
 
     Keyed by pid because a context inherited through fork hangs (its worker threads did not come along).
     """

@@ -31,10 +31,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from phi3v_data.io import UnsafePathError, atomic_write, resolve_inside, write_json, write_jsonl
+from phi3v_data.io import UnsafePathError, atomic_write, resolve_inside, write_bytes, write_json, write_jsonl
 from schemas import Record
 
 JOURNAL_DIR = ".partial"
+CHUNK_MAX = 8
+"""Most items one worker task converts (a killed run redoes at most ``workers * 4`` tasks)."""
 
 
 class ConversionError(Exception):
@@ -128,8 +130,12 @@ class ImageWriter:
 
     def write(self, data: bytes, rel: str) -> str:
         """Write already encoded image bytes as they are. Returns ``rel``."""
-        with atomic_write(self.path(rel), "wb", durable=False) as handle:
-            handle.write(data)
+        target = self.path(rel)
+        try:
+            write_bytes(target, data)
+        except FileNotFoundError:  # the first image of its folder (cheaper than a mkdir per image)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(target, data)
         return rel
 
     def copy(self, src: Path, rel: str) -> str:
@@ -176,6 +182,10 @@ def _init_worker(converter: Converter, writer: ImageWriter) -> None:
         from PIL import Image
 
         Image.core.set_blocks_max(max(Image.core.get_blocks_max(), 16))
+
+
+def _run_items(items: list[Item]) -> list[tuple[str, list[dict] | None, dict | None]]:
+    return [_run_item(item) for item in items]
 
 
 def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
@@ -341,18 +351,23 @@ def _convert_all(
             for item in todo:
                 record(_run_item(item))
             return
+        # A few items per task when there are many: each task costs the main process ~0.5 ms of pickling and
+        # bookkeeping, CPU the workers want on a small machine. Small runs keep one item per task (even load).
+        size = max(1, min(CHUNK_MAX, len(todo) // (workers * 16)))
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(converter, writer))
         try:
             pending: set[Future] = set()
-            queue = iter(todo)
-            for item in queue:  # keep a bounded number of items in flight
-                pending.add(pool.submit(_run_item, item))
+            for chunk in chunks:  # keep a bounded number of tasks in flight
+                pending.add(pool.submit(_run_items, chunk))
                 if len(pending) >= workers * 4:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        record(future.result())
+                        for result in future.result():
+                            record(result)
             for future in pending:
-                record(future.result())
+                for result in future.result():
+                    record(result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

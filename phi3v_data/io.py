@@ -82,6 +82,24 @@ def _create_temp(path: Path) -> tuple[int, str]:
             continue
 
 
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+    """Atomically write ``data`` (temp file + rename, no fsync) into an existing directory.
+
+    The lean form of :func:`atomic_write` for the hot path of converters: one image per call, thousands per second.
+    """
+    fd, tmp = _create_temp(Path(path))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Atomically write pretty JSON."""
     with atomic_write(path, "w", encoding="utf-8") as handle:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside, write_jsonl
+from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside, write_bytes, write_jsonl
 
 
 def test_resolve_inside_joins_relative_paths(tmp_path: Path) -> None:
@@ -76,3 +76,28 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
         handle.write("x")
     (tmp_path / "b.txt").write_text("x")
     assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
+
+
+def test_write_bytes_replaces_atomically_and_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "a.jpg"
+    write_bytes(target, b"first")
+    write_bytes(target, memoryview(b"second version"))
+    assert target.read_bytes() == b"second version"
+    real_write = os.write
+    calls = []
+
+    def short_then_fail(fd: int, data: memoryview) -> int:  # a short write, then a full disk
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        write_bytes(target, b"third version")
+    monkeypatch.undo()
+    assert calls == [13, 10]  # the rest of a short write is retried
+    assert target.read_bytes() == b"second version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+    with pytest.raises(FileNotFoundError):
+        write_bytes(tmp_path / "missing" / "b.jpg", b"x")  # the directory must exist (ImageWriter makes it)
