@@ -14,7 +14,7 @@ each run's files are synced to disk before the next starts), and the speed-up is
 timeit's rule: noise only ever adds time — with the ratio of the medians beside it. Clips are generated once and
 cached under ``--work``; leave a minute after deleting large outputs before timing. Run::
 
-    .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 50] [--rounds 3] [--backend auto]
+    .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 100] [--rounds 3] [--backend auto]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def timed(fn, *args, **kwargs) -> tuple[float, float]:  # noqa: ANN001, ANN002, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Directory for the cached clips and the outputs.")
-    parser.add_argument("--clips", type=int, default=50)
+    parser.add_argument("--clips", type=int, default=100, help="Clips to convert; 50 or more for a meaningful figure.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of both methods.")
     parser.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto")
     parser.add_argument("--workers", type=int, default=None, help="Toolkit workers [default: CPU count].")
@@ -140,6 +140,8 @@ def main() -> None:
             f"{best['baseline'] / best[name]:.1f}x", f"{cpu[name]:.2f}", f"{1000 * cpu[name] / args.clips:.0f}",
         )
     console.print(table)
+    for name, rs in runs.items():
+        print(f"{name} rounds (s): " + "  ".join(f"{wall:.3f}" for wall, _ in rs))
     print(
         f"toolkit {best['toolkit']:.2f}s  baseline {best['baseline']:.2f}s  ratio {best['baseline'] / best['toolkit']:.2f}x "
         f"(best of {args.rounds}; medians {median['toolkit']:.2f}s vs {median['baseline']:.2f}s: "

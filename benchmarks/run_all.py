@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 from phi3v_data.io import atomic_write  # noqa: E402 - needs the repository root on sys.path first
 
 SMALL_FLAGS: dict[str, dict[str, str]] = {
-    "bench_convert_video.py": {"--clips": "50", "--rounds": "3"},
+    "bench_convert_video.py": {"--clips": "100", "--rounds": "3"},
     "bench_validate.py": {"--records": "20000", "--header-records": "2000"},
     "bench_dataloader.py": {"--records": "24"},
     "bench_padding.py": {"--samples": "4000"},
@@ -95,13 +95,20 @@ def machine() -> str:
             f"{platform.python_version()}, torch {torch_version}{load}")
 
 
+def shown(command: list[str]) -> str:
+    """The command as a reader can rerun it: the interpreter relative to the repository, the scratch dir as $WORK."""
+    python = os.path.relpath(sys.executable, HERE.parent) if sys.executable.startswith(str(HERE.parent)) else "python"
+    text = " ".join([python, *command[1:]])
+    return re.sub(r"\S*phi3v-benchmarks-[^/\s]+", "$WORK", text)
+
+
 def render(outcomes: list[Outcome], *, started: str, host: str) -> str:
     lines = ["# Benchmark results", "", f"- machine: {host}", f"- date: {started}",
              "- command: `.venv/bin/python benchmarks/run_all.py` (small sizes; each section lists its exact command)",
              "", "| benchmark | status | seconds | headline |", "|---|---|---|---|"]
     lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {o.headline.replace('|', '/')} |" for o in outcomes]
     for o in outcomes:
-        lines += ["", f"## {o.name}", "", f"`{' '.join(o.command)}` — {o.status}, {o.seconds:.1f} s", "", "```",
+        lines += ["", f"## {o.name}", "", f"`{shown(o.command)}` — {o.status}, {o.seconds:.1f} s", "", "```",
                   o.output or "(no output)", "```"]
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,15 +27,10 @@ def _flags(data: Path, model: Path, output: Path) -> dict:
     return run_flags(data, model, output, batch_size=2, global_batch_size=4, max_steps=STEPS)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _torchrun(entry: list[str], flags: dict, **env: str) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *entry, *cli_args(flags)]
+    # --standalone: the rendezvous binds a free port itself, so two tests launching at once cannot pick the same one
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", *entry, *cli_args(flags)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
