@@ -351,10 +351,7 @@ def _convert_all(
             for item in todo:
                 record(_run_item(item))
             return
-        # A few items per task when there are many: each task costs the main process ~0.5 ms of pickling and
-        # bookkeeping, CPU the workers want on a small machine. Small runs keep one item per task (even load).
-        size = max(1, min(CHUNK_MAX, len(todo) // (workers * 16)))
-        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        chunks = _chunks(todo, workers)
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(converter, writer))
         try:
             pending: set[Future] = set()
@@ -372,6 +369,20 @@ def _convert_all(
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
+
+
+def _chunks(todo: list[Item], workers: int) -> list[list[Item]]:
+    """Worker tasks: up to CHUNK_MAX items while much work remains, one item each at the end.
+
+    Each task costs the main process ~0.5 ms of pickling and bookkeeping, CPU the workers want on a small machine;
+    shrinking tasks towards the end keeps every worker busy until the last item (guided scheduling).
+    """
+    chunks, start = [], 0
+    while start < len(todo):
+        size = max(1, min(CHUNK_MAX, (len(todo) - start) // (workers * 8)))
+        chunks.append(todo[start : start + size])
+        start += size
+    return chunks
 
 
 def _assemble(

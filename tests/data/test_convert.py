@@ -11,6 +11,7 @@ from PIL import Image
 
 from phi3v_data.cli import main
 from phi3v_data.convert import (
+    CHUNK_MAX,
     ConversionError,
     Converter,
     ConverterOptions,
@@ -18,6 +19,7 @@ from phi3v_data.convert import (
     Failure,
     ImageWriter,
     Item,
+    _chunks,
     run_converter,
 )
 from phi3v_data.plugins import GROUP, PluginError, converter_entry_points, load_converter
@@ -259,3 +261,13 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_output(tmp_path: Path) ->
     run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
     assert CALLS == ["train/c.txt", "train/d.txt", "val/e.txt"]  # a.txt and b.txt were journaled before the kill
     assert _outputs(tmp_path / "out") == _outputs(reference)
+
+
+def test_worker_tasks_shrink_to_single_items_at_the_end() -> None:
+    """Guided scheduling: size = remaining // (workers * 8), at most CHUNK_MAX, at least 1; order and items kept."""
+    items = [Item(f"k{i}", "train") for i in range(100)]
+    chunks = _chunks(items, workers=2)
+    assert [len(c) for c in chunks] == [6, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2] + [1] * 31
+    assert [item for chunk in chunks for item in chunk] == items
+    long_run = [len(c) for c in _chunks([Item(f"k{i}", "train") for i in range(13_320)], workers=2)]
+    assert long_run[0] == CHUNK_MAX and long_run[-16:] == [1] * 16 and sum(long_run) == 13_320
