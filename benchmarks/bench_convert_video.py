@@ -14,7 +14,7 @@ each run's files are synced to disk before the next starts), and the speed-up is
 timeit's rule: noise only ever adds time — with the ratio of the medians beside it. Clips are generated once and
 cached under ``--work``; leave a minute after deleting large outputs before timing. Run::
 
-    .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 100] [--rounds 3] [--backend auto]
+    .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 100] [--rounds 5] [--backend auto]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Directory for the cached clips and the outputs.")
     parser.add_argument("--clips", type=int, default=100, help="Clips to convert; 50 or more for a meaningful figure.")
-    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of both methods.")
+    parser.add_argument("--rounds", type=int, default=5, help="Alternating rounds of both methods.")
     parser.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto")
     parser.add_argument("--workers", type=int, default=None, help="Toolkit workers [default: CPU count].")
     args = parser.parse_args()

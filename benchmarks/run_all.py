@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 from phi3v_data.io import atomic_write  # noqa: E402 - needs the repository root on sys.path first
 
 SMALL_FLAGS: dict[str, dict[str, str]] = {
-    "bench_convert_video.py": {"--clips": "100", "--rounds": "3"},
+    "bench_convert_video.py": {"--clips": "100", "--rounds": "5"},
     "bench_validate.py": {"--records": "20000", "--header-records": "2000"},
     "bench_dataloader.py": {"--records": "24"},
     "bench_padding.py": {"--samples": "4000"},
