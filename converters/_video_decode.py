@@ -5,9 +5,10 @@ Which frames: the centres of N equal segments, frame ``floor((i + 0.5) * n / N)`
 often fades or cuts, and spread the frames evenly; a clip shorter than N frames repeats frames.
 
 How many frames: one demux pass over the packets (reads the file, decodes nothing; ~1 ms for a UCF clip) counts
-the frames and finds the keyframes, and keeps the packets in memory when they fit in ``PACKET_CACHE_BYTES``. Container headers are not trusted: AVI headers of cut or re-muxed files
-announce frames that are not there, and Matroska/WebM announce none. The same pass detects truncated files (an
-incomplete last packet) so they are reported instead of silently yielding fewer frames.
+the frames, finds the keyframes and keeps the packets in memory when they fit in ``PACKET_CACHE_BYTES``. Container
+headers are not trusted: AVI headers of cut or re-muxed files announce frames that are not there, and Matroska/WebM
+announce none. The same pass detects truncated files (an incomplete last packet) so they are reported instead of
+silently yielding fewer frames.
 
 Decoding (``--backend auto`` tries PyAV, then decord; see ``AUTO_ORDER``): decord's ``get_batch``, or PyAV starting
 at the keyframe before each wanted frame and decoding forward to it — from the kept packets (no second read of the
@@ -184,10 +185,11 @@ def to_jpeg(frame: Any, *, quality: int, max_side: int | None = None) -> bytes:
     if max_side and max(image.size) > max_side:
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample=3)
+    image = image if image.mode == "RGB" else image.convert("RGB")
     if simplejpeg is not None:
-        return simplejpeg.encode_jpeg(numpy.asarray(image.convert("RGB")), quality=quality, colorsubsampling="420")
+        return simplejpeg.encode_jpeg(numpy.asarray(image), quality=quality, colorsubsampling="420")
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -209,10 +211,9 @@ _REFORMATTERS: dict[int, Any] = {}
 
 def _reformatter() -> Any:
     """One swscale context per process: ``frame.to_ndarray(format=...)`` builds a new one per frame (~2 ms each).
-    Callers pass ``threads=1``: swscale's own threads cost ~20-40% more CPU on these small frames, CPU the other
-    workers want.
 
-    Keyed by pid because a context inherited through fork hangs (its worker threads did not come along).
+    Keyed by pid because a context inherited through fork hangs (its worker threads did not come along). Callers
+    pass ``threads=1``: swscale's own threads cost 20-40% more CPU on 320x240 frames, CPU the other workers want.
     """
     from av.video.reformatter import VideoReformatter
 

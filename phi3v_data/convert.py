@@ -176,8 +176,8 @@ _WORKER: tuple[Converter, ImageWriter] | None = None
 def _init_worker(converter: Converter, writer: ImageWriter) -> None:
     global _WORKER
     _WORKER = (converter, writer)
-    # Converters make thousands of same-sized images. Pillow returns each image's memory to the OS by default, so
-    # the next one page-faults it back in (~0.2 ms per 320x240 frame, ~10% of video conversion); keep a few blocks.
+    # Converters decode or make thousands of same-sized images. Pillow returns each image's memory to the OS by
+    # default, so the next one page-faults it back in (~0.2 ms for a 320x240 RGB image); keep a few blocks.
     if "PILLOW_BLOCKS_MAX" not in os.environ:
         from PIL import Image
 
