@@ -31,7 +31,7 @@ def _frame(index: int, texture: np.ndarray) -> np.ndarray:
     return img
 
 
-def write_clip(path: Path, n: int = 24, *, gop: int = 6, fmt: str | None = None) -> Path:
+def write_clip(path: Path, n: int = 24, *, gop: int = 6, fmt: str | None = None, b_frames: int = 0) -> Path:
     """MPEG-4 clip of ``n`` frames (a keyframe every ``gop`` frames) in AVI, or in ``fmt`` (e.g. matroska)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     texture = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
@@ -39,6 +39,7 @@ def write_clip(path: Path, n: int = 24, *, gop: int = 6, fmt: str | None = None)
         stream = container.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = b_frames  # B-frames: decode order differs from display order
         stream.bit_rate = 2_000_000
         for i in range(n):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(_frame(i, texture), format="rgb24")))
@@ -103,10 +104,14 @@ def packet_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return request.param
 
 
-@pytest.mark.parametrize("kind", ["avi-gop6", "avi-one-keyframe", "mkv-no-frame-count"])
+@pytest.mark.parametrize("kind", ["avi-gop6", "avi-one-keyframe", "mkv-no-frame-count", "avi-b-frames", "mp4-b-frames"])
 def test_both_pyav_paths_pick_the_segment_centres(tmp_path: Path, packet_cache: str, kind: str) -> None:
     if kind == "mkv-no-frame-count":
         path = write_clip(tmp_path / "clip.mkv", 30, fmt="matroska")
+    elif kind.endswith("b-frames"):
+        path = write_clip(tmp_path / f"clip.{kind[:3]}", 30, b_frames=2)
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.has_b_frames
     else:
         path = write_clip(tmp_path / "clip.avi", 30, gop=6 if kind == "avi-gop6" else 250)
     with av.open(str(path)) as container:
