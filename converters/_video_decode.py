@@ -35,7 +35,7 @@ from phi3v_data.convert import ConversionError
 
 try:  # at import time for the same reason: each worker importing PyAV itself cost ~0.1 s of a ~0.6 s benchmark
     import av
-except ImportError:  # the [video] extra is missing; read_frames reports it per clip
+except ImportError:  # the [video] extra is missing; decode_frames reports it per clip
     av = None
 try:  # libjpeg-turbo that takes YUV planes (the [video] extra); PIL encodes when it is missing
     import simplejpeg
