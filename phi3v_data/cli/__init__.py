@@ -1,7 +1,8 @@
 """``phi3v-data``: convert datasets, validate them before training, preview and export them.
 
 Each command lives in its own module and is imported only when used, so ``phi3v-data --help`` stays fast.
-Exit codes: 0 clean, 1 problems found or a runtime error, 2 a usage error.
+Exit codes: 0 clean, 1 problems found or a runtime error, 2 a usage error (or a missing optional dependency).
+Errors reach the user as one line (:mod:`phi3v_data.cli.errors`); ``-v`` before the command shows the traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 
 import click
+
+from phi3v_data.cli.errors import Guarded, set_verbose
 
 COMMANDS = {
     "convert": "phi3v_data.cli.convert:convert",
@@ -36,8 +39,19 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+class GuardedGroup(Guarded, LazyGroup):
+    """The entry-point group: lazy subcommands, and no traceback for a user's mistake."""
+
+
+def verbose_option(func):  # type: ignore[no-untyped-def]
+    """``-v/--verbose``: tracebacks (and, for training, library warnings) instead of one-line messages."""
+    return click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=set_verbose,
+                        help="Show tracebacks and library warnings.")(func)
+
+
+@click.group(cls=GuardedGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="phi3v")
+@verbose_option
 def main() -> None:
     """Data tools for finetuning Phi-3.5-vision.
 

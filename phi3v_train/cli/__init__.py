@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from phi3v_data.cli import LazyGroup
+from phi3v_data.cli import GuardedGroup, verbose_option
 
 COMMANDS = {
     "init-tiny": "phi3v_train.cli.init_tiny:init_tiny",
@@ -18,8 +18,9 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="phi3v")
+@verbose_option
 def main() -> None:
     """Finetune Phi-3.5-vision on a converted dataset.
 

@@ -1,0 +1,157 @@
+"""The CLI edge: every exception that reaches a ``phi3v-data`` / ``phi3v-train`` command becomes one readable line.
+
+Expected problems (our own errors, unreadable or unwritable paths, corrupt weights, a refused pickle, a missing
+optional dependency) are described in one line that names the file or the extra to install; exit 1, or 2 for a
+missing dependency. Anything else is a bug: a short message and the hint to rerun with ``-v``, which shows the
+traceback. Library code raises; only this module decides what a person reads.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import Iterator
+
+import click
+
+VERBOSE_KEY = "phi3v.verbose"
+
+# Top-level module → the extra of pyproject.toml that installs it.
+EXTRAS = {
+    "av": "video", "decord": "video", "cv2": "video", "simplejpeg": "video",
+    "pyarrow": "hf", "datasets": "hf",
+    "torch": "train", "torchvision": "train", "transformers": "train", "tokenizers": "train", "safetensors": "train",
+    "accelerate": "train", "peft": "train", "tensorboard": "train",
+    "deepspeed": "deepspeed", "bitsandbytes": "qlora", "flash_attn": "flash",
+}
+
+# Errors our library raises for problems a user can fix: (module, class name). Looked up in sys.modules, so
+# classifying an error never imports torch.
+_OWN_ERRORS = [
+    ("phi3v_train.data", "DataError"), ("phi3v_train.train", "RunError"), ("phi3v_train.loading", "LoadError"),
+    ("phi3v_train.config", "ConfigError"), ("phi3v_train.checkpointing", "CheckpointError"),
+    ("phi3v_train.bench", "BenchError"), ("phi3v_data.convert", "ConvertUsageError"),
+    ("phi3v_data.convert", "ConversionError"), ("phi3v_data.export", "ExportUsageError"),
+    ("phi3v_data.export", "ExportError"), ("phi3v_data.plugins", "PluginError"),
+    ("phi3v_data.record_checks", "LengthSpecError"), ("phi3v_data.io", "UnsafePathError"),
+]
+
+
+class CliError(click.ClickException):
+    """A ClickException with its own exit status (1 problem, 2 usage or a missing dependency)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def install_hint(module: str | None) -> str:
+    """``pip install 'phi3v[EXTRA]'`` for a missing optional module (quoted: shells expand brackets)."""
+    top = (module or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    return f"pip install 'phi3v[{extra}]'" if extra else f"pip install {top or 'the missing package'}"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it was raised from or while handling (transformers re-raises over the real cause)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def weights_problem(exc: BaseException) -> str | None:
+    """Why model weights could not be read (corrupt safetensors, a pickle torch refuses), or None."""
+    for error in _chain(exc):
+        if type(error).__name__ == "SafetensorError":
+            return (f"a .safetensors weights file is corrupt or truncated ({_first_line(error)}); "
+                    "download or export it again")
+        if isinstance(error, pickle.UnpicklingError):
+            detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+            detail = detail.split(" was not")[0].replace("WeightsUnpickler error: ", "")
+            return ("a pickled weights file (.bin/.pt) holds Python objects besides tensors, and loading it could run "
+                    f"arbitrary code, so it is refused{f' ({detail})' if detail else ''}; convert it to safetensors "
+                    "from a trusted environment")
+    return None
+
+
+def _own_error_types() -> tuple[type[BaseException], ...]:
+    found = []
+    for module, name in _OWN_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def describe(exc: BaseException) -> CliError | None:
+    """The message and exit status of an expected error, or None for a bug."""
+    weights = weights_problem(exc)
+    if weights:
+        return CliError(f"cannot load the model: {weights}")
+    if isinstance(exc, ImportError):
+        missing = exc.name or _first_line(exc)
+        return CliError(f"{missing} is not installed, and this command needs it: {install_hint(exc.name)}", 2)
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else None
+        reason = exc.strerror or _first_line(exc)
+        if where is None:
+            return CliError(reason)
+        extra = f" → {exc.filename2}" if exc.filename2 else ""
+        return CliError(f"{where}{extra}: {reason}")
+    if isinstance(exc, _own_error_types()):
+        return CliError(str(exc).strip() or type(exc).__name__)
+    return None
+
+
+def is_verbose(ctx: click.Context | None) -> bool:
+    return bool(ctx is not None and ctx.meta.get(VERBOSE_KEY))
+
+
+def set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Option callback of ``-v``: later stages (the guard, logging setup) read it from ``ctx.meta``."""
+    if value:
+        ctx.meta[VERBOSE_KEY] = True
+    return value
+
+
+def translate(exc: Exception, *, ctx: click.Context | None, program: str) -> click.ClickException:
+    """What :class:`Guarded` raises instead of ``exc``."""
+    known = describe(exc)
+    if known is not None:
+        return known
+    return CliError(
+        f"unexpected error: {type(exc).__name__}: {_first_line(exc)}\n"
+        f"This is a bug in {program}; rerun with -v (`{program} -v …`) to see the traceback, and report it."
+    )
+
+
+_PASS_THROUGH = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit)
+
+
+class Guarded:
+    """Mixin for click commands/groups: expected errors become one line (``-v`` keeps the traceback)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except _PASS_THROUGH:
+            raise
+        except KeyboardInterrupt:
+            raise CliError("interrupted", 130) from None
+        except Exception as exc:  # noqa: BLE001 - this is the one place that turns any error into a message
+            if is_verbose(ctx):
+                raise
+            program = (ctx.find_root().info_name or "phi3v")
+            raise translate(exc, ctx=ctx, program=program) from None
+
+
+class GuardedCommand(Guarded, click.Command):
+    """A command run on its own (``python -m phi3v_train.cli.run``) gets the same guard as under the group."""
