@@ -7,6 +7,7 @@ Kept here so each converter module is only its source layout and its prompt.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import warnings
@@ -141,14 +142,40 @@ def table_files(source: Path) -> list[Path]:
     found: list[Path] = []
     for pattern in ("*", "*/*", "*/*/*"):
         found += [p for p in source.glob(pattern) if p.suffix in (".parquet", ".arrow") and p.is_file()]
+    found = [p for p in found if not p.name.startswith("cache-")]  # datasets' caches of .map() results, not splits
     return sorted(set(found))
 
 
+_SHARD_RE = re.compile(r"-\d{5}-of-\d{5}(?:-[0-9a-f]+)?$")
+
+
 def table_split(path: Path) -> str:
-    """Split of an export file: ``train-00000-of-00002.parquet`` and ``train/data-00000-of-00001.arrow`` → train."""
-    stem = path.stem.split("-", 1)[0].split(".", 1)[0]
-    split = path.parent.name if stem == "data" else stem
+    """Split of an export file as ``datasets`` lays them out (the release's name: ``validation`` stays ``validation``).
+
+    - Hub data files: ``train-00000-of-00002.parquet``, ``train-00000-of-00001-2ce3….parquet``, ``test.parquet``;
+    - the Hub's parquet converter (``refs/convert/parquet``): ``<config>/<split>/0000.parquet`` (``partial-<split>``);
+    - the ``load_dataset`` cache: ``<builder>-<split>.arrow``, ``<builder>-<split>-00000-of-00003.arrow``
+      (``parquet-train.arrow``; split names never hold ``-``);
+    - ``save_to_disk``: ``<split>/data-00000-of-00001.arrow`` (a lone Dataset: ``state.json``'s ``_split``).
+    """
+    base = _SHARD_RE.sub("", path.stem)
+    if base == "data":
+        split = _saved_split(path.parent) or path.parent.name
+    elif base.isdigit():
+        split = path.parent.name.removeprefix("partial-")
+    elif path.suffix == ".arrow" and "-" in base:
+        split = base.rsplit("-", 1)[1]
+    else:
+        split = base
     return re.sub(r"[^A-Za-z0-9_]", "_", split) or "train"  # it names output files and folders
+
+
+def _saved_split(folder: Path) -> str | None:
+    try:
+        split = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("_split")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return split if isinstance(split, str) and split else None
 
 
 @lru_cache(maxsize=4)

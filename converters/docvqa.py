@@ -9,8 +9,10 @@ Reads either
   of a source file (its parent when that folder is ``*_qas``); ``--images`` names another one.
 - a Hugging Face export as parquet files or ``save_to_disk`` arrow shards, e.g. ``nielsr/docvqa_1200_examples``
   (``query`` {"en": ...}, ``answers``, ``image``) or ``HuggingFaceM4/DocumentVQA`` (``question``, ``answers``,
-  ``image``, ``questionId``). The split is named by the file (``train-00000-of-00002.parquet`` → train). Embedded
-  images are written out as they are; pages are recognised by content, so each is stored once.
+  ``image``, ``questionId``). The split comes from the path as ``datasets`` lays it out (``train-00000-of-00002.parquet``,
+  ``default/validation/0000.parquet``, ``parquet-test.arrow``, ``train/data-00000-of-00001.arrow``); ``validation``
+  is written as ``val``, the records keeping ``"source_split": "validation"``. Embedded images are written out as
+  they are; pages are recognised by content, so each is stored once.
 
 The user text is the question followed by ``--instruction`` on a new line, as the original Phi-3 cookbook DocVQA
 finetune did (``{question}\\nAnswer briefly.``). The assistant text is the most frequent answer after normalising
@@ -69,6 +71,7 @@ from phi3v_data.convert import (
     Item,
 )
 from phi3v_data.io import UnsafePathError
+from phi3v_data.splits import canonical_split, output_names
 
 ANNOTATION_RE = re.compile(r"^(?P<split>train|val|validation|test)(?:[_-].*)?\.json$", re.IGNORECASE)
 SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -129,8 +132,10 @@ class DocVQAConverter(Converter):
             splits: dict[str, list[Path]] = {}
             for path in tables:
                 splits.setdefault(table_split(path), []).append(path)
-            for split, paths in splits.items():  # shards of one split share pages: plan them together
-                yield from self._plan_tables(split, paths, root=source if source.is_dir() else source.parent)
+            names = output_names(list(splits))
+            for official, paths in splits.items():  # shards of one split share pages: plan them together
+                root = source if source.is_dir() else source.parent
+                yield from self._plan_tables(names[official], paths, root=root, official=official)
             return
         if source.is_dir():
             files = self._annotation_files(source)
@@ -144,8 +149,9 @@ class DocVQAConverter(Converter):
             )
         root = self.options.images or self._root(source)
         index, base = BasenameIndex(root), source if source.is_dir() else source.parent
+        claimed: set[str] = set()
         for path in files:
-            yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base))
+            yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base), claimed=claimed)
 
     @staticmethod
     def _annotation_files(folder: Path) -> list[Path]:
@@ -180,12 +186,16 @@ class DocVQAConverter(Converter):
             split = match["split"].lower() if match else path.stem
         return split, data["data"]
 
-    def _plan_json(self, path: Path, *, root: Path, index: BasenameIndex, file: str) -> Iterator[Item | Failure]:
+    def _plan_json(
+        self, path: Path, *, root: Path, index: BasenameIndex, file: str, claimed: set[str]
+    ) -> Iterator[Item | Failure]:
         loaded = self._load_json(path, file)
         if isinstance(loaded, Failure):
             yield loaded
             return
-        split, entries = loaded
+        official, entries = loaded
+        split = canonical_split(official) if canonical_split(official) not in claimed else official
+        claimed.add(split)
         pages: dict[str, list[dict[str, Any]]] = {}
         for number, raw in enumerate(entries):
             try:
@@ -208,7 +218,8 @@ class DocVQAConverter(Converter):
             if found is None:
                 yield Failure(file, f"{questions[0]['at']}: image {rel!r} not found under {root}", split)
                 continue
-            yield Item(f"{split}/{found.name}", split, {"src": str(found), "name": found.name, "questions": questions})
+            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official}
+            yield Item(f"{split}/{found.name}", split, payload)
 
     @staticmethod
     def _labeled_only(
@@ -225,7 +236,7 @@ class DocVQAConverter(Converter):
             if questions:
                 yield key, questions
 
-    def _plan_tables(self, split: str, paths: list[Path], *, root: Path) -> Iterator[Item | Failure]:
+    def _plan_tables(self, split: str, paths: list[Path], *, root: Path, official: str) -> Iterator[Item | Failure]:
         pages: dict[str, list[dict[str, Any]]] = {}
         names: dict[str, str] = {}
         taken: set[str] = set()
@@ -249,7 +260,8 @@ class DocVQAConverter(Converter):
                 continue
             digest, questions = entry
             first = questions[0]
-            payload = {"table": first["table"], "row": first["row"], "name": names[digest], "questions": questions}
+            payload = {"table": first["table"], "row": first["row"], "name": names[digest], "questions": questions,
+                       "official": official}
             yield Item(f"{split}/{names[digest]}", split, payload)
 
     @staticmethod
@@ -292,11 +304,12 @@ class DocVQAConverter(Converter):
         else:
             out.copy(Path(page["src"]), rel)
         turns = [self._turn(q, [rel]) for q in page["questions"]]
+        renamed = {"source_split": page["official"]} if page["official"] != item.split else {}
         if self.options.group_pages:
             for turn in turns[1:]:
                 turn["images"] = []
-            return [{"id": f"{item.split}-{Path(rel).stem}", "task": "vqa", "conversations": turns}]
-        return [self._record(item.split, q, turn) for q, turn in zip(page["questions"], turns)]
+            return [{"id": f"{item.split}-{Path(rel).stem}", **renamed, "task": "vqa", "conversations": turns}]
+        return [{**self._record(item.split, q, turn), **renamed} for q, turn in zip(page["questions"], turns)]
 
     def _turn(self, question: dict[str, Any], images: list[str]) -> dict[str, Any]:
         user = question["question"] + (f"\n{self.options.instruction}" if self.options.instruction else "")

@@ -17,9 +17,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "BINARY_ANSWERS",
@@ -72,6 +80,12 @@ class Turn(_Strict):
     )
     reference: Reference | None = Field(default=None, description="Extra ground truth for evaluation.")
 
+    @model_serializer(mode="wrap")
+    def _unlabeled_says_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        data.setdefault("assistant", None)  # written as null even where Nones are left out: unlabeled is explicit
+        return data
+
     @field_validator("images")
     @classmethod
     def _relative_posix(cls, images: list[str]) -> list[str]:
@@ -102,6 +116,10 @@ class Record(_Strict):
 
     id: str = Field(min_length=1, description="Unique within a dataset file.")
     source: str | None = Field(default=None, description="Where the record came from (converter name).")
+    source_split: str | None = Field(
+        default=None,
+        description="The split's name in the original release when the converter renamed it (dev_seen for val).",
+    )
     task: Task = Field(default="chat", description="Selects evaluation metrics.")
     conversations: list[Turn] = Field(min_length=1)
 

@@ -16,4 +16,12 @@ def test_exported_schema_describes_the_record() -> None:
     exported = schemas.json_schema()
     assert exported["title"] == "Record"
     assert exported["required"] == ["id", "conversations"]
-    assert set(exported["properties"]) == {"id", "source", "task", "conversations"}
+    assert set(exported["properties"]) == {"id", "source", "source_split", "task", "conversations"}
+
+
+def test_unlabeled_turns_are_written_with_assistant_null() -> None:
+    """docs/format.md shows `"assistant": null`; the writer leaves other None fields out but keeps this one."""
+    record = schemas.Record.model_validate({"id": "t", "conversations": [{"images": ["a.png"], "user": "Q?"}]})
+    assert record.model_dump(mode="json", exclude_none=True) == {
+        "id": "t", "task": "chat", "conversations": [{"images": ["a.png"], "user": "Q?", "assistant": None}]
+    }

@@ -89,7 +89,8 @@ def test_official_layout_exact_records_failures_and_unlabeled_test(official: Pat
     test = jsonl(tmp_path / "out" / "docvqa_test.jsonl")
     assert test == [
         {"id": "test-q7", "source": "docvqa", "task": "vqa",
-         "conversations": [{"images": ["test/test0001_1.png"], "user": "What is the title?\nAnswer briefly."}]}
+         "conversations": [{"images": ["test/test0001_1.png"], "user": "What is the title?\nAnswer briefly.",
+                            "assistant": None}]}
     ]
     reasons = sorted(f.reason for f in result.failures)
     assert len(reasons) == 4 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
@@ -183,7 +184,7 @@ def test_save_to_disk_arrow_export_unlabeled_test_and_bad_rows(tmp_path: Path) -
     result = run(tmp_path / "saved", tmp_path / "out")
     assert jsonl(tmp_path / "out" / "docvqa_test.jsonl") == [
         {"id": "test-q11", "source": "docvqa", "task": "vqa",
-         "conversations": [{"images": ["test/ffbf0023_4.png"], "user": "Q one?\nAnswer briefly."}]}
+         "conversations": [{"images": ["test/ffbf0023_4.png"], "user": "Q one?\nAnswer briefly.", "assistant": None}]}
     ]
     assert [(f.file, f.reason) for f in result.failures] == [
         ("test/data-00000-of-00001.arrow", "row 1: no question text (expected a 'question' column or 'query' with 'en')"),
@@ -214,3 +215,75 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
     (tmp_path / "src" / "val_v1.0_withQT.json").write_text(json.dumps({"dataset_split": "val", "data": [json.loads(raw)]}))
     run(tmp_path / "src", tmp_path / "out")
     assert jsonl(tmp_path / "out" / "docvqa_val.jsonl") == [json.loads(expected)]
+
+
+@pytest.mark.parametrize(
+    ("rel", "split"),
+    [
+        ("data/train-00000-of-00002.parquet", "train"),
+        ("hateful_memes/train-00000-of-00001-2ce340398c113b79.parquet", "train"),  # the_cauldron on the Hub
+        ("DocVQA/validation-00003-of-00006.parquet", "validation"),  # lmms-lab/DocVQA
+        ("test.parquet", "test"),
+        ("default/train/0000.parquet", "train"),  # refs/convert/parquet
+        ("default/validation/0001.parquet", "validation"),
+        ("default/partial-train/0000.parquet", "train"),
+        ("parquet-train.arrow", "train"),  # load_dataset cache of a parquet repo
+        ("doc-vqa-validation-00000-of-00005.arrow", "validation"),  # builder names may hold '-'; splits never do
+        ("saved/test/data-00000-of-00001.arrow", "test"),  # save_to_disk of a DatasetDict
+    ],
+)
+def test_table_split_reads_the_split_where_datasets_puts_it(rel: str, split: str) -> None:
+    from converters._common import table_split
+
+    assert table_split(Path("/x") / rel) == split
+
+
+def _lmms_rows(pages: list[bytes], split: str, count: int) -> dict[str, list]:
+    """Rows in the columns of lmms-lab/DocVQA (questionId, question, answers, image as {bytes, path})."""
+    return {
+        "questionId": [f"{split}{i}" for i in range(count)],
+        "question": [f"Q{i} of {split}?" for i in range(count)],
+        "answers": [None if split == "test" else [f"a{i}"] for i in range(count)],
+        "image": [{"bytes": pages[i % len(pages)], "path": f"{split}_{i}.png"} for i in range(count)],
+    }
+
+
+def test_parquet_converter_layout_gives_train_val_test(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pages = [png(tmp_path / "p0.png", "red"), png(tmp_path / "p1.png", "blue")]
+    for split, count in (("train", 3), ("validation", 2), ("test", 1)):
+        folder = tmp_path / "DocVQA" / "DocVQA" / split  # <config>/<split>/0000.parquet
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table(_lmms_rows(pages, split, count)), folder / "0000.parquet")
+    result = run(tmp_path / "DocVQA", tmp_path / "out")
+    assert result.counts == {"test": 1, "train": 3, "val": 2} and not result.failures
+    val = jsonl(tmp_path / "out" / "docvqa_val.jsonl")
+    assert val[0] == {
+        "id": "val-qvalidation0", "source": "docvqa", "source_split": "validation", "task": "vqa",
+        "conversations": [{"images": ["val/validation_0.png"], "user": "Q0 of validation?\nAnswer briefly.",
+                           "assistant": "a0", "reference": {"answers": ["a0"]}}],
+    }
+    assert jsonl(tmp_path / "out" / "docvqa_test.jsonl")[0]["conversations"][0]["assistant"] is None
+    assert "source_split" not in jsonl(tmp_path / "out" / "docvqa_train.jsonl")[0]
+
+
+def test_load_dataset_cache_files_give_their_split(tmp_path: Path) -> None:
+    """The arrow files `datasets.load_dataset` leaves in its cache are named `parquet-<split>.arrow`."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pages = [png(tmp_path / "p0.png", "red")]
+    files = {}
+    for split, count in (("train", 2), ("validation", 1)):
+        files[split] = str(tmp_path / "hub" / f"{split}-00000-of-00001.parquet")
+        (tmp_path / "hub").mkdir(exist_ok=True)
+        pq.write_table(pa.table(_lmms_rows(pages, split, count)), files[split])
+    datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "cache"))
+    arrows = sorted(p.name for p in (tmp_path / "cache").rglob("*.arrow"))
+    assert arrows == ["parquet-train.arrow", "parquet-validation.arrow"]
+    folder = next((tmp_path / "cache").rglob("parquet-train.arrow")).parent
+    result = run(folder, tmp_path / "out")
+    assert result.counts == {"train": 2, "val": 1} and not result.failures
