@@ -86,6 +86,8 @@ class Converter:
     Options: ClassVar[type[ConverterOptions]] = ConverterOptions
     scans_source: ClassVar[bool] = False
     """True when ``plan`` takes every file under the source as input, so ``--out`` must not lie inside it."""
+    accepts_names: ClassVar[bool] = False
+    """True when the source may also be a name that is not a local path (a Hugging Face Hub dataset id)."""
 
     def __init__(self, options: ConverterOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -210,7 +212,7 @@ def _params(converter: Converter, source: Path, name: str) -> dict[str, Any]:
     return {
         "converter": converter.name,
         "version": converter.version,
-        "source": str(source.resolve()),
+        "source": str(source.resolve()) if source.exists() else source.as_posix(),  # a Hub name stays a name
         "name": name,
         "options": converter.options.model_dump(mode="json"),
     }
@@ -244,7 +246,7 @@ def run_converter(
     """Convert ``source`` into ``out`` (``out/images/…`` + ``out/<name>_<split>.jsonl``), resuming if interrupted."""
     console = console or Console(stderr=True)
     source, out = Path(source), Path(out)
-    if not source.exists():
+    if not source.exists() and not converter.accepts_names:
         raise ConvertUsageError(f"source {source} does not exist")
     if converter.scans_source and source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
         raise ConvertUsageError(f"--out {out} is inside the source {source}: its images would be read as input next time")
