@@ -32,7 +32,8 @@ Precision = Literal["bf16", "fp16", "fp32"]
 Attention = Literal["sdpa", "eager", "flash_attention_2"]
 
 DEFAULT_LR: dict[str, float] = {"full": 2e-5, "frozen-vision": 2e-5, "lora": 2e-4, "qlora": 2e-4}
-"""Adapters tolerate (and need) a larger step than full finetuning; the values follow the official recipe."""
+"""Adapters tolerate (and need) a larger step than full finetuning. The original recipe's scripts default to 4e-5 for
+every strategy and its tables use 5e-6…1e-4 (full / frozen) and 2e-4 (LoRA); ``--recipe`` applies those exactly."""
 
 # Flags whose spelling is not "--" + the field path with "_" → "-".
 _FLAG_OVERRIDES = {"train_projector": "--train-projector/--freeze-projector", "preflight": "--preflight/--no-preflight"}
@@ -63,6 +64,12 @@ class LoraSettings(_Section):
     )
     vision: bool = Field(False, description="Also put adapters on every linear layer of the vision tower.")
     projector: bool = Field(False, description="Also put adapters on the image projector's linear layers.")
+    lm_head: bool = Field(False, description="Also put an adapter on the output head (the original recipe does).")
+    init: Literal["kaiming", "gaussian"] = Field(
+        "kaiming", description="Adapter A init: kaiming (PEFT's default) or gaussian (std 1/rank, the original's); B starts at 0.")
+    quantize_vision: bool = Field(
+        False, description="qlora: quantize the CLIP tower's linears to 4 bit too (the original does; ours keeps them).")
+    double_quant: bool = Field(True, description="qlora: also quantize the quantization constants (the original: off).")
 
 
 class TrainConfig(_Section):
@@ -74,7 +81,10 @@ class TrainConfig(_Section):
     train_split: str = Field("train", min_length=1, description="Reads <data>/*_<train_split>.jsonl.")
     eval_split: str = Field("val", min_length=1, description="Split evaluated by --eval-before/--eval-after.")
     strategy: Strategy = "lora"
-    train_projector: bool = Field(True, description="frozen-vision: keep training the image projector.")
+    train_projector: bool = Field(True, description="frozen-vision with vision_freeze clip: keep training the projector.")
+    vision_freeze: Literal["clip", "original"] = Field(
+        "clip", description="frozen-vision scope: clip = the CLIP tower only; original = what the original recipe "
+        "froze: CLIP, projector, glb_GN/sub_GN separators and the token embeddings (its shared wte).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     precision: Precision = "bf16"
     attention: Attention = "sdpa"
@@ -89,7 +99,10 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate; default depends on the strategy.")
     weight_decay: float = Field(0.0, ge=0)
-    warmup: float = Field(0.03, ge=0, lt=1, description="Fraction of the steps spent warming up the learning rate.")
+    warmup: float = Field(0.03, ge=0, description="Learning-rate warmup: a fraction of the steps when < 1, else steps.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (the original recipe: 0.95).")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon (the original recipe: 1e-7).")
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables it.")
     seed: int = 42
@@ -105,6 +118,7 @@ class TrainConfig(_Section):
     eval_after: bool = False
     eval_limit: int | None = Field(None, gt=0, description="Evaluate at most this many records.")
     tensorboard: bool = True
+    recipe: str | None = Field(None, description="Preset applied under the YAML and flags (`phi3v-train recipes`).")
 
     @model_validator(mode="after")
     def _strategy_learning_rate(self) -> "TrainConfig":
@@ -133,6 +147,8 @@ def _cross_checks(config: TrainConfig) -> list[str]:
         problems.append("--strategy qlora with --precision fp32: 4-bit layers compute in bf16 or fp16; pick one of those")
     if config.strategy == "qlora" and config.deepspeed:
         problems.append("--strategy qlora with --deepspeed: bitsandbytes 4-bit weights cannot be sharded; drop --deepspeed")
+    if config.warmup >= 1 and config.warmup != int(config.warmup):
+        problems.append(f"--warmup {config.warmup}: a value >= 1 counts steps and must be whole; below 1 it is a fraction")
     if config.global_batch_size is not None and config.global_batch_size % config.batch_size:
         problems.append(
             f"--global-batch-size {config.global_batch_size} is not a multiple of --batch-size {config.batch_size}"
@@ -197,6 +213,8 @@ def load_config(yaml_path: Path | None = None, *, flags: dict[str, Any] | None =
     """
     flags = _drop_unset(flags or {})
     raw = _merge(_read_yaml(yaml_path) if yaml_path else {}, flags)
+    if isinstance(raw.get("recipe"), str):  # the preset sits under the YAML and the flags: both override it
+        raw = _merge(_recipe_settings(raw["recipe"]), raw)
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:
@@ -205,6 +223,15 @@ def load_config(yaml_path: Path | None = None, *, flags: dict[str, Any] | None =
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _recipe_settings(name: str) -> dict[str, Any]:
+    from phi3v_train.recipes import RecipeError, get_recipe  # noqa: PLC0415 - recipes import this module
+
+    try:
+        return get_recipe(name).settings
+    except RecipeError as exc:
+        raise ConfigError([f"--recipe {name}: {exc}"]) from None
 
 
 def _drop_unset(flags: dict[str, Any]) -> dict[str, Any]:

@@ -4,15 +4,19 @@
 strategy       trains                                                   trade-off
 =============  =======================================================  ==============================================
 full           everything that reaches the loss                         best fit, most memory (use DeepSpeed ZeRO)
-frozen-vision  language model (+ projector unless --freeze-projector)   CLIP features kept; 0.3B of 4.2B params frozen
+frozen-vision  --vision-freeze clip: language model + projector          CLIP features kept; 0.3B of 4.2B params frozen
+               (unless --freeze-projector); original: language model    (original: 0.42B frozen, embeddings included)
+               only — CLIP, projector, separators and embeddings frozen
 lora           low-rank adapters on the language model's linears        small adapter; base weights untouched
-               (optionally on vision tower and projector too)
+               (optionally on lm_head, vision tower and projector too)
 qlora          the same adapters on a 4-bit NF4 base (bitsandbytes)     fits a 24 GB GPU; slower steps
 =============  =======================================================  ==============================================
 
 Parts of the model are told apart by the official parameter names: the CLIP tower lives under
 ``vision_embed_tokens.img_processor``, the projector is ``vision_embed_tokens.{img_projection,glb_GN,sub_GN}``,
-everything else is the language model.
+everything else is the language model. The original recipe's "freeze vision model" froze its whole
+``vision_embed_tokens`` module, which also holds the token embeddings (the ``wte`` it shares with the language
+model): ``--vision-freeze original`` reproduces that scope, ``clip`` (the default) freezes the CLIP tower alone.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 VISION_TOWER = "vision_embed_tokens.img_processor."
 PROJECTOR = ("vision_embed_tokens.img_projection.", "vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")
+TOKEN_EMBEDDINGS = ".embed_tokens."  # the language model's; "vision_embed_tokens." does not contain it
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -90,22 +95,25 @@ def load_dtype(config: TrainConfig) -> torch.dtype:
 
 
 def quantization_config(config: TrainConfig):  # -> transformers.BitsAndBytesConfig | None
-    """NF4 with double quantization for qlora; the vision tower and the output head stay unquantized (they are small
-    and sensitive)."""
+    """NF4 for qlora. By default the vision tower and the output head stay unquantized (they are small and
+    sensitive) and the quantization constants are quantized too; ``lora.quantize_vision`` / ``lora.double_quant``
+    give the original recipe's choice (every linear but ``lm_head`` in 4 bit, no double quantization)."""
     if config.strategy != "qlora":
         return None
     from transformers import BitsAndBytesConfig  # noqa: PLC0415 - bitsandbytes only matters for qlora
 
+    skip = ["lm_head"] if config.lora.quantize_vision else ["model.vision_embed_tokens", "lm_head"]
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=DTYPES[config.precision], llm_int8_skip_modules=["model.vision_embed_tokens", "lm_head"],
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=config.lora.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[config.precision], llm_int8_skip_modules=skip,
     )
 
 
 def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
-    """Full names of the linear layers that get adapters: the language model's ``settings.targets``, plus every
-    linear of the vision tower / projector when asked. Full names keep a target such as ``o_proj`` from matching
-    a same-named layer in the vision tower."""
+    """Full names of the linear layers that get adapters: the language model's ``settings.targets``, the output
+    head with ``settings.lm_head`` (or ``lm_head`` among the targets), plus every linear of the vision tower /
+    projector when asked. Full names keep a target such as ``o_proj`` from matching a same-named layer in the vision
+    tower."""
     wanted = set(settings.targets)
     unused = unused_vision_prefixes(model.config)
     names = []
@@ -113,7 +121,9 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
         if not _is_linear(module) or any(prefix in name + "." for prefix in unused):
             continue
         part = part_of(name)
-        if (part == "language" and name.rsplit(".", 1)[-1] in wanted and not name.endswith("lm_head")) or (
+        last = name.rsplit(".", 1)[-1]
+        head = last == "lm_head" and (settings.lm_head or "lm_head" in wanted)
+        if head or (part == "language" and last in wanted and last != "lm_head") or (
             part == "vision" and settings.vision
         ) or (part == "projector" and settings.projector):
             names.append(name)
@@ -135,9 +145,13 @@ def apply_strategy(model: nn.Module, config: TrainConfig) -> nn.Module:
         _freeze_unused(model)
         return model
     if config.strategy == "frozen-vision":
+        original = config.vision_freeze == "original"
         for name, param in model.named_parameters():
             part = part_of(name)
-            param.requires_grad_(part == "language" or (part == "projector" and config.train_projector))
+            if original:  # the original froze its whole vision_embed_tokens module, shared token embeddings included
+                param.requires_grad_(part == "language" and TOKEN_EMBEDDINGS not in "." + name)
+            else:
+                param.requires_grad_(part == "language" or (part == "projector" and config.train_projector))
         return model
     return _wrap_lora(model, config)
 
@@ -154,6 +168,7 @@ def _wrap_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     settings = config.lora
     peft_config = LoraConfig(
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        init_lora_weights="gaussian" if settings.init == "gaussian" else True,
         target_modules=lora_targets(model, settings), task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)

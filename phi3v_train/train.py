@@ -87,11 +87,15 @@ def accumulation_steps(config: TrainConfig, world_size: int) -> int:
     return wanted // per_step
 
 
+SHIPPED_DEEPSPEED = ("zero2", "zero3", "zero2-original")
+"""Configs in phi3v_train/configs/; zero2-original is the original recipe's DS_CONFIG_DICT (5e8-element buckets)."""
+
+
 def deepspeed_config(value: str | None) -> str | None:
     """Path of the DeepSpeed JSON: a shipped preset (``zero2``/``zero3``) or the user's file."""
     if value is None:
         return None
-    if value in ("zero2", "zero3"):
+    if value in SHIPPED_DEEPSPEED:
         return str(Path(__file__).with_name("configs") / f"{value}.json")
     path = Path(value)
     if not path.is_file():
@@ -132,7 +136,10 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
         max_steps=config.max_steps or -1,
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
-        warmup_steps=config.warmup,
+        warmup_steps=config.warmup,  # transformers: < 1 is a fraction of the steps, >= 1 a number of steps
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
         lr_scheduler_type=config.scheduler,
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,

@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": "phi3v_train.cli.eval:eval_",
     "export": "phi3v_train.cli.export:export",
     "bench": "phi3v_train.cli.bench:bench",
+    "recipes": "phi3v_train.cli.recipes:recipes",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
+@click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); YAML and flags win.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml; load and train nothing.")
 @click.option("--data", type=click.Path(path_type=Path), help="Converted dataset directory.")
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
 @click.option("--output", type=click.Path(path_type=Path), help="Run directory.")
@@ -49,6 +52,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--eval-split", help="Split for --eval-before/--eval-after [val].")
 @click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
 @click.option("--train-projector/--freeze-projector", default=None, help="frozen-vision: train the projector? [train]")
+@click.option("--vision-freeze", type=click.Choice(["clip", "original"]), help="frozen-vision scope: the CLIP tower, or "
+              "the original recipe's CLIP + projector + separators + token embeddings [clip].")
 @click.option("--lora.rank", "lora_rank", type=int, help="[16]")
 @click.option("--lora.alpha", "lora_alpha", type=float, help="[32]")
 @click.option("--lora.dropout", "lora_dropout", type=float, help="[0.05]")
@@ -56,6 +61,12 @@ def _flags(**given: Any) -> dict[str, Any]:
               "[qkv_proj,o_proj,gate_up_proj,down_proj].")
 @click.option("--lora.vision/--lora.no-vision", "lora_vision", default=None, help="Adapters on the vision tower too.")
 @click.option("--lora.projector/--lora.no-projector", "lora_projector", default=None, help="Adapters on the projector.")
+@click.option("--lora.lm-head/--lora.no-lm-head", "lora_lm_head", default=None, help="An adapter on lm_head [off].")
+@click.option("--lora.init", "lora_init", type=click.Choice(["kaiming", "gaussian"]), help="Adapter A init [kaiming].")
+@click.option("--lora.quantize-vision/--lora.no-quantize-vision", "lora_quantize_vision", default=None,
+              help="qlora: CLIP linears in 4 bit too [off].")
+@click.option("--lora.double-quant/--lora.no-double-quant", "lora_double_quant", default=None,
+              help="qlora: quantize the quantization constants [on].")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), help="[bf16]")
 @click.option("--attention", type=click.Choice(["sdpa", "eager", "flash_attention_2"]), help="[sdpa]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
@@ -67,7 +78,10 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--max-steps", type=int, help="Optimizer steps; overrides --epochs.")
 @click.option("--lr", type=float, help="Peak learning rate [2e-4 lora/qlora, 2e-5 otherwise].")
 @click.option("--weight-decay", type=float, help="[0]")
-@click.option("--warmup", type=float, help="Fraction of steps warming up [0.03].")
+@click.option("--warmup", type=float, help="Warmup: a fraction of the steps if < 1, else a number of steps [0.03].")
+@click.option("--adam-beta1", type=float, help="[0.9]")
+@click.option("--adam-beta2", type=float, help="[0.999; the original recipe 0.95]")
+@click.option("--adam-epsilon", type=float, help="[1e-8; the original recipe 1e-7]")
 @click.option("--scheduler", type=click.Choice(["cosine", "linear", "constant"]), help="[cosine]")
 @click.option("--max-grad-norm", type=float, help="Clip gradients; 0 = off [1.0].")
 @click.option("--seed", type=int, help="[42]")
@@ -76,7 +90,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--log-every", type=int, help="Steps per log line [10].")
 @click.option("--resume", help="'latest' or a checkpoint directory.")
 @click.option("--overwrite", is_flag=True, default=None, help="Start afresh, deleting existing checkpoints.")
-@click.option("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON file.")
+@click.option("--deepspeed", help="zero2, zero3, zero2-original (the original recipe's) or a DeepSpeed JSON file.")
 @click.option("--workers", type=int, help="Data loader workers [2].")
 @click.option("--preflight/--no-preflight", default=None, help="Validate the dataset first [on].")
 @click.option("--eval-before/--no-eval-before", default=None, help="Evaluate --eval-split before training.")
@@ -86,10 +100,21 @@ def _flags(**given: Any) -> dict[str, Any]:
 def run(config_path: Path | None, **given: Any) -> None:
     from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415 - keep --help fast
 
+    dry_run = given.pop("dry_run")
     try:
         config = load_config(config_path, flags=_flags(**given))
     except ConfigError as exc:
         raise click.UsageError("\n".join(exc.problems)) from None
+    if dry_run or (config.recipe and os.environ.get("RANK", "0") == "0"):
+        from phi3v_train.recipes import describe_settings  # noqa: PLC0415
+
+        click.echo(describe_settings(config), err=not dry_run)
+    if dry_run:
+        from phi3v_train.config import write_config  # noqa: PLC0415
+
+        write_config(config, config.output / "config.yaml")
+        click.echo(f"dry run: settings written to {config.output / 'config.yaml'}; nothing loaded or trained")
+        return
     from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
 
     try:

@@ -129,3 +129,60 @@ def test_missing_flash_attn_falls_back_to_sdpa(caplog: pytest.LogCaptureFixture)
     assert resolve_attention("eager") == "eager"
     assert resolve_attention("flash_attention_2") == "sdpa"  # no flash-attn and no GPU on the test machine
     assert "using sdpa attention instead" in caplog.text
+
+
+class StandInWithEmbeddings(StandIn):
+    """StandIn plus the language model's token embeddings, which the original recipe's frozen vision also froze."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model.embed_tokens = nn.Embedding(4, 2)
+
+
+def _trainable(vision_freeze: str, train_projector: bool = True) -> set[str]:
+    config = load_config(flags={"data": "d", "model": "m", "output": "o", "strategy": "frozen-vision",
+                                "vision_freeze": vision_freeze, "train_projector": train_projector})
+    return {n for n, p in apply_strategy(StandInWithEmbeddings(), config).named_parameters() if p.requires_grad}
+
+
+def test_frozen_vision_scopes() -> None:
+    model = StandInWithEmbeddings()
+    layers_and_head = {n for n, _ in model.named_parameters() if n.startswith(("model.layers.", "lm_head."))}
+    projector = {"model.vision_embed_tokens.glb_GN", "model.vision_embed_tokens.img_projection.0.weight",
+                 "model.vision_embed_tokens.img_projection.0.bias", "model.vision_embed_tokens.img_projection.2.weight",
+                 "model.vision_embed_tokens.img_projection.2.bias"}
+    # clip (ours): only the tower is frozen; the embeddings and, by default, the projector and separators train
+    assert _trainable("clip") == layers_and_head | projector | {"model.embed_tokens.weight"}
+    # original: vision_embed_tokens.requires_grad_(False) — tower, projector, separators and the shared wte
+    assert _trainable("original") == layers_and_head
+    assert _trainable("original", train_projector=True) == _trainable("original", train_projector=False)
+
+
+def test_lora_on_lm_head() -> None:
+    model = StandIn()
+    assert lora_targets(model, LoraSettings(targets=["o_proj"], lm_head=True)) == [
+        "model.layers.0.o_proj", "model.layers.1.o_proj", "lm_head"]
+    assert lora_targets(model, LoraSettings(targets=["lm_head"])) == ["lm_head"]  # was refused as "no such layer"
+
+
+def test_gaussian_init_and_lm_head_adapter_on_the_model(tiny_model: Path) -> None:  # noqa: F811
+    torch.manual_seed(0)
+    config = load_config(flags={"data": "d", "model": str(tiny_model), "output": "o", "strategy": "lora",
+                                "precision": "fp32", "lora": {"rank": 8, "init": "gaussian", "lm_head": True}})
+    model = apply_strategy(Phi3VForCausalLM.from_pretrained(tiny_model), config)
+    head_a = model.base_model.model.lm_head.lora_A["default"].weight
+    assert head_a.shape == (8, model.config.hidden_size)
+    # PEFT's 'gaussian' draws A from N(0, 1/rank); its default (kaiming-uniform, a=sqrt(5)) would give std 1/sqrt(3·64)
+    assert abs(head_a.std().item() - 1 / 8) < 0.01
+    assert torch.count_nonzero(model.base_model.model.lm_head.lora_B["default"].weight) == 0
+
+
+def test_quantization_scope_settings() -> None:
+    from phi3v_train.strategies import quantization_config
+
+    ours = quantization_config(load_config(flags={"data": "d", "model": "m", "output": "o", "strategy": "qlora"}))
+    assert (ours.llm_int8_skip_modules, ours.bnb_4bit_use_double_quant) == (["model.vision_embed_tokens", "lm_head"], True)
+    original = quantization_config(load_config(flags={
+        "data": "d", "model": "m", "output": "o", "strategy": "qlora",
+        "lora": {"quantize_vision": True, "double_quant": False}}))
+    assert (original.llm_int8_skip_modules, original.bnb_4bit_use_double_quant) == (["lm_head"], False)
