@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from converters._common import binary_turn, first_error, read_cell
 from converters._hf_reader import columns_of, find_tables, iter_columns, write_images
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.splits import output_names
 from schemas import Task
 
 COLUMNS = ("images", "texts")
@@ -100,8 +101,9 @@ class CauldronConverter(Converter):
                 f"{tables.name(files[0])} has columns {found}, not the_cauldron's images and texts; "
                 "for another image–question–answer dataset use: phi3v-data convert hf"
             )
-        for split, paths in tables.splits.items():
-            ordinal = 0
+        names = output_names(list(tables.splits))  # the Hub has train only; an export may add validation → val
+        for official, paths in tables.splits.items():
+            split, ordinal = names[official], 0
             for path in paths:
                 file = tables.name(path)
                 if lacking[path]:
@@ -112,7 +114,7 @@ class CauldronConverter(Converter):
                     if isinstance(parsed, str):
                         yield Failure(file, f"row {row}: {parsed}", split)
                         continue
-                    job = {"table": str(path), "row": row, "root": str(tables.root), "stem": f"{ordinal:07d}", **parsed}
+                    job = {"table": str(path), "row": row, "root": str(tables.root), "stem": f"{ordinal:07d}", "official": official, **parsed}
                     yield Item(f"{split}/{file}#{row}", split, job)
                     ordinal += 1
 
@@ -147,4 +149,7 @@ class CauldronConverter(Converter):
                 conversations.append(binary_turn(shown, user, label if assistant is not None else None))
             else:
                 conversations.append({"images": shown, "user": user, "assistant": assistant})
-        return [{"task": job["task"], "conversations": conversations}]
+        record: dict[str, Any] = {"task": job["task"], "conversations": conversations}
+        if job["official"] != item.split:
+            record["source_split"] = job["official"]
+        return [record]

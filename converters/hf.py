@@ -5,7 +5,7 @@ You name the columns: ``--image-column`` (an image ``{"bytes", "path"}`` as ``da
 for several images, or a path inside the dataset folder), ``--question-column`` (text, or ``{"en": …}``) and
 ``--answer-column`` (text; a list of accepted answers, the most frequent one becoming the reply and all kept in
 ``reference.answers``; a bool; ``--answer-column ''`` for none). Splits come from the files as ``datasets`` names
-them, or from ``--split-column``. Rows of a split that has answers but lack one are reported; a split without any
+them, or from ``--split-column``; ``validation`` is written as ``val``, the records keeping ``"source_split"``. Rows of a split that has answers but lack one are reported; a split without any
 answer is unlabeled. ``--prompt`` is the user text, ``{question}`` standing for the question. With ``--task
 binary`` the answers must be yes/no, true/false or 0/1 and become ``yes``/``no`` with the label in ``reference``.
 Images are written as they are, to ``images/<split>/<row number in split>.<format>``.
@@ -16,10 +16,10 @@ One row of ``lmms-lab/DocVQA`` (``validation-00000-of-00006.parquet``)::
      "answers": ["0.28"], "image": {"bytes": "<PNG bytes>", "path": null}}
 
 with ``--answer-column answers --id-column questionId --prompt "{question}\\nAnswer briefly."`` becomes, in
-``hf_validation.jsonl``::
+``hf_val.jsonl``::
 
-    {"id": "validation-49153", "source": "hf", "task": "vqa",
-     "conversations": [{"images": ["validation/0000000.png"],
+    {"id": "val-49153", "source": "hf", "task": "vqa", "source_split": "validation",
+     "conversations": [{"images": ["val/0000000.png"],
                         "user": "What is the ‘actual’ value per 1000, during the year 1975?\\nAnswer briefly.",
                         "assistant": "0.28"}]}
 """
@@ -37,6 +37,7 @@ from converters._common import binary_turn, check_template, read_cell
 from converters._hf_reader import Tables, columns_of, find_tables, iter_columns, write_images
 from converters.docvqa import choose_answer
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.splits import output_names
 from schemas import Task
 
 _LABELS = {"yes": 1, "no": 0, "true": 1, "false": 0, "1": 1, "0": 0}
@@ -118,8 +119,9 @@ class HFConverter(Converter):
                     yield Failure(file, f"row {number}: {parsed}", split)
                     continue
                 rows.setdefault(parsed.pop("split"), []).append((file, f"#{number}", {**parsed, "table": str(path), "row": number}))
-        for split, entries in rows.items():
-            yield from self._items(split, entries, tables)
+        names = output_names(list(rows))
+        for official, entries in rows.items():
+            yield from self._items(names[official], official, entries, tables)
 
     def _parse(self, values: dict[str, Any], split: str) -> dict[str, Any] | str:
         """Question, answers, split and id of one row, or why the row cannot be used."""
@@ -141,14 +143,16 @@ class HFConverter(Converter):
             return f"column {options.id_column!r} is empty"
         return {"question": question, "answers": answers, "split": split, "id": None if row_id is None else str(row_id)}
 
-    def _items(self, split: str, entries: list[tuple[str, str, dict[str, Any]]], tables: Tables) -> Iterator[Item | Failure]:
+    def _items(
+        self, split: str, official: str, entries: list[tuple[str, str, dict[str, Any]]], tables: Tables
+    ) -> Iterator[Item | Failure]:
         labeled = any(row["answers"] for _, _, row in entries)
         ordinal = 0
         for file, where, row in entries:
             if labeled and not row["answers"]:
                 yield Failure(file, f"row {where[1:]}: no answer in {self.options.answer_column!r} (other rows of {split} have one)", split)
                 continue
-            job = {**row, "root": str(tables.root), "stem": f"{ordinal:07d}"}
+            job = {**row, "root": str(tables.root), "stem": f"{ordinal:07d}", "official": official}
             yield Item(f"{split}/{file}{where}", split, job)
             ordinal += 1
 
@@ -167,4 +171,6 @@ class HFConverter(Converter):
         record: dict[str, Any] = {"task": self.options.task, "conversations": [turn]}
         if job["id"] is not None:
             record["id"] = f"{item.split}-{job['id']}"
+        if job["official"] != item.split:
+            record["source_split"] = job["official"]
         return [record]

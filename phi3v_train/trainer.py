@@ -3,13 +3,15 @@
 Every interval log gains images/s, tokens/s (real, not padding), the padding fraction of the batches actually
 trained on and peak memory; TensorBoard records them with the Trainer's loss, learning rate and grad norm. On the
 main process :class:`ProgressLog` shows a rich progress bar, prints one line per interval and appends the same
-figures to ``RUN/log.jsonl`` (the file tests and people compare runs with).
+figures to ``RUN/log.jsonl`` (the file tests and people compare runs with). A mixture of datasets adds
+``samples/<dataset>``: the samples of each dataset trained on in the interval, over all devices.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,14 @@ from phi3v_train.sampler import LengthGroupedSampler
 class Phi3VTrainer(Trainer):
     """Trainer with our sampler, a finite-loss guard and throughput figures added to every log."""
 
-    def __init__(self, *args: Any, sampler: LengthGroupedSampler, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, sampler: LengthGroupedSampler, source_names: Sequence[str] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
-        self.counts = torch.zeros(3, dtype=torch.float64)  # images, real tokens, padded token slots
+        self.source_names = list(source_names)
+        # images, real tokens, padded token slots, then samples of each dataset of a mixture
+        self.counts = torch.zeros(3 + len(self.source_names), dtype=torch.float64)
         self.last_log_time = time.perf_counter()
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
@@ -39,7 +45,10 @@ class Phi3VTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         mask = inputs["attention_mask"]
         images = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
-        self.counts += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
+        self.counts[:3] += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
+        sources = inputs.pop("source_ids", None)  # the model takes no such input
+        if sources is not None and self.source_names:
+            self.counts[3:] += torch.bincount(sources.cpu(), minlength=len(self.source_names)).double()
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if not ckpt.all_finite(loss):
@@ -56,14 +65,15 @@ class Phi3VTrainer(Trainer):
         if dist.is_available() and dist.is_initialized():
             counts = counts.to(ckpt.collective_device())
             dist.all_reduce(counts)
-        images, real, slots = counts.tolist()
+        images, real, slots, *per_source = counts.tolist()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         now = time.perf_counter()
         elapsed = max(now - self.last_log_time, 1e-9)
         self.counts.zero_()
         self.last_log_time = now
         return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
-                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb(device)}
+                "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb(device),
+                **{f"samples/{name}": int(n) for name, n in zip(self.source_names, per_source)}}
 
 
 LOG_FILE = "log.jsonl"
@@ -115,3 +125,11 @@ class ProgressLog(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.progress.stop()
+            + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
+        elapsed = time.perf_counter() - self.started
+        steps = state.global_step - self.first_step
+        samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        loss = f"final loss {self.losses[-1]:.4f}" if self.losses else "no loss logged"
+        span = f"steps {self.first_step + 1}-{state.global_step}" if self.first_step else f"{steps} steps"
+        self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
+                           f"{samples / max(elapsed, 1e-9):.2f} samples/s ({steps / max(elapsed, 1e-9):.2f} steps/s)")

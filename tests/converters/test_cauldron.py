@@ -115,7 +115,8 @@ def test_save_to_disk_dataset_dict_multi_image_multi_turn(tmp_path: Path) -> Non
         ([encoded("red"), encoded("blue")], [(PAIR, "No."), ("Is the left image red?\nAnswer yes or no.", "yes")]),
         ([encoded("red"), b"\x89PNG broken"], [(PAIR, "Yes.")]),
     ]
-    datasets.DatasetDict({"train": cauldron(rows, "nlvr2")}).save_to_disk(str(tmp_path / "nlvr2_saved"))
+    held_out = cauldron([([encoded("red")], [(PAIR, "Yes.")])], "nlvr2")  # e.g. from train_test_split
+    datasets.DatasetDict({"train": cauldron(rows, "nlvr2"), "validation": held_out}).save_to_disk(str(tmp_path / "nlvr2_saved"))
     result = run(tmp_path / "nlvr2_saved", tmp_path / "out")
     assert jsonl(tmp_path / "out" / "cauldron_train.jsonl") == [
         {"id": "train-0000000000", "source": "cauldron", "task": "binary",
@@ -124,6 +125,8 @@ def test_save_to_disk_dataset_dict_multi_image_multi_turn(tmp_path: Path) -> Non
              {"images": [], "user": "Is the left image red?\nAnswer yes or no.", "assistant": "yes", "reference": {"label": 1}},
          ]},
     ]  # fmt: skip
+    [val] = jsonl(tmp_path / "out" / "cauldron_val.jsonl")
+    assert (val["id"], val["source_split"], val["conversations"][0]["images"]) == ("val-0000000000", "validation", ["val/0000000.png"])
     [failure] = result.failures
     assert failure.file == "train/train/data-00000-of-00001.arrow#1"
     assert failure.reason.startswith("image 2: embedded image")

@@ -65,17 +65,17 @@ def docvqa(tmp_path: Path) -> Path:
 
 def test_parquet_export_exact_records_answers_and_failures(docvqa: Path, tmp_path: Path) -> None:
     result = run(docvqa, tmp_path / "out", answer_column="answers", id_column="questionId", prompt="{question}\nAnswer briefly.")
-    assert jsonl(tmp_path / "out" / "hf_validation.jsonl") == [
-        {"id": "validation-1", "source": "hf", "task": "vqa",
-         "conversations": [{"images": ["validation/0000000.png"], "user": "What is the date?\nAnswer briefly.", "assistant": "1/8/93"}]},
-        {"id": "validation-2", "source": "hf", "task": "vqa",
-         "conversations": [{"images": ["validation/0000001.jpg"], "user": "Who signed?\nAnswer briefly.", "assistant": "J. Smith",
+    assert jsonl(tmp_path / "out" / "hf_val.jsonl") == [
+        {"id": "val-1", "source": "hf", "task": "vqa", "source_split": "validation",
+         "conversations": [{"images": ["val/0000000.png"], "user": "What is the date?\nAnswer briefly.", "assistant": "1/8/93"}]},
+        {"id": "val-2", "source": "hf", "task": "vqa", "source_split": "validation",
+         "conversations": [{"images": ["val/0000001.jpg"], "user": "Who signed?\nAnswer briefly.", "assistant": "J. Smith",
                             "reference": {"answers": ["J. Smith", "j smith", "Smith"]}}]},
     ]  # fmt: skip
     assert not (tmp_path / "out" / "hf_test.jsonl").exists()  # its only row does not decode
     assert sorted((f.file, f.reason) for f in result.failures) == [
         ("DocVQA/validation-00000-of-00001.parquet", "row 2: column 'question' holds no question text"),
-        ("DocVQA/validation-00000-of-00001.parquet", "row 3: no answer in 'answers' (other rows of validation have one)"),
+        ("DocVQA/validation-00000-of-00001.parquet", "row 3: no answer in 'answers' (other rows of val have one)"),
         ("test/DocVQA/test-00000-of-00001.parquet#0", "embedded image is not in a recognised image format"),
     ]
 
@@ -139,7 +139,7 @@ def test_cli_converts_and_refuses_a_prompt_without_question(docvqa: Path, tmp_pa
     args = ["convert", "hf", str(docvqa), "--answer-column", "answers", "-j", "1", "--out"]
     ok = CliRunner().invoke(main, [*args, str(tmp_path / "out")])
     assert ok.exit_code == 0, ok.output
-    assert [r["id"] for r in jsonl(tmp_path / "out" / "hf_validation.jsonl")] == ["validation-0000000000", "validation-0000000001"]
+    assert [r["id"] for r in jsonl(tmp_path / "out" / "hf_val.jsonl")] == ["val-0000000000", "val-0000000001"]
     bad = CliRunner().invoke(main, [*args, str(tmp_path / "o2"), "--prompt", "no placeholder"])
     assert bad.exit_code == 2 and "{question}" in bad.output
 
@@ -155,4 +155,4 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
         tmp_path / "src" / "validation-00000-of-00006.parquet"
     )
     run(tmp_path / "src", tmp_path / "out", answer_column="answers", id_column="questionId", prompt="{question}\nAnswer briefly.")
-    assert jsonl(tmp_path / "out" / "hf_validation.jsonl") == [json.loads(expected)]
+    assert jsonl(tmp_path / "out" / "hf_val.jsonl") == [json.loads(expected)]
