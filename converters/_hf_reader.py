@@ -149,8 +149,11 @@ def _from_hub(name: str, subset: str | None) -> Tables:
     try:
         loaded = datasets.load_dataset(name, subset)
     except Exception as exc:  # datasets raises many kinds: not cached offline, unknown config, no network
-        offline = " (HF_HUB_OFFLINE is set: only the local cache is used)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise ConvertUsageError(f"datasets could not load {name}{f' subset {subset}' if subset else ''}{offline}: {exc}") from None
+        if os.environ.get("HF_HUB_OFFLINE"):
+            hint = " (HF_HUB_OFFLINE is set: only the local cache is used)"
+        else:
+            hint = " (without network, set HF_HUB_OFFLINE=1 to read only the local cache)"
+        raise ConvertUsageError(f"datasets could not load {name}{f' subset {subset}' if subset else ''}{hint}: {exc}") from None
     tables = Tables(root=Path(name), subset=subset)
     for split, dataset in loaded.items():
         files = [Path(entry["filename"]) for entry in dataset.cache_files]

@@ -9,6 +9,7 @@ Pixels are decoded later, in the data loader's workers (:mod:`phi3v_train.collat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ class Sample:
     record: Record
     length: int
     where: str  # "file:line", for messages
+    source: int = 0  # which dataset of a mixture (index into the run's --data list)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class SampleDataset(Dataset):
 
 def load_split(
     data_dir: Path, split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
+    source: int = 0,
 ) -> tuple[SampleDataset, SplitSummary]:
     """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier)."""
     files = split_files(data_dir, split)
@@ -122,11 +125,38 @@ def load_split(
                 summary.too_long += 1
                 summary.longest_dropped = max(summary.longest_dropped, sample.length)
                 continue
-            samples.append(sample)
+            samples.append(sample if source == 0 else dataclasses.replace(sample, source=source))
     summary.kept = len(samples)
     if not samples:
         raise DataError(_nothing_left(summary, split=split, max_length=max_length))
     return SampleDataset(samples), summary
+
+
+def source_names(dirs: Sequence[Path]) -> list[str]:
+    """Short names for a mixture's datasets (logs, eval folders): directory names, the path where two share one.
+
+    >>> source_names([Path("data/docvqa"), Path("a/memes"), Path("b/memes")])
+    ['docvqa', 'a-memes', 'b-memes']
+    """
+    names = [path.name or str(path) for path in dirs]
+    return [
+        "-".join(part for part in path.parts if part not in ("/", "..", ".")) if names.count(name) > 1 else name
+        for path, name in zip(dirs, names)
+    ]
+
+
+def load_mixture(
+    dirs: Sequence[Path], split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
+) -> tuple[SampleDataset, list[SplitSummary]]:
+    """:func:`load_split` of each directory, concatenated in order; ``Sample.source`` says which one it came from."""
+    samples: list[Sample] = []
+    summaries = []
+    for index, data_dir in enumerate(dirs):
+        dataset, summary = load_split(data_dir, split, encode=encode, bos_id=bos_id, num_crops=num_crops,
+                                      max_length=max_length, source=index)
+        samples += dataset.samples
+        summaries.append(summary)
+    return SampleDataset(samples), summaries
 
 
 def _measure(
@@ -158,10 +188,13 @@ def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
     return f"no trainable record in split {split!r} ({files}): {', '.join(reasons)}{hint}"
 
 
-def preflight(data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None) -> str | None:
+def preflight(
+    data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None, name: str | None = None,
+) -> str | None:
     """Run the validator's checks on the split; None when clean, else why training must not start.
 
-    The full report goes to ``report_dir/preflight-<split>.json``. Over-long records are not problems here: training
+    The full report goes to ``report_dir/preflight-<split>.json`` (``preflight-<name>-<split>.json`` for a
+    mixture's dataset ``name``). Over-long records are not problems here: training
     drops and counts them. Unlabeled records are fine too (skipped and counted).
     """
     from phi3v_data.validate import validate_files  # noqa: PLC0415 - the validator is only needed when asked for
@@ -171,7 +204,7 @@ def preflight(data_dir: Path, split: str, *, report_dir: Path, workers: int | No
     report = validate_files(files, images_dir=images_dir(data_dir), image_check="header", workers=workers)
     if report.valid:
         return None
-    report_path = report_dir / f"preflight-{split}.json"
+    report_path = report_dir / f"preflight-{name + '-' if name else ''}{split}.json"
     write_json(report_path, report.to_dict())
     first = "; ".join(f"{Path(f.file).name}:{f.line} {f.field}: {f.message}" for f in report.findings[:3])
     return (

@@ -121,15 +121,8 @@ class ProgressLog(TrainerCallback):
             + (f"grad {grad:.3f}  " if grad is not None else "")
             + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
             f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GB"
+            + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
         )
 
     def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.progress.stop()
-            + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
-        elapsed = time.perf_counter() - self.started
-        steps = state.global_step - self.first_step
-        samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        loss = f"final loss {self.losses[-1]:.4f}" if self.losses else "no loss logged"
-        span = f"steps {self.first_step + 1}-{state.global_step}" if self.first_step else f"{steps} steps"
-        self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
-                           f"{samples / max(elapsed, 1e-9):.2f} samples/s ({steps / max(elapsed, 1e-9):.2f} steps/s)")
