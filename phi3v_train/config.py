@@ -19,11 +19,13 @@ Example YAML (``phi3v-train run --config ucf101-lora.yaml``)::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from phi3v_data.io import atomic_write
 
@@ -72,10 +74,70 @@ class LoraSettings(_Section):
     double_quant: bool = Field(True, description="qlora: also quantize the quantization constants (the original: off).")
 
 
+_WEIGHT = re.compile(r"(?P<path>.+):(?P<weight>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+class DataSource(_Section):
+    """One dataset of a mixture: a converted dataset directory and its sampling weight."""
+
+    path: Path = Field(description="Converted dataset directory.")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Share of each epoch, relative to the others.")
+
+
+def parse_data_spec(text: str) -> DataSource:
+    """``DIR`` or ``DIR:WEIGHT``; only a trailing number is a weight, and an existing directory is taken whole.
+
+    >>> parse_data_spec("data/docvqa:0.7")
+    DataSource(path=PosixPath('data/docvqa'), weight=0.7)
+    >>> parse_data_spec("C:/data/memes").path
+    PosixPath('C:/data/memes')
+    """
+    match = _WEIGHT.fullmatch(text)
+    if match is None or Path(text).is_dir():
+        return DataSource(path=Path(text))
+    weight = float(match["weight"])
+    if weight <= 0:
+        raise ValueError(f"{text!r}: the weight after ':' must be > 0 (got {match['weight']})")
+    return DataSource(path=Path(match["path"]), weight=weight)
+
+
+def _data_sources(value: Any) -> Path | list[DataSource]:
+    """--data / YAML ``data`` → one directory (a plain run, as before mixtures existed) or a list of weighted sources.
+
+    One source keeps the plain form whatever its weight, so a single dataset trains exactly as it always has.
+    """
+    if isinstance(value, (str, Path)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("expected a dataset directory, DIR:WEIGHT, or a list of {path, weight} entries")
+    sources = []
+    for index, entry in enumerate(value):
+        try:
+            if isinstance(entry, (str, Path)):
+                sources.append(parse_data_spec(str(entry)))
+            elif isinstance(entry, DataSource):
+                sources.append(entry)
+            else:
+                sources.append(DataSource.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "entry"
+            raise ValueError(f"entry {index + 1}: {field}: {first['msg']} (got {first.get('input')!r})") from None
+    paths = [source.path for source in sources]
+    repeated = sorted({str(path) for path in paths if paths.count(path) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once; list each dataset once with its weight")
+    if len(sources) == 1:
+        return sources[0].path
+    return sources
+
+
 class TrainConfig(_Section):
     """One finetuning run. Field names are the YAML keys; flags are ``--`` + the name with ``-`` for ``_``."""
 
-    data: Path = Field(description="Converted dataset directory (holds *_train.jsonl, *_val.jsonl and images/).")
+    data: Path | list[DataSource] = Field(
+        description="Converted dataset directory (holds *_train.jsonl, *_val.jsonl and images/), or several to mix: "
+        "DIR:WEIGHT flags, or a list of {path, weight} in YAML.")
     model: str = Field(description="Base model: a local checkpoint directory or a Hugging Face Hub id.")
     output: Path = Field(description="Run directory: config.yaml, checkpoint-<step>/, final/, tensorboard/.")
     train_split: str = Field("train", min_length=1, description="Reads <data>/*_<train_split>.jsonl.")
@@ -119,6 +181,19 @@ class TrainConfig(_Section):
     eval_limit: int | None = Field(None, gt=0, description="Evaluate at most this many records.")
     tensorboard: bool = True
     recipe: str | None = Field(None, description="Preset applied under the YAML and flags (`phi3v-train recipes`).")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _parse_data(cls, value: Any) -> Path | list[DataSource]:
+        try:
+            return _data_sources(value)
+        except ValueError as exc:  # without pydantic's "Value error, " prefix
+            raise PydanticCustomError("data_sources", str(exc)) from None
+
+    @property
+    def sources(self) -> list[DataSource]:
+        """The datasets to train on; one entry (weight 1) for a plain single-dataset run."""
+        return list(self.data) if isinstance(self.data, list) else [DataSource(path=self.data)]
 
     @model_validator(mode="after")
     def _strategy_learning_rate(self) -> "TrainConfig":

@@ -63,6 +63,45 @@ class EvalResult:
         write_json(output_dir / "metrics.json", self.metrics)
 
 
+def evaluate_datasets(
+    model: torch.nn.Module,
+    processor: Any,
+    datasets: dict[str, tuple[Sequence[Record], str | Path]],
+    *,
+    output_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, EvalResult]:
+    """:func:`evaluate` each dataset of a mixture on its own: ``{name: (records, images_root)}`` → ``{name: result}``.
+
+    Each dataset's predictions and metrics go to ``output_dir/<name>/``; ``output_dir/metrics.json`` gathers the
+    metrics by dataset, so one mixture's score never hides another's.
+    """
+    results = {}
+    for name, (records, images_root) in datasets.items():
+        results[name] = evaluate(model, processor, records, images_root=images_root,
+                                 output_dir=None if output_dir is None else Path(output_dir) / name,
+                                 meta={**(meta or {}), "dataset": name}, **settings)
+    if output_dir is not None:
+        write_json(Path(output_dir) / "metrics.json",
+                   {**(meta or {}), "datasets": {name: result.metrics for name, result in results.items()}})
+    return results
+
+
+def datasets_table(results: dict[str, EvalResult], *, title: str = "Evaluation") -> Table:
+    """One row per dataset and task (the columns of :meth:`EvalResult.table`, a dataset column first)."""
+    table = Table(title=title)
+    for column in ("dataset", "task", "turns", "scored", "accuracy", "ANLS", "AUROC"):
+        table.add_column(column, justify="left" if column in ("dataset", "task") else "right")
+    for name, result in results.items():
+        for task, entry in result.metrics["tasks"].items():
+            table.add_row(name, task, str(entry["turns"]), str(entry["scored"]),
+                          *(_fmt(entry, key) for key in ("accuracy", "anls", "auroc")))
+    failed = sum(result.metrics["failed"] for result in results.values())
+    table.caption = f"{failed} turn(s) failed — see 'error' in each predictions.jsonl" if failed else None
+    return table
+
+
 def _fmt(entry: dict[str, Any], key: str) -> str:
     value = entry.get(key)
     return "—" if value is None else f"{value:.4f}"

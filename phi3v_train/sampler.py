@@ -11,10 +11,16 @@ loader cuts the order into per-device batches (each a slice of one sorted group,
 DDP, accelerate's ``BatchSamplerShard`` deals them round-robin, so each rank gets its own disjoint share and the
 ranks of one micro-step get neighbouring slices: none waits long for a slower one. The group holding the longest
 sample goes first, so an out-of-memory error shows up at step 1 rather than hours in.
+
+A mixture of datasets (:class:`MixtureSampler`) first draws each epoch's samples — every dataset its weight's share
+of an epoch as long as all datasets together, a smaller dataset repeated whole and topped up at random, a larger
+one sampled without repeats — from the same (seed, epoch) generator, then groups them exactly as above, so batches
+mix datasets and still hold similar lengths, and resume stays exact.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Iterator, Sequence
 
@@ -58,7 +64,7 @@ class LengthGroupedSampler(Sampler[int]):
     def order(self, epoch: int) -> list[int]:
         """All indices in the order of ``epoch``."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
-        indices = list(range(len(self.lengths)))
+        indices = self._draw(rng)
         rng.shuffle(indices)
         groups: list[list[int]] = []
         for start in range(0, len(indices), self.megabatch):
@@ -71,6 +77,16 @@ class LengthGroupedSampler(Sampler[int]):
             longest = max(range(len(groups)), key=lambda g: self.lengths[groups[g][0]])
             groups.insert(0, groups.pop(longest))
         return [i for group in groups + tail for i in group]
+
+    def _draw(self, rng: random.Random) -> list[int]:
+        """The dataset indices of one epoch, before shuffling: each sample once."""
+        return list(range(len(self.lengths)))
+
+    def ungrouped(self) -> "LengthGroupedSampler":
+        """The same sampler without length grouping (random batches), to show what grouping saves."""
+        plain = copy.copy(self)
+        plain.group_size, plain.megabatch = self.batch_size, self.batch_size
+        return plain
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Per-device batches of ``epoch`` in the order the data loader cuts them."""
@@ -96,3 +112,56 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
 def rank_batches(batches: Sequence[Sequence[int]], *, world_size: int, rank: int) -> list[list[int]]:
     """The batches one rank trains on: accelerate's ``BatchSamplerShard`` gives rank r batches r, r+W, r+2W, …"""
     return [list(batch) for batch in batches[rank::world_size]]
+
+
+def mixture_quotas(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Samples each dataset contributes to an epoch of ``sum(sizes)`` samples, in proportion to ``weights``.
+
+    Rounded by largest remainder (ties to the earlier dataset), so the quotas add up to the epoch exactly.
+
+    >>> mixture_quotas([1000, 200], [0.7, 0.3])
+    [840, 360]
+    """
+    total, weight_sum = sum(sizes), float(sum(weights))
+    exact = [total * weight / weight_sum for weight in weights]
+    quotas = [int(share) for share in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: total - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
+
+
+class MixtureSampler(LengthGroupedSampler):
+    """Length-grouped order over several datasets concatenated in ``sizes`` blocks, each drawn by its weight.
+
+    An epoch has ``sum(sizes)`` samples; dataset k contributes ``mixture_quotas(sizes, weights)[k]`` of them: whole
+    passes over it, then a random subset without repeats for the rest, drawn afresh every epoch.
+
+    >>> sampler = MixtureSampler([5, 6, 7, 50], sizes=[3, 1], weights=[1, 1], batch_size=2, global_batch_size=2)
+    >>> len(sampler), sorted(sampler.order(0)).count(3)  # the one-sample dataset fills half of the epoch
+    (4, 2)
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], *, sizes: Sequence[int], weights: Sequence[float], batch_size: int,
+        global_batch_size: int, seed: int = 0, megabatch_groups: int = MEGABATCH_GROUPS,
+    ) -> None:
+        super().__init__(lengths, batch_size=batch_size, global_batch_size=global_batch_size, seed=seed,
+                         megabatch_groups=megabatch_groups)
+        if sum(sizes) != len(self.lengths) or len(sizes) != len(weights) or min(sizes, default=0) < 1:
+            raise ValueError(f"sizes {list(sizes)} must be positive, one per weight, and add up to {len(self.lengths)}")
+        self.sizes, self.weights = list(sizes), list(weights)
+        self.quotas = mixture_quotas(self.sizes, self.weights)
+
+    def __len__(self) -> int:
+        return sum(self.quotas)
+
+    def _draw(self, rng: random.Random) -> list[int]:
+        indices: list[int] = []
+        offset = 0
+        for size, quota in zip(self.sizes, self.quotas):
+            passes, rest = divmod(quota, size)
+            indices += list(range(offset, offset + size)) * passes
+            indices += [offset + i for i in sorted(rng.sample(range(size), rest))]
+            offset += size
+        return indices

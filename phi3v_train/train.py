@@ -34,8 +34,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from phi3v_train import checkpointing as ckpt
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
-from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_split, preflight
-from phi3v_train.sampler import LengthGroupedSampler
+from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
+from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
 from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
 from phi3v_train.trainer import LOG_FILE, Phi3VTrainer, ProgressLog, forget_log_after
 
@@ -163,34 +163,58 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
     )
 
 
-def _describe_data(console: Console, summary: SplitSummary, sampler: LengthGroupedSampler, config: TrainConfig) -> None:
-    skipped = [f"{summary.unlabeled} unlabeled", f"{summary.too_long} longer than --max-length {config.max_length}"]
-    if summary.unusable:
-        skipped.append(f"{summary.unusable} unusable")
-    console.print(f"data: {summary.kept} samples from {', '.join(p.name for p in summary.files)} "
-                  f"(skipped: {', '.join(skipped)})")
+def _describe_data(
+    console: Console, summaries: list[SplitSummary], sampler: LengthGroupedSampler, config: TrainConfig
+) -> None:
+    names = source_names([source.path for source in config.sources])
+    for index, summary in enumerate(summaries):
+        skipped = [f"{summary.unlabeled} unlabeled", f"{summary.too_long} longer than --max-length {config.max_length}"]
+        if summary.unusable:
+            skipped.append(f"{summary.unusable} unusable")
+        console.print(f"data{' ' + names[index] if len(summaries) > 1 else ''}: {summary.kept} samples from "
+                      f"{', '.join(p.name for p in summary.files)} (skipped: {', '.join(skipped)})")
+    if isinstance(sampler, MixtureSampler):
+        shares = [f"{name} {quota} (weight {source.weight:g}, {quota / size:.2f}× its samples)"
+                  for name, source, quota, size in zip(names, config.sources, sampler.quotas, sampler.sizes)]
+        console.print(f"mixture: {len(sampler)} samples per epoch: {', '.join(shares)}")
     grouped = sampler.padding_fraction(0)
     # Sorting within single groups of one batch changes no batch's padding: this is what random batches would pad.
-    batch = sampler.batch_size
-    shuffled = LengthGroupedSampler(sampler.lengths, batch_size=batch, global_batch_size=batch, seed=config.seed,
-                                    megabatch_groups=1)
+    shuffled = sampler.ungrouped()
     console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
                   f"{shuffled.padding_fraction(0):.1%}); longest sample {max(sampler.lengths)} tokens")
 
 
-def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, SplitSummary]:
+def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitSummary], *, global_batch: int) -> LengthGroupedSampler:
+    """Plain length grouping for one dataset (the order single-dataset runs always had); weighted draws for several."""
+    if len(summaries) == 1:
+        return LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
+                                    seed=config.seed)
+    return MixtureSampler(dataset.lengths, sizes=[s.kept for s in summaries],
+                          weights=[source.weight for source in config.sources], batch_size=config.batch_size,
+                          global_batch_size=global_batch, seed=config.seed)
+
+
+def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, list[SplitSummary]]:
     from phi3v_train.model import bos_id
 
     try:
-        return load_split(config.data, config.train_split, encode=TextEncoder(processor.tokenizer),
-                          bos_id=bos_id(processor.tokenizer), num_crops=config.num_crops, max_length=config.max_length)
+        return load_mixture([source.path for source in config.sources], config.train_split,
+                            encode=TextEncoder(processor.tokenizer), bos_id=bos_id(processor.tokenizer),
+                            num_crops=config.num_crops, max_length=config.max_length)
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
 
 def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
     """Rank 0 validates; every rank learns the verdict, so all refuse together."""
-    verdict = [preflight(config.data, config.train_split, report_dir=config.output) if is_main else None]
+    verdict: list[str | None] = [None]
+    if is_main:
+        dirs = [source.path for source in config.sources]
+        names = source_names(dirs) if len(dirs) > 1 else [None]
+        problems = [preflight(path, config.train_split, report_dir=config.output, name=name)
+                    for path, name in zip(dirs, names)]
+        verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
+                             for path, problem in zip(dirs, problems) if problem) or None]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0]:
@@ -261,18 +285,18 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> 
         _run_preflight(config, is_main=is_main)
     processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
                       num_crops=config.num_crops)
-    dataset, summary = _measure_data(config, processor)
+    dataset, summaries = _measure_data(config, processor)
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
-    sampler = LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
-                                   seed=config.seed)
-    _describe_data(console, summary, sampler, config)
+    sampler = _sampler(config, dataset, summaries, global_batch=global_batch)
+    _describe_data(console, summaries, sampler, config)
+    dirs = [source.path for source in config.sources]
     model = _model(config, args, dataset, console)
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
                         bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
-                        images_root=images_dir(config.data))
+                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
     own = _callbacks(config, console, is_main=is_main)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
-                           callbacks=[*own, *callbacks])
+                           source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
@@ -285,19 +309,41 @@ def _evaluate(state: Setup, *, label: str) -> None:
     if world()[0] == 0:
         from phi3v_train.evaluate import evaluate, find_split, load_records
 
-        records_path, images_root = find_split(config.data, config.eval_split)
-        records = load_records(records_path, limit=config.eval_limit)
         model = state.trainer.accelerator.unwrap_model(state.trainer.model)
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            result = evaluate(model, state.processor, records, images_root=images_root, num_crops=config.num_crops,
-                              batch_size=config.batch_size, output_dir=config.output / f"eval-{label}",
-                              meta={"when": label})
+            if len(config.sources) > 1:
+                _evaluate_mixture(state, model, label=label)
+            else:
+                records_path, images_root = find_split(config.data, config.eval_split)
+                records = load_records(records_path, limit=config.eval_limit)
+                result = evaluate(model, state.processor, records, images_root=images_root,
+                                  num_crops=config.num_crops, batch_size=config.batch_size,
+                                  output_dir=config.output / f"eval-{label}", meta={"when": label})
+                state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
         model.train(was_training)
-        state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
+    """Each dataset of a mixture scored on its own eval split (RUN/eval-<label>/<dataset>/); one without it is named."""
+    from phi3v_train.data import DataError
+    from phi3v_train.evaluate import datasets_table, evaluate_datasets, find_split, load_records
+
+    config = state.config
+    datasets = {}
+    for name, source in zip(source_names([s.path for s in config.sources]), config.sources):
+        try:
+            records_path, images_root = find_split(source.path, config.eval_split)
+        except DataError as exc:
+            state.console.print(f"not evaluated: {name}: {exc}")
+            continue
+        datasets[name] = (load_records(records_path, limit=config.eval_limit), images_root)
+    results = evaluate_datasets(model, state.processor, datasets, output_dir=config.output / f"eval-{label}",
+                                meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size)
+    state.console.print(datasets_table(results, title=f"Evaluation {label} training ({config.eval_split})"))
 
 
 def save_final(state: Setup) -> Path:

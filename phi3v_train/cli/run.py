@@ -21,6 +21,7 @@ Example:
     phi3v-train run --data data/ucf101 --model microsoft/Phi-3.5-vision-instruct \\
         --strategy lora --num-crops 4 --batch-size 2 --global-batch-size 32 --output runs/ucf101-lora
     phi3v-train run --config runs/ucf101-lora/config.yaml --resume latest
+    phi3v-train run --data data/docvqa:0.7 --data data/llava:0.3 --model … --output runs/mix   # a mixture
 
 \b
 Several GPUs (DDP), one node:
@@ -36,6 +37,8 @@ Pre-emption: SIGTERM saves a checkpoint and exits (code 1); rerun with --resume 
 def _flags(**given: Any) -> dict[str, Any]:
     """Flat click values → the nested dict :func:`load_config` overlays on the YAML (None = not given)."""
     lora = {key[5:]: given.pop(key) for key in list(given) if key.startswith("lora_")}
+    data = given.pop("data", ())
+    given["data"] = (data[0] if len(data) == 1 else list(data)) if data else None  # config.py parses DIR:WEIGHT
     if lora.get("targets"):
         lora["targets"] = [t for part in lora["targets"] for t in part.split(",") if t]
     return {**given, "lora": lora}
@@ -45,7 +48,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
 @click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); YAML and flags win.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml; load and train nothing.")
-@click.option("--data", type=click.Path(path_type=Path), help="Converted dataset directory.")
+@click.option("--data", multiple=True, metavar="DIR[:WEIGHT]",
+              help="Converted dataset directory; repeat it with weights to mix datasets (--data a:0.7 --data b:0.3).")
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
 @click.option("--output", type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--train-split", help="Train on <data>/*_<split>.jsonl [train].")
