@@ -1,7 +1,9 @@
 """Hateful Memes (Facebook AI, 2020) as released: ``img/``, ``train.jsonl``, ``dev_seen.jsonl``, ``dev_unseen.jsonl``,
 ``test_seen.jsonl``, ``test_unseen.jsonl`` (older releases: ``dev.jsonl``, ``test.jsonl``), possibly inside ``data/``.
 
-Each file becomes a split of the same name. The image comes from the ``img`` field, never the ``id`` (ids lose
+Splits get the names training and evaluation look for: ``train``; ``dev_seen`` (older releases: ``dev``) → ``val``;
+``test_unseen`` (older: ``test``) → ``test``. ``dev_unseen`` and ``test_seen`` stay extra splits of their own name.
+Renamed records keep the release's name in ``source_split``. The image comes from the ``img`` field, never the ``id`` (ids lose
 leading zeros: id 1235 is ``img/01235.png``); an image missing at that path is looked up by file name under the
 dataset root. A file in which no line has a ``label`` (the original test sets) becomes an unlabeled split.
 
@@ -9,10 +11,10 @@ One line of ``dev_seen.jsonl``::
 
     {"id": 8291, "img": "img/08291.png", "label": 1, "text": "white people is this a shooting range"}
 
-becomes, in ``hateful_memes_dev_seen.jsonl``::
+becomes, in ``hateful_memes_val.jsonl``::
 
-    {"id": "dev_seen-8291", "source": "hateful-memes", "task": "binary",
-     "conversations": [{"images": ["dev_seen/08291.png"],
+    {"id": "val-8291", "source": "hateful-memes", "source_split": "dev_seen", "task": "binary",
+     "conversations": [{"images": ["val/08291.png"],
                         "user": "The text on this meme reads: \\"white people is this a shooting range\\"\\nIs this meme hateful? Answer yes or no.",
                         "assistant": "yes", "reference": {"label": 1}}]}
 """
@@ -38,8 +40,11 @@ from converters._common import (
 )
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError
+from phi3v_data.splits import output_names
 
 SPLIT_FILES = ("train", "dev", "dev_seen", "dev_unseen", "test", "test_seen", "test_unseen")
+OUTPUT_SPLITS = {"dev_seen": "val", "dev": "val", "test_unseen": "test", "test": "test"}
+"""Release file → output split; the first of this order present takes the name (a dev.jsonl beside dev_seen stays dev)."""
 DEFAULT_PROMPT = 'The text on this meme reads: "{text}"\nIs this meme hateful? Answer yes or no.'
 
 
@@ -82,11 +87,13 @@ class HatefulMemesConverter(Converter):
             )
         root = files[0].parent
         index = BasenameIndex(root)
+        present = [path.stem for path in files]
+        names = output_names(sorted(present, key=lambda s: [*OUTPUT_SPLITS, s].index(s)), OUTPUT_SPLITS)
         for path in files:
-            yield from self._plan_file(path, root=root, index=index)
+            yield from self._plan_file(path, names[path.stem], root=root, index=index)
 
-    def _plan_file(self, path: Path, *, root: Path, index: BasenameIndex) -> Iterator[Item | Failure]:
-        split, file = path.stem, relative_name(path, root)
+    def _plan_file(self, path: Path, split: str, *, root: Path, index: BasenameIndex) -> Iterator[Item | Failure]:
+        file = relative_name(path, root)
         rows: list[tuple[int, MemeLine]] = []
         for entry in read_json_lines(path, MemeLine, file=file):
             if isinstance(entry, Failure):
@@ -106,7 +113,7 @@ class HatefulMemesConverter(Converter):
             if image is None:
                 yield Failure(file, f"image {row.img!r} not found under {root}", split, lineno)
                 continue
-            payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label}
+            payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label, "official": path.stem}
             yield Item(f"{split}/{row.id}", split, payload)
 
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
@@ -114,4 +121,5 @@ class HatefulMemesConverter(Converter):
         image = out.copy(Path(meme["image"]), f"{item.split}/{Path(meme['image']).name}")
         user = self.options.prompt.format(text=meme["text"])
         turn = binary_turn([image], user, meme["label"])
-        return [{"id": f"{item.split}-{meme['id']}", "task": "binary", "conversations": [turn]}]
+        renamed = {"source_split": meme["official"]} if meme["official"] != item.split else {}
+        return [{"id": f"{item.split}-{meme['id']}", **renamed, "task": "binary", "conversations": [turn]}]

@@ -2,20 +2,24 @@
 plus the image folders, two images per sentence.
 
 The images of ``dev-850-0-0`` are ``dev-850-0-img0.png`` (left) and ``dev-850-0-img1.png`` (right): the identifier
-without its last ``-<n>``. They are found at ``images/train/<directory>/`` (train lines carry ``directory``) or
-anywhere under the dataset root by file name, which covers ``images/dev/``, ``dev/``, ``test1/`` and flat copies.
+without its last ``-<n>``. They are found at ``[images/]train/<directory>/`` (train lines carry ``directory``) or
+anywhere under the image root by file name, which covers ``images/dev/``, ``dev/``, ``test1/`` and flat copies. The
+image root is the dataset root, or ``--images DIR`` when the json files are in a clone of the NLVR repository
+(``nlvr/nlvr2/data/{train,dev,test1}.json``) and the images were downloaded elsewhere.
 Sentences about the same pair are converted together so each pair is copied once; records keep the file's order
 of first appearance of each pair. A file in which no line has a ``label`` becomes an unlabeled split.
+``dev`` is written as the ``val`` split and ``test1`` as ``test`` (records keep ``source_split``); ids stay the
+release's identifiers.
 
 One line of ``dev.json``::
 
     {"identifier": "dev-850-0-0", "sentence": "One image shows exactly two brown acorns.", "label": "False",
      "left_url": "http://…", "right_url": "http://…", "writer": "103", "synset": "acorn", "query": "acorn5"}
 
-becomes, in ``nlvr2_dev.jsonl``::
+becomes, in ``nlvr2_val.jsonl``::
 
-    {"id": "dev-850-0-0", "source": "nlvr2", "task": "binary",
-     "conversations": [{"images": ["dev/dev-850-0-img0.png", "dev/dev-850-0-img1.png"],
+    {"id": "dev-850-0-0", "source": "nlvr2", "source_split": "dev", "task": "binary",
+     "conversations": [{"images": ["val/dev-850-0-img0.png", "val/dev-850-0-img1.png"],
                         "user": "The first image is the left one, the second the right one. Is this statement about the pair true? \\"One image shows exactly two brown acorns.\\"\\nAnswer yes or no.",
                         "assistant": "no", "reference": {"label": 0}}]}
 """
@@ -42,8 +46,11 @@ from converters._common import (
 )
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError
+from phi3v_data.splits import output_names
 
 SPLIT_FILES = ("train", "dev", "test1", "test2")
+OUTPUT_SPLITS = {"train": "train", "dev": "val", "test1": "test"}
+"""Release file → output split (the public test set is test1; test2, released later, stays test2)."""
 IDENTIFIER_RE = re.compile(r"^(?P<pair>[A-Za-z0-9_]+-\d+-\d+)-\d+$")
 DEFAULT_PROMPT = (
     "The first image is the left one, the second the right one. "
@@ -81,6 +88,16 @@ class NLVR2Line(BaseModel):
 
 class NLVR2Options(ConverterOptions):
     prompt: str = Field(default=DEFAULT_PROMPT, description="User text; {sentence} is replaced by the statement.")
+    images: Path | None = Field(
+        default=None, description="Folder holding the images (train/, dev/, test1/) [default: the dataset root]."
+    )
+
+    @field_validator("images")
+    @classmethod
+    def _is_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -104,12 +121,17 @@ class NLVR2Converter(Converter):
                 f"{source} is not an NLVR2 release: expected train.json, dev.json or test1.json (JSON lines) in it "
                 "or in its data/ folder, with the images under images/<split>/ or <split>/"
             )
-        index = BasenameIndex(source)  # the images sit beside the annotations or beside their data/ folder
+        # the images sit beside the annotations or beside their data/ folder, unless --images names their folder
+        images = self.options.images or source
+        index = BasenameIndex(images)
+        names = output_names([path.stem for path in files], OUTPUT_SPLITS)
         for path in files:
-            yield from self._plan_file(path, root=source, index=index)
+            yield from self._plan_file(path, names[path.stem], root=source, images=images, index=index)
 
-    def _plan_file(self, path: Path, *, root: Path, index: BasenameIndex) -> Iterator[Item | Failure]:
-        split, file = path.stem, relative_name(path, root)
+    def _plan_file(
+        self, path: Path, split: str, *, root: Path, images: Path, index: BasenameIndex
+    ) -> Iterator[Item | Failure]:
+        official, file = path.stem, relative_name(path, root)
         pairs: dict[str, list[tuple[int, NLVR2Line]]] = {}
         for entry in read_json_lines(path, NLVR2Line, file=file):
             if isinstance(entry, Failure):
@@ -122,12 +144,13 @@ class NLVR2Converter(Converter):
         for pair, lines in pairs.items():
             lineno, first = lines[0]
             try:
-                images = [self._image(root, index, split, first.directory, f"{pair}-img{k}.png") for k in (0, 1)]
+                pair_images = [self._image(images, index, official, first.directory, f"{pair}-img{k}.png") for k in (0, 1)]
             except UnsafePathError:
                 yield Failure(file, f"{ESCAPES} (directory {first.directory!r})", split, lineno)
                 continue
             except FileNotFoundError as exc:
-                yield Failure(file, str(exc), split, lineno)
+                hint = "" if self.options.images else " (images kept elsewhere? pass --images DIR)"
+                yield Failure(file, f"{exc}{hint}", split, lineno)
                 continue
             sentences = []
             for lineno, line in lines:
@@ -136,13 +159,14 @@ class NLVR2Converter(Converter):
                 else:
                     sentences.append({"id": line.identifier, "sentence": line.sentence, "label": line.label})
             if sentences:
-                yield Item(f"{split}/{pair}", split, {"images": images, "sentences": sentences})
+                yield Item(f"{split}/{pair}", split, {"images": pair_images, "sentences": sentences, "official": official})
 
     @staticmethod
     def _image(root: Path, index: BasenameIndex, split: str, directory: str | None, name: str) -> str:
-        """Path of one image: the official train layout first, then by file name anywhere under the root."""
-        rel = f"images/{split}/{directory}/{name}" if directory else name
-        found = locate(root, rel, index)
+        """Path of one image: the official train layout first (``[images/]train/<directory>/``), then by file name
+        anywhere under the root. ``split`` is the release's name (``dev``, ``test1``): it names the image folders."""
+        rel = f"{split}/{directory}/{name}" if directory else name
+        found = locate(root, rel, index, bases=(root / "images", root))
         if found is None:
             raise FileNotFoundError(f"image {name} not found under {root}")
         return str(found)
@@ -152,5 +176,6 @@ class NLVR2Converter(Converter):
         records = []
         for entry in item.payload["sentences"]:
             turn = binary_turn(images, self.options.prompt.format(sentence=entry["sentence"]), entry["label"])
-            records.append({"id": entry["id"], "task": "binary", "conversations": [turn]})
+            renamed = {"source_split": item.payload["official"]} if item.payload["official"] != item.split else {}
+            records.append({"id": entry["id"], **renamed, "task": "binary", "conversations": [turn]})
         return records

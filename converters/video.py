@@ -10,16 +10,15 @@ Layouts recognised (first match wins):
 - pre-split: ``SOURCE/{train,val,test}/<Class>/<video>``.
 - any ``SOURCE/<Class>/<video>``: split into train/val/test by ``--val-ratio``/``--test-ratio`` and ``--seed``.
 
-A val split is carved from train when the source has none. Carving is by group (UCF's ``_gXX_``; other clips are
-their own group), per class, so the clips of one group never straddle splits.
+A val split is carved from train when the source has none. Carving moves whole groups (UCF's ``_gXX_``; other
+clips are their own group), so the clips of one group never straddle splits, spread over the classes, and as close to
+the requested share of clips as whole groups allow; the closing table and the manifest say what was carved.
 Output per clip: ``images/<split>/<Class>/<stem>.<k>.jpg`` (k = 0..N-1) and one record whose user text lists every
 class of the dataset and whose assistant text is the clip's class.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,9 +27,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from converters import _video_decode
 from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError, resolve_inside
+from phi3v_data.splits import Carved, carve_groups
 
 VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
 PROMPT = "Classify the video into one of the following classes: {classes}."
@@ -80,6 +81,7 @@ class _Scan:
     entries: list[_Entry] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     has_val: bool = False
+    carved: list[Carved] = field(default_factory=list)
 
 
 class VideoConverter(Converter):
@@ -92,11 +94,14 @@ class VideoConverter(Converter):
     Options = VideoOptions
     options: VideoOptions
 
-    def plan(self, source: Path) -> Iterator[Item | Failure]:
+    def plan(self, source: Path) -> Iterator[Item | Failure | Carved]:
+        _require_decoder(self.options.backend)
         scan = self._scan(Path(source))
         yield from scan.failures
         if not scan.has_val and self.options.val_ratio > 0:
-            scan.entries = _carve(scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train")
+            scan.entries, carved = _carve(scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train")
+            scan.carved += carved
+        yield from scan.carved
         prompt = PROMPT.format(classes=", ".join(scan.classes))
         order = {name: i for i, name in enumerate(scan.classes)}
         splits = {"train": 0, "val": 1, "test": 2}
@@ -125,7 +130,7 @@ class VideoConverter(Converter):
                 f"or <class>/<video> (video files: {', '.join(sorted(VIDEO_SUFFIXES))})"
             )
         ratios = {"test": self.options.test_ratio, "val": self.options.val_ratio}
-        scan.entries = _carve(scan.entries, ratios, seed=self.options.seed, source="train")
+        scan.entries, scan.carved = _carve(scan.entries, ratios, seed=self.options.seed, source="train")
         scan.has_val = True
         return scan
 
@@ -245,24 +250,36 @@ def _group(entry: _Entry) -> str:
     return match.group(1).lower() if match else entry.path.stem
 
 
-def _carve(entries: list[_Entry], ratios: dict[str, float], *, seed: int, source: str) -> list[_Entry]:
-    """Move whole groups of ``source`` clips into the splits of ``ratios`` (in order), per class, deterministically.
+def _carve(
+    entries: list[_Entry], ratios: dict[str, float], *, seed: int, source: str
+) -> tuple[list[_Entry], list[Carved]]:
+    """Move whole groups of ``source`` clips into the splits of ``ratios`` (in order), deterministically.
 
-    Each split gets ``round(ratio * n)`` clips of a class or the fewest whole groups that reach it; one group
-    always stays in ``source``. Groups are taken in the order of sha256(seed, class, group).
+    Each split gets the whole groups that come closest to ``ratio`` × the ``source`` clips, spread over the classes
+    (see :func:`phi3v_data.splits.carve_groups`); one group of each class always stays in ``source``.
     """
-    groups: dict[tuple[str, str], list[_Entry]] = {}
-    for entry in entries:
-        if entry.split == source:
-            groups.setdefault((entry.label, _group(entry)), []).append(entry)
+    pool = list({entry.key: entry for entry in entries if entry.split == source}.values())  # a clip listed twice counts once
     moved: dict[str, str] = {}
-    for label in sorted({label for label, _ in groups}):
-        names = sorted((g for lab, g in groups if lab == label), key=lambda g: hashlib.sha256(f"{seed}/{label}/{g}".encode()).hexdigest())
-        total = sum(len(groups[label, g]) for g in names)
-        for split, ratio in ratios.items():
-            wanted, taken = math.floor(ratio * total + 0.5), 0
-            while taken < wanted and len(names) > 1:
-                members = groups[label, names.pop(0)]
-                taken += len(members)
-                moved.update((e.key, split) for e in members)
-    return [_Entry(moved.get(e.key, e.split), e.label, e.key, e.path) for e in entries]
+    carved: list[Carved] = []
+    for split, ratio in ratios.items():
+        if ratio <= 0:
+            continue
+        groups: dict[tuple[str, str], list[str]] = {}
+        for entry in pool:
+            if entry.key not in moved:
+                groups.setdefault((entry.label, _group(entry)), []).append(entry.key)
+        keys, info = carve_groups(groups, ratio, seed=seed, split=split, total=len(pool), source=source)
+        moved.update(dict.fromkeys(keys, split))
+        carved.append(info)
+    return [_Entry(moved.get(e.key, e.split), e.label, e.key, e.path) for e in entries], carved
+
+
+def _require_decoder(backend: str) -> None:
+    """Refuse to start without the decoder (every clip would fail): one message naming the extra to install."""
+    if _video_decode.av is None:
+        raise ModuleNotFoundError("the video converter needs PyAV: pip install 'phi3v[video]'", name="av")
+    if backend == "decord":
+        try:
+            import decord  # noqa: F401
+        except ImportError:
+            raise ModuleNotFoundError("--backend decord needs decord: pip install 'phi3v[video]'", name="decord") from None

@@ -4,9 +4,11 @@ A converter (see :class:`Converter`) only knows its source layout: ``plan`` list
 ``convert`` turns one item into records and writes that item's images. This module does the rest once for all:
 
 - **resume**: each finished item is appended to ``OUT/.partial/journal.jsonl``; a rerun with the same arguments
-  skips journaled items. The final ``<name>_<split>.jsonl`` files, ``failures.jsonl`` and ``manifest.json`` are
-  written atomically only when every item is done, so they never appear half-written.
-- **bad input**: an item whose conversion raises is recorded in ``failures.jsonl`` (file, reason) and skipped.
+  skips journaled items. The final ``<name>_<split>.jsonl`` files, ``reports/failures.jsonl`` and ``manifest.json``
+  are written atomically only when every item is done, so they never appear half-written.
+- **bad input**: an item whose conversion raises is recorded in ``reports/failures.jsonl`` (file, reason) and
+  skipped. The journal stays while failures remain, so a rerun after a fix (the missing image added) converts the
+  failed items and whatever the source gained, and reuses the rest.
 - **determinism**: records are ordered by the plan, not by completion, and ids are ``<split>-<10-digit counter>``
   unless the converter sets its own.
 """
@@ -28,13 +30,18 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
+from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from phi3v_data.io import UnsafePathError, atomic_write, resolve_inside, write_bytes, write_json, write_jsonl
+from phi3v_data.splits import Carved
 from schemas import Record
 
 JOURNAL_DIR = ".partial"
+FAILURES_REPORT = "reports/failures.jsonl"
+"""Under ``reports/``, so ``phi3v-data validate OUT/*.jsonl`` sees only data files."""
 CHUNK_MAX = 8
 """Most items one worker task converts (a killed run redoes at most ``workers * 4`` tasks)."""
 
@@ -163,6 +170,9 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     reused: int = 0
     up_to_date: bool = False
+    carved: list[Carved] = field(default_factory=list)
+    source_splits: dict[str, str] = field(default_factory=dict)
+    """Output split → its name in the release, where the converter renamed it (``val`` → ``dev_seen``)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -254,20 +264,23 @@ def run_converter(
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     if not overwrite and _up_to_date(out, digest):
-        console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
         manifest = json.loads((out / "manifest.json").read_text())
-        return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
+        if not manifest.get("failures"):
+            console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
+            return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
+        console.print(f"retrying the {manifest['failures']} failure(s) of the last run; finished items are kept")
 
-    items, failures = _plan(converter, source, console)  # before touching `out`: a wrong layout leaves nothing behind
+    items, failures, carved = _plan(converter, source, console)  # before touching `out`: a wrong layout leaves nothing behind
     journal_path = _prepare_partial(out, digest, params, overwrite=overwrite)
-    done = _read_journal(journal_path)
+    done = {key: entry for key, entry in _read_journal(journal_path).items() if "failure" not in entry}  # retried
     todo = [item for item in items if item.key not in done]
     writer = ImageWriter(out / "images")
     writer.root.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     reused = len(items) - len(todo)
     _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
-    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest)
+    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest,
+                       carved=carved)
     result.reused = reused
     return result
 
@@ -286,14 +299,17 @@ def _up_to_date(out: Path, digest: str) -> bool:
     )
 
 
-def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[Item], list[Failure]]:
+def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[Item], list[Failure], list[Carved]]:
     items: list[Item] = []
     failures: list[Failure] = []
+    carved: list[Carved] = []
     keys: set[str] = set()
     with console.status(f"scanning {source}"):
         for entry in converter.plan(source):
             if isinstance(entry, Failure):
                 failures.append(entry)
+            elif isinstance(entry, Carved):  # what --val-ratio took: reported in the closing table and manifest
+                carved.append(entry)
             elif entry.key in keys:
                 failures.append(Failure(entry.key, "duplicate item (listed twice in the source)", entry.split))
             else:
@@ -301,7 +317,7 @@ def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[It
                 items.append(entry)
     if not items and not failures:
         raise ConvertUsageError(f"found nothing to convert in {source}: is this a {converter.name} dataset?")
-    return items, failures
+    return items, failures, carved
 
 
 def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool) -> Path:
@@ -311,6 +327,7 @@ def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrit
         for stale in (out / "manifest.json", out / "failures.jsonl"):
             stale.unlink(missing_ok=True)
         shutil.rmtree(out / "images", ignore_errors=True)
+        shutil.rmtree(out / "reports", ignore_errors=True)
     params_path = partial / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
         if not overwrite:
@@ -397,8 +414,9 @@ def _assemble(
     name: str,
     params: dict[str, Any],
     digest: str,
+    carved: list[Carved],
 ) -> RunResult:
-    result = RunResult(out=out)
+    result = RunResult(out=out, carved=carved)
     per_split: dict[str, list[Record]] = {}
     ids_seen: set[str] = set()
     for item in items:
@@ -421,13 +439,15 @@ def _assemble(
                 continue
             ids_seen.add(record.id)
             bucket.append(record)
+            if record.source_split:
+                result.source_splits.setdefault(item.split, record.source_split)
 
     for split, records in per_split.items():
         path = out / f"{name}_{split}.jsonl"
         result.files[split] = path
         result.counts[split] = write_jsonl(path, records)
         result.images[split] = sum(len(r.images) for r in records)
-    write_jsonl(out / "failures.jsonl", [asdict(f) for f in failures])
+    write_jsonl(out / FAILURES_REPORT, [asdict(f) for f in failures])
     result.failures = failures
     write_json(
         out / "manifest.json",
@@ -441,14 +461,19 @@ def _assemble(
             "failures": len(failures),
             "failures_by_split": dict(Counter(f.split or "-" for f in failures)),
             "files": {split: path.name for split, path in result.files.items()},
+            "source_splits": result.source_splits,
+            "carved": [asdict(c) for c in carved],
+            "failures_file": FAILURES_REPORT,
         },
     )
-    shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)
+    if not failures:  # while failures remain, the journal stays: a rerun retries them and reuses the rest
+        shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)
     return result
 
 
-def summary_table(result: RunResult) -> Table:
-    """The closing table of a conversion: records and images per split, failures."""
+def summary_table(result: RunResult) -> Table | Group:
+    """The closing table of a conversion: records and images per split (with the release's split name), failures,
+    then what ``--val-ratio`` carved."""
     table = Table(title=f"converted → {result.out}")
     table.add_column("split")
     table.add_column("records", justify="right")
@@ -456,6 +481,9 @@ def summary_table(result: RunResult) -> Table:
     table.add_column("file")
     for split, count in result.counts.items():
         path = result.files.get(split)
-        table.add_row(split, str(count), str(result.images.get(split, "")), path.name if path else "")
-    table.caption = f"{len(result.failures)} failure(s)" + (" — see failures.jsonl" if result.failures else "")
-    return table
+        label = f"{split} ({result.source_splits[split]})" if split in result.source_splits else split
+        table.add_row(label, str(count), str(result.images.get(split, "")), path.name if path else "")
+    table.caption = f"{len(result.failures)} failure(s)" + (f" — see {FAILURES_REPORT}" if result.failures else "")
+    if not result.carved:
+        return table
+    return Group(table, *(Text(f"carved {c.describe()}") for c in result.carved))  # own lines: a caption would wrap

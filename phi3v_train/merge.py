@@ -2,8 +2,11 @@
 
 The merge always happens on the full-precision base, also for QLoRA: folding LoRA deltas into NF4 weights would
 re-quantise them and lose most of what was learned. The result is written in the official format (parameter names
-without peft's ``base_model.model.`` prefix, no ``lora_`` tensors) together with the processor files, so
-``Phi3VForCausalLM.from_pretrained(out)`` and the official processor load it directly.
+without peft's ``base_model.model.`` prefix, no ``lora_`` tensors, the base's dtype, ``config.json`` with the fields
+the official configuration reads) together with the official processor files (``preprocessor_config.json``,
+``processor_config.json``, the tokenizer files), so ``Phi3VForCausalLM.from_pretrained(out)`` loads it directly and so
+does the official remote code (``trust_remote_code=True`` on transformers 4.4x): its ``*.py`` files are copied along
+when the base checkpoint has them (a Hub download does), otherwise put them beside the output.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from phi3v_train.loading import LoadError, adapter_base, is_adapter, load_model, load_processor, resolve_model_dir, torch_dtype
+from phi3v_train.model.files import plain_permissions
 
 MERGE_DTYPE = "fp32"
 """Deltas are added in fp32 so that a bf16 base does not lose the small LoRA updates to rounding."""
@@ -44,6 +48,7 @@ def merge_adapter(
     try:
         model.save_pretrained(str(staging), safe_serialization=True)
         processor.save_pretrained(str(staging))
+        plain_permissions(staging)  # mkdtemp makes it 0700: others (a serving container) could not read it
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -11,9 +11,10 @@ import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from phi3v_data.convert import Converter, ConvertUsageError, run_converter, summary_table
+from phi3v_data.convert import FAILURES_REPORT, Converter, ConvertUsageError, run_converter, summary_table
 from phi3v_data.plugins import PluginError, converter_entry_points, load_converter
 
 
@@ -76,13 +77,18 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
             return
         console.print(summary_table(result))
         if result.failures:
-            for failure in result.failures[:10]:
+            for failure in result.failures[:10]:  # escaped: a reason may hold [brackets] (pip install 'phi3v[video]')
                 where = f"{failure.file}:{failure.line}" if failure.line else failure.file
-                console.print(f"  [red]failed[/] {where}: {failure.reason}")
+                console.print(f"  [red]failed[/] {escape(where)}: {escape(failure.reason)}")
             if len(result.failures) > 10:
-                console.print(f"  … and {len(result.failures) - 10} more in {out / 'failures.jsonl'}")
-            if strict:
-                raise SystemExit(1)
+                console.print(f"  … and {len(result.failures) - 10} more in {escape(str(out / FAILURES_REPORT))}")
+        if not sum(result.counts.values()):
+            raise click.ClickException(
+                f"no records were written: all {len(result.failures)} input(s) failed (see {out / FAILURES_REPORT}); "
+                "fix them and rerun the same command, which retries only the failures"
+            )
+        if result.failures and strict:
+            raise SystemExit(1)
 
     doc = (cls.__doc__ or name).strip()
     return click.Command(name, params=params, callback=callback, help=doc, short_help=_first_doc_line(cls))

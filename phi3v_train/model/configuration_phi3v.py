@@ -1,8 +1,14 @@
 """Configuration of Phi-3.5-vision: the Phi-3 language-model fields plus the official ``embd_layer``/``img_processor``.
 
-The official ``config.json`` (``model_type: "phi3_v"``) is read as is; its ``auto_map`` entries are kept as plain data
-and never executed. ``img_processor.vision_config`` (a dict of ``CLIPVisionConfig`` fields) is this project's
-extension for tiny test towers; without it the tower is CLIP ViT-L/14-336, as in the official checkpoints.
+Reading: the official ``config.json`` (``model_type: "phi3_v"``) of Phi-3.5-vision-instruct and
+Phi-3-vision-128k-instruct is read as shipped: ``rope_scaling.type`` "su" (the pre-5.x name) and "longrope" are the same
+scaling, with ``original_max_position_embeddings`` at top level; ``auto_map`` is kept as plain data, never executed.
+
+Writing (:meth:`Phi3VConfig.to_dict`): the fields the official ``configuration_phi3_v.py`` reads — ``rope_scaling``
+``{"type": "su", short_factor, long_factor}``, ``rope_theta``, ``torch_dtype``, the official ``auto_map``,
+``use_cache: true`` — and no 5.x-only ``rope_parameters``/``dtype``. ``img_processor.vision_config`` (a dict of
+``CLIPVisionConfig`` fields) is this project's extension for tiny test towers; the official code ignores it (its tower is
+always CLIP ViT-L/14-336, as here without it).
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ DEFAULT_EMBD_LAYER: dict[str, Any] = {
     "with_learnable_separator": True,
 }
 
+OFFICIAL_AUTO_MAP: dict[str, str] = {
+    "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+    "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+}
+# what the official remote code names the scaling ("su"); transformers 5.x calls it "longrope"
+ROPE_TYPE_ON_DISK = "su"
+_LONGROPE_NAMES = ("su", "longrope")
+# 5.x-only keys the official configuration class would keep as stray attributes
+_NOT_WRITTEN = ("rope_parameters", "dtype")
+
 DEFAULT_IMG_PROCESSOR: dict[str, Any] = {
     "image_dim_out": 1024,
     "model_name": "openai/clip-vit-large-patch14-336",
@@ -61,8 +77,35 @@ class Phi3VConfig(Phi3Config):
         kwargs.pop("_attn_implementation", None)
         self.embd_layer = {**DEFAULT_EMBD_LAYER, **(self.embd_layer or {})}
         self.img_processor = {**DEFAULT_IMG_PROCESSOR, **(self.img_processor or {})}
+        kwargs.setdefault("auto_map", dict(OFFICIAL_AUTO_MAP))  # written back: the official code finds its classes
         super().__post_init__(**kwargs)
         self._check_vision_settings()
+
+    def convert_rope_params_to_dict(self, default_theta: float = 10_000.0, ignore_keys: set | None = None, **kwargs):
+        """Read ``rope_scaling.type`` "su" as "longrope" before transformers standardises it.
+
+        transformers 5.x renames "su" only after it has decided which keys the scaling needs, and then misses the
+        top-level ``original_max_position_embeddings`` (a KeyError on the official file). Both names are one
+        computation: long factors past ``original_max_position_embeddings``, attention scaled by
+        ``sqrt(1 + ln(max/original) / ln(original))``.
+        """
+        scaling = kwargs.get("rope_scaling") or (self.rope_parameters if isinstance(self.rope_parameters, dict) else None)
+        if isinstance(scaling, dict):
+            scaling = dict(scaling)  # never edit the caller's dict
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind in _LONGROPE_NAMES:
+                scaling.pop("type", None)
+                scaling["rope_type"] = "longrope"
+            if "rope_scaling" in kwargs and kwargs["rope_scaling"]:
+                kwargs["rope_scaling"] = scaling
+            else:
+                self.rope_parameters = scaling
+        kwargs = super().convert_rope_params_to_dict(default_theta=default_theta, ignore_keys=ignore_keys, **kwargs)
+        rope = self.rope_parameters
+        if rope.get("rope_type") == "longrope" and rope.get("original_max_position_embeddings"):
+            # the official ratio, stated so transformers does not warn that it has to derive it
+            rope.setdefault("factor", self.max_position_embeddings / rope["original_max_position_embeddings"])
+        return kwargs
 
     def _check_vision_settings(self) -> None:
         layer = self.embd_layer
@@ -83,15 +126,34 @@ class Phi3VConfig(Phi3Config):
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Also write the pre-5.x ``rope_theta``/``rope_scaling`` keys the official remote code reads."""
+        """The official ``config.json`` fields (see the module docstring); transformers 5.x reads them back."""
         output = super().to_dict()
         rope = output.get("rope_parameters") or {}
         output["rope_theta"] = rope.get("rope_theta", 10000.0)
         if rope.get("rope_type", "default") == "default":
             output["rope_scaling"] = None
         else:
-            keep = ("short_factor", "long_factor")
-            output["rope_scaling"] = {"type": rope["rope_type"], **{key: rope[key] for key in keep if key in rope}}
+            kind = ROPE_TYPE_ON_DISK if rope["rope_type"] == "longrope" else rope["rope_type"]
+            keep = ("long_factor", "short_factor")
+            output["rope_scaling"] = {**{key: rope[key] for key in keep if key in rope}, "type": kind}
+        dtype = output.get("dtype")
+        if dtype is not None:
+            output["torch_dtype"] = str(dtype).removeprefix("torch.")
+        output["use_cache"] = True  # training turns the KV cache off; a saved model is for inference
+        for key in _NOT_WRITTEN:
+            output.pop(key, None)
+        return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """``to_dict`` minus defaults, but always with the keys the official code needs to find explicitly."""
+        output = super().to_diff_dict()
+        full = self.to_dict()
+        for key in ("rope_scaling", "rope_theta", "original_max_position_embeddings", "torch_dtype", "use_cache",
+                    "auto_map", "embd_layer", "img_processor", "vocab_size", "bos_token_id", "eos_token_id"):
+            if key in full:
+                output[key] = full[key]
+        for key in _NOT_WRITTEN:
+            output.pop(key, None)
         return output
 
     @property

@@ -6,13 +6,22 @@ Parameter names follow the official checkpoints exactly (``model.vision_embed_to
 ``vision_model.`` level when loading and saving, so official checkpoints load with no missing or unexpected keys and
 ``save_pretrained`` writes the official layout.
 
+Loading never leaves a weight at random init: a missing key is an error naming it. The one alternative layout accepted
+is word embeddings stored only as ``model.vision_embed_tokens.wte.weight`` (the official model shares that module with
+``model.embed_tokens``; some tools write only that name). Saving writes the checkpoint's own dtype when asked
+(:func:`released`), the official ``config.json`` fields, the official remote code when the base had it, and files
+with the permissions a plain ``open()`` gives.
+
 Image placement: in row ``b`` of ``input_ids`` the positions holding ``-k`` receive the features of image ``k`` of
 sample ``b``; ``pixel_values`` holds the images of all samples concatenated (sample order, then image order).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,11 +37,19 @@ from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 from phi3v_data.tokens import grid_tokens
 
 from .configuration_phi3v import Phi3VConfig
+from .files import REMOTE_CODE_FILES, checkpoint_dir, copy_files, plain_permissions, resolve_file
 
 CROP = 336
 # Keep the vision tower, its projection and the output head in full precision under bitsandbytes quantisation:
 # BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=QUANT_SKIP_MODULES).
 QUANT_SKIP_MODULES = ["model.vision_embed_tokens", "lm_head"]
+EMBED_KEY = "model.embed_tokens.weight"
+SHARED_WTE_KEY = "model.vision_embed_tokens.wte.weight"
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+class MissingWeightsError(ValueError):
+    """A checkpoint lacks weights the model needs; they would otherwise be left at random init."""
 
 
 class CLIPTower(nn.Module):
@@ -291,6 +308,87 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """transformers' loading (directory or Hub id) that refuses missing weights and accepts the shared-wte layout.
+
+        Also records the dtype the checkpoint declares (``checkpoint_dtype``), which :func:`released` saves in.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        config = kwargs.pop("config", None)
+        if not isinstance(config, Phi3VConfig):
+            config = Phi3VConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        declared = config.dtype
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, config=config, output_loading_info=True, **kwargs
+        )
+        missing = set(info["missing_keys"])
+        if EMBED_KEY in missing and SHARED_WTE_KEY in info["unexpected_keys"]:
+            model._load_shared_wte(pretrained_model_name_or_path, hub)
+            missing.discard(EMBED_KEY)
+            info["unexpected_keys"] = set(info["unexpected_keys"]) - {SHARED_WTE_KEY}
+        if missing:
+            names = sorted(missing)
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise MissingWeightsError(
+                f"{pretrained_model_name_or_path}: the checkpoint has no weights for {len(names)} parameter(s) of "
+                f"Phi3VForCausalLM ({shown}); they would be random. Is it a complete Phi-3(.5)-vision checkpoint?"
+            )
+        model.checkpoint_dtype = declared if isinstance(declared, torch.dtype) else None
+        info["missing_keys"] = missing
+        return (model, info) if want_info else model
+
+    def _load_shared_wte(self, source: str | Path, hub: dict[str, Any]) -> None:
+        """Copy ``model.vision_embed_tokens.wte.weight`` from the checkpoint files into ``model.embed_tokens``."""
+        from safetensors import safe_open
+
+        index = resolve_file(source, "model.safetensors.index.json", **hub)
+        if index is not None:
+            import json
+
+            shard = json.loads(index.read_text(encoding="utf-8"))["weight_map"][SHARED_WTE_KEY]
+            path = resolve_file(source, shard, **hub)
+        else:
+            path = resolve_file(source, "model.safetensors", **hub)
+        if path is None:
+            raise MissingWeightsError(f"{source}: cannot find the file that holds {SHARED_WTE_KEY}")
+        with safe_open(str(path), "pt") as handle:
+            weight = handle.get_tensor(SHARED_WTE_KEY)
+        target = self.model.embed_tokens.weight
+        gather = contextlib.nullcontext()
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters([target], modifier_rank=0)
+        with gather, torch.no_grad():
+            target.copy_(weight.to(target.device, target.dtype))
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """transformers' saving, plus: weights in ``save_dtype`` when set, the official remote code when the base had
+        it (so ``trust_remote_code`` loads the output), and plain file permissions."""
+        dtype = getattr(self, "save_dtype", None)
+        if dtype is not None and not getattr(self, "is_loaded_in_4bit", False):
+            state_dict = kwargs.get("state_dict")
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            kwargs["state_dict"] = {
+                key: value.to(dtype) if value.is_floating_point() else value for key, value in state_dict.items()
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        out = Path(save_directory)
+        if dtype is not None and (out / "config.json").is_file():
+            saved = self.config.dtype
+            self.config.dtype = dtype
+            try:
+                self.config.save_pretrained(str(out))
+            finally:
+                self.config.dtype = saved
+        source = getattr(self.config, "_name_or_path", None) or getattr(self, "name_or_path", None)
+        if source:
+            with contextlib.suppress(OSError, ValueError):
+                copy_files(checkpoint_dir(source, local_files_only=True), out, REMOTE_CODE_FILES)
+        plain_permissions(*out.glob("*.safetensors"))
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -343,4 +441,19 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["QUANT_SKIP_MODULES", "Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]
+@contextlib.contextmanager
+def released(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Within the block, ``model.save_pretrained`` writes ``dtype`` (default: the dtype its checkpoint declared).
+
+    Training keeps fp32 master weights; a finished model is released in the base's dtype (bf16 for the official
+    checkpoints), not at twice its size. Intermediate checkpoints stay exact for resuming, so this is opt-in.
+    """
+    previous = getattr(model, "save_dtype", None)
+    model.save_dtype = dtype or getattr(model, "checkpoint_dtype", None)
+    try:
+        yield
+    finally:
+        model.save_dtype = previous
+
+
+__all__ = ["QUANT_SKIP_MODULES", "MissingWeightsError", "released", "Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]

@@ -27,6 +27,17 @@ from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
 from phi3v_data.prompt import Segment, encode_segments
 
+from .files import (
+    IMAGE_PROCESSOR_AUTO_MAP,
+    PROCESSOR_AUTO_MAP,
+    PROCESSOR_CONFIG,
+    REMOTE_CODE_FILES,
+    TOKENIZER_FILES,
+    copy_files,
+    officialise_tokenizer_config,
+    resolve_file,
+    write_json,
+)
 from .image_processing_phi3v import Phi3VImageProcessor
 
 IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
@@ -51,17 +62,23 @@ class Phi3VProcessor:
 
     special_image_token = "<|image|>"
 
-    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, image_processor: Phi3VImageProcessor, tokenizer: PreTrainedTokenizerBase, *, source: Path | None = None
+    ) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.num_img_tokens = image_processor.num_img_tokens
+        self.source = source  # the directory the files came from: saving copies its tokenizer files verbatim
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, num_crops: int | None = None, **kwargs: Any) -> Phi3VProcessor:
-        """Load ``preprocessor_config.json`` and the tokenizer files of a checkpoint directory."""
-        config_path = Path(path) / PREPROCESSOR_CONFIG
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path}: missing; is {path} a Phi-3.5-vision checkpoint directory?")
+        """Load ``preprocessor_config.json`` and the tokenizer of a checkpoint directory or Hub id (via the HF cache)."""
+        hub = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only") if key in kwargs}
+        config_path = resolve_file(path, PREPROCESSOR_CONFIG, **hub)
+        if config_path is None:
+            raise FileNotFoundError(
+                f"{Path(path) / PREPROCESSOR_CONFIG}: missing; is {path} a Phi-3.5-vision checkpoint directory or Hub id?"
+            )
         try:
             settings = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -71,13 +88,20 @@ class Phi3VProcessor:
         if num_crops is not None:
             image_kwargs["num_crops"] = num_crops
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        return cls(Phi3VImageProcessor(**image_kwargs), tokenizer)
+        return cls(Phi3VImageProcessor(**image_kwargs), tokenizer, source=config_path.parent)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write ``preprocessor_config.json`` (official keys) and the tokenizer files."""
+        """Write the files the official processor reads: ``preprocessor_config.json``, ``processor_config.json``
+        (both with the official ``auto_map``) and the tokenizer files.
+
+        The tokenizer never changes in training, so its files are copied from where it was loaded (byte for byte the
+        official ones for an official base); otherwise transformers writes them and ``tokenizer_config.json`` is made
+        readable by transformers 4.4x as well (class name, template inline, ``add_bos_token``).
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        settings = {
+        write_json(path / PREPROCESSOR_CONFIG, {
+            "auto_map": IMAGE_PROCESSOR_AUTO_MAP,
             "do_convert_rgb": self.image_processor.do_convert_rgb,
             "image_mean": self.image_processor.image_mean,
             "image_processor_type": "Phi3VImageProcessor",
@@ -85,11 +109,16 @@ class Phi3VProcessor:
             "num_crops": self.image_processor.num_crops,
             "num_img_tokens": self.num_img_tokens,
             "processor_class": "Phi3VProcessor",
-        }
-        tmp = path / (PREPROCESSOR_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path / PREPROCESSOR_CONFIG)
-        self.tokenizer.save_pretrained(str(path))
+        })  # fmt: skip
+        write_json(path / PROCESSOR_CONFIG, {"auto_map": PROCESSOR_AUTO_MAP, "processor_class": "Phi3VProcessor"})
+        source = self.source
+        if source is not None and (source / "tokenizer.json").is_file() and (source / "tokenizer_config.json").is_file():
+            copy_files(source, path, TOKENIZER_FILES)
+        else:
+            self.tokenizer.save_pretrained(str(path))
+        officialise_tokenizer_config(path / "tokenizer_config.json", chat_template=self.tokenizer.chat_template)
+        if source is not None:
+            copy_files(source, path, REMOTE_CODE_FILES)
 
     def __call__(
         self,

@@ -156,7 +156,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     result = run_converter(FolderConverter(FolderOptions(val_ratio=0.0)), root, tmp_path / "out", workers=1)
 
     def vqa(id_: str, images: list[str], user: str, answer: str | None) -> dict:
-        turn = {"images": images, "user": user} | ({"assistant": answer} if answer is not None else {})
+        turn = {"images": images, "user": user, "assistant": answer}
         return {"id": id_, "source": "folder", "task": "vqa", "conversations": [turn]}
 
     out = tmp_path / "out"

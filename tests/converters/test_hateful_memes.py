@@ -71,13 +71,14 @@ def test_release_exact_records_leading_zero_images_and_unlabeled_test(release: P
     }
     assert [(r["id"], r["conversations"][0]["assistant"]) for r in train] == [("train-42953", "no"), ("train-1235", "yes")]
     assert (out / "images" / "train" / "01235.png").is_file()
-    assert jsonl(out / "hateful_memes_dev_seen.jsonl")[0]["conversations"][0]["images"] == ["dev_seen/08291.png"]
-    assert jsonl(out / "hateful_memes_test_unseen.jsonl") == [{
-        "id": "test_unseen-16395", "source": "hateful-memes", "task": "binary",
-        "conversations": [{"images": ["test_unseen/16395.png"],
-                           "user": 'The text on this meme reads: "handjobs sold seperately"\nIs this meme hateful? Answer yes or no.'}],
+    assert jsonl(out / "hateful_memes_val.jsonl")[0]["conversations"][0]["images"] == ["val/08291.png"]
+    assert jsonl(out / "hateful_memes_test.jsonl") == [{
+        "id": "test-16395", "source": "hateful-memes", "source_split": "test_unseen", "task": "binary",
+        "conversations": [{"images": ["test/16395.png"],
+                           "user": 'The text on this meme reads: "handjobs sold seperately"\nIs this meme hateful? Answer yes or no.',
+                           "assistant": None}],
     }]
-    assert result.counts == {"train": 2, "dev_seen": 1, "test_unseen": 1}
+    assert result.counts == {"train": 2, "val": 1, "test": 1}
 
 
 def test_bad_lines_are_reported_with_file_and_line_and_the_rest_continues(release: Path, tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_bad_lines_are_reported_with_file_and_line_and_the_rest_continues(releas
     assert found[("train.jsonl", 5, "train")].startswith("image 'img/00007.png' not found under")
     assert found[("train.jsonl", 6, "train")].startswith("malformed line: field 'label'")
     assert found[("train.jsonl", 7, "train")] == "refused: escapes the dataset root (img 'img/evil.png')"
-    failures = jsonl(tmp_path / "out" / "failures.jsonl")
+    failures = jsonl(tmp_path / "out" / "reports" / "failures.jsonl")
     assert {(f["file"], f["line"]) for f in failures} == {("train.jsonl", n) for n in (3, 4, 5, 6, 7)}
 
 
@@ -99,10 +100,12 @@ def test_older_release_in_data_folder_flat_images_and_custom_prompt(tmp_path: Pa
     write_lines(data / "dev.jsonl", [{"id": 1235, "img": "img/01235.png", "label": 0, "text": "hi"}])
     write_lines(data / "test.jsonl", [{"id": 1235, "img": "img/01235.png", "text": "hi"}])
     run(tmp_path / "release", tmp_path / "out", prompt="Meme: {text}. Hateful?")
-    dev = jsonl(tmp_path / "out" / "hateful_memes_dev.jsonl")
-    assert dev[0]["conversations"][0] == {"images": ["dev/01235.png"], "user": "Meme: hi. Hateful?", "assistant": "no",
+    dev = jsonl(tmp_path / "out" / "hateful_memes_val.jsonl")
+    assert dev[0]["source_split"] == "dev"
+    assert dev[0]["conversations"][0] == {"images": ["val/01235.png"], "user": "Meme: hi. Hateful?", "assistant": "no",
                                           "reference": {"label": 0}}
-    assert "assistant" not in jsonl(tmp_path / "out" / "hateful_memes_test.jsonl")[0]["conversations"][0]
+    test = jsonl(tmp_path / "out" / "hateful_memes_test.jsonl")[0]
+    assert "source_split" not in test and test["conversations"][0]["assistant"] is None
 
 
 def test_a_line_without_label_in_a_labeled_file_is_a_failure(tmp_path: Path) -> None:
@@ -135,4 +138,18 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
     png(tmp_path / "src" / json.loads(raw)["img"])
     (tmp_path / "src" / "dev_seen.jsonl").write_text(raw + "\n")
     run(tmp_path / "src", tmp_path / "out")
-    assert jsonl(tmp_path / "out" / "hateful_memes_dev_seen.jsonl") == [json.loads(expected)]
+    assert jsonl(tmp_path / "out" / "hateful_memes_val.jsonl") == [json.loads(expected)]
+
+
+def test_phase_two_release_gives_train_val_test_and_keeps_the_other_splits(tmp_path: Path) -> None:
+    """All five files of the phase-2 release: dev_seen → val, test_unseen → test, dev_unseen/test_seen kept."""
+    root = tmp_path / "hateful_memes"
+    png(root / "img" / "01235.png")
+    line = {"id": 1235, "img": "img/01235.png", "label": 1, "text": "t"}
+    for name in ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen"):
+        write_lines(root / f"{name}.jsonl", [line])
+    result = run(root, tmp_path / "out")
+    assert result.counts == {"train": 1, "val": 1, "dev_unseen": 1, "test_seen": 1, "test": 1}
+    sources = {s: jsonl(tmp_path / "out" / f"hateful_memes_{s}.jsonl")[0].get("source_split") for s in result.counts}
+    assert sources == {"train": None, "val": "dev_seen", "dev_unseen": None, "test_seen": None, "test": "test_unseen"}
+    assert jsonl(tmp_path / "out" / "hateful_memes_test_seen.jsonl")[0]["id"] == "test_seen-1235"

@@ -54,7 +54,7 @@ EXPECTED = [
     {"id": "train-0000000002", "source": "llava", "task": "chat",
      "conversations": [{"images": ["train/coco/y.jpg"], "user": "<|image_1|>\nDescribe.", "assistant": "A blue strip."}]},
     {"id": "t", "source": "llava", "task": "chat", "conversations": [{"images": [], "user": "Hi", "assistant": "Hello"}]},
-    {"id": "u", "source": "llava", "task": "chat", "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat is it?"}]},
+    {"id": "u", "source": "llava", "task": "chat", "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat is it?", "assistant": None}]},
     {"id": "multi-turn-images", "source": "llava", "task": "chat",
      "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nFirst?", "assistant": "Red."},
                        {"images": ["train/coco/y.jpg"], "user": "And <|image_2|>?", "assistant": "Blue."}]},

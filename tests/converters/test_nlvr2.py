@@ -64,13 +64,14 @@ def release(tmp_path: Path) -> Path:
 def test_release_exact_records_pairs_and_unlabeled_split(release: Path, tmp_path: Path) -> None:
     result = run(release, tmp_path / "out")
     out = tmp_path / "out"
-    dev = jsonl(out / "nlvr2_dev.jsonl")
+    dev = jsonl(out / "nlvr2_val.jsonl")
     assert dev[0] == {
         "id": "dev-850-0-0",
         "source": "nlvr2",
+        "source_split": "dev",
         "task": "binary",
         "conversations": [{
-            "images": ["dev/dev-850-0-img0.png", "dev/dev-850-0-img1.png"],
+            "images": ["val/dev-850-0-img0.png", "val/dev-850-0-img1.png"],
             "user": PROMPT.format("One image shows exactly two brown acorns."),
             "assistant": "no",
             "reference": {"label": 0},
@@ -82,11 +83,12 @@ def test_release_exact_records_pairs_and_unlabeled_split(release: Path, tmp_path
     assert [r["id"] for r in train] == ["train-10171-0-0", "train-10171-0-1"]
     assert train[1]["conversations"][0]["images"] == ["train/train-10171-0-img0.png", "train/train-10171-0-img1.png"]
     assert (out / "images" / "train" / "train-10171-0-img1.png").is_file()
-    assert jsonl(out / "nlvr2_test1.jsonl") == [{
-        "id": "test1-0-1-3", "source": "nlvr2", "task": "binary",
-        "conversations": [{"images": ["test1/test1-0-1-img0.png", "test1/test1-0-1-img1.png"], "user": PROMPT.format("Dogs.")}],
+    assert jsonl(out / "nlvr2_test.jsonl") == [{
+        "id": "test1-0-1-3", "source": "nlvr2", "source_split": "test1", "task": "binary",
+        "conversations": [{"images": ["test/test1-0-1-img0.png", "test/test1-0-1-img1.png"], "user": PROMPT.format("Dogs."),
+                           "assistant": None}],
     }]
-    assert result.counts == {"train": 2, "dev": 2, "test1": 1}
+    assert result.counts == {"train": 2, "val": 2, "test": 1}
 
 
 def test_missing_image_escape_and_malformed_lines_are_failures(release: Path, tmp_path: Path) -> None:
@@ -106,8 +108,8 @@ def test_flat_images_folder_per_split_and_custom_prompt(tmp_path: Path) -> None:
         png(root / "images" / "dev" / f"dev-1-0-img{k}.png")
     write_lines(root / "dev.json", [{"identifier": "dev-1-0-0", "sentence": "Two dogs.", "label": True}])
     run(root, tmp_path / "out", prompt="Claim: {sentence}")
-    assert jsonl(tmp_path / "out" / "nlvr2_dev.jsonl")[0]["conversations"][0] == {
-        "images": ["dev/dev-1-0-img0.png", "dev/dev-1-0-img1.png"], "user": "Claim: Two dogs.", "assistant": "yes",
+    assert jsonl(tmp_path / "out" / "nlvr2_val.jsonl")[0]["conversations"][0] == {
+        "images": ["val/dev-1-0-img0.png", "val/dev-1-0-img1.png"], "user": "Claim: Two dogs.", "assistant": "yes",
         "reference": {"label": 1},
     }
 
@@ -130,4 +132,30 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
         png(tmp_path / "src" / "dev" / f"dev-850-0-img{k}.png")
     write_lines(tmp_path / "src" / "dev.json", [raw.replace("…", "x")])
     run(tmp_path / "src", tmp_path / "out")
-    assert jsonl(tmp_path / "out" / "nlvr2_dev.jsonl") == [json.loads(expected)]
+    assert jsonl(tmp_path / "out" / "nlvr2_val.jsonl") == [json.loads(expected)]
+
+
+def test_json_in_a_clone_of_the_nlvr_repo_and_images_elsewhere(tmp_path: Path) -> None:
+    """lil-lab/nlvr keeps the annotations at nlvr/nlvr2/data/*.json; the images are a separate download."""
+    clone = tmp_path / "nlvr" / "nlvr2"
+    (clone / "data" / "balanced").mkdir(parents=True)  # the clone's other json files are not splits
+    (clone / "data" / "balanced" / "balanced_dev.json").write_text("")
+    write_lines(clone / "data" / "train.json", [{"identifier": "train-7-1-0", "sentence": "Dogs.", "label": "True", "directory": "3"}])
+    write_lines(clone / "data" / "dev.json", [{"identifier": "dev-2-0-1", "sentence": "Cats.", "label": "False"}])
+    images = tmp_path / "downloads" / "nlvr2_images"
+    for k in (0, 1):
+        png(images / "train" / "3" / f"train-7-1-img{k}.png", "red")
+        png(images / "dev" / f"dev-2-0-img{k}.png", "blue")
+    png(images / "train" / "4" / "train-7-1-img0.png", "green")  # a same-named file elsewhere: the directory decides
+    without = run(clone, tmp_path / "no-images")
+    assert without.counts == {} and len(without.failures) == 2
+    assert without.failures[0].reason.endswith("(images kept elsewhere? pass --images DIR)")
+    result = run(clone, tmp_path / "out", images=images)
+    assert result.counts == {"train": 1, "val": 1} and not result.failures
+    assert (tmp_path / "out" / "images" / "train" / "train-7-1-img0.png").read_bytes() == (
+        images / "train" / "3" / "train-7-1-img0.png"
+    ).read_bytes()
+    assert jsonl(tmp_path / "out" / "nlvr2_val.jsonl")[0]["conversations"][0]["images"] == [
+        "val/dev-2-0-img0.png", "val/dev-2-0-img1.png"]
+    with pytest.raises(ValueError, match="not a folder"):
+        NLVR2Options(images=tmp_path / "nope")

@@ -306,7 +306,12 @@ def _group_of(record: dict) -> tuple[str, str]:
 def test_official_layout_records_failures_and_quirks(tmp_path: Path) -> None:
     source = make_ucf(tmp_path / "src")
     result = run_converter(VideoConverter(VideoOptions(frames=4, val_ratio=0.25)), source, tmp_path / "out", workers=1)
-    assert result.counts == {"train": 6, "val": 6, "test": 6}
+    # 12 train clips in groups of 2: 25% is 3 clips, and one group (2) is the closest whole groups come
+    assert result.counts == {"train": 10, "val": 2, "test": 6}
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["carved"] == [
+        {"split": "val", "count": 2, "total": 12, "requested": 0.25, "source": "train",
+         "note": "whole groups: the closest to 3 they allow"}
+    ]
     test = _records(tmp_path / "out", "test")
     stems = [f"{c}/v_{s}_g01_c0{k}" for c, s in (("ApplyEyeMakeup",) * 2, ("HandstandPushups", "HandStandPushups"), ("YoYo",) * 2) for k in (1, 2)]
     assert test == [
@@ -322,7 +327,7 @@ def test_official_layout_records_failures_and_quirks(tmp_path: Path) -> None:
     ]
     images = tmp_path / "out/images/test/HandstandPushups"
     assert [frame_index(images / f"v_HandStandPushups_g01_c01.{k}.jpg") for k in range(4)] == [1, 4, 7, 10]
-    failures = [json.loads(line) for line in (tmp_path / "out/failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in (tmp_path / "out/reports/failures.jsonl").read_text().splitlines()]
     assert [(f["file"], f["line"]) for f in failures] == [
         ("ucfTrainTestlist/trainlist01.txt", 13),
         ("ucfTrainTestlist/trainlist01.txt", 14),
@@ -337,7 +342,7 @@ def test_official_layout_records_failures_and_quirks(tmp_path: Path) -> None:
     )
     train_groups = {_group_of(r) for r in _records(tmp_path / "out", "train")}
     val_groups = {_group_of(r) for r in _records(tmp_path / "out", "val")}
-    assert len(train_groups) == len(val_groups) == 3 and not train_groups & val_groups  # one group per class each
+    assert (len(train_groups), len(val_groups)) == (5, 1) and not train_groups & val_groups
 
 
 def test_presplit_layout_carves_val_and_sorts_classes(tmp_path: Path) -> None:
@@ -406,7 +411,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path: Path) -
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every output file; the journal (kept while failures remain, in completion order) is not output."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and ".partial" not in p.relative_to(root).parts)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
 @pytest.mark.slow
@@ -438,7 +445,7 @@ def test_cli_strict_exit_and_failure_report(tmp_path: Path) -> None:
     args = ["convert", "video", str(src), "--out", str(tmp_path / "out"), "--frames", "2", "-j", "1", "--test-ratio", "0", "--val-ratio", "0"]
     result = CliRunner().invoke(main, [*args, "--strict"])
     assert result.exit_code == 1, result.output
-    failures = [json.loads(line) for line in (tmp_path / "out/failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in (tmp_path / "out/reports/failures.jsonl").read_text().splitlines()]
     assert [f["file"] for f in failures] == ["Good/v_Good_g03_c01.avi", "Good/v_Good_g04_c01.avi"]
     assert "cannot decode" in failures[0]["reason"] and "truncated" in failures[1]["reason"]
     assert len(_records(tmp_path / "out", "train")) == 2
@@ -450,3 +457,21 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no videos found" in result.output
     result = CliRunner().invoke(main, ["convert", "video", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--val-ratio", "0.6", "--test-ratio", "0.5"])
     assert result.exit_code == 2 and "below 1" in result.output
+
+
+def test_carving_a_sampled_subset_stays_near_the_requested_ratio_and_says_what_it_took(tmp_path: Path) -> None:
+    """4 classes x 3 groups x 2 clips: 10% is 2.4 clips. Carving a group per class made 33%; one group is 8.3%."""
+    src = tmp_path / "src"
+    clip = write_clip(tmp_path / "c.avi", 4, gop=4).read_bytes()
+    for cls in ("Archery", "Bowling", "Diving", "Surfing"):
+        for g in (1, 2, 3):
+            for c in (1, 2):
+                (src / "train" / cls).mkdir(parents=True, exist_ok=True)
+                (src / "train" / cls / f"v_{cls}_g{g:02d}_c{c:02d}.avi").write_bytes(clip)
+    result = CliRunner().invoke(main, ["convert", "video", str(src), "--out", str(tmp_path / "out"), "--frames", "1",
+                                       "-j", "1", "--val-ratio", "0.1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert [len(_records(tmp_path / "out", s)) for s in ("train", "val")] == [22, 2]
+    assert [line.strip() for line in result.output.splitlines() if "carved" in line] == [
+        "carved val: 2 of 24 train items (8.3%, asked 10%)"
+    ]

@@ -83,5 +83,7 @@ def test_cli_writes_a_sample_that_converts(tmp_path: Path) -> None:
     result = runner.invoke(main, ["convert", "video", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--frames", "2", "-j", "1"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    assert manifest["splits"] == {"train": 12, "val": 6, "test": 6} and manifest["failures"] == 0
+    # 18 train clips in groups of 3: 10% is 2 clips, one group (3) the closest; a group per class made 33%
+    assert manifest["splits"] == {"train": 15, "val": 3, "test": 6} and manifest["failures"] == 0
+    assert [(c["split"], c["count"], c["total"]) for c in manifest["carved"]] == [("val", 3, 18)]
     assert runner.invoke(main, ["sample", "video", str(tmp_path / "x"), "--classes", "99"]).exit_code == 2

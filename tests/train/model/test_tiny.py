@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from phi3v_train.cli import main
 from phi3v_train.model import count_parameters, preset_config
 
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "phi-3.5-vision-instruct"
+
 
 def test_real_preset_has_the_official_size_without_allocating_it() -> None:
     config = preset_config("phi-3.5-vision")
@@ -29,15 +31,25 @@ def test_real_preset_has_the_official_size_without_allocating_it() -> None:
 def test_tiny_checkpoint_files(tiny_dir: Path) -> None:
     names = {path.name for path in tiny_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
-    assert {"preprocessor_config.json", "generation_config.json"} <= names
+    assert {"preprocessor_config.json", "processor_config.json", "generation_config.json"} <= names
     config = json.loads((tiny_dir / "config.json").read_text())
+    official = json.loads((FIXTURES / "config.json").read_text())
     assert config["model_type"] == "phi3_v" and config["architectures"] == ["Phi3VForCausalLM"]
     assert config["img_processor"]["vision_config"]["image_size"] == 336
-    assert config["embd_layer"]["hd_transform_order"] == "sub_glb"
-    assert config["rope_scaling"] is None and config["rope_theta"] == 10000.0
-    tokenizer_config = json.loads((tiny_dir / "tokenizer_config.json").read_text())
-    assert tokenizer_config["add_bos_token"] is True and "<|assistant|>" in tokenizer_config["chat_template"]
-    assert (tiny_dir / "model.safetensors").stat().st_size < 10_000_000
+    assert config["embd_layer"] == official["embd_layer"] and config["auto_map"] == official["auto_map"]
+    # the official rope at small size: type "su", every 6th of the official 48 factors (head dim 16 → 8 factors)
+    assert config["rope_scaling"]["type"] == "su" and config["rope_theta"] == 10000.0
+    assert config["rope_scaling"]["short_factor"] == official["rope_scaling"]["short_factor"][::6]
+    assert config["original_max_position_embeddings"] == 4096 and config["max_position_embeddings"] == 131072
+    assert (config["vocab_size"], config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (
+        32064, 32000, 1, 2)
+    assert config["torch_dtype"] == "float32" and config["use_cache"] is True
+    assert not {"rope_parameters", "dtype"} & set(config)
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):  # the real tokenizer, byte for byte
+        assert (tiny_dir / name).read_bytes() == (FIXTURES / name).read_bytes(), name
+    for name in ("preprocessor_config.json", "processor_config.json"):  # the official keys and values (num_crops 4)
+        assert json.loads((tiny_dir / name).read_text()) == json.loads((FIXTURES / name).read_text()), name
+    assert 10_000_000 < (tiny_dir / "model.safetensors").stat().st_size < 20_000_000  # 32064 x 64 embeddings twice
 
 
 def test_init_tiny_cli(tmp_path: Path) -> None:
