@@ -356,7 +356,11 @@ def save_final(state: Setup) -> Path:
     is_main = state.trainer.is_world_process_zero()
     if is_main:
         shutil.rmtree(staging, ignore_errors=True)
-    state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
+    from phi3v_train.model.modeling_phi3v import released
+
+    model = state.trainer.accelerator.unwrap_model(state.trainer.model)
+    with released(model):  # a full model is saved in its base checkpoint's dtype (bf16 → bf16), checkpoints stay exact
+        state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
     if is_main:
         state.processor.save_pretrained(staging)
         shutil.rmtree(final, ignore_errors=True)
