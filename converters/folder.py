@@ -24,8 +24,9 @@ image has a same-stem ``.txt`` holds captions; any other folder holds classes.
 ``--prompt`` templates fill ``{classes}`` (classes mode: sorted class names joined by ", ") and ``{question}``
 (manifest mode); write ``{{``/``}}`` for literal braces. Splits: top-level ``train``/``val``/``test`` folders
 (``valid``/``validation`` count as ``val``) are kept, and without a ``val`` folder one is carved from train by
-``--val-ratio``. Otherwise (and for manifest rows without ``split``) items are shuffled with ``--seed`` — per class
-in classes mode — and the first ``round(n × val_ratio)`` go to val, the next ``round(n × test_ratio)`` to test.
+``--val-ratio``. Otherwise (and for manifest rows without ``split``) ``round(n × val_ratio)`` items go to val and
+``round(n × test_ratio)`` to test (at least one when the ratio is above 0), spread over the classes in proportion
+to their size, chosen with ``--seed``; the closing table and the manifest say what was carved.
 Images are copied to ``images/<split>/<path inside the split folder or root>``; hidden files and extensions outside
 ``IMAGE_SUFFIXES`` are ignored; an image that does not decode is reported and skipped.
 """
@@ -33,8 +34,6 @@ Images are copied to ``images/<split>/<path inside the split folder or root>``; 
 from __future__ import annotations
 
 import csv
-import os
-import random
 import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,8 +43,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import IMAGE_SUFFIXES, first_error
-from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
+                                OutputClaims)
+from phi3v_data.io import UnsafePathError, check_file_link, iter_jsonl, resolve_inside, walk_files
+from phi3v_data.splits import Carved, carve_groups
 from schemas import Task
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -109,12 +110,20 @@ class _Job:
     id: str | None = None
 
 
-def ratio_split(keys: Sequence[str], *, seed: int, val_ratio: float, test_ratio: float = 0.0, group: str = "") -> dict[str, str]:
-    """Split of each key: sorted, shuffled by (seed, group); the first round(n·val) → val, next round(n·test) → test."""
-    order = sorted(keys)
-    random.Random(f"{seed}:{group}").shuffle(order)
-    n_val, n_test = int(len(order) * val_ratio + 0.5), int(len(order) * test_ratio + 0.5)
-    return {key: "val" if i < n_val else "test" if i < n_val + n_test else "train" for i, key in enumerate(order)}
+def ratio_split(
+    pools: dict[str, Sequence[str]], *, seed: int, val_ratio: float, test_ratio: float = 0.0
+) -> tuple[dict[str, str], list[Carved]]:
+    """Split of each key of ``pools`` (class → keys) and what was carved: ``round(n·val)`` keys → val, then
+    ``round(n·test)`` → test, over all ``n`` keys, spread over the classes (:func:`phi3v_data.splits.carve_groups`)."""
+    chosen = {key: "train" for keys in pools.values() for key in keys}
+    carved: list[Carved] = []
+    for split, ratio in (("val", val_ratio), ("test", test_ratio)):
+        if ratio > 0:
+            groups = {(cls, key): [key] for cls, keys in pools.items() for key in keys if chosen[key] == "train"}
+            moved, info = carve_groups(groups, ratio, seed=seed, split=split, total=len(chosen))
+            chosen.update(dict.fromkeys(moved, split))
+            carved.append(info)
+    return chosen, carved
 
 
 class FolderConverter(Converter):
@@ -174,7 +183,7 @@ class FolderConverter(Converter):
             raise ConvertUsageError(f"--prompt uses {{{unknown[0]}}}, which {mode} mode does not fill (it fills: {known})")
         return template
 
-    def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure]:
+    def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure | Carved]:
         template = self._template(mode)
         if mode == "classes":
             for _, base, path in entries:
@@ -186,11 +195,25 @@ class FolderConverter(Converter):
         else:
             group_of, user = _one_group, template.format()
         task = self.options.task or TASKS[mode]
-        splits = self._splits(root, entries, group_of)
+        splits, carved = self._splits(root, entries, group_of)
+        yield from carved
+        claims = OutputClaims()
         for _, base, path in entries:
             key = path.relative_to(root).as_posix()
             split = splits[key]
             images = ((str(path), f"{split}/{path.relative_to(base).as_posix()}"),)
+            caption = path.with_suffix(".txt")
+            try:  # a symlinked image or caption that leads out of the source is reported, never read
+                for file in (path, caption) if mode == "captions" and caption.is_file() else (path,):
+                    if file.is_symlink():
+                        check_file_link(file, root, shown=file.relative_to(root).as_posix())
+            except UnsafePathError as exc:
+                yield Failure(key, f"refused: {exc}", split)
+                continue
+            clash = claims.claim(images[0][1], key)  # val/ and valid/ both become val/
+            if clash is not None:
+                yield Failure(key, clash, split)
+                continue
             if mode == "classes":
                 yield Item(key, split, _Job(images, user, group_of(base, path), task))
             elif path.with_suffix(".txt").is_file():
@@ -198,7 +221,9 @@ class FolderConverter(Converter):
             else:
                 yield Failure(key, f"no caption: expected {path.with_suffix('.txt').name} beside it", split)
 
-    def _splits(self, root: Path, entries: list[Entry], group_of: Callable[[Path, Path], str]) -> dict[str, str]:
+    def _splits(
+        self, root: Path, entries: list[Entry], group_of: Callable[[Path, Path], str]
+    ) -> tuple[dict[str, str], list[Carved]]:
         """Split of each image (by path under root): pre-split folders kept, the rest carved by ratio per group."""
         presplit = any(split is not None for split, _, _ in entries)
         has_val = any(split == "val" for split, _, _ in entries)
@@ -210,12 +235,13 @@ class FolderConverter(Converter):
                 pools.setdefault(group_of(base, path), []).append(key)
             else:
                 chosen[key] = split
+        if not pools:
+            return chosen, []
         test_ratio = 0.0 if presplit else self.options.test_ratio
-        for group, keys in pools.items():
-            chosen |= ratio_split(keys, seed=self.options.seed, val_ratio=self.options.val_ratio, test_ratio=test_ratio, group=group)
-        return chosen
+        split_of, carved = ratio_split(pools, seed=self.options.seed, val_ratio=self.options.val_ratio, test_ratio=test_ratio)
+        return chosen | split_of, carved
 
-    def _plan_manifest(self, path: Path, template: str) -> Iterator[Item | Failure]:
+    def _plan_manifest(self, path: Path, template: str) -> Iterator[Item | Failure | Carved]:
         task = self.options.task or TASKS["manifest"]
         rows: list[tuple[int, ManifestRow, list[tuple[str, str]]]] = []
         for line, raw, error in _manifest_rows(path):
@@ -227,12 +253,17 @@ class FolderConverter(Converter):
             except ValidationError as exc:
                 yield Failure(path.name, f"malformed row: {first_error(exc)}", line=line)
                 continue
-            except (ValueError, UnsafePathError) as exc:
+            except UnsafePathError as exc:
+                yield Failure(path.name, f"image refused: {exc}", line=line)
+                continue
+            except ValueError as exc:
                 yield Failure(path.name, str(exc), line=line)
                 continue
             rows.append((line, row, images))
         unsplit = [str(line) for line, row, _ in rows if row.split is None]
-        carved = ratio_split(unsplit, seed=self.options.seed, val_ratio=self.options.val_ratio, test_ratio=self.options.test_ratio)
+        carved, report = ratio_split({"": unsplit}, seed=self.options.seed, val_ratio=self.options.val_ratio,
+                                     test_ratio=self.options.test_ratio)
+        yield from report if unsplit else ()
         for line, row, images in rows:
             split = row.split or carved[str(line)]
             placed = tuple((src, f"{split}/{rel}") for src, rel in images)
@@ -258,9 +289,8 @@ def _one_group(base: Path, path: Path) -> str:
 
 def _images_under(root: Path) -> list[Path]:
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    for folder, files in walk_files(root):  # symlinked folders are followed, each real folder once
+        found += [folder / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found)
 
 

@@ -39,10 +39,26 @@ def _classified(split: str, index: int, image: str, label: str, prompt: str = PR
 
 def test_ratio_split_is_deterministic_and_counts_round(tmp_path: Path) -> None:
     keys = [str(i) for i in range(10)]
-    chosen = ratio_split(keys, seed=3, val_ratio=0.2, test_ratio=0.1)
-    assert chosen == {**dict.fromkeys(keys, "train"), "8": "val", "0": "val", "2": "test"}
-    assert ratio_split(list(reversed(keys)), seed=3, val_ratio=0.2, test_ratio=0.1) == chosen  # input order is irrelevant
-    assert ratio_split(keys, seed=4, val_ratio=0.2, test_ratio=0.1) == {**dict.fromkeys(keys, "train"), "5": "val", "8": "val", "1": "test"}
+    chosen, carved = ratio_split({"": keys}, seed=3, val_ratio=0.2, test_ratio=0.1)
+    assert chosen == {**dict.fromkeys(keys, "train"), "2": "val", "8": "val", "0": "test"}
+    assert [c.describe() for c in carved] == ["val: 2 of 10 train items (20.0%, asked 20%)", "test: 1 of 10 train items (10.0%, asked 10%)"]
+    assert ratio_split({"": list(reversed(keys))}, seed=3, val_ratio=0.2, test_ratio=0.1)[0] == chosen  # input order is irrelevant
+    assert ratio_split({"": keys}, seed=4, val_ratio=0.2, test_ratio=0.1)[0] == {**dict.fromkeys(keys, "train"), "3": "val", "6": "val", "2": "test"}
+
+
+def test_a_small_source_still_gets_a_val_split_and_the_table_says_so(tmp_path: Path) -> None:
+    """4 classes of 2 images at --val-ratio 0.1: round(0.8) = 1 image, where per class rounding gave none."""
+    root = tmp_path / "pets"
+    for cls in ("cat", "dog", "eel", "fox"):
+        for i in (1, 2):
+            _png(root / cls / f"{i}.png")
+    result = CliRunner().invoke(main, ["convert", "folder", str(root), "--out", str(tmp_path / "out"), "-j", "1",
+                                       "--val-ratio", "0.1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert [len(_read(tmp_path / "out", s)) for s in ("train", "val")] == [7, 1]
+    assert "carved val: 1 of 8 train items (12.5%, asked 10%)" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["carved"] == [{"split": "val", "count": 1, "total": 8, "requested": 0.1, "source": "train", "note": None}]
 
 
 def test_class_folders_split_per_class_by_ratio(tmp_path: Path) -> None:
@@ -59,22 +75,22 @@ def test_class_folders_split_per_class_by_ratio(tmp_path: Path) -> None:
 
     result = run_converter(FolderConverter(FolderOptions(val_ratio=0.5)), root, tmp_path / "out", workers=1)
 
-    # seed 0 shuffles cat/{a,b,broken,c,d} (val gets round(2.5) = 3) and dog/{e,puppies/f} (val gets 1)
+    # val gets round(7 × 0.5) = 4: cat (5 images, share 2.5) gives 3 — broken.png among them, so 2 arrive — dog 1
     assert _read(tmp_path / "out", "train") == [
         _classified("train", 0, "train/cat/b.png", "cat"),
-        _classified("train", 1, "train/cat/d.png", "cat"),
-        _classified("train", 2, "train/dog/puppies/f.jpg", "dog"),
+        _classified("train", 1, "train/cat/c.png", "cat"),
+        _classified("train", 2, "train/dog/e.jpg", "dog"),
     ]
     assert _read(tmp_path / "out", "val") == [
         _classified("val", 0, "val/cat/a.png", "cat"),
-        _classified("val", 1, "val/cat/c.png", "cat"),
-        _classified("val", 2, "val/dog/e.jpg", "dog"),
+        _classified("val", 1, "val/cat/d.png", "cat"),
+        _classified("val", 2, "val/dog/puppies/f.jpg", "dog"),
     ]
     assert [(f.file, f.reason) for f in result.failures] == [
         ("loose.png", "image is not inside a class folder"),
         ("cat/broken.png", f"{root / 'cat' / 'broken.png'}: not a recognised image format"),
     ]
-    assert (tmp_path / "out" / "images" / "val" / "dog" / "e.jpg").read_bytes() == (root / "dog" / "e.jpg").read_bytes()
+    assert (tmp_path / "out" / "images" / "val" / "dog" / "puppies" / "f.jpg").read_bytes() == (root / "dog" / "puppies" / "f.jpg").read_bytes()
 
 
 def test_class_folders_split_is_the_same_on_every_run(tmp_path: Path) -> None:
@@ -85,7 +101,7 @@ def test_class_folders_split_is_the_same_on_every_run(tmp_path: Path) -> None:
         run_converter(FolderConverter(FolderOptions(val_ratio=0.3, seed=5)), root, tmp_path / out, workers=1)
     for split in ("train", "val"):
         assert (tmp_path / "one" / f"folder_{split}.jsonl").read_bytes() == (tmp_path / "two" / f"folder_{split}.jsonl").read_bytes()
-    assert len(_read(tmp_path / "one", "val")) == 2  # round(3 × 0.3) per class
+    assert len(_read(tmp_path / "one", "val")) == 2  # round(6 × 0.3), one per class
 
 
 def test_pre_split_folders_are_kept_and_the_prompt_is_a_template(tmp_path: Path) -> None:
@@ -114,8 +130,8 @@ def test_pre_split_without_val_carves_val_from_train(tmp_path: Path) -> None:
     run_converter(FolderConverter(FolderOptions(val_ratio=0.34, test_ratio=0.5)), root, tmp_path / "out", workers=1)
 
     prompt = "Classify the image into one of the following classes: cat."
-    assert [r["conversations"][0]["images"] for r in _read(tmp_path / "out", "train")] == [["train/cat/x1.png"], ["train/cat/x3.png"]]
-    assert _read(tmp_path / "out", "val") == [_classified("val", 0, "val/cat/x2.png", "cat", prompt)]
+    assert [r["conversations"][0]["images"] for r in _read(tmp_path / "out", "train")] == [["train/cat/x2.png"], ["train/cat/x3.png"]]
+    assert _read(tmp_path / "out", "val") == [_classified("val", 0, "val/cat/x1.png", "cat", prompt)]
     assert _read(tmp_path / "out", "test") == [_classified("test", 0, "test/cat/t.png", "cat", prompt)]
 
 
@@ -164,7 +180,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert _read(out, "train") == [vqa("train-0000000000", ["train/photos/b.jpg"], "Colour, please?", "green")]
     assert _read(out, "test") == [vqa("q3", ["test/photos/a.png"], "What is it?", None)]
     assert [(f.file, f.line, f.reason) for f in result.failures] == [
-        ("manifest.csv", 5, f"'../outside.png' escapes {root}"),
+        ("manifest.csv", 5, "image refused: '../outside.png' climbs out with '..'"),
         ("manifest.csv", 6, "malformed row: field 'question': String should have at least 1 character"),
         ("manifest.csv:7", None, f"{root / 'photos' / 'missing.png'}: file does not exist"),
     ]
