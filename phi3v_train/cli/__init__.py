@@ -16,6 +16,8 @@ COMMANDS = {
     "export": "phi3v_train.cli.export:export",
     "bench": "phi3v_train.cli.bench:bench",
     "recipes": "phi3v_train.cli.recipes:recipes",
+    "plan": "phi3v_train.cli.plan:plan",
+    "plan": "phi3v_train.cli.plan:plan",
 }
 
 
