@@ -17,7 +17,6 @@ COMMANDS = {
     "bench": "phi3v_train.cli.bench:bench",
     "recipes": "phi3v_train.cli.recipes:recipes",
     "plan": "phi3v_train.cli.plan:plan",
-    "plan": "phi3v_train.cli.plan:plan",
 }
 
 
