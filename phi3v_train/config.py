@@ -271,13 +271,67 @@ def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path |
     key = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
         origin = f"in {yaml_path}" if yaml_path and not _came_from_flags(loc, flags) else "among the settings"
-        return f"unknown setting {key!r} {origin}; `phi3v-train run --help` lists them"
+        guess = suggest_setting(key)
+        hint = f"did you mean {guess}?" if guess else "`phi3v-train run --help` lists them"
+        return f"unknown setting {key!r} {origin}; {hint}"
     where = flag_name(loc)
     if error["type"] == "missing":
         return f"{where} is required (a flag, or {key!r} in the --config YAML)"
     if yaml_path is not None and not _came_from_flags(loc, flags):
         where += f" ({key} in {yaml_path})"
     return f"{where}: {error['msg']} (got {error['input']!r})"
+
+
+# Names users bring from LLaMA-Factory, ms-swift and transformers' TrainingArguments → ours (with a note when the
+# meaning differs). difflib catches typos; this table catches other tools' vocabulary.
+SETTING_ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "max_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "global_batch_size (= batch_size × accumulation × devices)",
+    "total_batch_size": "global_batch_size",
+    "warmup_ratio": "warmup", "warmup_steps": "warmup (a fraction of the steps)", "lr_scheduler_type": "scheduler",
+    "output_dir": "output", "model_name_or_path": "model", "model_id_or_path": "model", "model_path": "model",
+    "dataset": "data", "dataset_dir": "data", "data_path": "data", "train_file": "data",
+    "cutoff_len": "max_length", "max_seq_length": "max_length", "model_max_length": "max_length", "max_len": "max_length",
+    "finetuning_type": "strategy", "train_type": "strategy", "tuner_type": "strategy", "sft_type": "strategy",
+    "freeze_vision_tower": "strategy: frozen-vision", "freeze_vit": "strategy: frozen-vision",
+    "lora_rank": "lora.rank", "lora_r": "lora.rank", "r": "lora.rank", "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout", "lora_target": "lora.targets", "lora_target_modules": "lora.targets",
+    "target_modules": "lora.targets", "save_steps": "save_every", "save_total_limit": "keep_last",
+    "logging_steps": "log_every", "resume_from_checkpoint": "resume", "overwrite_output_dir": "overwrite",
+    "bf16": "precision: bf16", "fp16": "precision: fp16", "torch_dtype": "precision", "dtype": "precision",
+    "attn_implementation": "attention", "flash_attn": "attention: flash_attention_2",
+    "dataloader_num_workers": "workers", "preprocessing_num_workers": "workers", "num_workers": "workers",
+    "report_to": "tensorboard", "grad_clip": "max_grad_norm", "clip_grad_norm": "max_grad_norm",
+    "gradient_checkpointing_enable": "gradient_checkpointing", "max_steps_per_epoch": "max_steps",
+    "val_split": "eval_split", "eval_dataset": "eval_split", "do_eval": "eval_after",
+}
+
+
+def _setting_names() -> list[str]:
+    names = [name for name in TrainConfig.model_fields if name != "lora"]
+    return names + [f"lora.{name}" for name in LoraSettings.model_fields]
+
+
+def suggest_setting(key: str) -> str | None:
+    """What an unknown setting probably meant, as ``'lr' (--lr)``; None when nothing is close.
+
+    >>> suggest_setting("learning_rate"), suggest_setting("lora.rnak")
+    ("'lr' (--lr)", "'lora.rank' (--lora.rank)")
+    """
+    import difflib  # noqa: PLC0415 - only on the error path
+
+    last = key.rsplit(".", 1)[-1].lower().lstrip("-").replace("-", "_")
+    alias = SETTING_ALIASES.get(key.lower()) or SETTING_ALIASES.get(last)
+    if alias is not None:
+        name, _, note = alias.partition(" ")
+        name = name.rstrip(":")
+        flag = flag_name(tuple(name.split(".")))
+        return f"{name!r} ({flag}{', ' + note.strip('()') if note else ''})" if ":" not in alias else f"{alias!r} ({flag})"
+    names = _setting_names()
+    match = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.6) or difflib.get_close_matches(
+        last, names, n=1, cutoff=0.6)
+    return f"{match[0]!r} ({flag_name(tuple(match[0].split('.')))})" if match else None
 
 
 def load_config(yaml_path: Path | None = None, *, flags: dict[str, Any] | None = None) -> TrainConfig:
@@ -324,7 +378,9 @@ def _drop_unset(flags: dict[str, Any]) -> dict[str, Any]:
 
 def write_config(config: TrainConfig, path: Path) -> None:
     """Save the resolved configuration atomically; ``--config`` accepts it back unchanged."""
-    data = config.model_dump(mode="json")
+    # --resume and --overwrite are actions of one invocation, not settings: kept here, `--config RUN/config.yaml`
+    # would silently resume (or delete checkpoints) on a later run.
+    data = config.model_dump(mode="json", exclude={"resume", "overwrite"})
     with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write("# Resolved configuration of this run; rerun with: phi3v-train run --config <this file>\n")
         yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from rich.markup import escape
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -37,7 +38,7 @@ from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
 from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
-from phi3v_train.trainer import LOG_FILE, Phi3VTrainer, ProgressLog, forget_log_after
+from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=config.log_every,
+        logging_first_step=True,  # with LogEnds: a run shorter than --log-every still logs its first and last step
         logging_nan_inf_filter=False,  # a NaN stops the run (Phi3VTrainer.compute_loss) rather than being hidden
         save_strategy="steps",
         save_steps=config.save_every,
@@ -182,6 +184,20 @@ def _describe_data(
     shuffled = sampler.ungrouped()
     console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
                   f"{shuffled.padding_fraction(0):.1%}); longest sample {max(sampler.lengths)} tokens")
+
+
+def _warn_small_data(console: Console, summaries: list[SplitSummary], config: TrainConfig, *, global_batch: int) -> None:
+    """A global batch larger than the data makes every step see (nearly) everything: legal, but rarely meant."""
+    kept = sum(summary.kept for summary in summaries)
+    if kept < global_batch:
+        console.print(f"[yellow]warning[/]: the global batch ({global_batch} samples) is larger than the {kept} "
+                      "training samples: each optimizer step sees the whole dataset, so an epoch is one step; "
+                      "lower --global-batch-size / --batch-size, or add data")
+        return
+    small = [f"{', '.join(p.name for p in s.files)} ({s.kept})" for s in summaries if s.kept < global_batch]
+    if small:
+        console.print(f"[yellow]warning[/]: fewer samples than one global batch ({global_batch}) in: "
+                      + escape("; ".join(small)))
 
 
 def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitSummary], *, global_batch: int) -> LengthGroupedSampler:
@@ -252,11 +268,11 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
     return model
 
 
-def _callbacks(config: TrainConfig, console: Console, *, is_main: bool) -> list[TrainerCallback]:
+def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: bool = False) -> list[TrainerCallback]:
     callbacks: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last),
-                                        ckpt.PreemptionCallback()]
+                                        ckpt.PreemptionCallback(), LogEnds()]
     if is_main:
-        callbacks.append(ProgressLog(console, config.output))
+        callbacks.append(ProgressLog(console, config.output, quiet=quiet))
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -264,16 +280,22 @@ def _callbacks(config: TrainConfig, console: Console, *, is_main: bool) -> list[
     return callbacks
 
 
-def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> Setup:
-    """Everything up to the first step. Raises RunError for problems a user can fix."""
+def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0) -> Setup:
+    """Everything up to the first step. Raises RunError for problems a user can fix.
+
+    ``verbosity`` -1 (``-q``) prints only warnings and the closing line.
+    """
     from phi3v_train.model import Phi3VProcessor, bos_id
 
     rank, world_size = world()
     is_main = rank == 0
     if Path(config.model).is_dir():  # adapters record their base; an absolute path survives a change of directory
         config = config.model_copy(update={"model": str(Path(config.model).resolve())})
-    console = Console(quiet=not is_main, stderr=True, soft_wrap=True)
+    console = Console(quiet=not is_main or verbosity < 0, stderr=True, soft_wrap=True)
+    warn = Console(quiet=not is_main, stderr=True, soft_wrap=True)
     resume_from = prepare_output(config, is_main=is_main)
+    if resume_from is not None:
+        warn.print(f"resuming from {resume_from.name} ({resume_from})")
     args = training_arguments(config, world_size=world_size)  # initialises the process group under torchrun
     if config.deepspeed:
         import deepspeed
@@ -289,12 +311,13 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> 
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
     sampler = _sampler(config, dataset, summaries, global_batch=global_batch)
     _describe_data(console, summaries, sampler, config)
+    _warn_small_data(warn, summaries, config, global_batch=global_batch)
     dirs = [source.path for source in config.sources]
     model = _model(config, args, dataset, console)
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
                         bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
                         images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
-    own = _callbacks(config, console, is_main=is_main)
+    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
                            source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks])
     trainer.remove_callback(PrinterCallback)
@@ -400,15 +423,15 @@ def fit(state: Setup) -> RunResult:
 def _close_callbacks(trainer: Trainer) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, ProgressLog):
-            callback.progress.stop()
+            callback.close()
         if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
             callback.tb_writer.flush()
 
 
-def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
+def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0) -> RunResult:
     """setup → fit. ``callbacks`` are extra Trainer callbacks (tests use them to simulate crashes)."""
     try:
-        state = setup(config, callbacks=callbacks)
+        state = setup(config, callbacks=callbacks, verbosity=verbosity)
         return fit(state)
     finally:
         if dist.is_available() and dist.is_initialized():

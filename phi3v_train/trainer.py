@@ -89,10 +89,34 @@ def forget_log_after(path: Path, *, step: int) -> None:
         handle.writelines(kept)
 
 
-class ProgressLog(TrainerCallback):
-    """Main process only: a rich progress bar, one readable line per logging interval, and ``RUN/log.jsonl``."""
+class LogEnds(TrainerCallback):
+    """Every rank: log the last step too (the first is ``logging_first_step``), so a run shorter than ``--log-every``
+    still reports its losses. Every rank must agree, since a log all-reduces the throughput counters."""
 
-    def __init__(self, console: Console, run_dir: Path) -> None:
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+
+def duration(seconds: float) -> str:
+    """``75`` → ``1m15s``; ``4000`` → ``1h06m``: short enough for a log line."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressLog(TrainerCallback):
+    """Main process only: a rich progress bar, one readable line per logging interval, ``RUN/log.jsonl``, and a
+    closing line (final loss, elapsed time, throughput).
+
+    The bar is drawn only on a terminal; the lines carry an ETA, so a log file read by a person or a scheduler says
+    how long is left too. ``quiet`` keeps log.jsonl and the closing line and drops the per-interval lines.
+    """
+
+    def __init__(self, console: Console, run_dir: Path, *, quiet: bool = False) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = console
@@ -101,9 +125,16 @@ class ProgressLog(TrainerCallback):
                                  console=console, transient=True)
         self.task: Any = None
         self.losses: list[float] = []
+        self.quiet = quiet
+        self.live = False
+        self.started = time.perf_counter()
+        self.first_step = 0
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.start()
+        self.started, self.first_step = time.perf_counter(), state.global_step
+        if self.console.is_terminal:  # elsewhere a bar draws nothing but stray blank lines
+            self.progress.start()
+            self.live = True
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
@@ -115,14 +146,36 @@ class ProgressLog(TrainerCallback):
         self.losses.append(logs["loss"])
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        if self.quiet:
+            return
         grad = logs.get("grad_norm")
         self.console.print(
-            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+            f"step {state.global_step}/{state.max_steps}  {self._eta(state)}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
             + (f"grad {grad:.3f}  " if grad is not None else "")
             + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
             f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GB"
             + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
         )
 
+    def _eta(self, state: Any) -> str:
+        done = state.global_step - self.first_step
+        if done <= 0:
+            return "eta ?"
+        left = (time.perf_counter() - self.started) / done * (state.max_steps - state.global_step)
+        return f"eta {duration(left)}"
+
+    def close(self) -> None:
+        if self.live:
+            self.progress.stop()
+            self.live = False
+
     def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.stop()
+        self.close()
+        elapsed = time.perf_counter() - self.started
+        steps = state.global_step - self.first_step
+        samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        loss = f"final loss {self.losses[-1]:.4f}" if self.losses else "no loss logged"
+        span = (f"{steps} step{'s' if steps != 1 else ''}" if not self.first_step else f"step {state.global_step}" if steps == 1
+                else f"steps {self.first_step + 1}-{state.global_step}")
+        self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
+                           f"{samples / max(elapsed, 1e-9):.2f} samples/s ({steps / max(elapsed, 1e-9):.2f} steps/s)")

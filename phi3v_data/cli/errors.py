@@ -8,9 +8,11 @@ traceback. Library code raises; only this module decides what a person reads.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 
@@ -109,6 +111,31 @@ def describe(exc: BaseException) -> CliError | None:
     if isinstance(exc, _own_error_types()):
         return CliError(str(exc).strip() or type(exc).__name__)
     return None
+
+
+def check_writable(flag: str, path: Path, *, directory: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written; the message names the flag and the reason.
+
+    Nothing is created: a command that fails later leaves no empty directories behind.
+    """
+    if directory and path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path}: a file is in the way; give a directory", 2)
+    if not directory and path.is_dir():
+        raise CliError(f"{flag} {path}: a directory is in the way; give a file name", 2)
+    parent = path if directory else path.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CliError(f"{flag} {path}: {ancestor} is a file, not a directory", 2)
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise CliError(f"{flag} {path}: {ancestor} is not writable", 2)
+            return
+
+
+def write_error(flag: str, path: Path, exc: OSError) -> CliError:
+    """An OSError met while writing ``path`` (given as ``flag``), as one line naming the flag."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return CliError(f"{flag} {path}: cannot write it: {exc.strerror or exc}{where}")
 
 
 def is_verbose(ctx: click.Context | None) -> bool:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from phi3v_data.cli.errors import check_writable
 from phi3v_data.export import ExportResult, ExportUsageError, Format, export_dataset
 
 SHOWN_PROBLEMS = 10
@@ -19,7 +20,7 @@ SHOWN_PROBLEMS = 10
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--to", "to", type=click.Choice(["llava", "sharegpt"]), required=True, help="Target format.")
 @click.option(
-    "--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    "--out", "--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
     help="FILE.json (one JSON array, as LLaVA reads it) or FILE.jsonl (one row per line).",
 )
 @click.option(
@@ -37,6 +38,7 @@ def export(dataset: Path, to: Format, out: Path, image_folder: Path | None) -> N
         phi3v-data export data/docvqa/docvqa_train.jsonl --to llava --out docvqa_llava.json
         # then train LLaVA with --data_path docvqa_llava.json --image_folder data/docvqa/images
     """
+    check_writable("--out", out)
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("exporting {task.fields[name]}: {task.completed:.0f} records"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:

@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from phi3v_data.cli.errors import check_writable, write_error
 from phi3v_data.preview import build_preview, validator_findings, write_preview
 
 
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+@click.option("--out", "--output", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="HTML file to write, or a directory (index.html is written there).")
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Images directory the record paths are relative to [default: images/ beside DATASET].")
@@ -29,6 +30,7 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     Example:
         phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
     """
+    check_writable("--out", out, directory=out.suffix.lower() not in (".html", ".htm"))
     console = Console(stderr=True)
     with console.status("sampling records and making thumbnails…"):
         findings = validator_findings(dataset, images_dir=images_dir) if validate else {}
@@ -36,7 +38,7 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     try:
         written = write_preview(gallery, out)
     except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise write_error("--out", out, exc) from None
     bad = sum(1 for item in gallery.items if item.problems)
     colour = "red" if bad else "green"
     console.print(

@@ -11,7 +11,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from phi3v_data.io import write_json
+from phi3v_data.cli.errors import check_writable, write_error
+from phi3v_data.io import dumps_utf8, write_json
 from phi3v_data.record_checks import LengthSpec, LengthSpecError
 from phi3v_data.report import ValidationReport, render
 from phi3v_data.validate import validate_file
@@ -44,7 +45,7 @@ def _workers(requested: int, files: tuple[Path, ...]) -> int:
     return min(os.cpu_count() or 1, 4) if large else 1
 
 
-def _run(files: tuple[Path, ...], show_progress: bool, **options) -> ValidationReport:
+def _run(files: tuple[Path, ...], show_progress: bool, output: Path | None = None, **options) -> ValidationReport:
     """Validate each file, under one rich progress bar (bytes read) when stderr is a terminal."""
     console = Console(stderr=True)
     columns = (TextColumn("validating"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
@@ -55,8 +56,10 @@ def _run(files: tuple[Path, ...], show_progress: bool, **options) -> ValidationR
         advance = (lambda n: progress.advance(task, n)) if progress else None
         for path in files:
             try:
-                reports.append(validate_file(path, progress=advance, **options))
+                reports.append(validate_file(path, progress=advance, output=output, **options))
             except OSError as exc:
+                if output is not None and exc.filename is not None and Path(exc.filename) != path:
+                    raise write_error("--output", output, exc) from None  # the clean copy, not the input
                 raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
     return ValidationReport.combine(reports)
 
@@ -76,7 +79,7 @@ def _run(files: tuple[Path, ...], show_progress: bool, **options) -> ValidationR
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the machine-readable report (JSON) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report to stdout instead of the summary.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "--out", "-o", "output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write only the valid records here (one input file only).")
 @click.option("--limit-errors", type=click.IntRange(min=0), default=50, show_default=True,
               help="Findings listed in the summary.")
@@ -103,13 +106,20 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
         raise click.UsageError("--processor needs image sizes, which --exists-only does not read")
     if output is not None and len(files) > 1:
         raise click.UsageError("--output takes one input file; validate the files one at a time to clean them")
+    if report_path is not None:
+        check_writable("--report", report_path)
+    if output is not None:
+        check_writable("--output", output)
     lengths = _length_spec(processor, num_crops, max_length)
     report = _run(files, show_progress=not (quiet or as_json), images_dir=images_dir, lengths=lengths, output=output,
                   image_check="deep" if deep else "exists" if exists_only else "header", workers=_workers(workers, files))
     if report_path is not None:
-        write_json(report_path, report.to_dict())
+        try:
+            write_json(report_path, report.to_dict())
+        except OSError as exc:
+            raise write_error("--report", report_path, exc) from None
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(dumps_utf8(report.to_dict(), indent=2))  # valid UTF-8 whatever the input (lone surrogates)
     elif not quiet:
         render(report, Console(), limit=limit_errors)
     click.get_current_context().exit(0 if report.valid else 1)

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from phi3v_data.cli.errors import check_writable
+
 STRATEGY_CHOICES = ("full", "frozen-vision", "lora", "qlora")
 ATTENTION_CHOICES = {"sdpa": "sdpa", "flash": "flash_attention_2", "flash_attention_2": "flash_attention_2"}
 
@@ -37,7 +39,7 @@ def _page(value: str) -> tuple[int, int]:
 @click.option("--page", default="1320x2200", show_default=True, help="Synthetic document size, WIDTHxHEIGHT.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
 @click.option("--peak-flops", type=float, default=None, help="Device peak FLOP/s for MFU (known GPUs: automatic).")
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.md"),
+@click.option("--out", "--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.md"),
               show_default=True, help="Markdown file the table is written to.")
 def bench(preset: str | None, model: Path | None, strategies: tuple[str, ...], attention: tuple[str, ...],
           page: str, out: Path, **settings: object) -> None:
@@ -52,6 +54,7 @@ def bench(preset: str | None, model: Path | None, strategies: tuple[str, ...], a
 
     from phi3v_train.bench import BenchError, BenchOptions, default_preset, rich_table, run_bench, write_markdown
 
+    check_writable("--out", out)
     console = Console(stderr=True)
     fields = {k: v for k, v in settings.items() if v is not None}
     try:

@@ -8,6 +8,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from phi3v_data.cli.errors import check_writable, is_verbose, weights_problem
+from phi3v_train.cli.run_checks import quiet_libraries
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
@@ -27,7 +30,7 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
 @click.option("--attention", "attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for predictions.jsonl and metrics.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int | None, batch_size: int, num_crops: int | None,
@@ -41,6 +44,8 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
     Example:
         phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --output runs/docvqa-lora/eval
     """
+    check_writable("--output", output, directory=True)
+    quiet_libraries(verbose=is_verbose(click.get_current_context()))
     import torch
 
     from phi3v_train.evaluate import evaluate, find_split, load_records
@@ -69,6 +74,11 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
                                               device=device, num_crops=num_crops)
     except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        problem = weights_problem(exc)
+        if problem is None:
+            raise
+        raise click.ClickException(f"--model {model_path}: {problem}") from None
     result = evaluate(model, processor, records, images_root=images_root, num_crops=processor.image_processor.num_crops,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, output_dir=output, progress=not quiet,
                       meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})

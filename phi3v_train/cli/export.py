@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from phi3v_data.cli.errors import check_writable, is_verbose, weights_problem
 from phi3v_train.cli.eval import PRECISIONS
+from phi3v_train.cli.run_checks import quiet_libraries
 
 
 @click.command("export")
@@ -14,7 +16,7 @@ from phi3v_train.cli.eval import PRECISIONS
               help="Adapter directory (RUN/final of a lora/qlora run) or the run directory.")
 @click.option("--base", type=str, default=None,
               help="Full-precision base model [default: the adapter's base_model_name_or_path].")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Merged checkpoint directory.")
+@click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Merged checkpoint directory.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Saved precision [default: the base's].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 def export(adapter: Path, base: str | None, out: Path, precision: str | None, overwrite: bool) -> None:
@@ -26,6 +28,8 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
     Example:
         phi3v-train export --adapter runs/docvqa-qlora/final --out models/docvqa-merged
     """
+    check_writable("--out", out, directory=True)
+    quiet_libraries(verbose=is_verbose(click.get_current_context()))
     from phi3v_train.loading import LoadError
     from phi3v_train.merge import merge_adapter
 
@@ -33,4 +37,9 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
         merged = merge_adapter(adapter, out=out, base=base, dtype=precision, overwrite=overwrite)
     except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        problem = weights_problem(exc)
+        if problem is None:
+            raise
+        raise click.ClickException(f"--adapter {adapter} (or its base): {problem}") from None
     click.echo(f"merged checkpoint written to {merged}")

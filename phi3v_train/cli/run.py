@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from phi3v_data.cli.errors import GuardedCommand, set_verbose, weights_problem
+
 HELP = """Finetune Phi-3.5-vision on a converted dataset.
 
 Settings come from --config YAML and/or flags (flags win); RUN/config.yaml keeps the resolved settings.
@@ -44,14 +46,15 @@ def _flags(**given: Any) -> dict[str, Any]:
     return {**given, "lora": lora}
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=GuardedCommand, help=HELP,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
 @click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); YAML and flags win.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml; load and train nothing.")
 @click.option("--data", multiple=True, metavar="DIR[:WEIGHT]",
               help="Converted dataset directory; repeat it with weights to mix datasets (--data a:0.7 --data b:0.3).")
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
-@click.option("--output", type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--out", "--output", "output", type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--train-split", help="Train on <data>/*_<split>.jsonl [train].")
 @click.option("--eval-split", help="Split for --eval-before/--eval-after [val].")
 @click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
@@ -72,7 +75,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--lora.double-quant/--lora.no-double-quant", "lora_double_quant", default=None,
               help="qlora: quantize the quantization constants [on].")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), help="[bf16]")
-@click.option("--attention", type=click.Choice(["sdpa", "eager", "flash_attention_2"]), help="[sdpa]")
+@click.option("--attention", type=click.Choice(["sdpa", "eager", "flash", "flash_attention_2"]),
+              help="flash = flash_attention_2 [sdpa]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
 @click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
 @click.option("--max-length", type=int, help="Drop (and count) longer samples [131072, the model's context].")
@@ -101,9 +105,14 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--eval-after/--no-eval-after", default=None, help="Evaluate --eval-split after training.")
 @click.option("--eval-limit", type=int, help="At most this many eval records.")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="[on]")
-def run(config_path: Path | None, **given: Any) -> None:
-    from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415 - keep --help fast
+@click.option("--verbose", "-v", is_flag=True, callback=set_verbose, help="Show library warnings and tracebacks.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the closing lines.")
+def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> None:
+    from phi3v_train.cli.run_checks import check_inputs, quiet_libraries  # noqa: PLC0415 - keep --help fast
+    from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415
 
+    if given.get("attention") == "flash":  # the name bench uses
+        given["attention"] = "flash_attention_2"
     dry_run = given.pop("dry_run")
     try:
         config = load_config(config_path, flags=_flags(**given))
@@ -119,12 +128,21 @@ def run(config_path: Path | None, **given: Any) -> None:
         write_config(config, config.output / "config.yaml")
         click.echo(f"dry run: settings written to {config.output / 'config.yaml'}; nothing loaded or trained")
         return
+    config, notes = check_inputs(config)  # milliseconds, before torch is imported (seconds)
+    for note in notes:
+        click.echo(note, err=True)
+    quiet_libraries(verbose=verbose)
     from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
 
     try:
-        result = run_training(config)
+        result = run_training(config, verbosity=-1 if quiet else 1 if verbose else 0)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        problem = weights_problem(exc)
+        if problem is None:
+            raise
+        raise click.ClickException(f"--model {config.model} (or the checkpoint resumed from): {problem}") from None
     if result.status == "preempted":
         if result.main_process:
             click.echo(f"stopped by SIGTERM at step {result.global_step}; checkpoint {result.last_checkpoint}. "

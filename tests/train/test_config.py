@@ -45,7 +45,7 @@ def test_missing_required_and_unknown_yaml_key(tmp_path: Path) -> None:
     assert sorted(caught.value.problems) == sorted([
         "--model is required (a flag, or 'model' in the --config YAML)",
         "--output is required (a flag, or 'output' in the --config YAML)",
-        f"unknown setting 'lora.rnak' in {path}; `phi3v-train run --help` lists them",
+        f"unknown setting 'lora.rnak' in {path}; did you mean 'lora.rank' (--lora.rank)?",
     ])
 
 
