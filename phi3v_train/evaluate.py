@@ -120,6 +120,7 @@ class _Pending:
 @dataclass
 class _State:
     records: Sequence[Record]
+    score: bool = True
     answers: dict[tuple[int, int], str] = field(default_factory=dict)
     rows: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
@@ -136,19 +137,24 @@ def evaluate(
     output_dir: str | Path | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    score: bool = True,
+    generation: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Answer every turn of ``records`` greedily and score them by task.
 
     Writes ``predictions.jsonl`` and ``metrics.json`` into ``output_dir`` when given. A turn that cannot be prepared
     (missing image, prompt longer than the model) gets an ``error`` instead of a prediction; the run goes on.
+    ``score=False`` (unlabeled splits, ``phi3v-train predict``) keeps rows to id, turn, task, prediction and, for
+    binary tasks, ``p_yes``. ``generation`` overrides greedy decoding (``{"do_sample": True, "top_p": 0.9}``).
 
     >>> result = evaluate(model, processor, records, images_root="data/docvqa/images", num_crops=16)  # doctest: +SKIP
     >>> rich.print(result.table())  # doctest: +SKIP
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    generator = Generator(model, processor, images_root=Path(images_root), num_crops=num_crops, max_new_tokens=max_new_tokens)
-    state = _State(records)
+    generator = Generator(model, processor, images_root=Path(images_root), num_crops=num_crops,
+                          max_new_tokens=max_new_tokens, generation=generation)
+    state = _State(records, score=score)
     total = sum(len(record.conversations) for record in records)
     with Progress(disable=not progress, transient=True) as bar:
         task_id = bar.add_task("evaluating", total=total)
@@ -216,7 +222,10 @@ def _record_row(
         state.answers[(item.record_index, item.turn)] = prediction
         turn = record.conversations[item.turn]
         row["prediction"] = prediction
-        row.update(score_turn(prediction, turn, task=record.task, p_yes=p_yes if record.task == "binary" else None))
+        if not state.score:
+            row.update({"p_yes": p_yes} if record.task == "binary" else {})
+        else:
+            row.update(score_turn(prediction, turn, task=record.task, p_yes=p_yes if record.task == "binary" else None))
     state.rows[(item.record_index, item.turn)] = row
 
 
@@ -276,8 +285,12 @@ class PreparedTurn:
 class Generator:
     """Builds prompts and answers them in left-padded batches; also reads P(yes) at the first answer position."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any, *, images_root: Path, num_crops: int, max_new_tokens: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, processor: Any, *, images_root: Path, num_crops: int, max_new_tokens: int,
+        generation: dict[str, Any] | None = None,
+    ) -> None:
         self.model, self.processor = model, processor
+        self.generation = generation or {"do_sample": False}
         self.tokenizer = processor.tokenizer
         self.images_root, self.num_crops, self.max_new_tokens = images_root, num_crops, max_new_tokens
         self.encode = text_encoder(self.tokenizer)
@@ -288,12 +301,20 @@ class Generator:
         self.yes_id, self.no_id = (self.encode(word)[0] for word in ("yes", "no"))
         self.max_length: int | None = getattr(model.config, "max_position_embeddings", None)
 
-    def prepare(self, record: Record, *, turn: int) -> PreparedTurn:
-        """The prompt for answering ``turn``; ``ValueError`` naming the image or tag when it cannot be built."""
+    def prepare(self, record: Record, *, turn: int, image_paths: Sequence[Path] | None = None) -> PreparedTurn:
+        """The prompt for answering ``turn``; ``ValueError`` naming the image or tag when it cannot be built.
+
+        ``image_paths`` (files anywhere, e.g. from the command line) stand in for the record's paths under the
+        images root.
+        """
         paths = [path for earlier in record.conversations[: turn + 1] for path in earlier.images]
+        given = list(image_paths) if image_paths is not None else None
+        if given is not None and len(given) != len(paths):
+            raise ValueError(f"{len(given)} image files given for {len(paths)} images in the record")
         resolved, tokens = [], []
-        for rel in paths:
-            path = resolve_inside(self.images_root, rel)
+        for index, rel in enumerate(paths):
+            path = given[index] if given is not None else resolve_inside(self.images_root, rel)
+            rel = str(path) if given is not None else rel
             try:
                 width, height = check_image(path)
             except ImageProblem as exc:
@@ -316,7 +337,8 @@ class Generator:
                 with Image.open(path) as image:
                     images.append(image.convert("RGB"))
             except (OSError, SyntaxError, ValueError) as exc:
-                raise ValueError(f"image {path.relative_to(self.images_root)} does not decode: {exc}") from None
+                shown = path.relative_to(self.images_root) if path.is_relative_to(self.images_root) else path
+                raise ValueError(f"image {shown} does not decode: {exc}") from None
         return images
 
     @torch.inference_mode()
@@ -326,7 +348,7 @@ class Generator:
         out = self.model.generate(
             **inputs,
             max_new_tokens=self.max_new_tokens,
-            do_sample=False,
+            **self.generation,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             output_logits=True,

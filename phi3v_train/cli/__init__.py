@@ -13,6 +13,7 @@ COMMANDS = {
     "init-tiny": "phi3v_train.cli.init_tiny:init_tiny",
     "run": "phi3v_train.cli.run:run",
     "eval": "phi3v_train.cli.eval:eval_",
+    "predict": "phi3v_train.cli.predict:predict",
     "export": "phi3v_train.cli.export:export",
     "bench": "phi3v_train.cli.bench:bench",
     "recipes": "phi3v_train.cli.recipes:recipes",

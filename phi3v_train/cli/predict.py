@@ -1,0 +1,105 @@
+"""``phi3v-train predict``: answer one question about images, or every record of a file, without scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from phi3v_train.cli.eval import ATTENTION, PRECISIONS
+
+
+@click.command("predict")
+@click.argument("question", required=False)
+@click.option("--model", "model_source", required=True,
+              help="RUN/final (checkpoint or LoRA adapter), a run dir, a merged export, or a Hub id.")
+@click.option("--base", default=None, help="Base model of an adapter [default: the one it records].")
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An image the question is about; repeat for several (numbered <|image_1|>, … in order).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path),
+              help="Answer every record of a converted .jsonl file (or dataset directory, with --split) instead.")
+@click.option("--split", default="test", show_default=True, help="With --data DIR: which <name>_<split>.jsonl.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="With --data: predictions .jsonl.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="With --data: only the first N records.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--num-crops", type=click.IntRange(min=1), default=None,
+              help="HD crops per image; use what training used [default: the processor's].")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature (> 0 samples).")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="Nucleus sampling.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
+@click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@click.option("--json", "as_json", is_flag=True, help="Print {answer, p_yes} as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def predict(question: str | None, model_source: str, base: str | None, images: tuple[Path, ...], data: Path | None,
+            split: str, output: Path | None, limit: int | None, batch_size: int, num_crops: int | None,
+            max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None, seed: int,
+            precision: str | None, attention: str, device: str | None, as_json: bool, quiet: bool) -> None:
+    """Answer QUESTION about --image files, or every record of --data into --output (no scoring).
+
+    Greedy by default; --do-sample / --temperature / --top-p sample (reproducibly, with --seed). Each answer has
+    p_yes, P(yes) against P(no) at its first token: for binary tasks the score to rank by (a Hateful Memes
+    submission's probability). Exits 1 when a record could not be answered (its row holds the error).
+
+    \b
+    Example:
+        phi3v-train predict --model runs/docvqa-lora/final --image page.png --num-crops 16 "What is the total?"
+        phi3v-train predict --model models/memes-merged --data data/memes/memes_test.jsonl --output preds.jsonl
+    """
+    if (question is None) == (data is None):
+        raise click.UsageError("give either a QUESTION (with --image files) or --data FILE.jsonl --output FILE")
+    if data is not None and (images or output is None):
+        raise click.UsageError("--data answers the records' own images into --output: drop --image, give --output")
+    if attention == "flash_attention_2" and precision != "bf16":
+        raise click.UsageError("--attention flash_attention_2 needs --precision bf16; or use --attention sdpa")
+    from transformers import set_seed
+
+    from phi3v_train.loading import LoadError
+    from phi3v_train.predict import Predictor, generation_settings
+
+    console = Console(stderr=True, soft_wrap=True)
+    records, images_root, problems = _records(data, split, limit, console) if data is not None else ([], None, [])
+    try:
+        predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
+                                   num_crops=num_crops, max_new_tokens=max_new_tokens,
+                                   generation=generation_settings(do_sample=do_sample, temperature=temperature,
+                                                                  top_p=top_p))
+    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
+        raise click.ClickException(str(exc)) from None
+    set_seed(seed)
+    if data is None:
+        try:
+            answer = predictor.answer(question, images=images)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps({"answer": answer.text, "p_yes": answer.p_yes}) if as_json else answer.text)
+        return
+    from phi3v_data.io import write_jsonl
+
+    rows = predictor.predict_records(records, images_root=images_root, batch_size=batch_size, progress=not quiet)
+    write_jsonl(output, rows)
+    failed = sum("error" in row for row in rows)
+    console.print(f"wrote {len(rows)} predictions to {output}" + (f" ({failed} failed: see 'error')" if failed else ""))
+    if failed or problems:
+        raise SystemExit(1)
+
+
+def _records(data: Path, split: str, limit: int | None, console: Console) -> tuple[list, Path, list[str]]:
+    from phi3v_train.evaluate import find_split, load_records
+
+    try:
+        files, images_root = find_split(data, split)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    problems: list[str] = []
+    records = load_records(files, limit=limit, on_error=problems.append)
+    for problem in problems:
+        console.print(f"skipped {problem}", markup=False)
+    if not records:
+        raise click.ClickException(f"{' '.join(map(str, files))}: no valid records to answer")
+    return records, images_root, problems

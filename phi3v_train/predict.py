@@ -1,0 +1,124 @@
+"""Answers from a trained model: one question about a few images, or every record of a file, without scoring.
+
+The prompt is built by :class:`phi3v_train.evaluate.Generator`, the same code evaluation uses, so an answer here is
+the answer ``phi3v-train eval`` would score. Any model ``eval`` reads works: a run's ``final/`` (full checkpoint or
+LoRA adapter over its base), a merged export, or a Hub id (from the local cache when offline). Every answer comes with
+``p_yes``: P("yes") against P("no") at the first answer token, the score binary tasks (Hateful Memes, NLVR2) are
+ranked by for AUROC.
+
+>>> predictor = Predictor.load("runs/memes-lora/final", num_crops=4)  # doctest: +SKIP
+>>> predictor.answer("Is this meme hateful? Answer yes or no.", images=["img/42953.png"])  # doctest: +SKIP
+Answer(text='no', p_yes=0.0731)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phi3v_train.loading import _HUB_ID, LoadError, load_for_inference, torch_dtype
+from schemas import Record
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The generated text, and P(yes) among yes/no at its first token."""
+
+    text: str
+    p_yes: float
+
+
+def generation_settings(*, do_sample: bool = False, temperature: float | None = None,
+                        top_p: float | None = None) -> dict[str, Any]:
+    """``generate`` keyword arguments: greedy unless asked; a temperature > 0 or a top-p implies sampling.
+
+    >>> generation_settings(temperature=0.7)
+    {'do_sample': True, 'temperature': 0.7}
+    """
+    sample = do_sample or (temperature is not None and temperature > 0) or top_p is not None
+    if not sample:
+        return {"do_sample": False}
+    settings: dict[str, Any] = {"do_sample": True}
+    if temperature:
+        settings["temperature"] = temperature
+    if top_p is not None:
+        settings["top_p"] = top_p
+    return settings
+
+
+def load_model(
+    source: str | Path, *, base: str | None = None, device: str | None = None, precision: str | None = None,
+    attention: str = "sdpa", num_crops: int | None = None,
+) -> tuple[Any, Any]:
+    """(model in eval mode, processor) from a model directory (run, final/, export) or a Hub id.
+
+    Defaults: cuda when available, bf16 there and fp32 on CPU. Raises LoadError with what to pass instead.
+    """
+    import torch
+
+    from phi3v_train.strategies import resolve_attention
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    attention = resolve_attention(attention)
+    if Path(source).is_dir():
+        return load_for_inference(source, base=base, dtype=precision, attn_implementation=attention, device=device,
+                                  num_crops=num_crops)
+    if not _HUB_ID.fullmatch(str(source)):
+        raise LoadError(f"{source}: no such model directory, and not a Hub id (org/name)")
+    from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
+
+    try:
+        model = Phi3VForCausalLM.from_pretrained(str(source), dtype=torch_dtype(precision),
+                                                 attn_implementation=attention)
+        processor = Phi3VProcessor.from_pretrained(str(source), **({} if num_crops is None else {"num_crops": num_crops}))
+    except OSError as exc:
+        raise LoadError(f"{source}: cannot load this Hub model ({str(exc).splitlines()[0]}); without network it must "
+                        "be in the local Hugging Face cache, or pass a local directory") from None
+    return model.to(device).eval(), processor
+
+
+class Predictor:
+    """A loaded model and processor that answer questions about images (greedy unless ``generation`` says so)."""
+
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 64,
+                 generation: dict[str, Any] | None = None) -> None:
+        from phi3v_train.evaluate import Generator
+
+        self.model, self.processor = model, processor
+        self.num_crops = processor.image_processor.num_crops
+        self.max_new_tokens, self.generation = max_new_tokens, generation
+        self.generator = Generator(model, processor, images_root=Path("."), num_crops=self.num_crops,
+                                   max_new_tokens=max_new_tokens, generation=generation)
+
+    @classmethod
+    def load(cls, source: str | Path, *, max_new_tokens: int = 64, generation: dict[str, Any] | None = None,
+             **load_options: Any) -> "Predictor":
+        """Load ``source`` with :func:`load_model` (``base``, ``device``, ``precision``, ``attention``, ``num_crops``)."""
+        model, processor = load_model(source, **load_options)
+        return cls(model, processor, max_new_tokens=max_new_tokens, generation=generation)
+
+    def answer(self, question: str, images: Sequence[str | Path] = ()) -> Answer:
+        """Answer ``question`` about ``images`` (they go first, unless the question places ``<|image_k|>`` tags).
+
+        Raises ValueError naming an image that is missing or does not decode, or a prompt too long for the model.
+        """
+        paths = [Path(image) for image in images]
+        record = Record.model_validate({"id": "question", "conversations": [
+            {"images": [f"image-{k}" for k in range(1, len(paths) + 1)], "user": question}]})
+        prepared = self.generator.prepare(record, turn=0, image_paths=paths)
+        (text, p_yes), = self.generator.generate([prepared], [self.generator.load_images(prepared)])
+        return Answer(text=text, p_yes=p_yes)
+
+    def predict_records(
+        self, records: Sequence[Record], *, images_root: str | Path, batch_size: int = 8, progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """One row per turn: id, turn, task, prediction (or error), and ``p_yes`` for binary tasks; nothing scored."""
+        from phi3v_train.evaluate import evaluate
+
+        result = evaluate(self.model, self.processor, records, images_root=images_root, num_crops=self.num_crops,
+                          batch_size=batch_size, max_new_tokens=self.max_new_tokens, progress=progress, score=False,
+                          generation=self.generation)
+        return result.rows
