@@ -92,6 +92,16 @@ def resolve_resume(run_dir: Path, resume: str) -> Path:
     return path
 
 
+def final_step(run_dir: Path) -> int | None:
+    """The step ``RUN/final`` was saved at (its COMPLETE marker), or None when it is missing or unmarked."""
+    try:
+        first = (run_dir / "final" / COMPLETE).read_text(encoding="utf-8").split("\n", 1)[0]
+    except OSError:
+        return None
+    match = re.fullmatch(r"step (\d+)", first.strip())
+    return int(match.group(1)) if match else None
+
+
 def mark_complete(path: Path, *, step: int) -> None:
     """Write the marker last, atomically: its presence means every file before it is in place."""
     with atomic_write(path / COMPLETE, "w", encoding="utf-8") as handle:

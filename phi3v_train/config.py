@@ -241,15 +241,58 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+"""A settings file is a few dozen values; these bounds refuse YAML that expands (aliases of aliases: 500 bytes can
+stand for billions of values) or nests past what the loader's recursion survives, before anything walks it."""
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes ``node`` stands for once every alias is expanded (shared nodes counted per use), memoised."""
+    key = id(node)
+    if key in open_:
+        raise ValueError("an alias refers to a node that contains it (infinitely deep)")
+    if key not in sizes:
+        open_.add(key)
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        sizes[key] = min(1 + sum(_expanded_nodes(child, sizes, open_) for child in children), MAX_YAML_NODES + 1)
+        open_.discard(key)
+    return sizes[key]
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses documents expanding past :data:`MAX_YAML_NODES` (ValueError)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, {}, set()) > MAX_YAML_NODES:
+            raise ValueError(f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(f"{path.stat().st_size:,} bytes is not a settings file (the limit is {MAX_YAML_BYTES:,})")
+        data = _safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"--config {path}: cannot read it ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"--config {path}: not UTF-8 text (byte {exc.start})"]) from None
+    except RecursionError:
+        raise ConfigError([f"--config {path}: nested too deeply to be a settings file"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"--config {path}: refused: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError([f"--config {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        problem = _clip(str(getattr(exc, "problem", None) or exc).splitlines()[0])
+        raise ConfigError([f"--config {path}{where}: not valid YAML ({problem})"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -279,7 +322,12 @@ def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path |
         return f"{where} is required (a flag, or {key!r} in the --config YAML)"
     if yaml_path is not None and not _came_from_flags(loc, flags):
         where += f" ({key} in {yaml_path})"
-    return f"{where}: {error['msg']} (got {error['input']!r})"
+    return f"{where}: {error['msg']} (got {_clip(repr(error['input']))})"
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """Messages quote what the user gave, never a whole file of it."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 # Names users bring from LLaMA-Factory, ms-swift and transformers' TrainingArguments → ours (with a note when the

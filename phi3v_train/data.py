@@ -3,8 +3,11 @@
 A converted dataset is ``<data>/images/`` plus ``<data>/<name>_<split>.jsonl`` files. Every record of the split is
 measured once at start-up — text tokens through :func:`phi3v_data.prompt.encode_record`, image tokens from each
 image's header-read size — so the sampler can group by real length and over-long samples can be dropped (and
-counted) instead of being cut through their image tokens. Unlabeled records (test splits) are skipped and counted.
-Pixels are decoded later, in the data loader's workers (:mod:`phi3v_train.collator`).
+counted) instead of being cut through their image tokens. Unlabeled records (test splits) are skipped and counted, and
+so are records that cannot be trained on (a broken line, an image that is missing or too elongated for the HD
+transform); with the pre-flight on, the run refuses those instead, naming file and line. Pixels are decoded later, in
+the data loader's workers (:mod:`phi3v_train.collator`); the pre-flight decodes them all first when the dataset is
+small enough (:data:`DEEP_PREFLIGHT_BYTES`), and the collator stands in for a sample that still fails.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from torch.utils.data import Dataset
 from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, write_json
 from phi3v_data.prompt import encode_record
-from phi3v_data.tokens import num_image_tokens
+from phi3v_data.tokens import num_image_tokens, resized_size
 from schemas import Record
 
 Encode = Callable[[str], list[int]]
+
+DEEP_PREFLIGHT_BYTES = 2 << 30
+"""The pre-flight decodes every image when images/ holds at most this many bytes (seconds per GB on a few cores);
+above it only headers are read and the collator stands in for an image that fails to decode mid-run."""
 
 
 class DataError(ValueError):
@@ -39,6 +46,7 @@ class Sample:
     record: Record
     length: int
     where: str  # "file:line", for messages
+    image_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) per image, as measured: a stand-in's size
     source: int = 0  # which dataset of a mixture (index into the run's --data list)
 
 
@@ -70,16 +78,27 @@ def images_dir(data_dir: Path) -> Path:
     return data_dir / "images"
 
 
-def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> list[int]:
-    """Tokens of each image of ``record``, from header-read sizes (no pixel decoding).
+def image_sizes(record: Record, *, images_root: Path, num_crops: int) -> list[tuple[int, int]]:
+    """(width, height) of each image of ``record``, header-read (no pixel decoding).
 
-    Raises ImageProblem or UnsafePathError for an image that cannot be used.
+    Raises ImageProblem or UnsafePathError for an image that cannot be used, including one so elongated that the HD
+    transform would resize its short side to 0 pixels at ``num_crops`` (the official processor fails on it too).
     """
-    counts = []
+    sizes = []
     for rel in record.images:
         width, height = check_image(resolve_inside(images_root, rel))
-        counts.append(num_image_tokens(width, height, num_crops))
-    return counts
+        if min(resized_size(width, height, num_crops)) < 1:
+            raise ImageProblem(
+                "image_aspect", f"{rel}: {width}x{height} is too elongated for --num-crops {num_crops} (its short side "
+                "would resize to 0 pixels); crop or pad the image, or drop the record")
+        sizes.append((width, height))
+    return sizes
+
+
+def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> list[int]:
+    """Tokens of each image of ``record``, from header-read sizes; raises as :func:`image_sizes` does."""
+    return [num_image_tokens(w, h, num_crops) for w, h in image_sizes(record, images_root=images_root,
+                                                                      num_crops=num_crops)]
 
 
 def sample_length(record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int]) -> int:
@@ -170,14 +189,15 @@ def _measure(
         if not record.labeled:
             summary.unlabeled += 1
             return None
-        tokens = image_token_counts(record, images_root=images_dir(data_dir), num_crops=num_crops)
+        sizes = image_sizes(record, images_root=images_dir(data_dir), num_crops=num_crops)
+        tokens = [num_image_tokens(w, h, num_crops) for w, h in sizes]
         length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens)
     except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
         summary.unusable += 1
         if len(summary.problems) < 5:
             summary.problems.append(f"{where}: {str(exc).splitlines()[0]}")
         return None
-    return Sample(record=record, length=length, where=where)
+    return Sample(record=record, length=length, where=where, image_sizes=tuple(sizes))
 
 
 def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
@@ -190,8 +210,12 @@ def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
 
 def preflight(
     data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None, name: str | None = None,
+    deep: bool | None = None,
 ) -> str | None:
     """Run the validator's checks on the split; None when clean, else why training must not start.
+
+    ``deep`` decodes every image (what the data loader will do) instead of reading headers; by default it does when
+    ``images/`` holds at most :data:`DEEP_PREFLIGHT_BYTES`.
 
     The full report goes to ``report_dir/preflight-<split>.json`` (``preflight-<name>-<split>.json`` for a
     mixture's dataset ``name``). Over-long records are not problems here: training
@@ -201,7 +225,10 @@ def preflight(
 
     files = split_files(data_dir, split)
     workers = workers or max(1, min(8, (os.cpu_count() or 1) // 2))
-    report = validate_files(files, images_dir=images_dir(data_dir), image_check="header", workers=workers)
+    if deep is None:
+        deep = _tree_bytes(images_dir(data_dir), limit=DEEP_PREFLIGHT_BYTES) <= DEEP_PREFLIGHT_BYTES
+    report = validate_files(files, images_dir=images_dir(data_dir), image_check="deep" if deep else "header",
+                            workers=workers)
     if report.valid:
         return None
     report_path = report_dir / f"preflight-{name + '-' if name else ''}{split}.json"
@@ -212,3 +239,25 @@ def preflight(
         f"Full report: {report_path}. Fix them, or write a clean copy with `phi3v-data validate {files[0]} "
         f"--output CLEAN.jsonl` (or skip this check with --no-preflight)"
     )
+
+
+def _tree_bytes(root: Path, *, limit: int) -> int:
+    """Bytes of the files under ``root`` (symlinks followed once, as the loader reads them); stops past ``limit``."""
+    total, stack, seen = 0, [root], set()
+    while stack and total <= limit:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat()
+            except OSError:
+                continue
+            if entry.is_dir():
+                if (info.st_dev, info.st_ino) not in seen:  # a directory symlink loop is walked once
+                    seen.add((info.st_dev, info.st_ino))
+                    stack.append(Path(entry.path))
+            else:
+                total += info.st_size
+    return total

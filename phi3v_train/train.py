@@ -38,7 +38,7 @@ from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
 from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
-from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after
+from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class RunResult:
     last_checkpoint: Path | None = None
     losses: list[float] = field(default_factory=list)
     main_process: bool = True  # only the main process reports (every rank returns a result)
+    already_finished: bool = False  # --resume of a finished run: nothing trained, final/ left as it was
+    skipped_samples: int = 0  # samples stood in for because their images failed to decode mid-run (whole run)
 
 
 @dataclass
@@ -221,6 +223,16 @@ def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, l
         raise RunError(str(exc)) from None
 
 
+def _refuse_unusable(config: TrainConfig, summaries: list[SplitSummary]) -> None:
+    """The pre-flight's second half: records the validator passed but measuring could not use (an image too
+    elongated for the HD transform at --num-crops, a line the loader cannot parse) stop the run here, by line."""
+    unusable = sum(s.unusable for s in summaries)
+    if unusable:
+        first = "; ".join(problem for s in summaries for problem in s.problems)
+        raise RunError(f"{unusable} record(s) cannot be trained on: {first}. Fix or drop them (or pass --no-preflight "
+                       f"to train without them; they are then skipped and counted)")
+
+
 def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
     """Rank 0 validates; every rank learns the verdict, so all refuse together."""
     verdict: list[str | None] = [None]
@@ -308,6 +320,8 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
                       num_crops=config.num_crops)
     dataset, summaries = _measure_data(config, processor)
+    if config.preflight:
+        _refuse_unusable(config, summaries)
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
     sampler = _sampler(config, dataset, summaries, global_batch=global_batch)
     _describe_data(console, summaries, sampler, config)
@@ -323,6 +337,8 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
+    if resume_from is not None:  # the count of stand-in samples goes on from the checkpoint's
+        trainer.skipped.total = trainer.skipped_logged = skipped_before(resume_from)
     return Setup(config, args, trainer, processor, resume_from, preemption, console)
 
 
@@ -372,7 +388,8 @@ def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
 def save_final(state: Setup) -> Path:
     """RUN/final: the full checkpoint (full/frozen-vision) or the adapter (lora/qlora), plus the processor files.
 
-    Written to a temporary directory and renamed, so ``final/`` is never half there.
+    Written to a temporary directory and renamed, so ``final/`` is never half there; its ``COMPLETE`` marker names
+    the step, which is how ``--resume`` tells a finished run from one killed before or during this save.
     """
     run_dir = state.config.output
     final, staging = run_dir / "final", run_dir / ".final.tmp"
@@ -386,6 +403,7 @@ def save_final(state: Setup) -> Path:
         state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
     if is_main:
         state.processor.save_pretrained(staging)
+        ckpt.mark_complete(staging, step=state.trainer.state.global_step)  # says which step final/ holds
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     if dist.is_available() and dist.is_initialized():
@@ -396,6 +414,8 @@ def save_final(state: Setup) -> Path:
 def fit(state: Setup) -> RunResult:
     """Train until done, pre-empted (SIGTERM) or a non-finite loss; returns how the run ended."""
     config, trainer = state.config, state.trainer
+    if state.resume_from is not None and ckpt.checkpoint_step(state.resume_from) >= _planned_steps(trainer):
+        return _finish(state)
     if config.eval_before:
         _evaluate(state, label="before")
     try:
@@ -410,10 +430,57 @@ def fit(state: Setup) -> RunResult:
     losses = next((cb.losses for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressLog)), [])
     last = ckpt.latest_complete(config.output)
     result = RunResult(config.output, "finished", trainer.state.global_step, last_checkpoint=last and last.path,
-                       losses=losses, main_process=trainer.is_world_process_zero())
+                       losses=losses, main_process=trainer.is_world_process_zero(),
+                       skipped_samples=trainer.skipped.total)
     if state.preemption.stopped_at is not None:
         result.status = "preempted"
         return result
+    result.final_dir = save_final(state)
+    if config.eval_after:
+        _evaluate(state, label="after")
+    return result
+
+
+def _planned_steps(trainer: Trainer) -> int:
+    """The optimizer steps this configuration trains in all, computed exactly as ``Trainer.train`` will."""
+    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+
+
+class _Loaded(Exception):
+    """Raised at train begin to leave ``Trainer.train`` once the checkpoint is loaded, before any step."""
+
+
+class _StopAfterLoading(TrainerCallback):
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        raise _Loaded
+
+
+def _finish(state: Setup) -> RunResult:
+    """--resume of a run whose last checkpoint is its last step: train nothing.
+
+    With ``final/`` marked at that step the run is done and stays untouched. Otherwise the process was stopped
+    during (or before) the final save: the checkpoint is loaded the way training would load it (adapters, ZeRO
+    shards), then ``final/`` is written — the same files an uninterrupted run would have ended with.
+    """
+    config, trainer = state.config, state.trainer
+    step = ckpt.checkpoint_step(state.resume_from)
+    result = RunResult(config.output, "finished", step, final_dir=config.output / "final",
+                       last_checkpoint=state.resume_from, main_process=trainer.is_world_process_zero(),
+                       skipped_samples=skipped_before(state.resume_from))
+    if ckpt.final_step(config.output) == step:
+        result.already_finished = True
+        return result
+    state.console.print(f"{state.resume_from.name} is the run's last step; writing final/ from it (nothing to train)")
+    # First in line, so no other callback starts anything (SIGTERM handler, progress bar) that train_end would stop.
+    trainer.callback_handler.callbacks.insert(0, _StopAfterLoading())
+    try:
+        trainer.train(resume_from_checkpoint=str(state.resume_from))
+    except _Loaded:
+        pass
+    finally:
+        trainer.callback_handler.callbacks = [cb for cb in trainer.callback_handler.callbacks
+                                              if not isinstance(cb, _StopAfterLoading)]
+        _close_callbacks(trainer)
     result.final_dir = save_final(state)
     if config.eval_after:
         _evaluate(state, label="after")

@@ -19,10 +19,12 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from phi3v_data.io import atomic_write
 from phi3v_train import checkpointing as ckpt
 from phi3v_train.bench import peak_memory_gb
+from phi3v_train.collator import SKIPPED_KEY
 from phi3v_train.sampler import LengthGroupedSampler
 
 
@@ -38,6 +40,9 @@ class Phi3VTrainer(Trainer):
         # images, real tokens, padded token slots, then samples of each dataset of a mixture
         self.counts = torch.zeros(3 + len(self.source_names), dtype=torch.float64)
         self.last_log_time = time.perf_counter()
+        self.skipped = SkippedSamples()
+        self.skipped_logged = 0
+        self.add_callback(self.skipped)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         return self.sampler
@@ -49,6 +54,10 @@ class Phi3VTrainer(Trainer):
         sources = inputs.pop("source_ids", None)  # the model takes no such input
         if sources is not None and self.source_names:
             self.counts[3:] += torch.bincount(sources.cpu(), minlength=len(self.source_names)).double()
+        stood_in = inputs.pop(SKIPPED_KEY, None)  # samples the collator could not build (undecodable images)
+        self.skipped.total += _sum_over_ranks(int(stood_in) if stood_in is not None else 0)
+        if torch.is_tensor(num_items_in_batch):  # a global batch of stand-ins only: loss 0, not 0/0
+            num_items_in_batch = num_items_in_batch.clamp(min=1)
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if not ckpt.all_finite(loss):
@@ -71,9 +80,43 @@ class Phi3VTrainer(Trainer):
         elapsed = max(now - self.last_log_time, 1e-9)
         self.counts.zero_()
         self.last_log_time = now
+        skipped, self.skipped_logged = self.skipped.total - self.skipped_logged, self.skipped.total
         return {"images_per_s": images / elapsed, "tokens_per_s": real / elapsed,
                 "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb(device),
+                "skipped_samples": skipped,
                 **{f"samples/{name}": int(n) for name, n in zip(self.source_names, per_source)}}
+
+
+def _sum_over_ranks(value: int) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=ckpt.collective_device())
+    dist.all_reduce(tensor)
+    return int(tensor.item())
+
+
+class SkippedSamples(TrainerCallback, ExportableState):
+    """Samples the collator stood in for, over the whole run (all ranks). Saved in each checkpoint's
+    ``trainer_state.json``, so a resumed run counts on from there (:func:`skipped_before`)."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"total": self.total}}
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # A checkpoint saved before this counter existed has no entry; the Trainer's save would fail on the key.
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+
+def skipped_before(checkpoint: Path) -> int:
+    """The stand-in count a checkpoint recorded (0 for one without it)."""
+    try:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(saved["stateful_callbacks"][SkippedSamples.__name__]["attributes"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 LOG_FILE = "log.jsonl"
@@ -155,6 +198,7 @@ class ProgressLog(TrainerCallback):
             + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
             f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GB"
             + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
+            + (f"  [yellow]skipped {logs['skipped_samples']} bad sample(s)[/]" if logs.get("skipped_samples") else "")
         )
 
     def _eta(self, state: Any) -> str:

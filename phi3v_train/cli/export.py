@@ -28,6 +28,7 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
     Example:
         phi3v-train export --adapter runs/docvqa-qlora/final --out models/docvqa-merged
     """
+    _refuse_overlap(out, adapter=adapter, base=base)
     check_writable("--out", out, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     from phi3v_train.loading import LoadError
@@ -43,3 +44,25 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
             raise
         raise click.ClickException(f"--adapter {adapter} (or its base): {problem}") from None
     click.echo(f"merged checkpoint written to {merged}")
+
+
+def _refuse_overlap(out: Path, *, adapter: Path, base: str | None) -> None:
+    """--out must neither be nor contain what the export reads: --overwrite replaces --out whole, so a run directory
+    or base checkpoint given as (or above) --out would be deleted. A usage error (exit 2), before anything loads."""
+    from phi3v_train.loading import LoadError, adapter_base, resolve_model_dir  # noqa: PLC0415 - imports torch
+
+    inputs = [("--adapter", adapter)]
+    try:
+        adapter_dir = resolve_model_dir(adapter)
+        inputs.append(("adapter", adapter_dir))
+        inputs.append(("base model", Path(adapter_base(adapter_dir, base=base))))
+    except LoadError:
+        pass  # the merge itself reports what is wrong with them
+    target = out.resolve()
+    for name, path in inputs:
+        source = path.resolve()
+        if path.exists() and (target == source or target in source.parents):
+            relation = "is" if target == source else "contains"
+            raise click.UsageError(
+                f"--out {out} {relation} the {name} directory {path}; exporting there would replace what the export "
+                f"reads. Choose an --out outside it, e.g. {source.parent / (source.name + '-merged')}")

@@ -149,7 +149,13 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
                        f"Continue with: phi3v-train run --config {config.output / 'config.yaml'} --resume latest",
                        err=True)
         sys.exit(1)
-    if result.main_process:
+    if result.main_process and result.skipped_samples:
+        click.echo(f"warning: {result.skipped_samples} sample(s) were skipped because their images failed to decode "
+                   f"(each is named above; counts per interval in {config.output / 'log.jsonl'})", err=True)
+    if result.main_process and result.already_finished:
+        click.echo(f"nothing to do: the run already finished at step {result.global_step}; final model in "
+                   f"{result.final_dir} (to train further, start a new run with --model {result.final_dir})")
+    elif result.main_process:
         click.echo(f"done: {result.global_step} steps; final model in {result.final_dir}")
 
 
