@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import first_error
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.export import IMAGE_TAG
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from phi3v_data.splits import Carved, carve_groups
 from schemas import IMAGE_TAG_RE, Task
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -55,6 +56,15 @@ class LlavaOptions(ConverterOptions):
     image_folder: Path | None = Field(default=None, description="Folder the rows' image paths are relative to [default: the file's folder].")
     split: str = Field(default="train", pattern=r"^[A-Za-z0-9_-]+$", description="Split the file becomes (images/<split>/, <name>_<split>.jsonl).")
     task: Task = Field(default="chat", description="Task of every record (picks evaluation metrics).")
+    val_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of rows carved into val (rows about one image stay together), with --seed."
+    )
+
+    @model_validator(mode="after")
+    def _val_from_another_split(self) -> "LlavaOptions":
+        if self.val_ratio > 0 and self.split == "val":
+            raise ValueError("--val-ratio carves val out of --split; it cannot be val itself")
+        return self
 
 
 class _Message(BaseModel):
@@ -179,30 +189,52 @@ class LlavaConverter(Converter):
     Options = LlavaOptions
     options: LlavaOptions
 
-    def plan(self, source: Path) -> Iterator[Item | Failure]:
+    def plan(self, source: Path) -> Iterator[Item | Failure | Carved]:
         if not source.is_file():
             raise ConvertUsageError(f"{source} is not a file: give the {self.name} .json or .jsonl file itself")
         folder = self.options.image_folder or source.parent
         if not folder.is_dir():
             raise ConvertUsageError(f"--image-folder {folder} is not a directory")
         split = self.options.split
-        placed: dict[str, str] = {}  # destination → source, so two different files never land on one path
+        entries: list[_Parsed | Failure] = []  # in file order, so failures are reported in row order
         for where, line, raw, error in _rows(source):
             try:
                 if error:
                     raise RowError(error)
                 row = parse_row(raw)
                 turns, paths = map_row(row)
-                copies = tuple(_placement(folder, p, split, placed) for p in paths)
-            except (RowError, UnsafePathError) as exc:
-                yield Failure(where, str(exc), split, line)
+            except RowError as exc:
+                entries.append(Failure(where, str(exc), split, line))
                 continue
-            for turn in turns:  # the turn's own paths → their places under images/
-                turn["images"] = [image_destination(p, split) for p in turn["images"]]
-            record: dict[str, Any] = {"task": self.options.task, "conversations": turns}
-            if row.id is not None:
-                record["id"] = str(row.id)
-            yield Item(key=where if line is None else f"{where}:{line}", split=split, payload=_Job(record, copies))
+            entries.append(_Parsed(where, line, None if row.id is None else str(row.id), turns, paths))
+        rows = [entry for entry in entries if isinstance(entry, _Parsed)]
+        _distinct_ids(rows, split)
+        splits: dict[str, str] = {}
+        if self.options.val_ratio > 0:
+            groups: dict[tuple[str, str], list[str]] = {}
+            for r in rows:  # rows about the same images stay together: a val image never also trains
+                if r.duplicate is None:
+                    groups.setdefault(("", "\n".join(r.paths) or f"row {r.key}"), []).append(r.key)
+            moved, carved = carve_groups(groups, self.options.val_ratio, seed=self.options.seed, split="val", source=split)
+            splits = dict.fromkeys(moved, "val")
+            yield carved
+        placed: dict[str, str] = {}  # destination → source, so two different files never land on one path
+        for r in entries:
+            if isinstance(r, Failure) or r.duplicate is not None:
+                yield r if isinstance(r, Failure) else r.duplicate
+                continue
+            row_split = splits.get(r.key, split)
+            try:
+                copies = tuple(_placement(folder, p, row_split, placed) for p in r.paths)
+            except (RowError, UnsafePathError) as exc:
+                yield Failure(r.where, str(exc), row_split, r.line)
+                continue
+            for turn in r.turns:  # the turn's own paths → their places under images/
+                turn["images"] = [image_destination(p, row_split) for p in turn["images"]]
+            record: dict[str, Any] = {"task": self.options.task, "conversations": r.turns}
+            if r.id is not None:
+                record["id"] = r.id
+            yield Item(key=r.key, split=row_split, payload=_Job(record, copies))
 
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         job: _Job = item.payload
@@ -226,6 +258,50 @@ class ShareGPTConverter(LlavaConverter):
 
     name: ClassVar[str] = "sharegpt"
     output_name: ClassVar[str] = "sharegpt"
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A row that parsed: where it is, its id (made distinct), its turns and image paths (as the row names them)."""
+
+    where: str
+    line: int | None
+    id: str | None
+    turns: list[dict[str, Any]]
+    paths: list[str]
+    duplicate: Failure | None = None
+    """Set when the row repeats an earlier one (same id, same conversation): reported, not converted."""
+
+    @property
+    def key(self) -> str:
+        return self.where if self.line is None else f"{self.where}:{self.line}"
+
+
+def _distinct_ids(rows: list[_Parsed], split: str) -> None:
+    """Give rows that share an id distinct ids (``<id>-2``, ``<id>-3`` …) unless they repeat an earlier row exactly.
+
+    llava_instruct_150k's ids are COCO image ids: 157,712 rows about at most 118,287 images share them, and each is
+    its own conversation. Only a row whose conversation and images equal an earlier row with its id is a duplicate.
+    """
+    taken = {row.id for row in rows if row.id is not None}
+    seen: dict[str, list[tuple[str, _Parsed]]] = {}
+    for row in rows:
+        if row.id is None:
+            continue
+        content = json.dumps([row.turns, row.paths], sort_keys=True)
+        earlier = seen.setdefault(row.id, [])
+        same = next((first for text, first in earlier if text == content), None)
+        if same is not None:
+            where = same.where if same.line is None else f"line {same.line}"
+            row.duplicate = Failure(row.where, f"duplicate of {where}: same id {row.id!r} and the same conversation", split, row.line)
+            continue
+        earlier.append((content, row))
+        if len(earlier) > 1:
+            number = len(earlier)
+            while f"{row.id}-{number}" in taken:
+                number += 1
+            row.id = f"{row.id}-{number}"
+            taken.add(row.id)
 
 
 def _placement(folder: Path, rel: str, split: str, placed: dict[str, str]) -> tuple[str, str]:

@@ -85,8 +85,8 @@ def carve_groups(
 
     ``groups`` maps (stratum, group) → members. The target is ``round(ratio × total)`` members (``total`` defaults
     to all members), at least 1 when ``ratio`` > 0. Groups are taken one at a time from the stratum furthest below
-    its share (``ratio × its size``), in an order fixed by ``seed``, while a group brings the count closer to the
-    target; every stratum keeps at least one group. ``ratio`` 0 takes nothing.
+    its share (``ratio × its size``): the first, in an order fixed by ``seed``, that brings the count closer to the
+    target, until none does; every stratum keeps at least one group. ``ratio`` 0 takes nothing.
     """
     size = {key: len(members) for key, members in groups.items()}
     total = sum(size.values()) if total is None else total
@@ -101,12 +101,14 @@ def carve_groups(
     while count < target:
         open_strata = [s for s, names in strata.items() if len(names) > 1]  # one group always stays
         order = sorted(open_strata, key=lambda s: (taken[s] - ratio * stratum_size[s], _rank(seed, s)))
-        pick = next((s for s in order if abs(count + size[s, strata[s][0]] - target) < abs(count - target)), None)
+        closer = ((s, g) for s in order for g in strata[s] if abs(count + size[s, g] - target) < abs(count - target))
+        pick = next(closer, None)
         if pick is None and count == 0 and open_strata:  # nothing comes closer, but an empty split helps no one
-            pick = min(open_strata, key=lambda s: (size[s, strata[s][0]], _rank(seed, s)))
+            pick = min(((s, g) for s in open_strata for g in strata[s]), key=lambda sg: (size[sg], _rank(seed, *sg)))
         if pick is None:
             break
-        group = strata[pick].pop(0)
+        pick, group = pick
+        strata[pick].remove(group)
         moved.update(groups[pick, group])
         taken[pick] += size[pick, group]
         count += size[pick, group]

@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from converters.llava import LlavaConverter, LlavaOptions, ShareGPTConverter, image_destination
@@ -171,3 +172,59 @@ def test_two_files_never_land_on_one_path(tmp_path: Path) -> None:
         (2, f"images {tmp_path / 'x.png'} and {tmp_path / 'train' / 'x.png'} would both land at images/train/x.png"),
         (3, "image path '.' names no file"),
     ]
+
+
+def _instruct_150k(tmp_path: Path) -> Path:
+    """Rows as in llava_instruct_150k.json: `id` is the COCO image id, shared by every conversation about the image."""
+    coco = tmp_path / "coco" / "train2017"
+    coco.mkdir(parents=True)
+    for n, colour in ((33471, "red"), (52846, "blue"), (334872, "green"), (319154, "white")):
+        Image.new("RGB", (4, 4), colour).save(coco / f"{n:012d}.jpg")
+    rows = [
+        {"id": "000000033471", "image": "000000033471.jpg",
+         "conversations": _human_gpt("What are the colors of the bus in the image?\n<image>", "White and red.")},
+        {"id": "000000052846", "image": "000000052846.jpg", "conversations": _human_gpt("<image>\nWhere is the cat?", "On a desk.")},
+        {"id": "000000033471", "image": "000000033471.jpg",
+         "conversations": _human_gpt("<image>\nDescribe the image in detail.", "A bus on a street.")},
+        {"id": "000000033471", "image": "000000033471.jpg",  # the first row again: a true duplicate
+         "conversations": _human_gpt("What are the colors of the bus in the image?\n<image>", "White and red.")},
+        {"id": "000000334872", "image": "000000334872.jpg", "conversations": _human_gpt("<image>\nAny people?", "Two.")},
+        {"id": "000000319154", "image": "000000319154.jpg", "conversations": _human_gpt("<image>\nWhat animal?", "A dog.")},
+    ]
+    path = tmp_path / "llava_instruct_150k.json"
+    path.write_text(json.dumps(rows, indent=1))
+    return coco
+
+
+def test_rows_sharing_a_coco_id_get_distinct_ids_and_only_true_duplicates_fail(tmp_path: Path) -> None:
+    coco = _instruct_150k(tmp_path)
+    result = run_converter(LlavaConverter(LlavaOptions(image_folder=coco)), tmp_path / "llava_instruct_150k.json", tmp_path / "out", workers=1)
+    records = _records(tmp_path / "out" / "llava_train.jsonl")
+    assert [r["id"] for r in records] == ["000000033471", "000000052846", "000000033471-2", "000000334872", "000000319154"]
+    assert records[2]["conversations"][0]["user"] == "<|image_1|>\nDescribe the image in detail."
+    assert [(f.file, f.reason) for f in result.failures] == [
+        ("llava_instruct_150k.json[3]", "duplicate of llava_instruct_150k.json[0]: same id '000000033471' and the same conversation"),
+    ]
+
+
+def test_val_ratio_carves_whole_images_deterministically(tmp_path: Path) -> None:
+    coco = _instruct_150k(tmp_path)
+    source = tmp_path / "llava_instruct_150k.json"
+
+    def convert(out: str, seed: int) -> dict[str, list[dict]]:
+        result = run_converter(LlavaConverter(LlavaOptions(image_folder=coco, val_ratio=0.25, seed=seed)), source,
+                               tmp_path / out, workers=1)
+        # 5 rows, 25% → 1: a single-row image (the two rows about bus 33471 would make 2)
+        assert [c.describe() for c in result.carved] == ["val: 1 of 5 train items (20.0%, asked 25%)"]
+        return {s: _records(tmp_path / out / f"llava_{s}.jsonl") for s in result.counts}
+
+    first = convert("a", 0)
+    assert convert("b", 0) == first
+    val_images = {r["conversations"][0]["images"][0].split("/", 1)[1] for r in first["val"]}
+    train_images = {r["conversations"][0]["images"][0].split("/", 1)[1] for r in first["train"]}
+    assert not val_images & train_images  # the rows about one image stay on one side
+    assert all(r["conversations"][0]["images"][0].startswith("val/") for r in first["val"])
+    assert sum(map(len, first.values())) == 5
+    assert (tmp_path / "a" / "images" / first["val"][0]["conversations"][0]["images"][0]).is_file()
+    with pytest.raises(ValueError, match="cannot be val"):
+        LlavaOptions(val_ratio=0.1, split="val")
