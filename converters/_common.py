@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from phi3v_data.convert import ConversionError, Failure, ImageWriter
 from phi3v_data.images import MAX_PIXELS
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from phi3v_data.io import UnsafePathError, iter_jsonl, path_text_problem, resolve_inside, walk_files
 from schemas import BINARY_ANSWERS
 
 ESCAPES = "refused: escapes the dataset root"
@@ -96,39 +96,33 @@ class BasenameIndex:
 
     def _build(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
-        for folder, dirs, files in os.walk(self.root):
-            dirs.sort()
-            for name in sorted(files):
+        for folder, files in walk_files(self.root):  # symlinked folders too (images mounted from another disk)
+            for name in files:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    found.setdefault(name, Path(folder, name))  # the first in sorted walk order wins: deterministic
+                    found.setdefault(name, folder / name)  # the first in sorted walk order wins: deterministic
         return found
 
     def find(self, name: str) -> Path | None:
+        """The file called ``name``; UnsafePathError when it is a symlink to a file outside the dataset."""
         if self._paths is None:
             self._paths = self._build()
         path = self._paths.get(name)
-        if path is None:
-            return None
-        try:  # a symlinked file that points out of the root is not ours to read
-            return resolve_inside(self.root, path.relative_to(self.root).as_posix())
-        except UnsafePathError:
-            return None
+        return None if path is None else resolve_inside(self.root, path.relative_to(self.root).as_posix())
 
 
 def locate(root: Path, rel: str, index: BasenameIndex, *, bases: Sequence[Path] = ()) -> Path | None:
     """Find the file an annotation names: ``rel`` under each of ``bases`` (folders inside ``root``; default: root),
     else by basename anywhere under ``root``.
 
-    Raises :class:`UnsafePathError` when ``rel`` escapes ``root`` (absolute, ``..``, symlink out).
+    Raises :class:`UnsafePathError` naming the rule ``rel`` breaks (absolute, ``..``, NUL byte) or when the file found
+    is a symlink to a file outside the dataset (see :data:`phi3v_data.io.SYMLINK_RULE`).
     """
-    resolve_inside(root, rel)  # refuse before looking anywhere
+    problem = path_text_problem(rel)
+    if problem is not None:  # refuse before looking anywhere
+        raise UnsafePathError(problem)
     for base in bases or (root,):
-        try:
-            candidate = resolve_inside(base, rel)
-        except UnsafePathError:
-            continue
-        if candidate.is_file():
-            return candidate
+        if resolve_inside(base, rel).is_file():
+            return resolve_inside(base, rel)
     return index.find(rel.replace("\\", "/").rsplit("/", 1)[-1])
 
 

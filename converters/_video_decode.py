@@ -130,6 +130,8 @@ def decode_frames(path: Path, num: int, *, backend: Backend = "auto") -> list[An
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ConversionError("the file has no video stream")
+            if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe…
+                raise ConversionError(f"the file is a still image ({container.format.name}), not a video")
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # workers give the parallelism; decoder threads only contend with them
             info = probe(container, stream)

@@ -39,7 +39,6 @@ becomes, in ``docvqa_val.jsonl``::
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -49,7 +48,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from converters._common import (
-    ESCAPES,
     BasenameIndex,
     first_error,
     iter_table,
@@ -69,8 +67,9 @@ from phi3v_data.convert import (
     Failure,
     ImageWriter,
     Item,
+    OutputClaims,
 )
-from phi3v_data.io import UnsafePathError
+from phi3v_data.io import UnsafePathError, iter_json_array, json_object_members, parse_json
 from phi3v_data.splits import canonical_split, output_names
 
 ANNOTATION_RE = re.compile(r"^(?P<split>train|val|validation|test)(?:[_-].*)?\.json$", re.IGNORECASE)
@@ -150,6 +149,7 @@ class DocVQAConverter(Converter):
         root = self.options.images or self._root(source)
         index, base = BasenameIndex(root), source if source.is_dir() else source.parent
         claimed: set[str] = set()
+        self._claims = OutputClaims()
         for path in files:
             yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base), claimed=claimed)
 
@@ -173,18 +173,34 @@ class DocVQAConverter(Converter):
         return folder.parent if folder.name.lower().endswith("qas") else folder
 
     @staticmethod
-    def _load_json(path: Path, file: str) -> tuple[str, list[Any]] | Failure:
+    def _load_json(path: Path, file: str) -> tuple[str, list[tuple[int | None, Any, str | None]]] | Failure:
+        """(split, entries as (line, raw, error)); one entry nested too deeply, holding a 5000-digit number or a lone
+        surrogate is an error entry (reported with its line), the others still convert."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             return Failure(file, f"cannot read the annotation json: {exc}")
+        data, error = parse_json(text)
+        entries: list[tuple[int | None, Any, str | None]] = []
+        if error is None and isinstance(data, dict) and isinstance(data.get("data"), list):
+            entries = [(None, raw, None) for raw in data["data"]]
+        elif error is not None:  # read the top level without its values, then the entries one by one
+            try:
+                members = json_object_members(text)
+                data = {key: parse_json(text[a:b])[0] for key, (a, b) in members.items() if key != "data"}
+                if "data" in members:
+                    data["data"] = []
+                    entries = [(e.lineno if e.error else None, e.value, e.error)
+                               for e in iter_json_array(text, start=members["data"][0])]
+            except ValueError:
+                return Failure(file, f"cannot read the annotation json: {error}")
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             return Failure(file, 'not a DocVQA annotation file: expected {"data": [{"question", "image", ...}]}')
         split = data.get("dataset_split")
         if not (isinstance(split, str) and SPLIT_RE.match(split)):
             match = ANNOTATION_RE.match(path.name)
             split = match["split"].lower() if match else path.stem
-        return split, data["data"]
+        return split, entries
 
     def _plan_json(
         self, path: Path, *, root: Path, index: BasenameIndex, file: str, claimed: set[str]
@@ -197,7 +213,10 @@ class DocVQAConverter(Converter):
         split = canonical_split(official) if canonical_split(official) not in claimed else official
         claimed.add(split)
         pages: dict[str, list[dict[str, Any]]] = {}
-        for number, raw in enumerate(entries):
+        for number, (line, raw, error) in enumerate(entries):
+            if error is not None:
+                yield Failure(file, f"data[{number}]: {error}", split, line)
+                continue
             try:
                 entry = Question.model_validate(raw)
             except ValidationError as exc:
@@ -212,11 +231,15 @@ class DocVQAConverter(Converter):
             rel, questions = entry
             try:
                 found = locate(root, rel, index, bases=(path.parent, root))
-            except UnsafePathError:
-                yield Failure(file, f"{questions[0]['at']}: {ESCAPES} (image {rel!r})", split)
+            except UnsafePathError as exc:
+                yield Failure(file, f"{questions[0]['at']}: refused: {exc}", split)
                 continue
             if found is None:
                 yield Failure(file, f"{questions[0]['at']}: image {rel!r} not found under {root}", split)
+                continue
+            clash = self._claims.claim(f"{split}/{found.name}", str(found))
+            if clash is not None:  # two pages of one name in different folders
+                yield Failure(file, f"{questions[0]['at']}: {clash}", split)
                 continue
             payload = {"src": str(found), "name": found.name, "questions": questions, "official": official}
             yield Item(f"{split}/{found.name}", split, payload)

@@ -34,7 +34,6 @@ Images are copied to ``images/<split>/<path inside the split folder or root>``; 
 from __future__ import annotations
 
 import csv
-import os
 import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,8 +43,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import IMAGE_SUFFIXES, first_error
-from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
+                                OutputClaims)
+from phi3v_data.io import UnsafePathError, check_file_link, iter_jsonl, resolve_inside, walk_files
 from phi3v_data.splits import Carved, carve_groups
 from schemas import Task
 
@@ -197,10 +197,23 @@ class FolderConverter(Converter):
         task = self.options.task or TASKS[mode]
         splits, carved = self._splits(root, entries, group_of)
         yield from carved
+        claims = OutputClaims()
         for _, base, path in entries:
             key = path.relative_to(root).as_posix()
             split = splits[key]
             images = ((str(path), f"{split}/{path.relative_to(base).as_posix()}"),)
+            caption = path.with_suffix(".txt")
+            try:  # a symlinked image or caption that leads out of the source is reported, never read
+                for file in (path, caption) if mode == "captions" and caption.is_file() else (path,):
+                    if file.is_symlink():
+                        check_file_link(file, root, shown=file.relative_to(root).as_posix())
+            except UnsafePathError as exc:
+                yield Failure(key, f"refused: {exc}", split)
+                continue
+            clash = claims.claim(images[0][1], key)  # val/ and valid/ both become val/
+            if clash is not None:
+                yield Failure(key, clash, split)
+                continue
             if mode == "classes":
                 yield Item(key, split, _Job(images, user, group_of(base, path), task))
             elif path.with_suffix(".txt").is_file():
@@ -240,7 +253,10 @@ class FolderConverter(Converter):
             except ValidationError as exc:
                 yield Failure(path.name, f"malformed row: {first_error(exc)}", line=line)
                 continue
-            except (ValueError, UnsafePathError) as exc:
+            except UnsafePathError as exc:
+                yield Failure(path.name, f"image refused: {exc}", line=line)
+                continue
+            except ValueError as exc:
                 yield Failure(path.name, str(exc), line=line)
                 continue
             rows.append((line, row, images))
@@ -273,9 +289,8 @@ def _one_group(base: Path, path: Path) -> str:
 
 def _images_under(root: Path) -> list[Path]:
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    for folder, files in walk_files(root):  # symlinked folders are followed, each real folder once
+        found += [folder / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found)
 
 

@@ -28,7 +28,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from converters._common import (
-    ESCAPES,
     MISSING_LABEL,
     BasenameIndex,
     binary_turn,
@@ -38,7 +37,7 @@ from converters._common import (
     read_json_lines,
     relative_name,
 )
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
 from phi3v_data.io import UnsafePathError
 from phi3v_data.splits import output_names
 
@@ -87,6 +86,7 @@ class HatefulMemesConverter(Converter):
             )
         root = files[0].parent
         index = BasenameIndex(root)
+        self._claims = OutputClaims()
         present = [path.stem for path in files]
         names = output_names(sorted(present, key=lambda s: [*OUTPUT_SPLITS, s].index(s)), OUTPUT_SPLITS)
         for path in files:
@@ -107,11 +107,15 @@ class HatefulMemesConverter(Converter):
                 continue
             try:
                 image = locate(root, row.img, index)
-            except UnsafePathError:
-                yield Failure(file, f"{ESCAPES} (img {row.img!r})", split, lineno)
+            except UnsafePathError as exc:
+                yield Failure(file, f"refused: {exc}", split, lineno)
                 continue
             if image is None:
                 yield Failure(file, f"image {row.img!r} not found under {root}", split, lineno)
+                continue
+            clash = self._claims.claim(f"{split}/{image.name}", relative_name(image, root))
+            if clash is not None:  # img/a.png and img2/a.png: one meme would show the other's picture
+                yield Failure(file, clash, split, lineno)
                 continue
             payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label, "official": path.stem}
             yield Item(f"{split}/{row.id}", split, payload)

@@ -39,9 +39,9 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import first_error
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
 from phi3v_data.export import IMAGE_TAG
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside
+from phi3v_data.io import UnsafePathError, iter_json_array, iter_jsonl, parse_json, resolve_inside
 from phi3v_data.splits import Carved, carve_groups
 from schemas import IMAGE_TAG_RE, Task
 
@@ -164,7 +164,8 @@ def image_destination(rel: str, split: str) -> str:
     parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p != "."]
     if not parts:
         raise RowError(f"image path {rel!r} names no file")
-    return "/".join(parts if parts[0] == split else [split, *parts])
+    # an image called just `train` stays under the split folder (images/train/train), never in its place
+    return "/".join(parts if parts[0] == split and len(parts) > 1 else [split, *parts])
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +219,7 @@ class LlavaConverter(Converter):
             moved, carved = carve_groups(groups, self.options.val_ratio, seed=self.options.seed, split="val", source=split)
             splits = dict.fromkeys(moved, "val")
             yield carved
-        placed: dict[str, str] = {}  # destination → source, so two different files never land on one path
+        placed = OutputClaims()  # two different files never land on one path
         for r in entries:
             if isinstance(r, Failure) or r.duplicate is not None:
                 yield r if isinstance(r, Failure) else r.duplicate
@@ -304,11 +305,16 @@ def _distinct_ids(rows: list[_Parsed], split: str) -> None:
             taken.add(row.id)
 
 
-def _placement(folder: Path, rel: str, split: str, placed: dict[str, str]) -> tuple[str, str]:
+def _placement(folder: Path, rel: str, split: str, placed: OutputClaims) -> tuple[str, str]:
     """(source file, destination under images/) of one image path of a row."""
-    src, dest = str(resolve_inside(folder, rel)), image_destination(rel, split)
-    if placed.setdefault(dest, src) != src:
-        raise RowError(f"images {placed[dest]} and {src} would both land at images/{dest}")
+    try:
+        src = str(resolve_inside(folder, rel))
+    except UnsafePathError as exc:
+        raise RowError(f"image path refused: {exc}") from None
+    dest = image_destination(rel, split)
+    clash = placed.claim(dest, src)
+    if clash is not None:
+        raise RowError(clash)
     return src, dest
 
 
@@ -321,11 +327,19 @@ def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:
             yield source.name, entry.lineno, entry.value, entry.error
         return
     try:
-        rows = json.loads(source.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConvertUsageError(f"{source}: not valid JSON ({exc}); fix the file or convert it to JSON lines") from None
-    for index, raw in enumerate(rows):
-        yield f"{source.name}[{index}]", None, raw, None
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConvertUsageError(f"{source}: not UTF-8 ({exc.reason}); save the file as UTF-8") from None
+    rows, error = parse_json(text)
+    if error is None and isinstance(rows, list):  # the fast path: the whole file at once
+        for index, raw in enumerate(rows):
+            yield f"{source.name}[{index}]", None, raw, None
+        return
+    try:  # one row nested too deeply, with a huge number or a lone surrogate: report that row, convert the rest
+        for index, entry in enumerate(iter_json_array(text)):
+            yield f"{source.name}[{index}]", entry.lineno if entry.error else None, entry.value, entry.error
+    except ValueError as exc:
+        raise ConvertUsageError(f"{source}: not valid JSON ({error or exc}); fix the file or convert it to JSON lines") from None
 
 
 __all__ = ["LlavaConverter", "ShareGPTConverter", "parse_row", "map_row", "image_destination", "RowError"]

@@ -34,7 +34,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from converters._common import (
-    ESCAPES,
     MISSING_LABEL,
     BasenameIndex,
     binary_turn,
@@ -145,8 +144,8 @@ class NLVR2Converter(Converter):
             lineno, first = lines[0]
             try:
                 pair_images = [self._image(images, index, official, first.directory, f"{pair}-img{k}.png") for k in (0, 1)]
-            except UnsafePathError:
-                yield Failure(file, f"{ESCAPES} (directory {first.directory!r})", split, lineno)
+            except UnsafePathError as exc:
+                yield Failure(file, f"refused: {exc}", split, lineno)
                 continue
             except FileNotFoundError as exc:
                 hint = "" if self.options.images else " (images kept elsewhere? pass --images DIR)"

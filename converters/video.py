@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from converters import _video_decode
 from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
-from phi3v_data.io import UnsafePathError, resolve_inside
+from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside
 from phi3v_data.splits import Carved, carve_groups
 
 VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
@@ -112,6 +112,12 @@ class VideoConverter(Converter):
                 yield Failure(entry.key, f"same output images/{target}.*.jpg as {outputs[target]}; rename one", entry.split)
                 continue
             outputs[target] = entry.key
+            if entry.path.is_symlink():  # symlinked class folders are followed; a video linked from outside is not read
+                try:
+                    check_file_link(entry.path, source, shown=entry.key)
+                except UnsafePathError as exc:
+                    yield Failure(entry.key, f"refused: {exc}", entry.split)
+                    continue
             yield Item(entry.key, entry.split, Clip(str(entry.path), entry.label, prompt))
 
     def _scan(self, source: Path) -> _Scan:

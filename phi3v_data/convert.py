@@ -20,9 +20,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from phi3v_data.io import UnsafePathError, atomic_write, resolve_inside, write_bytes, write_json, write_jsonl
+from phi3v_data.io import UnsafePathError, atomic_write, dumps_utf8, resolve_inside, write_bytes, write_json, write_jsonl
 from phi3v_data.splits import Carved
 from schemas import Record
 
@@ -52,6 +53,18 @@ class ConversionError(Exception):
 
 class ConvertUsageError(Exception):
     """The run cannot start (bad source layout, conflicting earlier run); the message says what to do."""
+
+    exit_code = 1
+
+
+class OutputPathError(ConvertUsageError):
+    """``--out`` overlaps an input (equals, contains or lies inside it): a usage error, exit status 2."""
+
+    exit_code = 2
+
+
+class OutputLockedError(ConvertUsageError):
+    """Another conversion is writing into ``--out`` right now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +174,34 @@ class ImageWriter:
         return rel
 
 
+class OutputClaims:
+    """Output image paths claimed while planning, so two different inputs never silently share one output file.
+
+    ``val/cat/1.png`` from both ``val/`` and ``valid/``, ``img/a.png`` and ``img2/a.png`` both → ``train/a.png``, or
+    an image written at ``train`` where a folder ``train/`` must go: :meth:`claim` says so, the caller reports it.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, str] = {}
+        self._dirs: set[str] = set()
+
+    def claim(self, dest: str, source: str) -> str | None:
+        """None when ``dest`` (under images/) is free or already ``source``'s; otherwise why it cannot be written."""
+        owner = self._files.get(dest)
+        if owner is not None:
+            return None if owner == source else f"{source} and {owner} would both be written to images/{dest}; rename one"
+        if dest in self._dirs:
+            return f"{source} would be written to images/{dest}, where other images need a folder of that name"
+        parts = dest.split("/")
+        prefixes = ["/".join(parts[:k]) for k in range(1, len(parts))]
+        for prefix in prefixes:
+            if prefix in self._files:
+                return f"{source} needs a folder images/{prefix}, where the image {self._files[prefix]} is written"
+        self._files[dest] = source
+        self._dirs.update(prefixes)
+        return None
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -185,6 +226,27 @@ def _checked_dir(root: Path, parent: str) -> Path:
 _WORKER: tuple[Converter, ImageWriter] | None = None
 
 
+def _init_pool_worker(converter: Converter, writer: ImageWriter, parent: int) -> None:
+    """Pool workers die with the main process: a killed run must not go on writing (Linux: PR_SET_PDEATHSIG;
+    elsewhere each task checks the parent)."""
+    global _PARENT
+    _PARENT = parent
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    _init_worker(converter, writer)
+
+
+_PARENT: int | None = None
+
+
 def _init_worker(converter: Converter, writer: ImageWriter) -> None:
     global _WORKER
     _WORKER = (converter, writer)
@@ -197,7 +259,12 @@ def _init_worker(converter: Converter, writer: ImageWriter) -> None:
 
 
 def _run_items(items: list[Item]) -> list[tuple[str, list[dict] | None, dict | None]]:
-    return [_run_item(item) for item in items]
+    results = []
+    for item in items:
+        if _PARENT is not None and os.getppid() != _PARENT:  # orphaned (no PDEATHSIG here): stop writing
+            os._exit(1)
+        results.append(_run_item(item))
+    return results
 
 
 def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
@@ -233,7 +300,7 @@ def _read_journal(path: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not path.exists():
         return done
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:  # a torn last line may end mid-character
         for line in handle:
             try:
                 entry = json.loads(line)
@@ -258,8 +325,7 @@ def run_converter(
     source, out = Path(source), Path(out)
     if not source.exists() and not converter.accepts_names:
         raise ConvertUsageError(f"source {source} does not exist")
-    if converter.scans_source and source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
-        raise ConvertUsageError(f"--out {out} is inside the source {source}: its images would be read as input next time")
+    check_out_apart(converter, source, out)
     name = name or converter.output_name
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -271,7 +337,16 @@ def run_converter(
         console.print(f"retrying the {manifest['failures']} failure(s) of the last run; finished items are kept")
 
     items, failures, carved = _plan(converter, source, console)  # before touching `out`: a wrong layout leaves nothing behind
-    journal_path = _prepare_partial(out, digest, params, overwrite=overwrite)
+    with OutputLock(out):
+        return _run_locked(converter, items, failures, out=out, name=name, params=params, digest=digest,
+                           overwrite=overwrite, workers=workers, console=console, carved=carved)
+
+
+def _run_locked(converter: Converter, items: list[Item], failures: list[Failure], *, out: Path, name: str,
+                params: dict[str, Any], digest: str, overwrite: bool, workers: int | None, console: Console,
+                carved: list[Carved] | None = None) -> RunResult:
+    targets = sorted({f"{name}_{item.split}.jsonl" for item in items} | {"reports", "manifest.json"})
+    journal_path = _prepare_partial(out, digest, params, overwrite=overwrite, targets=targets)
     done = {key: entry for key, entry in _read_journal(journal_path).items() if "failure" not in entry}  # retried
     todo = [item for item in items if item.key not in done]
     writer = ImageWriter(out / "images")
@@ -280,9 +355,73 @@ def run_converter(
     reused = len(items) - len(todo)
     _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
     result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest,
-                       carved=carved)
+                       carved=carved or [])
     result.reused = reused
     return result
+
+
+def _inputs(converter: Converter, source: Path) -> list[tuple[str, Path]]:
+    """What a run reads: the source and every path option (``--image-folder``, ``--images``)."""
+    found = [("the source", source)]
+    for field_name, value in converter.options:
+        if isinstance(value, Path):
+            found.append((f"--{field_name.replace('_', '-')}", value))
+    return found
+
+
+def check_out_apart(converter: Converter, source: Path, out: Path) -> None:
+    """Refuse an ``--out`` that equals, contains or lies inside an input: the run would read its own output, and a
+    later ``--overwrite`` could delete what the user owns."""
+    real_out = Path(os.path.realpath(out))
+    for what, path in _inputs(converter, source):
+        real = Path(os.path.realpath(path))
+        if real == real_out:
+            raise OutputPathError(f"--out {out} is {what} ({path}); write the dataset to a new folder")
+        if real_out in real.parents:
+            raise OutputPathError(f"--out {out} contains {what} ({path}); write the dataset to a folder beside it")
+        if real.is_dir() and real in real_out.parents:
+            raise OutputPathError(f"--out {out} is inside {what} ({path}); write the dataset to a folder outside it")
+
+
+LOCK_NAME = ".phi3v-convert.lock"
+
+
+class OutputLock:
+    """An exclusive lock on ``out`` for the whole run (``flock`` on ``out/.phi3v-convert.lock``, which holds the PID).
+
+    The kernel drops the lock when its holder dies, so a crashed run never leaves a lock behind that blocks the
+    next one; the file itself may stay and is simply taken over. Without ``fcntl`` (Windows) there is no lock.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputLockedError(
+                f"another conversion (PID {holder}) is writing to {self.path.parent}; wait for it to end or choose "
+                "another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 def _up_to_date(out: Path, digest: str) -> bool:
@@ -290,7 +429,12 @@ def _up_to_date(out: Path, digest: str) -> bool:
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         return False
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or "params_digest" not in manifest:
+        raise ConvertUsageError(f"{manifest_path} was not written by a conversion; choose another --out")
     if manifest.get("params_digest") == digest:
         return True
     raise ConvertUsageError(
@@ -320,15 +464,53 @@ def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[It
     return items, failures, carved
 
 
-def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool) -> Path:
-    """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``."""
+def recorded_outputs(out: Path) -> list[str]:
+    """What an earlier conversion in ``out`` recorded as its own (manifest ``outputs``): the only things
+    ``--overwrite`` may delete. Names are single entries of ``out``; anything else in the list is ignored."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(manifest, dict) or "params_digest" not in manifest:
+        return []  # not a manifest this toolkit wrote
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list):  # written before manifests listed their outputs
+        files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+        outputs = ["images", *files.values(), "failures.jsonl", "manifest.json"]
+    return [name for name in outputs if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\x00" not in name]
+
+
+def _remove_recorded(out: Path) -> None:
+    """Delete an earlier conversion's recorded outputs (manifest last, so a crash here still leaves the list)."""
+    names = recorded_outputs(out)
+    for name in sorted(names, key=lambda n: n == "manifest.json"):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool, targets: Sequence[str] = ()) -> Path:
+    """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``.
+
+    ``overwrite`` deletes only what an earlier run recorded as its own; an ``images/`` folder in ``out`` that no run
+    of this toolkit wrote is never deleted nor written into.
+    """
     partial = out / JOURNAL_DIR
-    if overwrite:  # images of an earlier conversion must not survive into this one
-        for stale in (out / "manifest.json", out / "failures.jsonl"):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(out / "images", ignore_errors=True)
-        shutil.rmtree(out / "reports", ignore_errors=True)
     params_path = partial / "params.json"
+    if overwrite:  # the earlier conversion's images must not survive into this one
+        _remove_recorded(out)
+        if params_path.exists():  # an interrupted run of ours made images/ (a first run refuses a foreign one)
+            shutil.rmtree(out / "images", ignore_errors=True)
+    interrupted, recorded = params_path.exists(), recorded_outputs(out)
+    foreign = [n for n in ("images", *targets) if (out / n).exists() and n not in recorded and not interrupted]
+    if foreign:
+        raise ConvertUsageError(
+            f"{out} already holds {', '.join(foreign)}, which no earlier conversion recorded as its output; "
+            "nothing was deleted or written: choose another --out, or move those away"
+        )
     if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
         if not overwrite:
             raise ConvertUsageError(
@@ -360,7 +542,7 @@ def _convert_all(
         def record(result: tuple[str, list[dict] | None, dict | None]) -> None:
             key, records, failure = result
             entry = {"key": key, "records": records} if failure is None else {"key": key, "failure": failure}
-            journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            journal.write(dumps_utf8(entry) + "\n")
             journal.flush()
             done[key] = entry
             progress.advance(task)
@@ -371,7 +553,7 @@ def _convert_all(
                 record(_run_item(item))
             return
         chunks = _chunks(todo, workers)
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(converter, writer))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(converter, writer, os.getpid()))
         try:
             pending: set[Future] = set()
             for chunk in chunks:  # keep a bounded number of tasks in flight
@@ -464,6 +646,8 @@ def _assemble(
             "source_splits": result.source_splits,
             "carved": [asdict(c) for c in carved],
             "failures_file": FAILURES_REPORT,
+            # what --overwrite may delete later: everything this run wrote into `out`, and nothing else
+            "outputs": ["images", *(path.name for path in result.files.values()), "reports", "manifest.json"],
         },
     )
     if not failures:  # while failures remain, the journal stays: a rerun retries them and reuses the rest

@@ -1,8 +1,8 @@
 """Existence, safety and header checks of a dataset's image paths, fast enough for millions of paths.
 
 Stat-ing every path costs a system call each; instead each directory is listed once (``os.scandir``) and names are
-looked up in that listing. Symlinks (an entry, or a directory on the way) are followed once and refused when they
-lead outside the images directory. Headers are read once per distinct path (bounded cache).
+looked up in that listing. Symlinks follow :data:`phi3v_data.io.SYMLINK_RULE`: symlinked folders are followed, a
+symlinked file that leads outside the images directory is refused. Headers are read once per distinct path (bounded cache).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ImageCheck = Literal["exists", "header", "deep"]
 class ImageChecker:
     """Checks image paths of one images directory, fast: each directory is listed once and names looked up.
 
-    A symlink entry (or a symlinked directory) is followed and refused when it leads outside the images directory.
+    Symlinked directories are followed; a symlinked file is refused when it leads outside the images directory.
     """
 
     DIR, LINK, OTHER = "directory", "symlink", "other"
@@ -29,8 +29,6 @@ class ImageChecker:
     def __init__(self, root: Path, mode: ImageCheck = "header", *, max_names: int = 2_000_000,
                  max_sizes: int = 200_000) -> None:
         self.root, self.mode = Path(root), mode
-        self._real_root = os.path.realpath(self.root)
-        self._prefix = self._real_root.rstrip(os.sep) + os.sep
         # directory (as the paths spell it) → (regular file names, other entries by kind, problem with the directory)
         self._dirs: dict[str, tuple[frozenset[str], dict[str, str], ImageProblem | None]] = {}
         self._sizes: dict[str, tuple[int, int] | ImageProblem] = {}
@@ -97,35 +95,32 @@ class ImageChecker:
     def _symlink(self, rel: str) -> ImageProblem | None:
         try:
             target = resolve_inside(self.root, rel)
-        except UnsafePathError:
-            return ImageProblem("image_path_unsafe", f"{rel} is a symlink that leads outside {self.root}")
+        except UnsafePathError as exc:
+            return ImageProblem("image_path_unsafe", str(exc))
         if not os.path.isfile(target):
             return ImageProblem("image_missing", f"{rel} is a symlink to a file that does not exist")
         return None
 
     def _listing(self, directory: str) -> tuple[frozenset[str], dict[str, str], ImageProblem | None]:
-        """List a directory once (after checking it does not lead outside the root through a symlink)."""
+        """List a directory once."""
         path = os.path.join(self.root, directory) if directory else str(self.root)
-        real = os.path.realpath(path)
         files: set[str] = set()
         others: dict[str, str] = {}
         problem = None
-        if real != self._real_root and not real.startswith(self._prefix):
-            problem = ImageProblem("image_path_unsafe", f"directory {directory}/ leads outside {self.root} (symlink)")
-        else:
-            try:
-                with os.scandir(path) as iterator:
-                    entries = list(iterator)
-                # is_file(follow_symlinks=False) reads the directory entry's type: no stat per file
-                files = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
-                if len(files) != len(entries):
-                    others = {e.name: self._kind(e) for e in entries if e.name not in files}
-            except (FileNotFoundError, NotADirectoryError):
-                where = f"directory {directory}/ does not exist in {self.root}" if os.path.isdir(self.root) else (
-                    f"the images directory {self.root} does not exist (point --images at it)")
-                problem = ImageProblem("image_missing", where)
-            except OSError as exc:
-                problem = ImageProblem("image_missing", f"cannot list {path}: {exc.strerror}")
+        # symlinked folders are followed (phi3v_data.io.SYMLINK_RULE): images mounted from another disk work
+        try:
+            with os.scandir(path) as iterator:
+                entries = list(iterator)
+            # is_file(follow_symlinks=False) reads the directory entry's type: no stat per file
+            files = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
+            if len(files) != len(entries):
+                others = {e.name: self._kind(e) for e in entries if e.name not in files}
+        except (FileNotFoundError, NotADirectoryError):
+            where = f"directory {directory}/ does not exist in {self.root}" if os.path.isdir(self.root) else (
+                f"the images directory {self.root} does not exist (point --images at it)")
+            problem = ImageProblem("image_missing", where)
+        except OSError as exc:
+            problem = ImageProblem("image_missing", f"cannot list {path}: {exc.strerror}")
         listing = (frozenset(files), others, problem)
         self._names += len(files) + len(others)
         while self._dirs and self._names > self._max_names:  # forget the oldest listings; memory stays bounded

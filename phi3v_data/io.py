@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import itertools
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,26 +21,87 @@ class UnsafePathError(ValueError):
     """A path taken from a data file points outside the root it must stay in."""
 
 
-def resolve_inside(root: Path, relative: str | os.PathLike[str]) -> Path:
-    """Join ``relative`` onto ``root`` and refuse anything that ends up outside ``root``.
+SYMLINK_RULE = (
+    "paths written in data files stay inside their root (no absolute paths, drive letters, '..' or NUL bytes); "
+    "symlinked folders are followed (that is how big datasets are mounted); a symlinked file is read only when "
+    "it points inside the root or inside the folder that holds it"
+)
+"""The one path rule of the toolkit: converters, validate, preview and training all apply it through resolve_inside."""
 
-    Absolute paths, ``..`` components and symlinks that lead out of ``root`` are refused.
+
+def path_text_problem(rel: str) -> str | None:
+    """Which written-path rule ``rel`` breaks (checked on the text alone, before the file system is asked), or None."""
+    if not rel:
+        return "the path is empty"
+    if "\x00" in rel:
+        return f"{rel!r} contains a NUL byte"
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")):
+        return f"{rel!r} is absolute; paths in data files must be relative"
+    if len(rel) > 1 and rel[1] == ":":
+        return f"{rel!r} starts with a drive letter; paths in data files must be relative"
+    if ".." in rel.replace("\\", "/").split("/"):
+        return f"{rel!r} climbs out with '..'"
+    return None
+
+
+def resolve_inside(root: Path, relative: str | os.PathLike[str]) -> Path:
+    """Join ``relative`` onto ``root`` under :data:`SYMLINK_RULE`; raise UnsafePathError naming the broken rule.
+
+    Folders on the way may be symlinks (a dataset's ``img/`` on another disk works); a file that is a symlink must
+    point inside ``root`` or inside the folder holding it (the folder's real location).
 
     >>> resolve_inside(Path("/data"), "img/a.png")
     PosixPath('/data/img/a.png')
     """
-    rel = str(relative)
-    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise UnsafePathError(f"{rel!r} is not a relative path")
-    parts = rel.replace("\\", "/").split("/")
-    if ".." in parts:
-        raise UnsafePathError(f"{rel!r} escapes {root}")
-    candidate = Path(root, *[p for p in parts if p not in ("", ".")])
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(candidate))
-    if real != real_root and real_root not in real.parents:
-        raise UnsafePathError(f"{rel!r} leads outside {root} (through a symlink)")
+    rel = os.fspath(relative)
+    problem = path_text_problem(rel)
+    if problem is not None:
+        raise UnsafePathError(problem)
+    candidate = Path(root, *[p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")])
+    try:
+        linked_file = candidate.is_symlink() and not candidate.is_dir()
+    except OSError:  # a name too long and the like: the caller's open() reports it
+        linked_file = False
+    if linked_file:
+        check_file_link(candidate, root, shown=rel)
     return candidate
+
+
+def check_file_link(link: Path, root: Path, *, shown: str | None = None) -> None:
+    """Refuse a symlinked file whose target lies outside ``root`` and outside the folder that holds the link."""
+    target = os.path.realpath(link)
+    for inside in (os.path.realpath(root), os.path.realpath(link.parent)):
+        if target == inside or target.startswith(inside.rstrip(os.sep) + os.sep):
+            return
+    raise UnsafePathError(f"{shown or link} is a symlink to a file outside the dataset ({target}); not read")
+
+
+def is_readable_file(path: Path, root: Path) -> bool:
+    """A regular file, or a symlinked file :func:`check_file_link` accepts (scans of a folder use this)."""
+    if not path.is_file():
+        return False
+    if path.is_symlink():
+        try:
+            check_file_link(path, root)
+        except UnsafePathError:
+            return False
+    return True
+
+
+def walk_files(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """``os.walk`` that follows symlinked folders (each real folder once, so link loops end): (folder, file names).
+
+    Hidden folders are skipped; names are sorted, so the walk order is deterministic.
+    """
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield Path(folder), sorted(files)
 
 
 @contextlib.contextmanager
@@ -100,11 +162,21 @@ def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
     os.replace(tmp, path)
 
 
+def dumps_utf8(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` whose result always encodes as UTF-8: readable text, but a lone surrogate (``"\\udcff"``, which
+    no UTF-8 file can hold) makes the whole value fall back to ``\\u`` escapes, as valid JSON as the readable form."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **kwargs)
+    return text
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Atomically write pretty JSON."""
     with atomic_write(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, sort_keys=False)
-        handle.write("\n")
+        handle.write(dumps_utf8(data, indent=2) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
@@ -114,7 +186,10 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
         for row in rows:
             if hasattr(row, "model_dump"):
                 row = row.model_dump(mode="json", exclude_none=True)
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            try:  # TextIOWrapper encodes in write(): a failed write leaves nothing behind
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            except UnicodeEncodeError:  # a lone surrogate: the escaped form (see dumps_utf8)
+                handle.write(json.dumps(row) + "\n")
             count += 1
     return count
 
@@ -129,10 +204,46 @@ class JsonlLine:
     error: str | None = None
 
 
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, why not): a syntax error, nesting too deep, an integer too long to read, or a lone
+    surrogate escape (``"\udcff"``: not text, and it would break every UTF-8 file it is written to). Never raises."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply"
+    except ValueError as exc:  # an integer over Python's digit limit
+        return None, f"invalid JSON: {str(exc).split(';')[0]}"
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        return None, "invalid JSON text: a \\uD800-\\uDFFF escape that is not part of a surrogate pair"
+    return value, None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:  # no recursion: the value may be deep
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return False
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[JsonlLine]:
     """Stream a jsonl file line by line in constant memory, never raising on bad lines.
 
-    Blank lines are skipped. Bytes that are not UTF-8 and JSON syntax errors come back as ``error``.
+    Blank lines are skipped. Bytes that are not UTF-8 and what :func:`parse_json` refuses come back as ``error``.
     """
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
@@ -146,12 +257,82 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[JsonlLine]:
             stripped = text.strip()
             if not stripped:
                 continue
-            try:
-                value = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                yield JsonlLine(lineno, stripped, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            except RecursionError:
-                yield JsonlLine(lineno, stripped[:200], error="invalid JSON: nested too deeply")
-                continue
-            yield JsonlLine(lineno, stripped, value=value)
+            value, error = parse_json(stripped)
+            yield JsonlLine(lineno, stripped[:200] if error else stripped, value=value, error=error)
+
+
+def iter_json_array(text: str, *, start: int = 0) -> Iterator[JsonlLine]:
+    """The elements of the JSON array that begins at ``text[start]``, each parsed on its own: one element that is
+    nested too deeply or holds a 5000-digit number is an ``error`` entry and the next ones still come back.
+    ``lineno`` is the line the element starts on. Raises ValueError when the array itself is broken.
+
+    For files loaded whole (LLaVA json, DocVQA json) after a plain ``json.loads`` of the whole file failed.
+    """
+    i = _WS.match(text, start).end()
+    if text[i : i + 1] != "[":
+        raise ValueError("expected a JSON array")
+    i, lineno, last = i + 1, text.count("\n", 0, i) + 1, i
+    while True:
+        i = _WS.match(text, i).end()
+        if text[i : i + 1] == "]":
+            return
+        lineno += text.count("\n", last, i)
+        last = i
+        end = _value_end(text, i)
+        value, error = parse_json(text[i:end])
+        yield JsonlLine(lineno, text[i:end][:200], value=value, error=error)
+        i = _WS.match(text, end).end()
+        if text[i : i + 1] == ",":
+            i += 1
+        elif text[i : i + 1] != "]":
+            raise ValueError(f"expected ',' or ']' at line {text.count(chr(10), 0, i) + 1}")
+
+
+def json_object_members(text: str) -> dict[str, tuple[int, int]]:
+    """Top-level members of the JSON object in ``text`` as key → (start, end) of the value text, without parsing
+    the values (so a broken value can be read element by element with :func:`iter_json_array`)."""
+    i = _WS.match(text).end()
+    if text[i : i + 1] != "{":
+        raise ValueError("expected a JSON object")
+    members: dict[str, tuple[int, int]] = {}
+    i += 1
+    while True:
+        i = _WS.match(text, i).end()
+        if text[i : i + 1] == "}":
+            return members
+        key_end = _value_end(text, i)
+        key = json.loads(text[i:key_end])
+        i = _WS.match(text, key_end).end()
+        if text[i : i + 1] != ":" or not isinstance(key, str):
+            raise ValueError("expected a string key and ':'")
+        i = _WS.match(text, i + 1).end()
+        end = _value_end(text, i)
+        members[key] = (i, end)
+        i = _WS.match(text, end).end()
+        if text[i : i + 1] == ",":
+            i += 1
+        elif text[i : i + 1] != "}":
+            raise ValueError("expected ',' or '}'")
+
+
+_WS = re.compile(r"[ \t\r\n]*")
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]|[^\s,:\[\]{}"]+|[,:]', re.S)
+
+
+def _value_end(text: str, i: int) -> int:
+    """Where the JSON value starting at ``text[i]`` ends: brackets counted outside strings, iteratively."""
+    depth = 0
+    while True:
+        i = _WS.match(text, i).end()
+        match = _TOKEN.match(text, i)
+        if match is None:
+            raise ValueError(f"unterminated JSON value at line {text.count(chr(10), 0, i) + 1}")
+        token, i = match.group(), match.end()
+        if token in ("[", "{"):
+            depth += 1
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced brackets")
+        if depth == 0 and token not in (",", ":"):
+            return i

@@ -69,7 +69,9 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
         try:
             result = run_converter(cls(opts), source, out, name=name, workers=workers, overwrite=overwrite, console=console)
         except ConvertUsageError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code  # 2 for an --out that overlaps an input (a usage error)
+            raise error from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] — rerun the same command to resume where it stopped")
             raise SystemExit(130) from None

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from phi3v_data.cli.errors import check_writable, write_error
-from phi3v_data.io import write_json
+from phi3v_data.io import dumps_utf8, write_json
 from phi3v_data.record_checks import LengthSpec, LengthSpecError
 from phi3v_data.report import ValidationReport, render
 from phi3v_data.validate import validate_file
@@ -119,7 +119,7 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
         except OSError as exc:
             raise write_error("--report", report_path, exc) from None
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(dumps_utf8(report.to_dict(), indent=2))  # valid UTF-8 whatever the input (lone surrogates)
     elif not quiet:
         render(report, Console(), limit=limit_errors)
     click.get_current_context().exit(0 if report.valid else 1)

@@ -95,7 +95,7 @@ def test_official_layout_exact_records_failures_and_unlabeled_test(official: Pat
     reasons = sorted(f.reason for f in result.failures)
     assert len(reasons) == 4 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
     assert reasons[0].startswith("data[3]: malformed entry: field 'question'")
-    assert reasons[1] == "data[4]: refused: escapes the dataset root (image '../outside.png')"
+    assert reasons[1] == "data[4]: refused: '../outside.png' climbs out with '..'"
     assert reasons[2].startswith("data[5]: image 'documents/missing_1.png' not found under")
     assert reasons[3] == "data[6]: question 52218 has no answers (others do)"
     assert result.counts == {"train": 3, "test": 1}
@@ -124,9 +124,10 @@ def test_single_json_file_finds_images_beside_the_qas_folder(official: Path, tmp
 
 
 def test_unknown_layout_and_bad_options_are_usage_errors(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hello")
     with pytest.raises(ConvertUsageError, match="train_v1.0_withQT.json"):
-        run(tmp_path, tmp_path / "out")
+        run(tmp_path / "src", tmp_path / "out")
     with pytest.raises(ValueError, match="answer"):
         DocVQAOptions(answer="random")
     with pytest.raises(ValueError, match="not a folder"):

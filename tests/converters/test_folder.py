@@ -180,7 +180,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert _read(out, "train") == [vqa("train-0000000000", ["train/photos/b.jpg"], "Colour, please?", "green")]
     assert _read(out, "test") == [vqa("q3", ["test/photos/a.png"], "What is it?", None)]
     assert [(f.file, f.line, f.reason) for f in result.failures] == [
-        ("manifest.csv", 5, f"'../outside.png' escapes {root}"),
+        ("manifest.csv", 5, "image refused: '../outside.png' climbs out with '..'"),
         ("manifest.csv", 6, "malformed row: field 'question': String should have at least 1 character"),
         ("manifest.csv:7", None, f"{root / 'photos' / 'missing.png'}: file does not exist"),
     ]

@@ -86,10 +86,10 @@ def test_bad_lines_are_reported_with_file_and_line_and_the_rest_continues(releas
     found = {(f.file, f.line, f.split): f.reason for f in result.failures}
     assert set(found) == {("train.jsonl", n, "train") for n in (3, 4, 5, 6, 7)}
     assert found[("train.jsonl", 3, "train")].startswith("invalid JSON")
-    assert found[("train.jsonl", 4, "train")] == "refused: escapes the dataset root (img '../secret.png')"
+    assert found[("train.jsonl", 4, "train")] == "refused: '../secret.png' climbs out with '..'"
     assert found[("train.jsonl", 5, "train")].startswith("image 'img/00007.png' not found under")
     assert found[("train.jsonl", 6, "train")].startswith("malformed line: field 'label'")
-    assert found[("train.jsonl", 7, "train")] == "refused: escapes the dataset root (img 'img/evil.png')"
+    assert found[("train.jsonl", 7, "train")].startswith("refused: img/evil.png is a symlink to a file outside the dataset")
     failures = jsonl(tmp_path / "out" / "reports" / "failures.jsonl")
     assert {(f["file"], f["line"]) for f in failures} == {("train.jsonl", n) for n in (3, 4, 5, 6, 7)}
 
@@ -120,9 +120,10 @@ def test_a_line_without_label_in_a_labeled_file_is_a_failure(tmp_path: Path) -> 
 
 
 def test_unknown_layout_and_bad_prompt(tmp_path: Path) -> None:
-    (tmp_path / "memes.csv").write_text("id,img\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "memes.csv").write_text("id,img\n")
     with pytest.raises(ConvertUsageError, match="dev_seen.jsonl"):
-        run(tmp_path, tmp_path / "out")
+        run(tmp_path / "src", tmp_path / "out")
     with pytest.raises(ValueError, match=r"\{text\}"):
         HatefulMemesOptions(prompt="Is it hateful?")
     with pytest.raises(ValueError, match="unknown placeholder"):

@@ -77,7 +77,7 @@ def test_llava_rows_become_exact_records_and_failures(tmp_path: Path) -> None:
     assert _records(tmp_path / "out" / "llava_train.jsonl") == EXPECTED
     assert [asdict(f) for f in result.failures] == [
         {"file": "llava.json[6]", "reason": "2 <image> tag(s) but 1 image(s)", "split": "train", "line": None},
-        {"file": "llava.json[8]", "reason": f"'../outside.png' escapes {source.parent / 'imgs'}", "split": "train", "line": None},
+        {"file": "llava.json[8]", "reason": "image path refused: '../outside.png' climbs out with '..'", "split": "train", "line": None},
         {"file": "llava.json[9]", "reason": "message 2 is 'human' where a gpt turn belongs: turns must alternate human, gpt",
          "split": "train", "line": None},
         {"file": "llava.json[7]", "reason": f"{source.parent / 'imgs/coco/missing.png'}: file does not exist", "split": "train", "line": None},
@@ -169,7 +169,7 @@ def test_two_files_never_land_on_one_path(tmp_path: Path) -> None:
 
     assert [r["conversations"][0]["images"] for r in _records(tmp_path / "out" / "llava_train.jsonl")] == [["train/x.png"]]
     assert [(f.line, f.reason) for f in result.failures] == [
-        (2, f"images {tmp_path / 'x.png'} and {tmp_path / 'train' / 'x.png'} would both land at images/train/x.png"),
+        (2, f"{tmp_path / 'train' / 'x.png'} and {tmp_path / 'x.png'} would both be written to images/train/x.png; rename one"),
         (3, "image path '.' names no file"),
     ]
 

@@ -95,7 +95,7 @@ def test_missing_image_escape_and_malformed_lines_are_failures(release: Path, tm
     result = run(release, tmp_path / "out")
     found = {(f.file, f.line): f.reason for f in result.failures}
     assert set(found) == {("data/train.json", 3), ("data/dev.json", 2), ("data/dev.json", 4), ("data/dev.json", 5), ("data/dev.json", 6)}
-    assert found[("data/train.json", 3)] == "refused: escapes the dataset root (directory '../../..')"
+    assert found[("data/train.json", 3)] == "refused: 'train/../../../train-10171-1-img0.png' climbs out with '..'"
     assert found[("data/dev.json", 2)].startswith("image dev-851-2-img1.png not found under")
     assert found[("data/dev.json", 4)].startswith("malformed line: field 'identifier'")
     assert found[("data/dev.json", 5)].startswith("malformed line: field 'label': Value error, expected 'True' or 'False'")
@@ -115,9 +115,10 @@ def test_flat_images_folder_per_split_and_custom_prompt(tmp_path: Path) -> None:
 
 
 def test_unknown_layout_and_bad_prompt(tmp_path: Path) -> None:
-    (tmp_path / "balanced_dev.json").write_text("")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "balanced_dev.json").write_text("")
     with pytest.raises(ConvertUsageError, match="test1.json"):
-        run(tmp_path, tmp_path / "out")
+        run(tmp_path / "src", tmp_path / "out")
     with pytest.raises(ValueError, match=r"\{sentence\}"):
         NLVR2Options(prompt="True or false?")
 

@@ -17,16 +17,33 @@ def test_resolve_inside_refuses_escapes(tmp_path: Path, bad: str) -> None:
         resolve_inside(tmp_path, bad)
 
 
-def test_resolve_inside_refuses_symlink_out_of_root(tmp_path: Path) -> None:
-    root, outside = tmp_path / "root", tmp_path / "outside"
+def test_resolve_inside_follows_symlinked_folders_but_not_files_leading_out(tmp_path: Path) -> None:
+    root, mount, secrets = tmp_path / "root", tmp_path / "mnt" / "img", tmp_path / "secrets"
     root.mkdir()
-    outside.mkdir()
-    (outside / "secret.png").write_bytes(b"x")
-    os.symlink(outside, root / "link")
+    mount.mkdir(parents=True)
+    secrets.mkdir()
+    (mount / "a.png").write_bytes(b"x")
+    (secrets / "key.png").write_bytes(b"x")
+    os.symlink(mount, root / "img")  # images on another disk: the user's own layout, followed
+    os.symlink(mount / "a.png", mount / "same.png")  # a link to a sibling inside the mounted folder
+    os.symlink(secrets / "key.png", root / "leak.png")
+    os.symlink(secrets / "key.png", mount / "leak2.png")
     os.symlink(root / "inner.png", root / "ok.png")
-    with pytest.raises(UnsafePathError, match="symlink"):
-        resolve_inside(root, "link/secret.png")
+    assert resolve_inside(root, "img/a.png") == root / "img" / "a.png"
+    assert resolve_inside(root, "img/same.png") == root / "img" / "same.png"
     assert resolve_inside(root, "ok.png") == root / "ok.png"  # a link that stays inside is fine
+    for bad in ("leak.png", "img/leak2.png"):
+        with pytest.raises(UnsafePathError, match="symlink to a file outside the dataset"):
+            resolve_inside(root, bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "rule"),
+    [("a\x00b.png", "NUL byte"), ("/etc/passwd", "absolute"), ("C:/x.png", "drive letter"), ("a/../../x.png", "'..'"), ("", "empty")],
+)
+def test_resolve_inside_names_the_broken_rule(tmp_path: Path, bad: str, rule: str) -> None:
+    with pytest.raises(UnsafePathError, match=rule):
+        resolve_inside(tmp_path, bad)
 
 
 def test_atomic_write_leaves_old_file_on_error(tmp_path: Path) -> None:
