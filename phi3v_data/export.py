@@ -1,5 +1,16 @@
 """Records → LLaVA or ShareGPT (LLaMA-Factory) rows, so a converted dataset can leave for other tools.
 
+Three layouts, each written the way the tool named reads it (checked against its loader's source):
+
+- ``llava``: ``image`` is one path, as LLaVA-1.5's ``llava/train/train.py`` (``LazySupervisedDataset.__getitem__``:
+  ``Image.open(os.path.join(image_folder, image_file))``) opens it. A record with several images cannot be written
+  in this layout: it is reported and skipped (choose ``llava-multi`` or ``sharegpt``).
+- ``llava-multi``: ``image`` is always a list, as LLaVA-NeXT / LLaVA-OneVision's ``train.py`` reads it
+  (``if type(image_file) is list: image = [self.process_image(f) for f in image_file]``).
+- ``sharegpt``: LLaMA-Factory's sharegpt format with ``"formatting": "sharegpt"`` and ``columns`` ``messages`` and
+  ``images`` (role/content tags), as its ``data/README.md`` and the ``mllm_demo`` dataset describe: ``images`` is
+  always a list, one ``<image>`` tag per image in the text.
+
 ``<|image_k|>`` tags become ``<image>`` tags and the row's images follow the order the tags appear in; a turn whose
 text places no tags gets one ``<image>\\n`` per image in front, which is where the model saw them. Image paths are
 written as stored (relative to the dataset's ``images/`` dir) or made relative to a folder the user names. The
@@ -35,7 +46,7 @@ from pydantic import ValidationError
 from phi3v_data.io import atomic_write, iter_jsonl, write_jsonl
 from schemas import IMAGE_TAG_RE, Record
 
-Format = Literal["llava", "sharegpt"]
+Format = Literal["llava", "llava-multi", "sharegpt"]
 IMAGE_TAG = "<image>"
 
 
@@ -84,13 +95,19 @@ def tagged_turns(record: Record) -> tuple[list[tuple[str, str | None]], list[int
     return turns, order
 
 
-def to_llava(record: Record, *, image_path: Callable[[str], str] = str) -> dict[str, Any]:
-    """One LLaVA row: ``image`` is a string for one image, a list for several, absent for none."""
+def to_llava(record: Record, *, image_path: Callable[[str], str] = str, multi: bool = False) -> dict[str, Any]:
+    """One LLaVA row: ``image`` one path (LLaVA-1.5; several images are refused), or with ``multi`` always a list
+    (LLaVA-NeXT); absent for a record without images."""
     turns, order = tagged_turns(record)
+    if not multi and len(order) > 1:
+        raise ExportError(
+            f"has {len(order)} images; LLaVA-1.5's trainer opens `image` as one path: "
+            "export with --to llava-multi (LLaVA-NeXT) or --to sharegpt (LLaMA-Factory)"
+        )
     images = [image_path(record.images[k - 1]) for k in order]
     row: dict[str, Any] = {"id": record.id}
     if images:
-        row["image"] = images[0] if len(images) == 1 else images
+        row["image"] = images if multi else images[0]
     row["conversations"] = [
         {"from": role, "value": text}
         for user, assistant in turns
@@ -112,7 +129,12 @@ def to_sharegpt(record: Record, *, image_path: Callable[[str], str] = str) -> di
     return {"id": record.id, "messages": messages, "images": [image_path(record.images[k - 1]) for k in order]}
 
 
-BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {"llava": to_llava, "sharegpt": to_sharegpt}
+def to_llava_multi(record: Record, *, image_path: Callable[[str], str] = str) -> dict[str, Any]:
+    """One LLaVA-NeXT row: ``image`` always a list."""
+    return to_llava(record, image_path=image_path, multi=True)
+
+
+BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {"llava": to_llava, "llava-multi": to_llava_multi, "sharegpt": to_sharegpt}
 
 
 def relative_to_folder(images_dir: Path, folder: Path) -> Callable[[str], str]:

@@ -1,4 +1,4 @@
-"""``phi3v-data export DATASET.jsonl --to llava|sharegpt --out FILE.json[l]``: hand a dataset to other tools."""
+"""``phi3v-data export DATASET.jsonl --to llava|llava-multi|sharegpt --out FILE.json[l]``: hand a dataset to other tools."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ SHOWN_PROBLEMS = 10
 
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--to", "to", type=click.Choice(["llava", "sharegpt"]), required=True, help="Target format.")
+@click.option(
+    "--to", "to", type=click.Choice(["llava", "llava-multi", "sharegpt"]), required=True,
+    help="Target layout: llava (LLaVA-1.5, one image per record), llava-multi (LLaVA-NeXT, image list), "
+    "sharegpt (LLaMA-Factory, images list).",
+)
 @click.option(
     "--out", "--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
     help="FILE.json (one JSON array, as LLaVA reads it) or FILE.jsonl (one row per line).",

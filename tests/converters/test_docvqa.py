@@ -268,6 +268,7 @@ def test_parquet_converter_layout_gives_train_val_test(tmp_path: Path) -> None:
     }
     assert jsonl(tmp_path / "out" / "docvqa_test.jsonl")[0]["conversations"][0]["assistant"] is None
     assert "source_split" not in jsonl(tmp_path / "out" / "docvqa_train.jsonl")[0]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source_splits"] == {"val": "validation"}
 
 
 def test_load_dataset_cache_files_give_their_split(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_llava_round_trip_import_export_import(tmp_path: Path) -> None:
     source = _llava_source(tmp_path)
     first = tmp_path / "first"
     run_converter(LlavaConverter(LlavaOptions(image_folder=source.parent / "imgs")), source, first, workers=1)
-    exported = export_dataset(first / "llava_train.jsonl", tmp_path / "exported.json", to="llava")
+    exported = export_dataset(first / "llava_train.jsonl", tmp_path / "exported.json", to="llava-multi")
     assert (exported.rows, exported.problems) == (6, [])
 
     second = tmp_path / "second"

@@ -20,7 +20,7 @@ def test_untagged_images_go_first_and_task_and_reference_are_left_out() -> None:
         {"images": ["train/a.png", "train/b.png"], "user": "Which is larger?", "assistant": "a", "reference": {"answers": ["a", "A"]}},
         {"images": ["train/c.png"], "user": "And this?", "assistant": "c"},
     )
-    assert to_llava(record) == {
+    assert to_llava(record, multi=True) == {
         "id": "r1",
         "image": ["train/a.png", "train/b.png", "train/c.png"],
         "conversations": [
@@ -117,3 +117,32 @@ def test_export_refuses_unknown_output_types_and_overwriting_the_dataset(tmp_pat
     with pytest.raises(ExportUsageError, match="is the dataset itself"):
         export_dataset(dataset, dataset, to="llava")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_llava_layout_writes_one_path_and_refuses_several_images() -> None:
+    """LLaVA-1.5's LazySupervisedDataset opens `image` as one path; LLaVA-NeXT's takes a list."""
+    one = _record({"images": ["train/a.png"], "user": "What?", "assistant": "a"})
+    assert to_llava(one)["image"] == "train/a.png"
+    assert to_llava(one, multi=True)["image"] == ["train/a.png"]
+    two = _record({"images": ["train/a.png", "train/b.png"], "user": "Same?", "assistant": "no"})
+    with pytest.raises(ExportError) as caught:
+        to_llava(two)
+    assert str(caught.value) == (
+        "has 2 images; LLaVA-1.5's trainer opens `image` as one path: "
+        "export with --to llava-multi (LLaVA-NeXT) or --to sharegpt (LLaMA-Factory)"
+    )
+    assert to_sharegpt(two)["images"] == ["train/a.png", "train/b.png"]
+
+
+def test_export_cli_llava_reports_multi_image_records_and_llava_multi_keeps_them(tmp_path: Path) -> None:
+    dataset = tmp_path / "d" / "x_train.jsonl"
+    dataset.parent.mkdir()
+    rows = [_record({"images": ["train/a.png"], "user": "Q?", "assistant": "a"}, id="one"),
+            _record({"images": ["train/a.png", "train/b.png"], "user": "Q?", "assistant": "b"}, id="pair")]
+    dataset.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows))
+    single = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava", "--out", str(tmp_path / "l.json")])
+    assert "pair" in single.output and "llava-multi" in single.output
+    assert [r["id"] for r in json.loads((tmp_path / "l.json").read_text())] == ["one"]
+    multi = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava-multi", "--out", str(tmp_path / "m.json")])
+    assert multi.exit_code == 0, multi.output
+    assert [r["image"] for r in json.loads((tmp_path / "m.json").read_text())] == [["train/a.png"], ["train/a.png", "train/b.png"]]
