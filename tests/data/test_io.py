@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from phi3v_data.io import UnsafePathError, atomic_write, iter_jsonl, resolve_inside, write_bytes, write_jsonl
+from phi3v_data.io import (UnsafePathError, atomic_write, dumps_utf8, iter_json_array, iter_jsonl, json_object_members,
+                           resolve_inside, write_bytes, write_jsonl)
 
 
 def test_resolve_inside_joins_relative_paths(tmp_path: Path) -> None:
@@ -118,3 +119,34 @@ def test_write_bytes_replaces_atomically_and_leaves_no_temp_on_failure(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
     with pytest.raises(FileNotFoundError):
         write_bytes(tmp_path / "missing" / "b.jpg", b"x")  # the directory must exist (ImageWriter makes it)
+
+
+def test_iter_jsonl_fails_one_line_for_huge_numbers_lone_surrogates_and_deep_nesting(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"n": ' + "9" * 5000 + '}\n{"t": "\\udcff"}\n' + "[" * 50000 + "]" * 50000
+                    + '\n{"ok": "\\ud83d\\ude00"}\n')
+    got = [(line.lineno, line.value, line.error) for line in iter_jsonl(path)]
+    assert got == [
+        (1, {"a": 1}, None),
+        (2, None, "invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+        (3, None, "invalid JSON text: a \\uD800-\\uDFFF escape that is not part of a surrogate pair"),
+        (4, None, "invalid JSON: nested too deeply"),
+        (5, {"ok": "😀"}, None),  # a proper surrogate pair is ordinary text
+    ]
+
+
+def test_iter_json_array_reads_past_a_bad_element_with_its_line() -> None:
+    text = '[{"a": "]"},\n' + "[" * 50000 + "]" * 50000 + ',\n {"b": 2}, 3 ]'
+    got = [(line.lineno, line.value, line.error) for line in iter_json_array(text)]
+    assert got == [(1, {"a": "]"}, None), (2, None, "invalid JSON: nested too deeply"), (3, {"b": 2}, None), (3, 3, None)]
+    members = json_object_members('{"split": "val", "data": [1, 2]}')
+    assert {key: '{"split": "val", "data": [1, 2]}'[a:b] for key, (a, b) in members.items()} == {"split": '"val"', "data": "[1, 2]"}
+    with pytest.raises(ValueError):
+        list(iter_json_array('[1, 2'))
+
+
+def test_written_json_is_always_utf8(tmp_path: Path) -> None:
+    assert write_jsonl(tmp_path / "a.jsonl", [{"t": "caf\u00e9"}, {"t": "\udcff"}]) == 2
+    raw = (tmp_path / "a.jsonl").read_bytes()
+    assert raw == '{"t": "café"}\n{"t": "\\udcff"}\n'.encode()  # readable where possible, escaped where it must be
+    assert dumps_utf8({"t": "\ud800x"}) == '{"t": "\\ud800x"}' and dumps_utf8({"t": "é"}) == '{"t": "é"}'
