@@ -417,6 +417,10 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        if labels is not None and self.training:
+            logits, loss = self._labelled_logits_and_loss(hidden_states, labels, kwargs.get("num_items_in_batch"))
+            return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
@@ -432,6 +436,25 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _labelled_logits_and_loss(
+        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: logits only where a label follows (answer tokens), as (N, vocab); the loss transformers computes.
+
+        Prompts and images are masked (-100) and make up almost every position: a 4k-token sample's full logits over
+        32064 words are 0.5 GB in fp32. Position t predicts label t+1; the loss is the summed cross-entropy divided
+        by ``num_items_in_batch`` when given (gradient accumulation), else the mean — as ``ForCausalLMLoss``.
+        """
+        targets = labels[:, 1:].to(hidden_states.device)
+        keep = targets != -100
+        logits = self.lm_head(hidden_states[:, :-1][keep]).float()
+        loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+        if num_items_in_batch is None:
+            return logits, loss / keep.sum().clamp(min=1)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        return logits, loss / num_items_in_batch
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
         """Images are encoded on the prefill step only; later steps see text tokens and the KV cache."""

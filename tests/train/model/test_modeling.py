@@ -199,3 +199,17 @@ def test_loss_accepts_num_items_in_batch(processor, model) -> None:
     loss = model(**batch, labels=labels).loss
     summed = model(**batch, labels=labels, num_items_in_batch=torch.tensor(1)).loss
     torch.testing.assert_close(summed, loss * (labels.shape[1] - 1), rtol=1e-5, atol=1e-5)
+
+
+def test_training_loss_uses_only_labelled_logits_and_equals_the_full_loss(processor, model) -> None:
+    batch = processor([PROMPT_0, PROMPT_1], [[], [Image.new("RGB", (40, 30), (1, 2, 3))]])
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 5:9] = batch["input_ids"][0, 5:9]  # 4 labelled positions in row 0, 2 in row 1
+    labels[1, -2:] = batch["input_ids"][1, -2:]
+    full = model(**batch, labels=labels)  # eval mode: all logits, transformers' loss
+    model.train()
+    for num_items in (None, torch.tensor(6)):
+        trained = model(**batch, labels=labels, num_items_in_batch=num_items)
+        assert trained.logits.shape == (6, model.config.vocab_size)
+        torch.testing.assert_close(trained.loss, full.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trained.logits[0], full.logits[0, 4], rtol=1e-5, atol=1e-5)  # position 4 predicts 5
