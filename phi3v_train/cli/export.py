@@ -33,10 +33,11 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     from phi3v_train.loading import LoadError
     from phi3v_train.merge import merge_adapter
+    from phi3v_train.model.modeling_phi3v import MissingWeightsError
 
     try:
         merged = merge_adapter(adapter, out=out, base=base, dtype=precision, overwrite=overwrite)
-    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
+    except (LoadError, MissingWeightsError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         problem = weights_problem(exc)
