@@ -213,7 +213,7 @@ def test_unusable_turns_become_error_rows(dataset: Path, loaded: tuple[Any, Any]
     result = evaluate(model, processor, records, images_root=tmp_path / "images", num_crops=2, progress=False)
     assert [row["error"] for row in result.rows] == [
         "image missing.png: file does not exist",
-        f"'link.png' leads outside {tmp_path / 'images'} (through a symlink)",
+        f"link.png is a symlink to a file outside the dataset ({tmp_path / 'outside.png'}); not read",
     ]
     too_long = evaluate(model, processor, _records(dataset)[:1], images_root=dataset / "images", num_crops=2,
                         max_new_tokens=131072, progress=False)
