@@ -215,9 +215,17 @@ def parse_json(text: str) -> tuple[Any, str | None]:
         return None, "invalid JSON: nested too deeply"
     except ValueError as exc:  # an integer over Python's digit limit
         return None, f"invalid JSON: {str(exc).split(';')[0]}"
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        return None, "invalid JSON text: a \\uD800-\\uDFFF escape that is not part of a surrogate pair"
+    if has_lone_surrogate(text, value):
+        return None, LONE_SURROGATE
     return value, None
+
+
+LONE_SURROGATE = "invalid JSON text: a \\uD800-\\uDFFF escape that is not part of a surrogate pair"
+
+
+def has_lone_surrogate(text: str, value: Any) -> bool:
+    """True when ``value`` (parsed from ``text``) holds a lone surrogate; costs a regex search when it does not."""
+    return bool(_SURROGATE_ESCAPE.search(text)) and _has_lone_surrogate(value)
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")

@@ -38,7 +38,7 @@ from phi3v_data.image_index import ImageCheck, ImageChecker
 from phi3v_data.images import ImageProblem
 from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, content_problems, length_problem,
                                       raw_text_problems, schema_problems)
-from phi3v_data.io import atomic_write
+from phi3v_data.io import LONE_SURROGATE, atomic_write, has_lone_surrogate
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
 
@@ -130,6 +130,8 @@ def parse_record(raw: bytes) -> tuple[Record | None, list[Problem], str | None]:
         return None, [("invalid_json", "", f"invalid JSON: {message}")], None
     except RecursionError:
         return None, [("invalid_json", "", "invalid JSON: nested too deeply")], None
+    if has_lone_surrogate(text, value):  # not text: the tokenizer and every UTF-8 writer would fail on it
+        return None, [("invalid_json", "", LONE_SURROGATE)], None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         return None, [("schema", "", f"a record must be a JSON object, got {kind}")], None

@@ -463,12 +463,15 @@ def test_a_5000_digit_number_in_a_folder_manifest_fails_its_line(tmp_path: Path)
 
 def test_validate_json_is_valid_utf8_whatever_the_input(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
-    (tmp_path / "d.jsonl").write_bytes(
-        b'{"id": "\\udcff", "conversations": [{"images": [], "user": "", "assistant": "\\ud800"}]}\n\xff\xfe\n')
-    result = CliRunner().invoke(main, ["validate", str(tmp_path / "d.jsonl"), "--json"])
+    name = os.fsdecode(b"d\xff.jsonl")  # a file name that is not UTF-8: '\udcff' in Python's str
+    (tmp_path / name).write_bytes(
+        b'{"id": "\\udcff", "conversations": [{"images": [], "user": "u", "assistant": "\\ud800"}]}\n\xff\xfe\n')
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / name), "--json"])
     assert result.exit_code == 1
     report = json.loads(result.stdout_bytes.decode("utf-8"))  # strict UTF-8: no lone surrogate got through
-    assert report["stats"]["records"] == 2
+    assert [(f["line"], f["code"], f["file"]) for f in report["findings"]] == [
+        (1, "invalid_json", str(tmp_path / name)), (2, "not_utf8", str(tmp_path / name))]
+    assert report["findings"][0]["message"].startswith("invalid JSON text: a \\uD800-\\uDFFF escape")
 
 
 def test_a_png_renamed_mkv_is_a_failure_not_a_video(tmp_path: Path) -> None:
