@@ -105,7 +105,8 @@ class Converter:
     """Default prefix of the output files: ``<output_name>_<split>.jsonl``."""
     Options: ClassVar[type[ConverterOptions]] = ConverterOptions
     scans_source: ClassVar[bool] = False
-    """True when ``plan`` takes every file under the source as input, so ``--out`` must not lie inside it."""
+    """True when ``plan`` takes every file under the source as input (informative: ``--out`` may overlap no input of
+    any converter, see :func:`check_out_apart`)."""
     accepts_names: ClassVar[bool] = False
     """True when the source may also be a name that is not a local path (a Hugging Face Hub dataset id)."""
 
