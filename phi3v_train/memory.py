@@ -138,6 +138,7 @@ class Setup:
     quantize: frozenset[str] = frozenset()  # qlora: parts in 4 bit
     double_quant: bool = True
     other_bytes: float | None = None  # qlora: bytes of the parts left unquantized (default: base_bytes)
+    foreach_step: bool = True  # CUDA AdamW steps all tensors at once (fp32 temporaries of the whole shard)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def estimate(arch: Architecture, setup: Setup) -> Estimate:
         held = setup.adapter_bytes if setup.lora else setup.base_bytes
         grads = trainable * held * (2 if setup.gpus > 1 else 1)
         optimizer = trainable * 8
-    step = trainable * 4 / g
+    step = trainable * 4 / g if setup.foreach_step else 0.0
     buffers = 0.0
     if setup.zero >= 2:
         # DeepSpeed's documented footprint: "overlap_comm uses 4.5x the allgather_bucket_size and
@@ -199,6 +200,7 @@ def _weights(arch: Architecture, params: dict[str, int], setup: Setup) -> float:
 
 def _activations(arch: Architecture, setup: Setup) -> float:
     b, s = setup.micro_batch, setup.seq_len
+    # fp32 weights keep an fp32 residual stream under bf16 autocast (the embedding output is fp32)
     residual = 4 if setup.base_bytes == 4 and setup.precision != "fp16" else 2
     lm = _stack(arch.hidden, arch.intermediate, arch.heads, arch.layers, tokens=b * s, seq=s, sequences=b,
                 setup=setup, residual=residual)
@@ -216,7 +218,8 @@ def _activations(arch: Architecture, setup: Setup) -> float:
 
 def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq: int, sequences: int, setup: Setup,
            residual: int) -> float:
-    per_layer = tokens * (24 * hidden + 8 * inter) + _scores(heads, seq, sequences, setup)
+    wide = 2 if setup.precision == "fp32" else 1  # the 24·H + 8·I count is for 2-byte activations
+    per_layer = wide * tokens * (24 * hidden + 8 * inter) + _scores(heads, seq, sequences, setup)
     if not setup.checkpointing:
         return layers * per_layer
     return layers * tokens * hidden * residual + 1.5 * per_layer
