@@ -163,3 +163,16 @@ def test_warmup_is_steps_or_a_fraction(warmup: float, tmp_path: Path) -> None:
 def test_fractional_warmup_steps_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--warmup 12.5: a value >= 1 counts steps and must be whole"):
         _resolve("docvqa-lora", tmp_path, warmup=12.5)
+
+
+def test_nlvr2_original_tag_layout_through_the_converter_prompt() -> None:
+    # finetune_hf_trainer_nlvr2.py: 'content': f'<|image_1|><|image_2|>\n{question}' — both tags on one line
+    from converters.nlvr2 import NLVR2Options
+    from phi3v_data.prompt import chat_segments
+    from schemas import Record
+
+    prompt = NLVR2Options(prompt="<|image_1|><|image_2|>\n{sentence}").prompt
+    record = Record.model_validate({"id": "dev-1", "source": "nlvr2", "task": "binary", "conversations": [
+        {"images": ["dev/a-img0.png", "dev/a-img1.png"], "user": prompt.format(sentence="Two dogs."),
+         "assistant": "yes"}]})
+    assert chat_segments(record)[0].text == "<|user|>\n<|image_1|><|image_2|>\nTwo dogs.<|end|>\n<|assistant|>\n"
