@@ -8,6 +8,7 @@ traceback. Library code raises; only this module decides what a person reads.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import sys
@@ -99,14 +100,20 @@ def describe(exc: BaseException) -> CliError | None:
     if weights:
         return CliError(f"cannot load the model: {weights}")
     if isinstance(exc, ImportError):
-        missing = exc.name or _first_line(exc)
-        return CliError(f"{missing} is not installed, and this command needs it: {install_hint(exc.name)}", 2)
+        # transformers raises ImportError("… requires bitsandbytes …") without a module name: find it in the text
+        name = exc.name or next((module for module in EXTRAS if module in str(exc)), None)
+        missing = name.split(".")[0] if name else _first_line(exc)
+        return CliError(f"{missing} is not installed, and this command needs it: {install_hint(name)}", 2)
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else None
         reason = exc.strerror or _first_line(exc)
         if where is None:
             return CliError(reason)
         extra = f" → {exc.filename2}" if exc.filename2 else ""
+        if exc.errno == errno.ENOTDIR:
+            reason = "not a directory (a folder was expected here, or a file stands where a folder should be)"
+        elif exc.errno == errno.EEXIST:
+            reason = "already exists, and a directory was expected (a file is in the way?)"
         return CliError(f"{where}{extra}: {reason}")
     if isinstance(exc, _own_error_types()):
         return CliError(str(exc).strip() or type(exc).__name__)

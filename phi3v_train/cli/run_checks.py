@@ -8,6 +8,7 @@ what they can act on.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -73,8 +74,12 @@ def _check_sources(config: TrainConfig) -> list[str]:
 
 
 def _check_output(output: Path) -> list[str]:
-    if output.exists() and not output.is_dir():
-        return [f"--output {output}: a file is in the way; give a directory for the run"]
+    from phi3v_data.cli.errors import check_writable  # noqa: PLC0415
+
+    try:
+        check_writable("--output", output, directory=True)
+    except click.ClickException as exc:
+        return [exc.message]
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,15 +89,26 @@ def _check_output(output: Path) -> list[str]:
     return []
 
 
+def _check_extras(config: TrainConfig) -> list[str]:
+    """Optional packages the settings need, found without importing them."""
+    from phi3v_data.cli.errors import install_hint  # noqa: PLC0415
+
+    needed = [("bitsandbytes", "--strategy qlora")] if config.strategy == "qlora" else []
+    if config.deepspeed:
+        needed.append(("deepspeed", f"--deepspeed {config.deepspeed}"))
+    return [f"{flag} needs {module}, which is not installed: {install_hint(module)}"
+            for module, flag in needed if importlib.util.find_spec(module) is None]
+
+
 def check_inputs(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     """The config with absolute data/output paths (so RUN/config.yaml works from any directory), and notes to show.
 
-    Raises click.UsageError listing every path problem at once.
+    Raises click.UsageError listing every path problem (and missing optional package) at once.
     """
     notes: list[str] = []
     if isinstance(config.data, Path) and config.data.is_file():
         config = _data_file(config, notes)
-    problems = _check_sources(config)
+    problems = _check_extras(config) + _check_sources(config)
     if not problems:
         problems = _check_output(config.output)  # created only once the data is known to be there
     if problems:
