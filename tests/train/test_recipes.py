@@ -176,3 +176,15 @@ def test_nlvr2_original_tag_layout_through_the_converter_prompt() -> None:
         {"images": ["dev/a-img0.png", "dev/a-img1.png"], "user": prompt.format(sentence="Two dogs."),
          "assistant": "yes"}]})
     assert chat_segments(record)[0].text == "<|user|>\n<|image_1|><|image_2|>\nTwo dogs.<|end|>\n<|assistant|>\n"
+
+
+def test_recipe_reaches_the_optimizer_and_scheduler(tmp_path: Path) -> None:
+    from phi3v_train.train import training_arguments
+
+    args = training_arguments(_resolve("hateful-memes-lora", tmp_path), world_size=4)
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay) == (0.9, 0.95, 1e-7, 0.01)
+    assert (args.lr_scheduler_type.value, args.learning_rate, args.max_grad_norm) == ("linear", 2e-4, 1.0)
+    assert args.gradient_accumulation_steps == 16  # global batch 64 = 1 per device × 4 devices × 16
+    assert args.get_warmup_steps(1000) == 50  # 50 steps, whatever the run's length
+    fraction = training_arguments(_resolve("hateful-memes-lora", tmp_path, warmup=0.1), world_size=4)
+    assert fraction.get_warmup_steps(1000) == 100
