@@ -68,7 +68,8 @@ class LoraSettings(_Section):
     projector: bool = Field(False, description="Also put adapters on the image projector's linear layers.")
     lm_head: bool = Field(False, description="Also put an adapter on the output head (the original recipe does).")
     init: Literal["kaiming", "gaussian"] = Field(
-        "kaiming", description="Adapter A init: kaiming (PEFT's default) or gaussian (std 1/rank, the original's); B starts at 0.")
+        "kaiming", description="Adapter A init: kaiming (PEFT's default) or gaussian (std 1/rank, the original's); "
+        "B starts at 0.")
     quantize_vision: bool = Field(
         False, description="qlora: quantize the CLIP tower's linears to 4 bit too (the original does; ours keeps them).")
     double_quant: bool = Field(True, description="qlora: also quantize the quantization constants (the original: off).")

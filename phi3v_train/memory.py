@@ -212,7 +212,8 @@ def _activations(arch: Architecture, setup: Setup) -> float:
         vision = _stack(v["hidden"], v["intermediate"], v["heads"], arch.used_vision_layers, tokens=crops * v["tokens"],
                         seq=v["tokens"], sequences=crops, setup=setup, residual=2)
     else:  # forward only: one layer's tensors at a time
-        vision = crops * v["tokens"] * (24 * v["hidden"] + 8 * v["intermediate"]) + _scores(v["heads"], v["tokens"], crops, setup)
+        vision = (crops * v["tokens"] * (24 * v["hidden"] + 8 * v["intermediate"])
+                  + _scores(v["heads"], v["tokens"], crops, setup))
     return lm + logits + vision
 
 

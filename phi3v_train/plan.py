@@ -3,9 +3,10 @@
 For a machine (``--gpus``, ``--gpu-memory``, ``--gpu`` class) and a dataset shape (a recipe's, or ``--seq-len`` /
 ``--crops``), every strategy gets the settings it would run with, a per-GPU estimate from :mod:`phi3v_train.memory`
 and a verdict: fits; fits with zero2 (the shipped ZeRO-2 config, whose small buckets save the ~9 GB the original's
-5e8-element buckets take); needs ZeRO-3 (fits only with the parameters sharded too); or does not fit. The recommendation is the
-guide's strategy for the GPU class when it fits, otherwise the first that does in the order full → frozen vision →
-LoRA → QLoRA, and the report ends with the command that runs it.
+5e8-element buckets take); needs ZeRO-3 (fits only with the parameters sharded too); or does not fit. The
+recommendation is the strategy asked for (``--strategy`` or the recipe's) when it fits, else the guide's for the GPU
+class when it fits, else the first that does in the order full → frozen vision → LoRA → QLoRA; the report ends with
+the command that runs it.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def make_plan(*, gpus: int, gpu: Gpu, recipe: str | None = None, strategy: Strat
     order = ([wanted] if wanted else []) + [guide] + list(STRATEGIES)
     recommended = next((row for name in order for row in rows if row.strategy == name and row.verdict != "does not fit"),
                        None)
-    command = _command(recommended, base, gpus=gpus, data=data) if recommended else None
+    command = _command(recommended, gpus=gpus, data=data) if recommended else None
     if wanted and recommended and recommended.strategy != wanted:
         notes.append(f"{wanted} does not fit {gpus}×{gpu.memory_gb:g} GB; {recommended.strategy} does")
     return PlanReport(gpus, gpu, seq_len, crops, rows, guide, recommended, command, notes)
@@ -159,7 +160,7 @@ def _row(arch: Architecture, name: Strategy, settings: dict, *, gpus: int, gpu: 
     return Row(name, settings, first, "does not fit")
 
 
-def _command(row: Row, base, *, gpus: int, data: str) -> str:
+def _command(row: Row, *, gpus: int, data: str) -> str:
     settings = row.settings
     launcher = "phi3v-train run"
     if gpus > 1:
@@ -169,12 +170,9 @@ def _command(row: Row, base, *, gpus: int, data: str) -> str:
     recipe = settings.get("recipe")
     if recipe:
         parts.append(f"--recipe {recipe}")
-        original = next(iter([base])) if base and base.name == recipe else None
-        recipe_settings = original.settings if original else None
-        if recipe_settings is None:
-            from phi3v_train.recipes import get_recipe  # noqa: PLC0415
+        from phi3v_train.recipes import get_recipe  # noqa: PLC0415
 
-            recipe_settings = get_recipe(recipe).settings
+        recipe_settings = get_recipe(recipe).settings
         for key in ("precision", "attention", "deepspeed"):
             if settings.get(key) != recipe_settings.get(key):
                 parts.append(f"--{key} {settings[key]}")

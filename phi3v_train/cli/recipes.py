@@ -46,7 +46,8 @@ def recipes(name: str | None) -> None:
         lora = s.get("lora")
         result = recipe.original.result
         table.add_row(
-            recipe.name, s["strategy"], s["precision"], "flash" if s["attention"] == "flash_attention_2" else s["attention"],
+            recipe.name, s["strategy"], s["precision"],
+            "flash" if s["attention"] == "flash_attention_2" else s["attention"],
             str(s["num_crops"]), str(s["global_batch_size"]), f"{s['lr']:.0e}", f"{s['epochs']:g}",
             f"{lora['rank']}/{lora['alpha']:g}" if lora else "-",
             f"{result.metric} {result.value:g}" if result else "-", _model_name(result.model) if result else "-",
