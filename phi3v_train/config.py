@@ -377,9 +377,11 @@ def suggest_setting(key: str) -> str | None:
         name = name.rstrip(":")
         flag = flag_name(tuple(name.split(".")))
         return f"{name!r} ({flag}{', ' + note.strip('()') if note else ''})" if ":" not in alias else f"{alias!r} ({flag})"
-    names = _setting_names()
+    names = _setting_names() + list(SETTING_ALIASES)  # a typo of another tool's name maps through the table
     match = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.6) or difflib.get_close_matches(
         last, names, n=1, cutoff=0.6)
+    if match and match[0] in SETTING_ALIASES:
+        return suggest_setting(match[0])
     return f"{match[0]!r} ({flag_name(tuple(match[0].split('.')))})" if match else None
 
 
