@@ -51,7 +51,8 @@ def _first_doc_line(cls: type) -> str:
 def _build_command(name: str, cls: type[Converter]) -> click.Command:
     params: list[click.Parameter] = [
         click.Argument(["source"], type=click.Path(exists=not cls.accepts_names, path_type=Path)),
-        click.Option(["--out", "-o"], type=click.Path(path_type=Path), required=True, help="Output dataset directory."),
+        click.Option(["--out", "--output", "-o", "out"], type=click.Path(path_type=Path), required=True,
+                     help="Output dataset directory."),
         click.Option(["--name"], default=None, help=f"Prefix of the output jsonl files [default: {cls.output_name}]."),
         click.Option(["--workers", "-j"], type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count]."),
         click.Option(["--strict"], is_flag=True, help="Exit non-zero when any item failed."),
