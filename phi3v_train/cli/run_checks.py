@@ -22,8 +22,19 @@ from phi3v_train.config import TrainConfig
 
 
 def splits_in(directory: Path) -> list[str]:
-    """Split names of a converted dataset: ``<name>_<split>.jsonl`` → ``split``."""
-    return sorted({path.stem.rsplit("_", 1)[1] for path in directory.glob("*_*.jsonl")})
+    """Split names of a converted dataset, ``<name>_<split>.jsonl`` → ``split``, for messages.
+
+    Names and splits may both hold ``_`` (``hateful_memes_dev_unseen``): the prefix all files share is the name.
+    """
+    stems = sorted(path.stem for path in directory.glob("*_*.jsonl"))
+    shared = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    prefix = shared[: shared.rfind("_") + 1]
+    return sorted({stem[len(prefix):] if prefix else stem.rsplit("_", 1)[1] for stem in stems})
+
+
+def has_split(directory: Path, split: str) -> bool:
+    """What training will find: any ``*_<split>.jsonl`` (the glob :func:`phi3v_train.data.split_files` uses)."""
+    return any(directory.glob(f"*_{split}.jsonl"))
 
 
 def _data_file(config: TrainConfig, notes: list[str]) -> TrainConfig:
@@ -59,11 +70,11 @@ def _check_sources(config: TrainConfig) -> list[str]:
         have = splits_in(path)
         listed = ", ".join(have) or "none (no <name>_<split>.jsonl files)"
         for flag, split in needed:
-            if split not in have:
+            if not has_split(path, split):
                 problems.append(f"--data {path}: no {split!r} split for {flag} (no *_{split}.jsonl); "
                                 f"splits there: {listed}")
         if evaluates:
-            has_eval.append((path, config.eval_split in have, listed))
+            has_eval.append((path, has_split(path, config.eval_split), listed))
     # A mixture evaluates each dataset that has the split (and names the others); a single dataset must have it.
     if has_eval and not any(found for _, found, _ in has_eval):
         when = "--eval-after" if config.eval_after else "--eval-before"

@@ -83,3 +83,23 @@ def test_other_tools_setting_names_get_a_suggestion(tmp_path: Path) -> None:
         "'global_batch_size' (--global-batch-size, = batch_size × accumulation × devices)")
     assert suggest_setting("bf16") == "'precision: bf16' (--precision)"
     assert suggest_setting("zzzz") is None
+
+
+def test_every_split_a_run_needs_is_checked_before_loading(tmp_path: Path) -> None:
+    import click
+
+    from phi3v_train.cli.run_checks import check_inputs
+
+    data = tmp_path / "memes"
+    data.mkdir()
+    for split in ("train", "val", "dev_unseen", "test_seen"):
+        (data / f"hateful_memes_{split}.jsonl").write_text("{}\n")
+    flags = {"data": str(data), "model": "m", "output": str(tmp_path / "run"), "train_split": "dev_unseen"}
+    config, notes = check_inputs(load_config(flags=flags))  # a split whose name holds "_" is found
+    assert config.train_split == "dev_unseen" and notes == [] and config.output.is_absolute()
+    try:
+        check_inputs(load_config(flags={**flags, "eval_after": True, "eval_split": "dev"}))
+    except click.UsageError as exc:
+        message = exc.message
+    assert message == (f"--data {data}: no 'dev' split for --eval-after (--eval-split dev); "
+                       "splits there: dev_unseen, test_seen, train, val")
