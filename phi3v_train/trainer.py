@@ -151,6 +151,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def throughput(samples: int, steps: int, seconds: float) -> str:
+    """``samples/s (steps/s)`` with three significant digits, so a slow run reads ``0.00440 samples/s`` rather
+    than ``0.00``; below one step a second the step rate is given as seconds per step (``227 s/step``)."""
+    seconds = max(seconds, 1e-9)
+    step_rate = f"{steps / seconds:.3g} steps/s" if steps >= seconds or not steps else f"{seconds / steps:.3g} s/step"
+    return f"{samples / seconds:.3g} samples/s ({step_rate})"
+
+
 class ProgressLog(TrainerCallback):
     """Main process only: a rich progress bar, one readable line per logging interval, ``RUN/log.jsonl``, and a
     closing line (final loss, elapsed time, throughput).
@@ -222,4 +230,4 @@ class ProgressLog(TrainerCallback):
         span = (f"{steps} step{'s' if steps != 1 else ''}" if not self.first_step else f"step {state.global_step}" if steps == 1
                 else f"steps {self.first_step + 1}-{state.global_step}")
         self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
-                           f"{samples / max(elapsed, 1e-9):.2f} samples/s ({steps / max(elapsed, 1e-9):.2f} steps/s)")
+                           f"{throughput(samples, steps, elapsed)}")

@@ -19,8 +19,9 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A checkpoint, an adapter dir (RUN/final of a lora/qlora run) or a run dir.")
 @click.option("--base", type=str, default=None, help="Base model of an adapter [default: the one it records].")
-@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Converted dataset directory (or one of its .jsonl files).")
+@click.option("--data", "datas", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Converted dataset directory (or one of its .jsonl files); repeat it to score each dataset "
+                   "on its own (OUTPUT/<name>/).")
 @click.option("--split", default="val", show_default=True, help="Which <name>_<split>.jsonl of --data to use.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -33,37 +34,48 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 @click.option("--out", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for predictions.jsonl and metrics.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
-def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int | None, batch_size: int, num_crops: int | None,
+def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: str, limit: int | None, batch_size: int, num_crops: int | None,
           max_new_tokens: int, precision: str | None, attn: str, device: str | None, output: Path, quiet: bool) -> None:
     """Evaluate a model on a converted split: accuracy, ANLS and AUROC by each record's task.
 
-    Writes OUTPUT/predictions.jsonl (one row per turn) and OUTPUT/metrics.json. Exits 1 when a record or turn
-    could not be evaluated (each is reported and skipped).
+    Writes OUTPUT/predictions.jsonl (one row per turn) and OUTPUT/metrics.json. With several --data (a run's
+    mixture), each dataset is scored on its own: OUTPUT/<name>/{predictions.jsonl,metrics.json}, and
+    OUTPUT/metrics.json by dataset. Exits 1 when a record or turn could not be evaluated (each is reported and
+    skipped).
 
     \b
     Example:
         phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --output runs/docvqa-lora/eval
+        phi3v-train eval --model runs/mix/final --data data/docvqa --data data/llava --num-crops 16 --output runs/mix/eval
     """
     check_writable("--output", output, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     import torch
 
-    from phi3v_train.evaluate import evaluate, find_split, load_records
+    from phi3v_train.data import source_names
+    from phi3v_train.evaluate import datasets_table, evaluate, evaluate_datasets, find_split, load_records
     from phi3v_train.loading import LoadError, load_for_inference
     from phi3v_train.strategies import resolve_attention
 
     console = Console(stderr=True, soft_wrap=True)
-    try:
-        files, images_root = find_split(data, split)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    if len(set(datas)) != len(datas):
+        raise click.UsageError("--data: the same dataset was given twice")
     problems: list[str] = []
-    records = load_records(files, limit=limit, on_error=problems.append)
-    for problem in problems:
-        console.print(f"[yellow]skipped[/] {problem}")
-    if not records:
-        names = " ".join(map(str, files))
-        raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
+    datasets = {}  # name → (files, records, images root), every one checked before the model loads
+    for name, data in zip(source_names(datas), datas):
+        try:
+            files, images_root = find_split(data, split)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        skipped: list[str] = []
+        records = load_records(files, limit=limit, on_error=skipped.append)
+        for problem in skipped:
+            console.print(f"[yellow]skipped[/] {escape(problem)}")
+        problems += skipped
+        if not records:
+            names = " ".join(map(str, files))
+            raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
+        datasets[name] = (files, records, images_root)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
     if attn == "flash_attention_2" and precision != "bf16":
@@ -79,11 +91,24 @@ def eval_(model_path: Path, base: str | None, data: Path, split: str, limit: int
         if problem is None:
             raise
         raise click.ClickException(f"--model {model_path}: {problem}") from None
-    result = evaluate(model, processor, records, images_root=images_root, num_crops=processor.image_processor.num_crops,
-                      batch_size=batch_size, max_new_tokens=max_new_tokens, output_dir=output, progress=not quiet,
-                      meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
-    if not quiet:
-        Console().print(result.table(title=escape(f"{data} [{split}] · {model_path}")))
-    console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
-    if problems or result.metrics["failed"]:
+    settings = {"num_crops": processor.image_processor.num_crops, "batch_size": batch_size,
+                "max_new_tokens": max_new_tokens, "progress": not quiet}
+    if len(datasets) == 1:
+        [(files, records, images_root)] = datasets.values()
+        result = evaluate(model, processor, records, images_root=images_root, output_dir=output, **settings,
+                          meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
+        if not quiet:
+            Console().print(result.table(title=escape(f"{datas[0]} [{split}] · {model_path}")))
+        console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
+        failed = result.metrics["failed"]
+    else:
+        results = evaluate_datasets(model, processor, {name: (records, root) for name, (_, records, root) in datasets.items()},
+                                    output_dir=output, meta={"model": str(model_path), "split": split,
+                                                             "skipped_lines": len(problems)}, **settings)
+        if not quiet:
+            Console().print(datasets_table(results, title=escape(f"[{split}] · {model_path}")))
+        console.print(f"wrote {output}/<dataset>/predictions.jsonl and metrics.json for "
+                      f"{', '.join(results)}, and {output / 'metrics.json'} by dataset")
+        failed = sum(result.metrics["failed"] for result in results.values())
+    if problems or failed:
         raise SystemExit(1)

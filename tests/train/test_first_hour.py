@@ -1,0 +1,51 @@
+"""What a new user's first hour reads: the closing throughput line of a slow run, and eval over a run's mixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from phi3v_train.cli import main
+from phi3v_train.trainer import throughput
+from train_fixtures import tiny_model, write_dataset  # noqa: F401 - fixtures
+
+
+def test_throughput_keeps_significant_digits_for_slow_runs() -> None:
+    # one sample per step, 227.3 s per step (a real-size model on CPU): "0.00 samples/s" said nothing
+    assert throughput(1, 1, 227.3) == "0.0044 samples/s (227 s/step)"
+    assert throughput(64, 4, 60.0) == "1.07 samples/s (15 s/step)"
+    assert throughput(1000, 100, 10.0) == "100 samples/s (10 steps/s)"
+    assert throughput(0, 0, 5.0) == "0 samples/s (0 steps/s)"
+
+
+def test_eval_scores_each_dataset_of_a_mixture_on_its_own(tiny_model: Path, tmp_path: Path) -> None:
+    colors = write_dataset(tmp_path / "a" / "colors", split="val", count=3)
+    shapes = write_dataset(tmp_path / "b" / "colors", split="val", count=2)  # same folder name: named by path
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "--model", str(tiny_model), "--data", str(colors), "--data", str(shapes),
+                                       "--num-crops", "1", "--max-new-tokens", "2", "--output", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    names = [p.name for p in sorted(out.iterdir()) if p.is_dir()]
+    assert len(names) == 2 and names[0].endswith("a-colors") and names[1].endswith("b-colors")
+    # records 0..2 of colors (one with 2 turns: index 3 is not among them) and 0..1 of shapes
+    rows = {name: [json.loads(line) for line in (out / name / "predictions.jsonl").read_text().splitlines()]
+            for name in names}
+    assert [row["id"] for row in rows[names[0]]] == ["val-0", "val-1", "val-2"]
+    assert [row["id"] for row in rows[names[1]]] == ["val-0", "val-1"]
+    gathered = json.loads((out / "metrics.json").read_text())
+    assert sorted(gathered["datasets"]) == names
+    assert gathered["datasets"][names[0]]["tasks"]["classification"]["turns"] == 3
+    assert gathered["datasets"][names[1]]["tasks"]["classification"]["turns"] == 2
+    assert "metrics.json by dataset" in result.output
+
+
+def test_eval_refuses_a_missing_split_in_any_dataset_before_loading(tiny_model: Path, tmp_path: Path) -> None:
+    good = write_dataset(tmp_path / "good", split="val", count=1)
+    no_val = write_dataset(tmp_path / "noval", split="train", count=1)
+    result = CliRunner().invoke(main, ["eval", "--model", str(tiny_model), "--data", str(good), "--data", str(no_val),
+                                       "--output", str(tmp_path / "eval")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and str(no_val) in result.output
+    assert not (tmp_path / "eval" / "good").exists()  # nothing evaluated before the check
