@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -49,3 +51,11 @@ def test_eval_refuses_a_missing_split_in_any_dataset_before_loading(tiny_model: 
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and str(no_val) in result.output
     assert not (tmp_path / "eval" / "good").exists()  # nothing evaluated before the check
+
+
+def test_init_tiny_says_one_line_without_library_chatter(tmp_path: Path) -> None:
+    # a fresh process: library loggers bind the real stderr at import, which an in-process runner cannot see
+    command = [sys.executable, "-c", "from phi3v_train.cli import main; main()", "init-tiny", str(tmp_path / "tiny")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).strip() == f"wrote tiny checkpoint to {tmp_path / 'tiny'}"
