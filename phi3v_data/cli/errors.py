@@ -105,16 +105,15 @@ def describe(exc: BaseException) -> CliError | None:
         missing = name.split(".")[0] if name else _first_line(exc)
         return CliError(f"{missing} is not installed, and this command needs it: {install_hint(name)}", 2)
     if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else None
         reason = exc.strerror or _first_line(exc)
-        if where is None:
+        if exc.filename is None:
             return CliError(reason)
         extra = f" → {exc.filename2}" if exc.filename2 else ""
         if exc.errno == errno.ENOTDIR:
             reason = "not a directory (a folder was expected here, or a file stands where a folder should be)"
         elif exc.errno == errno.EEXIST:
             reason = "already exists, and a directory was expected (a file is in the way?)"
-        return CliError(f"{where}{extra}: {reason}")
+        return CliError(f"{exc.filename}{extra}: {reason}")
     if isinstance(exc, _own_error_types()):
         return CliError(str(exc).strip() or type(exc).__name__)
     return None
@@ -156,7 +155,7 @@ def set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> boo
     return value
 
 
-def translate(exc: Exception, *, ctx: click.Context | None, program: str) -> click.ClickException:
+def translate(exc: Exception, *, program: str) -> click.ClickException:
     """What :class:`Guarded` raises instead of ``exc``."""
     known = describe(exc)
     if known is not None:
@@ -183,8 +182,7 @@ class Guarded:
         except Exception as exc:  # noqa: BLE001 - this is the one place that turns any error into a message
             if is_verbose(ctx):
                 raise
-            program = (ctx.find_root().info_name or "phi3v")
-            raise translate(exc, ctx=ctx, program=program) from None
+            raise translate(exc, program=ctx.find_root().info_name or "phi3v") from None
 
 
 class GuardedCommand(Guarded, click.Command):
