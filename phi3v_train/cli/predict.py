@@ -21,7 +21,7 @@ from phi3v_train.cli.eval import ATTENTION, PRECISIONS
 @click.option("--data", type=click.Path(exists=True, path_type=Path),
               help="Answer every record of a converted .jsonl file (or dataset directory, with --split) instead.")
 @click.option("--split", default="test", show_default=True, help="With --data DIR: which <name>_<split>.jsonl.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="With --data: predictions .jsonl.")
+@click.option("--out", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="With --data: predictions .jsonl.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --data: only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--num-crops", type=click.IntRange(min=1), default=None,
