@@ -59,3 +59,14 @@ def test_init_tiny_says_one_line_without_library_chatter(tmp_path: Path) -> None
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout + done.stderr).strip() == f"wrote tiny checkpoint to {tmp_path / 'tiny'}"
+
+
+def test_recipes_table_cuts_nothing_when_piped() -> None:
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in result.output.splitlines() if line.startswith("│")}
+    assert not [cell for row in rows.values() for cell in row if "…" in cell]  # "Phi-3…" hid the model measured on
+    assert rows["nlvr2-full"][-2:] == ["accuracy 89.4", "Phi-3.5-vision"]
+    assert rows["hateful-memes-frozen-vision-fp16"][-2:] == ["accuracy 78.6", "Phi-3-vision"]
+    assert rows["docvqa-lora"][-3:] == ["32/16", "anls 82.46", "Phi-3-vision"]
