@@ -131,7 +131,7 @@ CASES: dict[str, Case] = {
     "validate --report under a file": Case(
         "data", ["validate", "{w}/data/colors_val.jsonl", "--report", "{w}/afile/r.json"], ["--report", "afile"]),
     "validate --output under a file": Case(
-        "data", ["validate", "{w}/data/colors_val.jsonl", "--output", "{w}/afile/c.jsonl"], ["--output", "afile"]),
+        "data", ["validate", "{w}/data/colors_val.jsonl", "--output", "{w}/afile/c.jsonl"], ["--out /", "afile"]),
     "validate --processor without the training extra": Case(
         "data", ["validate", "{w}/data/colors_val.jsonl", "--processor", "{w}/tiny"], ["pip install 'phi3v[train]'"],
         block=["tokenizers"], prepare=lambda w, mp: __import__("phi3v_data.record_checks").record_checks._ENCODERS.clear()),
@@ -153,8 +153,8 @@ CASES: dict[str, Case] = {
     "run --eval-after without the split": Case(
         "train", [*RUN, "--data", "{w}/data", "--eval-after", "--eval-split", "test", "--out", "{w}/r"],
         ["--eval-after", "'test'", "splits there: train, val"]),
-    "run --out is a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile"], ["--output", "afile"]),
-    "run --out under a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile/run"], ["--output", "afile"]),
+    "run --out is a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile"], ["--out /", "afile"]),
+    "run --out under a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile/run"], ["--out /", "afile"]),
     "run --config bad YAML": Case("train", ["run", "--config", "{w}/bad.yaml"], ["bad.yaml", "line"]),
     "run --config with other tools' names": Case(
         "train", ["run", "--config", "{w}/llama_factory.yaml"], ["did you mean 'lr'", "'lora.rank'", "'batch_size'"]),
@@ -171,7 +171,7 @@ CASES: dict[str, Case] = {
     "eval an unknown split": Case("train", ["eval", "--model", "{w}/tiny", "--data", "{w}/data", "--split", "x",
                                             "--out", "{w}/e3"], ["x"]),
     "eval --out under a file": Case("train", ["eval", "--model", "{w}/tiny", "--data", "{w}/data", "--out",
-                                              "{w}/afile/e"], ["--output", "afile"]),
+                                              "{w}/afile/e"], ["--out /", "afile"]),
     "export a checkpoint that is no adapter": Case("train", ["export", "--adapter", "{w}/tiny", "--out", "{w}/m1"],
                                                    ["adapter"]),
     "export a corrupt adapter": Case("train", ["export", "--adapter", "{w}/adapter", "--out", "{w}/m2"], ["adapter"]),

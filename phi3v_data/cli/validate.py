@@ -59,7 +59,7 @@ def _run(files: tuple[Path, ...], show_progress: bool, output: Path | None = Non
                 reports.append(validate_file(path, progress=advance, output=output, **options))
             except OSError as exc:
                 if output is not None and exc.filename is not None and Path(exc.filename) != path:
-                    raise write_error("--output", output, exc) from None  # the clean copy, not the input
+                    raise write_error("--out", output, exc) from None  # the clean copy, not the input
                 raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
     return ValidationReport.combine(reports)
 
@@ -105,11 +105,11 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
     if exists_only and processor is not None:
         raise click.UsageError("--processor needs image sizes, which --exists-only does not read")
     if output is not None and len(files) > 1:
-        raise click.UsageError("--output takes one input file; validate the files one at a time to clean them")
+        raise click.UsageError("--out takes one input file; validate the files one at a time to clean them")
     if report_path is not None:
         check_writable("--report", report_path)
     if output is not None:
-        check_writable("--output", output)
+        check_writable("--out", output)
     lengths = _length_spec(processor, num_crops, max_length)
     report = _run(files, show_progress=not (quiet or as_json), images_dir=images_dir, lengths=lengths, output=output,
                   image_check="deep" if deep else "exists" if exists_only else "header", workers=_workers(workers, files))

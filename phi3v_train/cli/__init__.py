@@ -30,5 +30,5 @@ def main() -> None:
     \b
     Example:
         phi3v-train init-tiny models/tiny
-        phi3v-train run --data data/ucf101 --model models/tiny --strategy lora --output runs/ucf101-lora
+        phi3v-train run --data data/ucf101 --model models/tiny --strategy lora --out runs/ucf101-lora
     """

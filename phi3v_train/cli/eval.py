@@ -45,10 +45,10 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
 
     \b
     Example:
-        phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --output runs/docvqa-lora/eval
-        phi3v-train eval --model runs/mix/final --data data/docvqa --data data/llava --num-crops 16 --output runs/mix/eval
+        phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --out runs/docvqa-lora/eval
+        phi3v-train eval --model runs/mix/final --data data/docvqa --data data/llava --num-crops 16 --out runs/mix/eval
     """
-    check_writable("--output", output, directory=True)
+    check_writable("--out", output, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     import torch
 

@@ -40,7 +40,7 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
             split: str, output: Path | None, limit: int | None, batch_size: int, num_crops: int | None,
             max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None, seed: int,
             precision: str | None, attention: str, device: str | None, as_json: bool, quiet: bool) -> None:
-    """Answer QUESTION about --image files, or every record of --data into --output (no scoring).
+    """Answer QUESTION about --image files, or every record of --data into --out (no scoring).
 
     Greedy by default; --do-sample / --temperature / --top-p sample (reproducibly, with --seed). Each answer has
     p_yes, P(yes) against P(no) at its first token: for binary tasks the score to rank by (a Hateful Memes
@@ -49,7 +49,7 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     \b
     Example:
         phi3v-train predict --model runs/docvqa-lora/final --image page.png --num-crops 16 "What is the total?"
-        phi3v-train predict --model models/memes-merged --data data/memes/memes_test.jsonl --output preds.jsonl
+        phi3v-train predict --model models/memes-merged --data data/memes/memes_test.jsonl --out preds.jsonl
     """
     if (question is None) == (data is None):
         raise click.UsageError("give either a QUESTION (with --image files) or --data FILE.jsonl --output FILE")

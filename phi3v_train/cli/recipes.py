@@ -17,13 +17,13 @@ def recipes(name: str | None) -> None:
     Example:
         phi3v-train recipes
         phi3v-train recipes docvqa-lora
-        phi3v-train run --recipe docvqa-lora --data data/docvqa --output runs/docvqa-lora
-        phi3v-train run --recipe docvqa-lora --data data/docvqa --output runs/x --dry-run   # resolved settings only
+        phi3v-train run --recipe docvqa-lora --data data/docvqa --out runs/docvqa-lora
+        phi3v-train run --recipe docvqa-lora --data data/docvqa --out runs/x --dry-run   # resolved settings only
     """
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 160))  # one line per row, even when piped; nothing cut to "Phi-3…"
+    console = Console(width=max(Console().width, 130))  # one line per row, even when piped
     if name:
         from phi3v_train.recipes import RecipeError
 
@@ -40,7 +40,7 @@ def recipes(name: str | None) -> None:
     table = Table(title="Recipes (phi3v-train run --recipe NAME …; flags override any setting)")
     for column in ("name", "strategy", "precision", "attention", "crops", "batch", "lr", "epochs", "LoRA r/α",
                    "original result", "measured on"):  # batch: global, per optimizer step
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column in ("name", "strategy"))
     for recipe in all_recipes():
         s = recipe.settings
         lora = s.get("lora")

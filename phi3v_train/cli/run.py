@@ -21,16 +21,16 @@ RUN/log.jsonl and RUN/tensorboard/.
 \b
 Example:
     phi3v-train run --data data/ucf101 --model microsoft/Phi-3.5-vision-instruct \\
-        --strategy lora --num-crops 4 --batch-size 2 --global-batch-size 32 --output runs/ucf101-lora
+        --strategy lora --num-crops 4 --batch-size 2 --global-batch-size 32 --out runs/ucf101-lora
     phi3v-train run --config runs/ucf101-lora/config.yaml --resume latest
-    phi3v-train run --data data/docvqa:0.7 --data data/llava:0.3 --model … --output runs/mix   # a mixture
+    phi3v-train run --data data/docvqa:0.7 --data data/llava:0.3 --model … --out runs/mix   # a mixture
 
 \b
 Several GPUs (DDP), one node:
-    torchrun --nproc_per_node 8 -m phi3v_train.cli.run --data … --output …
+    torchrun --nproc_per_node 8 -m phi3v_train.cli.run --data … --out …
 Several nodes (run on each node, node_rank 0..N-1; MASTER is node 0's address):
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr MASTER --master_port 29500 \\
-        -m phi3v_train.cli.run --data … --output … --deepspeed zero3
+        -m phi3v_train.cli.run --data … --out … --deepspeed zero3
 DeepSpeed: --deepspeed zero2 | zero3 (shipped configs) | my_config.json, launched with torchrun or deepspeed.
 Pre-emption: SIGTERM saves a checkpoint and exits (code 1); rerun with --resume latest.
 """

@@ -88,15 +88,15 @@ def _check_output(output: Path) -> list[str]:
     from phi3v_data.cli.errors import check_writable  # noqa: PLC0415
 
     try:
-        check_writable("--output", output, directory=True)
+        check_writable("--out", output, directory=True)
     except click.ClickException as exc:
         return [exc.message]
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return [f"--output {output}: cannot create it ({exc.strerror or exc})"]
+        return [f"--out {output}: cannot create it ({exc.strerror or exc})"]
     if not os.access(output, os.W_OK | os.X_OK):
-        return [f"--output {output}: not writable"]
+        return [f"--out {output}: not writable"]
     return []
 
 
