@@ -23,7 +23,7 @@ def recipes(name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 130))  # one line per row, even when piped
+    console = Console(width=max(Console().width, 160))  # one line per row, even when piped; nothing cut to "Phi-3…"
     if name:
         from phi3v_train.recipes import RecipeError
 
@@ -40,7 +40,7 @@ def recipes(name: str | None) -> None:
     table = Table(title="Recipes (phi3v-train run --recipe NAME …; flags override any setting)")
     for column in ("name", "strategy", "precision", "attention", "crops", "batch", "lr", "epochs", "LoRA r/α",
                    "original result", "measured on"):  # batch: global, per optimizer step
-        table.add_column(column, no_wrap=column in ("name", "strategy"))
+        table.add_column(column, no_wrap=True)
     for recipe in all_recipes():
         s = recipe.settings
         lora = s.get("lora")
