@@ -180,15 +180,18 @@ class ProgressLog(TrainerCallback):
         self.live = False
         self.started = time.perf_counter()
         self.first_step = 0
+        self.after_first: float | None = None  # when the first step ended: later steps time the ETA
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started, self.first_step = time.perf_counter(), state.global_step
+        self.started, self.first_step, self.after_first = time.perf_counter(), state.global_step, None
         if self.console.is_terminal:  # elsewhere a bar draws nothing but stray blank lines
             self.progress.start()
             self.live = True
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.after_first is None:
+            self.after_first = time.perf_counter()
         self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -213,7 +216,9 @@ class ProgressLog(TrainerCallback):
         done = state.global_step - self.first_step
         if done <= 0:
             return "eta ?"
-        left = (time.perf_counter() - self.started) / done * (state.max_steps - state.global_step)
+        # the first step also pays for warm-up (data workers, allocator, kernels): timed from its end once possible
+        since, steps = (self.after_first, done - 1) if done > 1 and self.after_first else (self.started, done)
+        left = (time.perf_counter() - since) / steps * (state.max_steps - state.global_step)
         return f"eta {duration(left)}"
 
     def close(self) -> None:

@@ -57,6 +57,10 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
         raise click.UsageError("--data answers the records' own images into --output: drop --image, give --output")
     if attention == "flash_attention_2" and precision != "bf16":
         raise click.UsageError("--attention flash_attention_2 needs --precision bf16; or use --attention sdpa")
+    from phi3v_data.cli.errors import is_verbose
+    from phi3v_train.cli.run_checks import quiet_libraries
+
+    quiet_libraries(verbose=is_verbose(click.get_current_context()))  # the answer, not loading bars and deprecations
     from transformers import set_seed
 
     from phi3v_train.loading import LoadError

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from click.testing import CliRunner
 
 from phi3v_train.cli import main
@@ -70,3 +73,33 @@ def test_recipes_table_cuts_nothing_when_piped() -> None:
     assert rows["nlvr2-full"][-2:] == ["accuracy 89.4", "Phi-3.5-vision"]
     assert rows["hateful-memes-frozen-vision-fp16"][-2:] == ["accuracy 78.6", "Phi-3-vision"]
     assert rows["docvqa-lora"][-3:] == ["32/16", "anls 82.46", "Phi-3-vision"]
+
+
+def test_eta_is_timed_from_the_end_of_the_slow_first_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from phi3v_train import trainer
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
+    log = trainer.ProgressLog(Console(file=io.StringIO()), tmp_path)
+    state = SimpleNamespace(global_step=0, max_steps=11)
+    log.on_train_begin(None, state, None)
+    clock[0], state.global_step = 100.0, 1  # step 1: 100 s of warm-up and one step
+    log.on_step_end(None, state, None)
+    assert log._eta(state) == "eta 16m40s"  # nothing better known yet: 100 s × 10 steps left
+    clock[0], state.global_step = 110.0, 2  # step 2: 10 s
+    log.on_step_end(None, state, None)
+    assert log._eta(state) == "eta 1m30s"  # 10 s × 9 steps left, not (110 / 2) × 9 = 8m15s
+
+
+def test_predict_prints_the_answer_only(tiny_model: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(tmp_path / "red.png")
+    command = [sys.executable, "-c", "from phi3v_train.cli import main; main()", "predict", "--model", str(tiny_model),
+               "--image", str(tmp_path / "red.png"), "--num-crops", "1", "--max-new-tokens", "3", "What color?"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no "Loading weights" bar, no torch_dtype/gradient-checkpointing deprecations
+    assert len(done.stdout.splitlines()) == 1
