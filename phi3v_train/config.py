@@ -171,6 +171,9 @@ class TrainConfig(_Section):
     seed: int = 42
     save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
     keep_last: int = Field(2, gt=0, description="Complete checkpoints kept; older ones are deleted.")
+    save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype of the weights in final/ (a full model): auto = the base checkpoint's (bf16 for the "
+        "official ones); intermediate checkpoints always keep fp32 master weights so resume stays exact.")
     log_every: int = Field(10, gt=0, description="Optimizer steps between log lines / TensorBoard points.")
     resume: str | None = Field(None, description="'latest' (newest complete checkpoint in --output) or a path.")
     overwrite: bool = Field(False, description="Allow starting afresh in an --output that already has checkpoints.")

@@ -399,7 +399,8 @@ def save_final(state: Setup) -> Path:
     from phi3v_train.model.modeling_phi3v import released
 
     model = state.trainer.accelerator.unwrap_model(state.trainer.model)
-    with released(model):  # a full model is saved in its base checkpoint's dtype (bf16 → bf16), checkpoints stay exact
+    save_dtype = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[state.config.save_dtype]
+    with released(model, save_dtype):  # default: the base checkpoint's dtype (bf16 → bf16); checkpoints stay exact
         state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
     if is_main:
         state.processor.save_pretrained(staging)

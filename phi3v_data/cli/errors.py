@@ -32,6 +32,7 @@ EXTRAS = {
 # classifying an error never imports torch.
 _OWN_ERRORS = [
     ("phi3v_train.data", "DataError"), ("phi3v_train.train", "RunError"), ("phi3v_train.loading", "LoadError"),
+    ("phi3v_train.model.modeling_phi3v", "MissingWeightsError"),
     ("phi3v_train.config", "ConfigError"), ("phi3v_train.checkpointing", "CheckpointError"),
     ("phi3v_train.bench", "BenchError"), ("phi3v_data.convert", "ConvertUsageError"),
     ("phi3v_data.convert", "ConversionError"), ("phi3v_data.export", "ExportUsageError"),

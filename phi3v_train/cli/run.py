@@ -95,6 +95,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--seed", type=int, help="[42]")
 @click.option("--save-every", type=int, help="Checkpoint every N steps [500].")
 @click.option("--keep-last", type=int, help="Complete checkpoints kept [2].")
+@click.option("--save-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="Weights dtype of a full model in final/ [auto: the base checkpoint's].")
 @click.option("--log-every", type=int, help="Steps per log line [10].")
 @click.option("--resume", help="'latest' or a checkpoint directory.")
 @click.option("--overwrite", is_flag=True, default=None, help="Start afresh, deleting existing checkpoints.")
