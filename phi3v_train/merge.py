@@ -34,7 +34,10 @@ def merge_adapter(
     """
     adapter_dir = resolve_model_dir(adapter)
     if not is_adapter(adapter_dir):
-        raise LoadError(f"{adapter_dir}: no adapter_config.json; it is not a LoRA/QLoRA adapter (nothing to merge)")
+        full = " (a full checkpoint already: give it to eval/predict as --model, or copy it)" \
+            if (adapter_dir / "config.json").is_file() else ""
+        raise LoadError(f"{adapter_dir}: no adapter_config.json; it is not a LoRA/QLoRA adapter, so there is nothing "
+                        f"to merge{full}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LoadError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")

@@ -103,3 +103,11 @@ def test_predict_prints_the_answer_only(tiny_model: Path, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no "Loading weights" bar, no torch_dtype/gradient-checkpointing deprecations
     assert len(done.stdout.splitlines()) == 1
+
+
+def test_export_of_a_full_run_says_it_is_a_model_already(tiny_model: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", "--adapter", str(tiny_model), "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 1, result.output
+    assert "it is not a LoRA/QLoRA adapter, so there is nothing to merge (a full checkpoint already: give it to " \
+           "eval/predict as --model, or copy it)" in " ".join(result.output.split())
+    assert not (tmp_path / "merged").exists()
