@@ -361,6 +361,9 @@ def _evaluate(state: Setup, *, label: str) -> None:
                                   num_crops=config.num_crops, batch_size=config.batch_size,
                                   output_dir=config.output / f"eval-{label}", meta={"when": label})
                 state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
+        where = config.output / f"eval-{label}"
+        state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if len(config.sources) > 1 else ""),
+                            highlight=False)
         model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -111,3 +111,15 @@ def test_export_of_a_full_run_says_it_is_a_model_already(tiny_model: Path, tmp_p
     assert "it is not a LoRA/QLoRA adapter, so there is nothing to merge (a full checkpoint already: give it to " \
            "eval/predict as --model, or copy it)" in " ".join(result.output.split())
     assert not (tmp_path / "merged").exists()
+
+
+def test_eval_after_says_where_its_predictions_are(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", split="train", count=2)
+    write_dataset(data, split="val", count=1)
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--model", str(tiny_model), "--strategy", "full",
+                                       "--precision", "fp32", "--num-crops", "1", "--max-steps", "1", "--workers", "0",
+                                       "--no-tensorboard", "--eval-after", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    where = tmp_path / "run" / "eval-after"
+    assert f"predictions and metrics in {where}\n" in result.output
+    assert (where / "predictions.jsonl").is_file() and (where / "metrics.json").is_file()
