@@ -110,7 +110,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--verbose", "-v", is_flag=True, callback=set_verbose, help="Show library warnings and tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the closing lines.")
 def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> None:
-    from phi3v_train.cli.run_checks import check_inputs, quiet_libraries  # noqa: PLC0415 - keep --help fast
+    from phi3v_train.cli.run_checks import absolute_paths, check_inputs, quiet_libraries  # noqa: PLC0415 - keep --help fast
     from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415
 
     if given.get("attention") == "flash":  # the name bench uses
@@ -120,6 +120,8 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
         config = load_config(config_path, flags=_flags(**given))
     except ConfigError as exc:
         raise click.UsageError("\n".join(exc.problems)) from None
+    if dry_run:  # config.yaml is read from anywhere later (--config RUN/config.yaml): absolute paths, as a run saves
+        config = absolute_paths(config)
     if dry_run or (config.recipe and os.environ.get("RANK", "0") == "0"):
         from phi3v_train.recipes import describe_settings  # noqa: PLC0415
 

@@ -124,9 +124,14 @@ def check_inputs(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         problems = _check_output(config.output)  # created only once the data is known to be there
     if problems:
         raise click.UsageError("\n".join(problems))
+    return absolute_paths(config), notes
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with absolute data/output paths: RUN/config.yaml then works from any directory."""
     data: Any = config.data
     data = data.resolve() if isinstance(data, Path) else [s.model_copy(update={"path": s.path.resolve()}) for s in data]
-    return config.model_copy(update={"data": data, "output": config.output.resolve()}), notes
+    return config.model_copy(update={"data": data, "output": config.output.resolve()})
 
 
 # Loggers that speak at INFO/WARNING about things a user cannot change (deprecations inside libraries, DeepSpeed's

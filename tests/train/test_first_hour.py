@@ -123,3 +123,16 @@ def test_eval_after_says_where_its_predictions_are(tiny_model: Path, tmp_path: P
     where = tmp_path / "run" / "eval-after"
     assert f"predictions and metrics in {where}\n" in result.output
     assert (where / "predictions.jsonl").is_file() and (where / "metrics.json").is_file()
+
+
+def test_dry_run_config_works_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "--recipe", "docvqa-lora", "--data", "data/docvqa", "--out", "runs/x",
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "runs" / "x" / "config.yaml").read_text())
+    # as a real run saves them, so `--config runs/x/config.yaml` means the same from elsewhere
+    root = tmp_path.resolve()
+    assert (saved["data"], saved["output"]) == (str(root / "data" / "docvqa"), str(root / "runs" / "x"))
