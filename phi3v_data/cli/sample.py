@@ -39,6 +39,7 @@ def video(out_dir: Path, classes: int, clips_per_class: int, seed: int, layout: 
     table.add_column("clips", justify="right")
     for split, count in summary.splits.items():
         table.add_row(split, str(count))
-    table.caption = f"{len(summary.classes)} classes: {', '.join(summary.classes)}"
     console.print(table)
+    # on its own line: as the table's caption it was wrapped to the table's width, one class per line
+    console.print(f"{len(summary.classes)} classes: {', '.join(summary.classes)}", highlight=False, soft_wrap=True)
     console.print(f"next: phi3v-data convert video {out_dir} --out <DIR> --frames 8")

@@ -136,3 +136,14 @@ def test_dry_run_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     # as a real run saves them, so `--config runs/x/config.yaml` means the same from elsewhere
     root = tmp_path.resolve()
     assert (saved["data"], saved["output"]) == (str(root / "data" / "docvqa"), str(root / "runs" / "x"))
+
+
+def test_sample_video_lists_its_classes_on_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from phi3v_data.cli import main as data_main
+
+    result = CliRunner().invoke(data_main, ["sample", "video", str(tmp_path / "src"), "--classes", "3",
+                                            "--clips-per-class", "2"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "classes:" in line)
+    assert line == "3 classes: ApplyEyeMakeup, Basketball, HandstandPushups"
