@@ -52,9 +52,9 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
         phi3v-train predict --model models/memes-merged --data data/memes/memes_test.jsonl --out preds.jsonl
     """
     if (question is None) == (data is None):
-        raise click.UsageError("give either a QUESTION (with --image files) or --data FILE.jsonl --output FILE")
+        raise click.UsageError("give either a QUESTION (with --image files) or --data FILE.jsonl --out FILE")
     if data is not None and (images or output is None):
-        raise click.UsageError("--data answers the records' own images into --output: drop --image, give --output")
+        raise click.UsageError("--data answers the records' own images into --out: drop --image, give --out")
     if attention == "flash_attention_2" and precision != "bf16":
         raise click.UsageError("--attention flash_attention_2 needs --precision bf16; or use --attention sdpa")
     from phi3v_data.cli.errors import is_verbose

@@ -121,7 +121,7 @@ def test_predict_refuses_unclear_requests_with_a_message(page: Path, tmp_path: P
     code, output = _predict("--model", "m", "--data", str(page), QUESTION)
     assert code == 2 and "give either a QUESTION" in output
     code, output = _predict("--model", "m", "--data", str(page))
-    assert code == 2 and "give --output" in output
+    assert code == 2 and "drop --image, give --out" in output  # the documented spelling (--output works too)
     code, output = _predict("--model", str(tmp_path / "nope"), "--image", str(page), QUESTION)
     assert code == 1 and f"{tmp_path / 'nope'}: no such model directory, and not a Hub id (org/name)" in output
     from phi3v_train.model import Phi3VForCausalLM
