@@ -233,7 +233,8 @@ def preflight(
         return None
     report_path = report_dir / f"preflight-{name + '-' if name else ''}{split}.json"
     write_json(report_path, report.to_dict())
-    first = "; ".join(f"{Path(f.file).name}:{f.line} {f.field}: {f.message}" for f in report.findings[:3])
+    first = "; ".join(f"{Path(f.file).name}:{f.line}{' ' + f.field if f.field else ''}: {f.message}"
+                      for f in report.findings[:3])
     return (
         f"the dataset has problems ({report.stats.with_problems} of {report.stats.records} records; first: {first}). "
         f"Full report: {report_path}. Fix them, or write a clean copy with `phi3v-data validate {files[0]} "
