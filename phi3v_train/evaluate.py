@@ -70,18 +70,21 @@ def evaluate_datasets(
     *,
     output_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
+    dataset_meta: dict[str, dict[str, Any]] | None = None,
     **settings: Any,
 ) -> dict[str, EvalResult]:
     """:func:`evaluate` each dataset of a mixture on its own: ``{name: (records, images_root)}`` → ``{name: result}``.
 
     Each dataset's predictions and metrics go to ``output_dir/<name>/``; ``output_dir/metrics.json`` gathers the
-    metrics by dataset, so one mixture's score never hides another's.
+    metrics by dataset, so one mixture's score never hides another's. ``dataset_meta[name]`` adds to that
+    dataset's metrics only (its files, its skipped lines).
     """
     results = {}
     for name, (records, images_root) in datasets.items():
         results[name] = evaluate(model, processor, records, images_root=images_root,
                                  output_dir=None if output_dir is None else Path(output_dir) / name,
-                                 meta={**(meta or {}), "dataset": name}, **settings)
+                                 meta={**(meta or {}), "dataset": name, **(dataset_meta or {}).get(name, {})},
+                                 **settings)
     if output_dir is not None:
         write_json(Path(output_dir) / "metrics.json",
                    {**(meta or {}), "datasets": {name: result.metrics for name, result in results.items()}})

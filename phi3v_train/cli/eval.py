@@ -61,7 +61,7 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     if len(set(datas)) != len(datas):
         raise click.UsageError("--data: the same dataset was given twice")
     problems: list[str] = []
-    datasets = {}  # name → (files, records, images root), every one checked before the model loads
+    datasets = {}  # name → (files, records, images root, skipped lines), every one checked before the model loads
     for name, data in zip(source_names(datas), datas):
         try:
             files, images_root = find_split(data, split)
@@ -75,7 +75,7 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
         if not records:
             names = " ".join(map(str, files))
             raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
-        datasets[name] = (files, records, images_root)
+        datasets[name] = (files, records, images_root, len(skipped))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
     if attn == "flash_attention_2" and precision != "bf16":
@@ -94,7 +94,7 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     settings = {"num_crops": processor.image_processor.num_crops, "batch_size": batch_size,
                 "max_new_tokens": max_new_tokens, "progress": not quiet}
     if len(datasets) == 1:
-        [(files, records, images_root)] = datasets.values()
+        [(files, records, images_root, _)] = datasets.values()
         result = evaluate(model, processor, records, images_root=images_root, output_dir=output, **settings,
                           meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
         if not quiet:
@@ -102,9 +102,11 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
         console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
         failed = result.metrics["failed"]
     else:
-        results = evaluate_datasets(model, processor, {name: (records, root) for name, (_, records, root) in datasets.items()},
-                                    output_dir=output, meta={"model": str(model_path), "split": split,
-                                                             "skipped_lines": len(problems)}, **settings)
+        results = evaluate_datasets(
+            model, processor, {name: (records, root) for name, (_, records, root, _) in datasets.items()},
+            output_dir=output, meta={"model": str(model_path), "split": split},
+            dataset_meta={name: {"data": [str(f) for f in files], "skipped_lines": skipped}
+                          for name, (files, _, _, skipped) in datasets.items()}, **settings)
         if not quiet:
             Console().print(datasets_table(results, title=escape(f"[{split}] · {model_path}")))
         console.print(f"wrote {output}/<dataset>/predictions.jsonl and metrics.json for "

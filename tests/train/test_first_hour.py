@@ -28,10 +28,13 @@ def test_throughput_keeps_significant_digits_for_slow_runs() -> None:
 def test_eval_scores_each_dataset_of_a_mixture_on_its_own(tiny_model: Path, tmp_path: Path) -> None:
     colors = write_dataset(tmp_path / "a" / "colors", split="val", count=3)
     shapes = write_dataset(tmp_path / "b" / "colors", split="val", count=2)  # same folder name: named by path
+    with (shapes / "colors_val.jsonl").open("a") as handle:
+        handle.write("{not json\n")  # line 3 of b's file: reported, skipped, counted for b only
     out = tmp_path / "eval"
     result = CliRunner().invoke(main, ["eval", "--model", str(tiny_model), "--data", str(colors), "--data", str(shapes),
                                        "--num-crops", "1", "--max-new-tokens", "2", "--output", str(out), "-q"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the bad line, as with one dataset
+    assert "colors_val.jsonl:3" in result.output
     names = [p.name for p in sorted(out.iterdir()) if p.is_dir()]
     assert len(names) == 2 and names[0].endswith("a-colors") and names[1].endswith("b-colors")
     # records 0..2 of colors (one with 2 turns: index 3 is not among them) and 0..1 of shapes
@@ -43,6 +46,8 @@ def test_eval_scores_each_dataset_of_a_mixture_on_its_own(tiny_model: Path, tmp_
     assert sorted(gathered["datasets"]) == names
     assert gathered["datasets"][names[0]]["tasks"]["classification"]["turns"] == 3
     assert gathered["datasets"][names[1]]["tasks"]["classification"]["turns"] == 2
+    assert [gathered["datasets"][name]["skipped_lines"] for name in names] == [0, 1]
+    assert gathered["datasets"][names[1]]["data"] == [str(shapes / "colors_val.jsonl")]
     assert "metrics.json by dataset" in result.output
 
 
