@@ -128,10 +128,12 @@ def check_inputs(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """The config with absolute data/output paths: RUN/config.yaml then works from any directory."""
+    """The config with absolute data/output paths (and a local --model directory's): RUN/config.yaml then works
+    from any directory. A Hub id stays as it is."""
     data: Any = config.data
     data = data.resolve() if isinstance(data, Path) else [s.model_copy(update={"path": s.path.resolve()}) for s in data]
-    return config.model_copy(update={"data": data, "output": config.output.resolve()})
+    model = str(Path(config.model).resolve()) if Path(config.model).is_dir() else config.model
+    return config.model_copy(update={"data": data, "output": config.output.resolve(), "model": model})
 
 
 # Loggers that speak at INFO/WARNING about things a user cannot change (deprecations inside libraries, DeepSpeed's

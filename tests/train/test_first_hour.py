@@ -134,13 +134,17 @@ def test_dry_run_config_works_from_any_directory(tmp_path: Path, monkeypatch: py
     import yaml
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["run", "--recipe", "docvqa-lora", "--data", "data/docvqa", "--out", "runs/x",
-                                       "--dry-run"])
-    assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((tmp_path / "runs" / "x" / "config.yaml").read_text())
-    # as a real run saves them, so `--config runs/x/config.yaml` means the same from elsewhere
-    root = tmp_path.resolve()
-    assert (saved["data"], saved["output"]) == (str(root / "data" / "docvqa"), str(root / "runs" / "x"))
+    (tmp_path / "models" / "base").mkdir(parents=True)  # a local model directory; a Hub id stays as given
+    for model, expected in (("models/base", str(tmp_path.resolve() / "models" / "base")),
+                            ("microsoft/Phi-3.5-vision-instruct", "microsoft/Phi-3.5-vision-instruct")):
+        result = CliRunner().invoke(main, ["run", "--recipe", "docvqa-lora", "--data", "data/docvqa", "--out", "runs/x",
+                                           "--model", model, "--dry-run"])
+        assert result.exit_code == 0, result.output
+        saved = yaml.safe_load((tmp_path / "runs" / "x" / "config.yaml").read_text())
+        # as a real run saves them, so `--config runs/x/config.yaml` means the same from elsewhere
+        root = tmp_path.resolve()
+        assert (saved["data"], saved["output"]) == (str(root / "data" / "docvqa"), str(root / "runs" / "x"))
+        assert saved["model"] == expected
 
 
 def test_sample_video_lists_its_classes_on_one_line(tmp_path: Path) -> None:
