@@ -183,5 +183,5 @@ def _command(row: Row, *, gpus: int, data: str) -> str:
         if settings.get("deepspeed"):
             parts.append(f"--deepspeed {settings['deepspeed']}")
     name = recipe or row.strategy
-    parts.append(f"--data {data} --output runs/{name}")
+    parts.append(f"--data {data} --out runs/{name}")
     return " ".join(parts)

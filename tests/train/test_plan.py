@@ -99,7 +99,7 @@ def test_v100_full_finetuning_fits_with_the_shipped_zero2_buckets() -> None:
     assert full.estimate.parts["buffers"] == pytest.approx(9.0)
     assert full.fallback.total < 0.95 * 32 < full.estimate.total
     assert report.command == ("torchrun --nproc_per_node 8 -m phi3v_train.cli.run --recipe hateful-memes-full "
-                              "--precision fp16 --attention sdpa --deepspeed zero2 --data DATA --output runs/hateful-memes-full")
+                              "--precision fp16 --attention sdpa --deepspeed zero2 --data DATA --out runs/hateful-memes-full")
 
 
 def test_too_small_a_machine_gets_zero3_or_nothing() -> None:
@@ -120,6 +120,6 @@ def test_plan_command(tmp_path: Path) -> None:
     assert "recommended: full" in result.output
     assert result.output.rstrip().endswith(
         "torchrun --nproc_per_node 8 -m phi3v_train.cli.run --recipe docvqa-full --data data/docvqa "
-        "--output runs/docvqa-full")
+        "--out runs/docvqa-full")
     nothing = CliRunner().invoke(main, ["plan", "--gpu", "t4", "--seq-len", "20000", "--crops", "120"])
     assert nothing.exit_code == 1 and "no strategy fits" in nothing.output
