@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from phi3v_data.prompt import IGNORE_INDEX, encode_record
-from phi3v_data.tokens import num_image_tokens
+from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import BINARY_ANSWERS, IMAGE_TAG_RE, Record, Turn, image_path_problem
 
 Problem = tuple[str, str, str]
@@ -227,6 +227,20 @@ def _binary_problems(turn: Turn, where: str) -> list[Problem]:
         return [("binary_answer", f"{where}.reference.label",
                  f"label {label} means {BINARY_ANSWERS[label]!r} but the answer is {turn.assistant!r}")]
     return []
+
+
+def aspect_problems(record: Record, sizes: list[tuple[int, int]], num_crops: int) -> list[Problem]:
+    """An ``image_aspect`` problem for each image too elongated for the HD transform at ``num_crops``.
+
+    The token formula still counts such an image, but the training pre-flight refuses it (same rule:
+    :func:`phi3v_data.tokens.elongation_problem`), so it is reported here instead of measured.
+    ``sizes`` are the (width, height) of the record's images in global order.
+    """
+    places = [f"conversations[{t}].images[{j}]" for t, turn in enumerate(record.conversations)
+              for j in range(len(turn.images))]
+    return [("image_aspect", place, f"{path}: {why}; crop or pad the image, or drop the record")
+            for place, path, (w, h) in zip(places, record.images, sizes, strict=True)
+            if (why := elongation_problem(w, h, num_crops))]
 
 
 def length_problem(record: Record, sizes: list[tuple[int, int]], spec: LengthSpec) -> tuple[int, Problem | None]:

@@ -37,6 +37,7 @@ CODES: dict[str, str] = {
     "image_undecodable": "image file does not decode",
     "image_too_large": "image is a decompression bomb (too many pixels); refused",
     "image_empty": "image has zero width or height",
+    "image_aspect": "image too elongated for the HD transform at --num-crops (a 0-pixel side)",
     "too_long": "record is longer than --max-length tokens",
     "no_records": "file contains no records",
     "internal_error": "the validator itself failed on this line (please report it)",

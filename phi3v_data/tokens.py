@@ -37,6 +37,20 @@ def resized_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
     return (new_height, new_width) if transposed else (new_width, new_height)
 
 
+def elongation_problem(width: int, height: int, num_crops: int) -> str | None:
+    """Why an image of ``width``×``height`` cannot go through the HD transform at ``num_crops``, or None when it can.
+
+    An image so elongated that its short side resizes to 0 pixels breaks the official processor; the token formula
+    still returns a count for it, so validation and the training pre-flight both ask this one rule first.
+
+    >>> elongation_problem(10000, 1, 1)
+    '10000x1 is too elongated for --num-crops 1: the HD transform would give a 0-pixel side'
+    """
+    if min(resized_size(width, height, num_crops)) >= 1:
+        return None
+    return f"{width}x{height} is too elongated for --num-crops {num_crops}: the HD transform would give a 0-pixel side"
+
+
 def hd_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:
     """Size (width, height) in pixels of the HD-transformed image, both multiples of 336 — before the global view.
 

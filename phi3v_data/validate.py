@@ -36,8 +36,8 @@ from pydantic import ValidationError
 
 from phi3v_data.image_index import ImageCheck, ImageChecker
 from phi3v_data.images import ImageProblem
-from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, content_problems, length_problem,
-                                      raw_text_problems, schema_problems)
+from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspect_problems, content_problems,
+                                      length_problem, raw_text_problems, schema_problems)
 from phi3v_data.io import LONE_SURROGATE, atomic_write, has_lone_surrogate
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
@@ -93,6 +93,8 @@ class RecordChecker:
         n_images = sum(len(turn.images) for turn in record.conversations)
         sizes = self._image_problems(record, problems, n_images)
         length = None
+        if self.config.lengths is not None and not problems and sizes is not None:
+            problems += aspect_problems(record, sizes, self.config.lengths.num_crops)
         if self.config.lengths is not None and not problems and sizes is not None:
             length, problem = length_problem(record, sizes, self.config.lengths)
             problems += [problem] if problem else []

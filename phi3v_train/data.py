@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, write_json
 from phi3v_data.prompt import encode_record
-from phi3v_data.tokens import num_image_tokens, resized_size
+from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import Record
 
 Encode = Callable[[str], list[int]]
@@ -87,10 +87,8 @@ def image_sizes(record: Record, *, images_root: Path, num_crops: int) -> list[tu
     sizes = []
     for rel in record.images:
         width, height = check_image(resolve_inside(images_root, rel))
-        if min(resized_size(width, height, num_crops)) < 1:
-            raise ImageProblem(
-                "image_aspect", f"{rel}: {width}x{height} is too elongated for --num-crops {num_crops} (its short side "
-                "would resize to 0 pixels); crop or pad the image, or drop the record")
+        if problem := elongation_problem(width, height, num_crops):
+            raise ImageProblem("image_aspect", f"{rel}: {problem}; crop or pad the image, or drop the record")
         sizes.append((width, height))
     return sizes
 

@@ -410,6 +410,25 @@ def test_too_long_through_image_tokens_via_cli(data: Path, processor: Path) -> N
     assert "Sequence length" in result.output
 
 
+def test_too_elongated_image_is_a_finding_not_a_length(data: Path, processor: Path) -> None:
+    """The token formula counts a 10000x1 strip (157 tokens at --num-crops 4); training refuses it, so validate does."""
+    png(data / "images/sq.png", (336, 336))
+    png(data / "images/wide.png", (10000, 1))
+    path = write(data / "d.jsonl", record("ok", images=["sq.png"]), record("strip", images=["sq.png", "wide.png"]))
+    out = data / "r.json"
+    args = ["validate", str(path), "--processor", str(processor), "--num-crops", "4", "--report", str(out)]
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, args)
+    assert result.exit_code == 1
+    report = json.loads(out.read_text())
+    assert [(f["code"], f["file"].endswith("d.jsonl"), f["line"], f["id"], f["field"], f["message"])
+            for f in report["findings"]] == [
+        ("image_aspect", True, 2, "strip", "conversations[0].images[1]",
+         "wide.png: 10000x1 is too elongated for --num-crops 4: the HD transform would give a 0-pixel side; "
+         "crop or pad the image, or drop the record")]
+    # at --num-crops 32 the strip resizes to 10752x1, a usable (if wasteful) image: measured as usual
+    assert findings(path, lengths=LengthSpec(num_crops=32, processor=processor)) == []
+
+
 def test_bos_follows_tokenizer_config(data: Path, processor: Path) -> None:
     (processor / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
     png(data / "images/sq.png", (336, 336))
