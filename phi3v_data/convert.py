@@ -180,17 +180,23 @@ class OutputClaims:
 
     ``val/cat/1.png`` from both ``val/`` and ``valid/``, ``img/a.png`` and ``img2/a.png`` both → ``train/a.png``, or
     an image written at ``train`` where a folder ``train/`` must go: :meth:`claim` says so, the caller reports it.
+    So do ``val/Cat/1.png`` and ``val/cat/1.png``: one file on a case-insensitive file system (macOS, Windows).
     """
 
     def __init__(self) -> None:
         self._files: dict[str, str] = {}
         self._dirs: set[str] = set()
+        self._folded: dict[str, str] = {}  # casefolded path → the path claimed first under it
 
     def claim(self, dest: str, source: str) -> str | None:
         """None when ``dest`` (under images/) is free or already ``source``'s; otherwise why it cannot be written."""
         owner = self._files.get(dest)
         if owner is not None:
             return None if owner == source else f"{source} and {owner} would both be written to images/{dest}; rename one"
+        twin = self._folded.get(dest.casefold())
+        if twin is not None and self._files[twin] != source:
+            return (f"{source} would be written to images/{dest} and {self._files[twin]} to images/{twin}: paths that "
+                    "differ only by case are one file on case-insensitive file systems (macOS, Windows); rename one")
         if dest in self._dirs:
             return f"{source} would be written to images/{dest}, where other images need a folder of that name"
         parts = dest.split("/")
@@ -199,6 +205,7 @@ class OutputClaims:
             if prefix in self._files:
                 return f"{source} needs a folder images/{prefix}, where the image {self._files[prefix]} is written"
         self._files[dest] = source
+        self._folded.setdefault(dest.casefold(), dest)
         self._dirs.update(prefixes)
         return None
 

@@ -243,6 +243,23 @@ def test_folder_val_and_valid_mapping_to_one_image_is_reported(tmp_path: Path) -
         assert image.getpixel((0, 0)) == (255, 0, 0)  # val/'s picture, not overwritten by valid/'s
 
 
+def test_folder_paths_differing_only_by_case_are_reported(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    png(src / "val" / "Cat" / "1.png", "red")
+    png(src / "val" / "cat" / "1.png", "blue")  # its own file here; the same file as the first on macOS or Windows
+    png(src / "val" / "cat" / "2.png", "green")
+    result = run(FolderConverter(), src, tmp_path / "out")
+    assert reasons(result) == {
+        ("val/cat/1.png", None): "val/cat/1.png would be written to images/val/cat/1.png and val/Cat/1.png to "
+        "images/val/Cat/1.png: paths that differ only by case are one file on case-insensitive file systems "
+        "(macOS, Windows); rename one",
+    }
+    images = sorted(r["conversations"][0]["images"][0] for r in records(tmp_path / "out", "folder_val.jsonl"))
+    assert images == ["val/Cat/1.png", "val/cat/2.png"]
+    with Image.open(tmp_path / "out" / "images" / "val" / "Cat" / "1.png") as image:
+        assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
 def test_hateful_memes_two_images_of_one_name_are_reported(tmp_path: Path) -> None:
     root = tmp_path / "memes"
     png(root / "img" / "a.png", "red")
