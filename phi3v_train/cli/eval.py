@@ -15,13 +15,30 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
+def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Path, ...]:
+    """--data as ``run`` reads it (``DIR[:WEIGHT]``, same parser); a weight means nothing here, so it is dropped."""
+    from phi3v_train.config import parse_data_spec
+
+    paths = []
+    for text in values:
+        try:
+            source = parse_data_spec(text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        if source.path != Path(text):
+            click.echo(f"note: --data {text}: eval scores each dataset on its own; weight {source.weight:g} ignored",
+                       err=True)
+        paths.append(click.Path(exists=True, path_type=Path).convert(str(source.path), param, ctx))
+    return tuple(paths)
+
+
 @click.command("eval")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A checkpoint, an adapter dir (RUN/final of a lora/qlora run) or a run dir.")
 @click.option("--base", type=str, default=None, help="Base model of an adapter [default: the one it records].")
-@click.option("--data", "datas", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--data", "datas", required=True, multiple=True, callback=_datasets, metavar="DIR[:WEIGHT]",
               help="Converted dataset directory (or one of its .jsonl files); repeat it to score each dataset "
-                   "on its own (OUTPUT/<name>/).")
+                   "on its own (OUTPUT/<name>/). A run's DIR:WEIGHT is accepted; the weight is ignored.")
 @click.option("--split", default="val", show_default=True, help="Which <name>_<split>.jsonl of --data to use.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

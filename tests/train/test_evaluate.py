@@ -255,6 +255,22 @@ def test_cli_eval_unknown_split_is_a_usage_error(tiny: Path, dataset: Path, tmp_
     assert "no *_test.jsonl file (found: tiny_val.jsonl)" in result.output
 
 
+def test_cli_eval_takes_a_runs_weighted_data_and_ignores_the_weight(dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()  # no model: the command stops right after reading --data
+    common = ["eval", "--model", str(tmp_path / "empty"), "--output", str(tmp_path / "eval")]
+    args = [*common, "--data", f"{dataset}:0.7"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert f"note: --data {dataset}:0.7: eval scores each dataset on its own; weight 0.7 ignored" in result.output
+    assert "neither config.json (a full checkpoint)" in result.output  # got past --data to the model
+    twice = CliRunner().invoke(main, [*args, "--data", str(dataset)])
+    assert twice.exit_code == 2 and "the same dataset was given twice" in twice.output
+    missing = CliRunner().invoke(main, [*common, "--data", f"{tmp_path / 'nowhere'}:0.7"])
+    assert missing.exit_code == 2 and f"'{tmp_path / 'nowhere'}' does not exist" in missing.output
+    zero = CliRunner().invoke(main, [*common, "--data", f"{tmp_path / 'nowhere'}:0"])
+    assert zero.exit_code == 2 and "the weight after ':' must be > 0 (got 0)" in zero.output
+
+
 def test_cli_eval_on_a_directory_that_is_no_model(dataset: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "empty"), "--data", str(dataset),
