@@ -37,7 +37,7 @@ from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
-from phi3v_train.strategies import apply_strategy, load_base_model, trainable_summary
+from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
 from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def save_final(state: Setup) -> Path:
     from phi3v_train.model.modeling_phi3v import released
 
     model = state.trainer.accelerator.unwrap_model(state.trainer.model)
-    save_dtype = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[state.config.save_dtype]
+    save_dtype = None if state.config.save_dtype == "auto" else DTYPES[state.config.save_dtype]
     with released(model, save_dtype):  # default: the base checkpoint's dtype (bf16 → bf16); checkpoints stay exact
         state.trainer.save_model(str(staging))  # every rank: DeepSpeed ZeRO-3 gathers the shards here
     if is_main:
