@@ -88,16 +88,22 @@ class Collator:
         """Decode, HD-transform and encode one sample; BadSample says why it cannot be trained on now."""
         images = [self._load(self.images_roots[sample.source], rel) for rel in sample.record.images]
         try:
-            processed = self.image_processor(images, return_tensors="pt") if images else None
+            processed, tokens = self._process(images)
         except ValueError as exc:  # e.g. an image replaced by one too elongated for the HD transform
             raise BadSample(f"image processor: {exc}") from None
-        tokens = [int(n) for n in processed["num_img_tokens"]] if processed is not None else []
         encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id)
         if len(encoded) != sample.length:
             # The sampler and the --max-length filter trusted the measured length; a change means the data moved.
             raise BadSample(f"{len(encoded)} tokens now but {sample.length} measured at start-up; did its images "
                             "change during the run?")
         return encoded, processed
+
+    def _process(self, images: list[Image.Image]) -> tuple[Any, list[int]]:
+        """The image processor's output for ``images`` (None for none) and each image's token count."""
+        if not images:
+            return None, []
+        processed = self.image_processor(images, return_tensors="pt")
+        return processed, [int(n) for n in processed["num_img_tokens"]]
 
     def _load(self, root: Path, rel: str) -> Image.Image:
         try:
@@ -113,9 +119,7 @@ class Collator:
         step in lockstep, and the vision tower still runs (DDP expects its gradients, zero here).
         """
         sizes = sample.image_sizes or ((CROP, CROP),) * len(sample.record.images)  # a Sample built without sizes
-        images = [Image.new("RGB", size, (255, 255, 255)) for size in sizes]
-        processed = self.image_processor(images, return_tensors="pt") if images else None
-        tokens = [int(n) for n in processed["num_img_tokens"]] if processed is not None else []
+        processed, tokens = self._process([Image.new("RGB", size, (255, 255, 255)) for size in sizes])
         encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id)
         return Encoded(encoded.input_ids, [IGNORE_INDEX] * len(encoded)), processed
 
