@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from torch.utils.data import Dataset
 
 from phi3v_data.images import ImageProblem, check_image
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, write_json
+from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, walk_files, write_json
 from phi3v_data.prompt import encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import Record
@@ -241,22 +241,15 @@ def preflight(
 
 
 def _tree_bytes(root: Path, *, limit: int) -> int:
-    """Bytes of the files under ``root`` (symlinks followed once, as the loader reads them); stops past ``limit``."""
-    total, stack, seen = 0, [root], set()
-    while stack and total <= limit:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
+    """Bytes of the files under ``root`` (symlinked folders followed once, as the loader reads them); stops past
+    ``limit``."""
+    total = 0
+    for folder, names in walk_files(root):
+        for name in names:
             try:
-                info = entry.stat()
+                total += (folder / name).stat().st_size
             except OSError:
                 continue
-            if entry.is_dir():
-                if (info.st_dev, info.st_ino) not in seen:  # a directory symlink loop is walked once
-                    seen.add((info.st_dev, info.st_ino))
-                    stack.append(Path(entry.path))
-            else:
-                total += info.st_size
+            if total > limit:
+                return total
     return total
