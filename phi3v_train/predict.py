@@ -48,20 +48,31 @@ def generation_settings(*, do_sample: bool = False, temperature: float | None = 
     return settings
 
 
+def device_and_precision(device: str | None, precision: str | None, attention: str) -> tuple[str, str]:
+    """The device and precision inference runs with: cuda when available, bf16 there and fp32 on CPU.
+
+    Raises ValueError when ``attention`` is flash attention and the precision is not bf16 (a usage error).
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    if attention == "flash_attention_2" and precision != "bf16":
+        raise ValueError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
+    return device, precision
+
+
 def load_model(
     source: str | Path, *, base: str | None = None, device: str | None = None, precision: str | None = None,
     attention: str = "sdpa", num_crops: int | None = None,
 ) -> tuple[Any, Any]:
     """(model in eval mode, processor) from a model directory (run, final/, export) or a Hub id.
 
-    Defaults: cuda when available, bf16 there and fp32 on CPU. Raises LoadError with what to pass instead.
+    Defaults as :func:`device_and_precision`. Raises LoadError with what to pass instead.
     """
-    import torch
-
     from phi3v_train.strategies import resolve_attention
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    device, precision = device_and_precision(device, precision, attention)
     attention = resolve_attention(attention)
     if Path(source).is_dir():
         return load_for_inference(source, base=base, dtype=precision, attn_implementation=attention, device=device,

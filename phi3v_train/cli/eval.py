@@ -67,12 +67,10 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     """
     check_writable("--out", output, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
-    import torch
-
     from phi3v_train.data import source_names
-    from phi3v_train.evaluate import datasets_table, evaluate, evaluate_datasets, find_split, load_records
-    from phi3v_train.loading import LoadError, load_for_inference
-    from phi3v_train.strategies import resolve_attention
+    from phi3v_train.evaluate import datasets_table, evaluate, evaluate_datasets
+    from phi3v_train.loading import LoadError
+    from phi3v_train.predict import device_and_precision, load_model
 
     console = Console(stderr=True, soft_wrap=True)
     if len(set(datas)) != len(datas):
@@ -80,27 +78,16 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     problems: list[str] = []
     datasets = {}  # name → (files, records, images root, skipped lines), every one checked before the model loads
     for name, data in zip(source_names(datas), datas):
-        try:
-            files, images_root = find_split(data, split)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        skipped: list[str] = []
-        records = load_records(files, limit=limit, on_error=skipped.append)
-        for problem in skipped:
-            console.print(f"[yellow]skipped[/] {escape(problem)}")
+        files, records, images_root, skipped = read_split(data, split, limit, console, purpose="evaluate")
         problems += skipped
-        if not records:
-            names = " ".join(map(str, files))
-            raise click.ClickException(f"{names}: no valid records to evaluate; run `phi3v-data validate {names}`")
         datasets[name] = (files, records, images_root, len(skipped))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
-    if attn == "flash_attention_2" and precision != "bf16":
-        raise click.UsageError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
-    attn = resolve_attention(attn)
     try:
-        model, processor = load_for_inference(model_path, base=base, dtype=precision, attn_implementation=attn,
-                                              device=device, num_crops=num_crops)
+        device, precision = device_and_precision(device, precision, attn)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        model, processor = load_model(model_path, base=base, device=device, precision=precision, attention=attn,
+                                      num_crops=num_crops)
     except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
@@ -131,3 +118,24 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
         failed = sum(result.metrics["failed"] for result in results.values())
     if problems or failed:
         raise SystemExit(1)
+
+
+def read_split(
+    data: Path, split: str, limit: int | None, console: Console, *, purpose: str
+) -> tuple[list[Path], list, Path, list[str]]:
+    """(files, records, images root, skipped lines) of one dataset's split for eval and predict: the lines that
+    cannot be read are printed and returned, a missing split or no usable record is a message naming the files."""
+    from phi3v_train.evaluate import find_split, load_records
+
+    try:
+        files, images_root = find_split(data, split)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    skipped: list[str] = []
+    records = load_records(files, limit=limit, on_error=skipped.append)
+    for problem in skipped:
+        console.print(f"[yellow]skipped[/] {escape(problem)}")
+    if not records:
+        names = " ".join(map(str, files))
+        raise click.ClickException(f"{names}: no valid records to {purpose}; run `phi3v-data validate {names}`")
+    return files, records, images_root, skipped

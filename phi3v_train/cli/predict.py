@@ -55,8 +55,6 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
         raise click.UsageError("give either a QUESTION (with --image files) or --data FILE.jsonl --out FILE")
     if data is not None and (images or output is None):
         raise click.UsageError("--data answers the records' own images into --out: drop --image, give --out")
-    if attention == "flash_attention_2" and precision != "bf16":
-        raise click.UsageError("--attention flash_attention_2 needs --precision bf16; or use --attention sdpa")
     from phi3v_data.cli.errors import is_verbose
     from phi3v_train.cli.run_checks import quiet_libraries
 
@@ -64,10 +62,18 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     from transformers import set_seed
 
     from phi3v_train.loading import LoadError
-    from phi3v_train.predict import Predictor, generation_settings
+    from phi3v_train.predict import Predictor, device_and_precision, generation_settings
 
+    try:  # the defaults first: flash attention with the GPU's default bf16 is fine
+        device, precision = device_and_precision(device, precision, attention)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     console = Console(stderr=True, soft_wrap=True)
-    records, images_root, problems = _records(data, split, limit, console) if data is not None else ([], None, [])
+    records, images_root, problems = [], None, []
+    if data is not None:
+        from phi3v_train.cli.eval import read_split
+
+        _, records, images_root, problems = read_split(data, split, limit, console, purpose="answer")
     try:
         predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
                                    num_crops=num_crops, max_new_tokens=max_new_tokens,
@@ -92,18 +98,3 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     if failed or problems:
         raise SystemExit(1)
 
-
-def _records(data: Path, split: str, limit: int | None, console: Console) -> tuple[list, Path, list[str]]:
-    from phi3v_train.evaluate import find_split, load_records
-
-    try:
-        files, images_root = find_split(data, split)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    problems: list[str] = []
-    records = load_records(files, limit=limit, on_error=problems.append)
-    for problem in problems:
-        console.print(f"skipped {problem}", markup=False)
-    if not records:
-        raise click.ClickException(f"{' '.join(map(str, files))}: no valid records to answer")
-    return records, images_root, problems

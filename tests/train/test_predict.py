@@ -133,3 +133,15 @@ def test_predict_refuses_unclear_requests_with_a_message(page: Path, tmp_path: P
     code, output = _predict("--model", "someone/phi35v-memes", "--image", str(page), QUESTION)
     assert code == 1 and "someone/phi35v-memes: cannot load this Hub model" in output
     assert "must be in the local Hugging Face cache" in output
+
+
+def test_device_and_precision_defaults_and_the_flash_attention_rule() -> None:
+    from phi3v_train.predict import device_and_precision
+
+    # a GPU's default precision is bf16, which flash attention needs: no refusal (predict used to refuse this)
+    assert device_and_precision("cuda", None, "flash_attention_2") == ("cuda", "bf16")
+    assert device_and_precision("cpu", None, "sdpa") == ("cpu", "fp32")
+    with pytest.raises(ValueError, match=r"needs --precision bf16 \(got fp32\)"):
+        device_and_precision("cpu", None, "flash_attention_2")
+    with pytest.raises(ValueError, match=r"\(got fp16\)"):
+        device_and_precision("cuda", "fp16", "flash_attention_2")
