@@ -161,7 +161,12 @@ def table_split(path: Path) -> str:
         split = base.rsplit("-", 1)[1]
     else:
         split = base
-    return re.sub(r"[^A-Za-z0-9_]", "_", split) or "train"  # it names output files and folders
+    return safe_split_name(split) or "train"
+
+
+def safe_split_name(split: str) -> str:
+    """A split name fit to name output files and folders (``partial train`` → ``partial_train``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", split)
 
 
 def _saved_split(folder: Path) -> str | None:
@@ -183,14 +188,19 @@ def _arrow_table(path: str) -> Any:
         return pa.ipc.open_file(pa.memory_map(path)).read_all()
 
 
-def iter_table(path: Path, *, batch_size: int = 64) -> Iterator[dict[str, Any]]:
-    """Rows of a parquet/arrow file as Python dicts, streamed in batches (memory stays bounded)."""
+def iter_table(
+    path: Path, *, batch_size: int = 64, columns: Sequence[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Rows of a parquet/arrow file as Python dicts, streamed in batches (memory stays bounded); only ``columns``
+    when given (image bytes then stay on disk until a worker needs them)."""
     if path.suffix == ".arrow":
-        batches = _arrow_table(str(path)).to_batches(max_chunksize=batch_size)
+        table = _arrow_table(str(path))
+        batches = (table if columns is None else table.select(list(columns))).to_batches(max_chunksize=batch_size)
     else:
         import pyarrow.parquet as pq
 
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size,
+                                                    columns=None if columns is None else list(columns))
     for batch in batches:
         yield from batch.to_pylist()
 

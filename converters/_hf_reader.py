@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters._common import ESCAPES, _arrow_table, relative_name, sniff_suffix, table_split, write_image_bytes
+from converters._common import (
+    ESCAPES, _arrow_table, iter_table, relative_name, safe_split_name, sniff_suffix, table_split, write_image_bytes,
+)
 from phi3v_data.convert import ConversionError, ConvertUsageError, ImageWriter
 from phi3v_data.io import UnsafePathError, resolve_inside
 
@@ -159,7 +161,7 @@ def _from_hub(name: str, subset: str | None) -> Tables:
         files = [Path(entry["filename"]) for entry in dataset.cache_files]
         if not files:
             raise ConvertUsageError(f"{name} split {split} is held in memory, not in cache files: save_to_disk it and convert the folder")
-        tables.splits[re.sub(r"[^A-Za-z0-9_]", "_", split)] = files
+        tables.splits[safe_split_name(split)] = files
     first = next(iter(tables.splits.values()), [])
     if first:  # paths stored in rows are relative to the cached files, never to the working directory
         tables.root = first[0].parent
@@ -177,14 +179,7 @@ def columns_of(path: Path) -> list[str]:
 
 def iter_columns(path: Path, columns: Sequence[str], *, batch_size: int = 256) -> Iterator[dict[str, Any]]:
     """Rows of ``path`` holding only ``columns`` (image bytes stay on disk until a worker needs them)."""
-    if path.suffix == ".arrow":
-        batches = _arrow_table(str(path)).select(list(columns)).to_batches(max_chunksize=batch_size)
-    else:
-        import pyarrow.parquet as pq
-
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(columns))
-    for batch in batches:
-        yield from batch.to_pylist()
+    return iter_table(path, batch_size=batch_size, columns=columns)
 
 
 def image_entries(value: Any) -> list[Any] | str:
