@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from phi3v_data.io import write_json
+
 # The files of microsoft/Phi-3.5-vision-instruct that hold no weights and no code, byte for byte (tests compare them
 # with tests/fixtures/phi-3.5-vision-instruct/); init-tiny builds its checkpoint from them.
 OFFICIAL_DIR = Path(__file__).with_name("official")
@@ -112,9 +114,3 @@ def officialise_tokenizer_config(path: Path, *, chat_template: str | None) -> No
     if jinja.is_file():
         jinja.unlink()  # one template, where 4.4x reads it too
 
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename) with plain permissions."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
+from phi3v_data.io import write_json
 from phi3v_data.prompt import Segment, encode_segments
 
 from .files import (
@@ -36,7 +37,6 @@ from .files import (
     copy_files,
     officialise_tokenizer_config,
     resolve_file,
-    write_json,
 )
 from .image_processing_phi3v import Phi3VImageProcessor
 
