@@ -232,7 +232,11 @@ class ProgressLog(TrainerCallback):
         steps = state.global_step - self.first_step
         samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         loss = f"final loss {self.losses[-1]:.4f}" if self.losses else "no loss logged"
-        span = (f"{steps} step{'s' if steps != 1 else ''}" if not self.first_step else f"step {state.global_step}" if steps == 1
-                else f"steps {self.first_step + 1}-{state.global_step}")
+        if not self.first_step:
+            span = f"{steps} step{'s' if steps != 1 else ''}"
+        elif steps == 1:  # resumed: name the steps this process trained
+            span = f"step {state.global_step}"
+        else:
+            span = f"steps {self.first_step + 1}-{state.global_step}"
         self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
                            f"{throughput(samples, steps, elapsed)}")
