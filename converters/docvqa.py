@@ -149,9 +149,10 @@ class DocVQAConverter(Converter):
         root = self.options.images or self._root(source)
         index, base = BasenameIndex(root), source if source.is_dir() else source.parent
         claimed: set[str] = set()
-        self._claims = OutputClaims()
+        claims = OutputClaims()
         for path in files:
-            yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base), claimed=claimed)
+            yield from self._plan_json(path, root=root, index=index, file=relative_name(path, base), claimed=claimed,
+                                       claims=claims)
 
     @staticmethod
     def _annotation_files(folder: Path) -> list[Path]:
@@ -203,7 +204,7 @@ class DocVQAConverter(Converter):
         return split, entries
 
     def _plan_json(
-        self, path: Path, *, root: Path, index: BasenameIndex, file: str, claimed: set[str]
+        self, path: Path, *, root: Path, index: BasenameIndex, file: str, claimed: set[str], claims: OutputClaims
     ) -> Iterator[Item | Failure]:
         loaded = self._load_json(path, file)
         if isinstance(loaded, Failure):
@@ -237,7 +238,7 @@ class DocVQAConverter(Converter):
             if found is None:
                 yield Failure(file, f"{questions[0]['at']}: image {rel!r} not found under {root}", split)
                 continue
-            clash = self._claims.claim(f"{split}/{found.name}", str(found))
+            clash = claims.claim(f"{split}/{found.name}", str(found))
             if clash is not None:  # two pages of one name in different folders
                 yield Failure(file, f"{questions[0]['at']}: {clash}", split)
                 continue

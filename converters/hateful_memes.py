@@ -86,13 +86,15 @@ class HatefulMemesConverter(Converter):
             )
         root = files[0].parent
         index = BasenameIndex(root)
-        self._claims = OutputClaims()
+        claims = OutputClaims()
         present = [path.stem for path in files]
         names = output_names(sorted(present, key=lambda s: [*OUTPUT_SPLITS, s].index(s)), OUTPUT_SPLITS)
         for path in files:
-            yield from self._plan_file(path, names[path.stem], root=root, index=index)
+            yield from self._plan_file(path, names[path.stem], root=root, index=index, claims=claims)
 
-    def _plan_file(self, path: Path, split: str, *, root: Path, index: BasenameIndex) -> Iterator[Item | Failure]:
+    def _plan_file(
+        self, path: Path, split: str, *, root: Path, index: BasenameIndex, claims: OutputClaims
+    ) -> Iterator[Item | Failure]:
         file = relative_name(path, root)
         rows: list[tuple[int, MemeLine]] = []
         for entry in read_json_lines(path, MemeLine, file=file):
@@ -113,7 +115,7 @@ class HatefulMemesConverter(Converter):
             if image is None:
                 yield Failure(file, f"image {row.img!r} not found under {root}", split, lineno)
                 continue
-            clash = self._claims.claim(f"{split}/{image.name}", relative_name(image, root))
+            clash = claims.claim(f"{split}/{image.name}", relative_name(image, root))
             if clash is not None:  # img/a.png and img2/a.png: one meme would show the other's picture
                 yield Failure(file, clash, split, lineno)
                 continue
