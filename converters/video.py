@@ -29,7 +29,9 @@ from pydantic import Field, model_validator
 
 from converters import _video_decode
 from converters._video_decode import decode_frames, to_jpeg
-from phi3v_data.convert import ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.convert import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
+)
 from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside
 from phi3v_data.splits import Carved, carve_groups
 
@@ -105,13 +107,13 @@ class VideoConverter(Converter):
         prompt = PROMPT.format(classes=", ".join(scan.classes))
         order = {name: i for i, name in enumerate(scan.classes)}
         splits = {"train": 0, "val": 1, "test": 2}
-        outputs: dict[str, str] = {}
+        claims = OutputClaims()
         for entry in sorted(scan.entries, key=lambda e: (splits[e.split], order[e.label], e.key)):
-            target = f"{entry.split}/{entry.label}/{entry.path.stem}"
-            if outputs.get(target, entry.key) != entry.key:  # e.g. clip.avi and clip.mp4 in one folder would write the same frames
-                yield Failure(entry.key, f"same output images/{target}.*.jpg as {outputs[target]}; rename one", entry.split)
+            # e.g. clip.avi and clip.mp4 in one folder would write the same frames (Clip.avi too, on macOS/Windows)
+            clash = claims.claim(f"{entry.split}/{entry.label}/{entry.path.stem}.*.jpg", entry.key)
+            if clash is not None:
+                yield Failure(entry.key, clash, entry.split)
                 continue
-            outputs[target] = entry.key
             if entry.path.is_symlink():  # symlinked class folders are followed; a video linked from outside is not read
                 try:
                     check_file_link(entry.path, source, shown=entry.key)

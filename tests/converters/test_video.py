@@ -475,3 +475,23 @@ def test_carving_a_sampled_subset_stays_near_the_requested_ratio_and_says_what_i
     assert [line.strip() for line in result.output.splitlines() if "carved" in line] == [
         "carved val: 2 of 24 train items (8.3%, asked 10%)"
     ]
+
+
+def test_two_clips_that_would_write_the_same_frames_are_reported(tmp_path: Path) -> None:
+    """clip.avi beside clip.mp4 (or Clip.avi: one file on macOS/Windows) would write the same frame files."""
+    from phi3v_data.convert import Failure
+
+    src = tmp_path / "src"
+    for name in ("train/Cat/clip.avi", "train/Cat/clip.mp4", "train/Dog/Run.avi", "train/Dog/run.avi"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(src / name, 12)
+    planned = list(VideoConverter(VideoOptions(frames=2, val_ratio=0)).plan(src))
+    failures = sorted((entry.file, entry.reason) for entry in planned if isinstance(entry, Failure))
+    assert failures == [
+        ("train/Cat/clip.mp4", "train/Cat/clip.mp4 and train/Cat/clip.avi would both be written to "
+                               "images/train/Cat/clip.*.jpg; rename one"),
+        ("train/Dog/run.avi", "train/Dog/run.avi would be written to images/train/Dog/run.*.jpg and train/Dog/Run.avi to "
+                              "images/train/Dog/Run.*.jpg: paths that differ only by case are one file on "
+                              "case-insensitive file systems (macOS, Windows); rename one"),
+    ]
+    assert sorted(entry.key for entry in planned if isinstance(entry, Item)) == ["train/Cat/clip.avi", "train/Dog/Run.avi"]
