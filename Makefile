@@ -1,21 +1,41 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv when absent.
+# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv when absent and installs
+# exactly the locked set (requirements/lock-pyXY.txt, with hashes); `make lock` refreshes the locks.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
+PYVER := $(shell $(PY) -c 'import sys; print("%d%d" % sys.version_info[:2])')
+LOCK := requirements/lock-py$(PYVER).txt
+# torch's CPU build is not on PyPI. A lock that holds it (torch==X+cpu) is installed with the PyTorch CPU index as an
+# extra source, unless a local wheel folder (PIP_FIND_LINKS) already has the wheel; a lock without it gets torch
+# from that index first.
+TORCH ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+LOCAL_TORCH := $(foreach d,$(PIP_FIND_LINKS),$(wildcard $(d)/torch-$(TORCH)+cpu-cp$(PYVER)-*.whl))
+TORCH_SOURCE := $(if $(LOCAL_TORCH),,--extra-index-url $(TORCH_INDEX))
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
+	@test -f $(LOCK) || { echo "no lock for Python $(PYVER): use Python 3.10-3.12 (PY=python3.11 make ...)"; exit 2; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[all,dev]"
+	grep -q '^torch==' $(LOCK) || $(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) "torch==$(TORCH)+cpu"
+	$(BIN)/pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r $(LOCK)
+	# The project itself, built with the locked setuptools (no unpinned build environment).
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# uv resolves the locks (requirements/lock.sh); it lives in a venv of its own, at a pinned version.
+UV_VERSION ?= 0.13.9
+LOCK_VENV := .lock-venv
+
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q "uv==$(UV_VERSION)"; }
+	UV=$(LOCK_VENV)/bin/uv requirements/lock.sh
 
 demo: $(STAMP)
 	$(BIN)/python -m phi3v_train.demo --out $(DEMO_OUT)
@@ -27,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(LOCK_VENV) $(DEMO_OUT)

@@ -59,7 +59,7 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     from phi3v_train.cli.run_checks import quiet_libraries
 
     quiet_libraries(verbose=is_verbose(click.get_current_context()))  # the answer, not loading bars and deprecations
-    from transformers import set_seed
+    import torch  # not transformers.set_seed: its module imports peft, and so bitsandbytes (3 s)
 
     from phi3v_train.loading import LoadError
     from phi3v_train.predict import Predictor, device_and_precision, generation_settings
@@ -81,7 +81,7 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
                                                                   top_p=top_p))
     except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
         raise click.ClickException(str(exc)) from None
-    set_seed(seed)
+    torch.manual_seed(seed)  # sampling draws from torch's generator only (every device)
     if data is None:
         try:
             answer = predictor.answer(question, images=images)

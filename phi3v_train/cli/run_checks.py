@@ -159,6 +159,9 @@ def quiet_libraries(*, verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in _CHATTY:
         logger = logging.getLogger(name)
+        # The level reaches child loggers (bitsandbytes.backends.cpu.ops warns at import on AVX512-BF16 CPUs); a
+        # filter on this logger does not, but it survives a library that resets its own logger's level.
+        logger.setLevel(logging.ERROR)
         if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
             logger.addFilter(_ErrorsOnly())
     for category in (UserWarning, FutureWarning, DeprecationWarning):
