@@ -17,11 +17,20 @@ TORCH_SOURCE := $(if $(LOCAL_TORCH),,--extra-index-url $(TORCH_INDEX))
 
 .PHONY: demo test venv lock bench clean
 
-$(STAMP): $(LOCK) pyproject.toml
+# A new lock (or pyproject.toml) rebuilds .venv from nothing, so nothing installed before lingers beside the lock.
+$(STAMP): $(wildcard $(LOCK)) pyproject.toml
 	@test -f $(LOCK) || { echo "no lock for Python $(PYVER): use Python 3.10-3.12 (PY=python3.11 make ...)"; exit 2; }
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	grep -q '^torch==' $(LOCK) || $(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) "torch==$(TORCH)+cpu"
-	$(BIN)/pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r $(LOCK)
+	rm -rf $(VENV)
+	$(PY) -m venv $(VENV)
+	# deepspeed ships only an sdist: its build environment gets the lock's setuptools and wheel, not PyPI's newest.
+	grep -E '^(setuptools|wheel)==' $(LOCK) | cut -d' ' -f1 > $(VENV)/build-constraints.txt
+	if grep -q '^torch==' $(LOCK); then \
+	  PIP_CONSTRAINT=$(VENV)/build-constraints.txt \
+	    $(BIN)/pip install -q --require-hashes --no-deps $(TORCH_SOURCE) -r $(LOCK); \
+	else \
+	  $(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) "torch==$(TORCH)+cpu" && \
+	  PIP_CONSTRAINT=$(VENV)/build-constraints.txt $(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK); \
+	fi
 	# The project itself, built with the locked setuptools (no unpinned build environment).
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip check

@@ -22,24 +22,25 @@ links=()
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-echo "torch==$TORCH+cpu" > "$tmp/cpu.txt"
-echo "torch==$TORCH" > "$tmp/pypi.txt"
+# The torch pins live at a fixed path, so the locks' "via -c" annotations do not change from run to run.
+echo "torch==$TORCH+cpu" > requirements/torch-cpu.txt
+echo "torch==$TORCH" > requirements/torch-pypi.txt
 
 for py in $PYTHONS; do
   out="requirements/lock-py${py/./}.txt"
-  if [ ${#links[@]} -gt 0 ] && "$UV" pip compile "${common[@]}" --python-version "$py" -c "$tmp/cpu.txt" "${links[@]}" \
+  if [ ${#links[@]} -gt 0 ] && "$UV" pip compile "${common[@]}" --python-version "$py" -c requirements/torch-cpu.txt "${links[@]}" \
        -o "$tmp/lock.txt" 2>/dev/null; then
     echo "$out: torch $TORCH+cpu from $TORCH_FIND_LINKS, with its hashes"
-  elif "$UV" pip compile "${common[@]}" --python-version "$py" -c "$tmp/cpu.txt" --extra-index-url "$TORCH_INDEX" \
+  elif "$UV" pip compile "${common[@]}" --python-version "$py" -c requirements/torch-cpu.txt --extra-index-url "$TORCH_INDEX" \
        --index-strategy unsafe-best-match -o "$tmp/lock.txt" 2>/dev/null; then
     echo "$out: torch $TORCH+cpu from $TORCH_INDEX, with its hashes"
   else
     # No CPU wheel for this Python within reach: lock the rest against PyPI's torch of the same version.
-    "$UV" pip compile "${common[@]}" --python-version "$py" -c "$tmp/pypi.txt" -o "$tmp/full.txt"
+    "$UV" pip compile "${common[@]}" --python-version "$py" -c requirements/torch-pypi.txt -o "$tmp/full.txt"
     cuda_only=$(grep -oE '^(nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|triton)==' "$tmp/full.txt" | tr -d '=' || true)
     skip=(--no-emit-package torch)
     for name in $cuda_only; do skip+=(--no-emit-package "$name"); done
-    "$UV" pip compile "${common[@]}" --python-version "$py" -c "$tmp/pypi.txt" "${skip[@]}" -o "$tmp/lock.txt"
+    "$UV" pip compile "${common[@]}" --python-version "$py" -c requirements/torch-pypi.txt "${skip[@]}" -o "$tmp/lock.txt"
     echo "$out: no torch $TORCH+cpu wheel for $py within reach; torch left out (the Makefile installs it from $TORCH_INDEX)"
   fi
   mv "$tmp/lock.txt" "$out"
