@@ -15,6 +15,19 @@ clips are their own group), so the clips of one group never straddle splits, spr
 the requested share of clips as whole groups allow; the closing table and the manifest say what was carved.
 Output per clip: ``images/<split>/<Class>/<stem>.<k>.jpg`` (k = 0..N-1) and one record whose user text lists every
 class of the dataset and whose assistant text is the clip's class.
+
+One line of ``ucfTrainTestlist/trainlist01.txt`` (``\\r\\n``-terminated; the number is the class in ``classInd.txt``)::
+
+    ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1
+
+with ``--frames 8`` becomes 8 frames ``images/train/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.{0..7}.jpg`` and, in
+``ucf101_train.jsonl``::
+
+    {"id": "train-0000000000", "source": "ucf101", "task": "classification",
+     "conversations": [{"images": ["train/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.0.jpg", …,
+                                   "train/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.7.jpg"],
+                        "user": "Classify the video into one of the following classes: ApplyEyeMakeup, ApplyLipstick, …, YoYo.",
+                        "assistant": "ApplyEyeMakeup"}]}
 """
 
 from __future__ import annotations
