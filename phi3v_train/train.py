@@ -10,7 +10,8 @@ multimodal collator, COMPLETE markers, SIGTERM handling, stopping on a non-finit
 (one line per interval + TensorBoard: loss, learning rate, grad norm, images/s, tokens/s, padding, peak memory).
 
 Order matters in :func:`setup`: TrainingArguments are built before the model so that DeepSpeed ZeRO-3 can build it
-partitioned, and the dataset is measured before both so a broken dataset costs no model load.
+partitioned, the dataset is measured before both so a broken dataset costs no model load, and the run directory is
+only changed (an --overwrite's deletion, config.yaml, the log) once all of that has passed.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
+from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
-from phi3v_train.run_dir import RunError
 from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
 log = logging.getLogger(__name__)
