@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from phi3v_data.io import OutputLock as SharedOutputLock
 from phi3v_data.io import UnsafePathError, atomic_write, dumps_utf8, resolve_inside, write_bytes, write_json, write_jsonl
 from phi3v_data.splits import Carved
 from schemas import Record
@@ -393,42 +394,11 @@ def check_out_apart(converter: Converter, source: Path, out: Path) -> None:
 LOCK_NAME = ".phi3v-convert.lock"
 
 
-class OutputLock:
-    """An exclusive lock on ``out`` for the whole run (``flock`` on ``out/.phi3v-convert.lock``, which holds the PID).
-
-    The kernel drops the lock when its holder dies, so a crashed run never leaves a lock behind that blocks the
-    next one; the file itself may stay and is simply taken over. Without ``fcntl`` (Windows) there is no lock.
-    """
+class OutputLock(SharedOutputLock):
+    """The conversion's lock on ``out`` (:class:`phi3v_data.io.OutputLock`, file ``out/.phi3v-convert.lock``)."""
 
     def __init__(self, out: Path) -> None:
-        self.path = Path(out) / LOCK_NAME
-        self._fd: int | None = None
-
-    def __enter__(self) -> "OutputLock":
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputLockedError(
-                f"another conversion (PID {holder}) is writing to {self.path.parent}; wait for it to end or choose "
-                "another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
+        super().__init__(out, name=LOCK_NAME, what="conversion", error=OutputLockedError)
 
 
 def _up_to_date(out: Path, digest: str) -> bool:

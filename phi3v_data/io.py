@@ -344,3 +344,50 @@ def _value_end(text: str, i: int) -> int:
                 raise ValueError("unbalanced brackets")
         if depth == 0 and token not in (",", ":"):
             return i
+
+
+class OutputLockedError(RuntimeError):
+    """Another process holds the lock on an output folder."""
+
+
+class OutputLock:
+    """An exclusive lock on the folder ``out`` while a command writes into it (``flock`` on ``out/<name>``, a file
+    that holds the holder's PID). Conversion and training both take one, each under its own file name.
+
+    The kernel drops the lock when its holder dies, so a crashed run never leaves a lock behind that blocks the
+    next one; the file itself may stay and is simply taken over. Without ``fcntl`` (Windows) there is no lock.
+    ``error`` is the exception raised when the folder is taken, so each command keeps its own exit status.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], *, name: str, what: str,
+                 error: type[Exception] = OutputLockedError) -> None:
+        self.path = Path(out) / name
+        self.what = what
+        self.error = error
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise self.error(
+                f"another {self.what} (PID {holder}) is writing to {self.path.parent}; wait for it to end or choose "
+                "another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

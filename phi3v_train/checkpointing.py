@@ -17,12 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from phi3v_data.io import atomic_write
+from phi3v_data.io import atomic_write, write_json
+from phi3v_train.run_dir import SETTINGS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +157,18 @@ def all_finite(loss: torch.Tensor) -> bool:
 class CheckpointCallback(TrainerCallback):
     """Marks each saved checkpoint complete (after all ranks wrote their part) and keeps the newest ``keep``."""
 
-    def __init__(self, run_dir: Path, *, keep: int) -> None:
+    def __init__(self, run_dir: Path, *, keep: int, settings: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
         self.keep = keep
+        self.settings = settings  # the run's settings and data digest, so a resume can tell it is the same run
         self.saved: list[Path] = []
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         _barrier()  # ZeRO shards and per-rank RNG files are written by every rank
         path = self.run_dir / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
+            if self.settings is not None:
+                write_json(path / SETTINGS_FILE, self.settings)
             mark_complete(path, step=state.global_step)
             prune(self.run_dir, keep=self.keep)
         self.saved.append(path)

@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # --epochs inf: refused
 
 
 class LoraSettings(_Section):
@@ -430,11 +430,15 @@ def _drop_unset(flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+CONFIG_HEADER = "# Resolved configuration of this run; rerun with: phi3v-train run --config <this file>"
+"""First line of every config.yaml a run writes: how ``--config RUN/config.yaml`` knows the file belongs to RUN."""
+
+
 def write_config(config: TrainConfig, path: Path) -> None:
     """Save the resolved configuration atomically; ``--config`` accepts it back unchanged."""
     # --resume and --overwrite are actions of one invocation, not settings: kept here, `--config RUN/config.yaml`
     # would silently resume (or delete checkpoints) on a later run.
     data = config.model_dump(mode="json", exclude={"resume", "overwrite"})
     with atomic_write(path, "w", encoding="utf-8") as handle:
-        handle.write("# Resolved configuration of this run; rerun with: phi3v-train run --config <this file>\n")
+        handle.write(CONFIG_HEADER + "\n")
         yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)

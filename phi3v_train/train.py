@@ -10,11 +10,13 @@ multimodal collator, COMPLETE markers, SIGTERM handling, stopping on a non-finit
 (one line per interval + TensorBoard: loss, learning rate, grad norm, images/s, tokens/s, padding, peak memory).
 
 Order matters in :func:`setup`: TrainingArguments are built before the model so that DeepSpeed ZeRO-3 can build it
-partitioned, and the dataset is measured before both so a broken dataset costs no model load.
+partitioned, the dataset is measured before both so a broken dataset costs no model load, and the run directory is
+only changed (an --overwrite's deletion, config.yaml, the log) once all of that has passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,18 +35,16 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from phi3v_train import checkpointing as ckpt
+from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
+from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
 from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
 log = logging.getLogger(__name__)
-
-
-class RunError(RuntimeError):
-    """The run cannot start or had to stop; the message says why and what to do."""
 
 
 @dataclass
@@ -110,24 +110,49 @@ def deepspeed_config(value: str | None) -> str | None:
     return str(path)
 
 
-def prepare_output(config: TrainConfig, *, is_main: bool) -> Path | None:
-    """Check the run directory against --resume/--overwrite; return the checkpoint to resume from, if any."""
+@dataclass
+class OutputPlan:
+    """What :func:`prepare_output` decided about the run directory; nothing is deleted or written until every input
+    has passed its checks (:func:`_start_run_dir`)."""
+
+    resume_from: Path | None = None
+    clear: bool = False  # --overwrite of an earlier run: its files go once the new run's inputs are checked
+    settings: dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint (run-settings.json)
+    changes: list[str] = field(default_factory=list)  # run-changing settings a resume was allowed to change
+    fresh_optimizer: str | None = None  # the resumed checkpoint's missing state, when continuing without it
+
+
+def prepare_output(config: TrainConfig, *, world_size: int = 1, allow_changed_settings: bool = False,
+                   fresh_optimizer: bool = False) -> OutputPlan:
+    """Check the run directory against --resume/--overwrite, deleting nothing: a fresh run never replaces an earlier
+    one's files without --overwrite, and a resume must be the run it continues (its checkpoint whole, its settings
+    and data the same, unless the user allows the change)."""
     run_dir = config.output
-    existing = ckpt.list_checkpoints(run_dir)
-    if config.resume:
-        try:
-            return ckpt.resolve_resume(run_dir, config.resume)
-        except ckpt.CheckpointError as exc:
-            raise RunError(str(exc)) from None
-    if existing and not config.overwrite:
-        raise RunError(
-            f"{run_dir} already has checkpoints ({existing[-1].path.name}, …); continue it with --resume latest, "
-            "or start afresh with --overwrite (deletes them)"
-        )
-    if existing and is_main:
-        for found in existing:
-            shutil.rmtree(found.path, ignore_errors=True)
-    return None
+    settings = rundir.run_settings(config, world_size=world_size, digest=rundir.data_digest(config))
+    if not config.resume:
+        if not config.overwrite:
+            rundir.refuse_existing(run_dir)
+        return OutputPlan(clear=bool(rundir.run_files(run_dir)), settings=settings)
+    try:
+        checkpoint = ckpt.resolve_resume(run_dir, config.resume)
+    except ckpt.CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    weights, state = rundir.checkpoint_gaps(checkpoint, strategy=config.strategy, deepspeed=bool(config.deepspeed))
+    if weights:
+        raise RunError(f"--resume {config.resume}: {checkpoint} has {weights}, so it cannot be resumed; resume an "
+                       "older checkpoint (--resume RUN/checkpoint-<step>) or start afresh")
+    if state and not fresh_optimizer:
+        raise RunError(f"--resume {config.resume}: {checkpoint} has {state}: resuming it would restart the optimizer "
+                       "and the learning-rate schedule, not continue the run; resume another checkpoint, or pass "
+                       "--fresh-optimizer to continue from its weights with fresh state (logged in log.jsonl)")
+    before = rundir.saved_settings(checkpoint)
+    changes = rundir.changed_settings(before, settings) if before else []
+    if changes and not allow_changed_settings:
+        raise RunError(f"--resume {config.resume}: these settings differ from the run's ({checkpoint.name}), and "
+                       f"resuming would mix two runs: {'; '.join(changes)}. Use the run's settings (--config "
+                       f"{run_dir / 'config.yaml'}), start a new --out, or pass --allow-changed-settings to continue "
+                       "with them (each change is logged in log.jsonl)")
+    return OutputPlan(resume_from=checkpoint, settings=settings, changes=changes, fresh_optimizer=state)
 
 
 def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArguments:
@@ -249,13 +274,27 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
         raise RunError(verdict[0])
 
 
-def _start_run_dir(config: TrainConfig, resume_from: Path | None) -> None:
-    """Main process: resolved config, no half-saved checkpoints, a log that matches the steps the run will have."""
+def _start_run_dir(config: TrainConfig, plan: OutputPlan, warn: Console) -> None:
+    """Main process, once every input passed its checks: the old run's files gone (--overwrite), resolved config, no
+    half-saved checkpoints, a log that matches the steps the run will have, and a row per allowed change."""
     config.output.mkdir(parents=True, exist_ok=True)
+    if plan.clear:
+        gone = rundir.clear_run(config.output)
+        warn.print(f"--overwrite: deleted the earlier run's {len(gone)} file(s)/folder(s) in {config.output}")
     write_config(config, config.output / "config.yaml")
     ckpt.remove_incomplete(config.output)
     # A fresh start forgets an old log; a resumed one forgets the steps it will redo.
-    forget_log_after(config.output / LOG_FILE, step=ckpt.checkpoint_step(resume_from) if resume_from else 0)
+    step = ckpt.checkpoint_step(plan.resume_from) if plan.resume_from else 0
+    forget_log_after(config.output / LOG_FILE, step=step)
+    events = [{"event": "settings changed on resume", "change": change} for change in plan.changes]
+    if plan.fresh_optimizer:
+        events.append({"event": "fresh optimizer and scheduler on resume", "checkpoint": str(plan.resume_from),
+                       "missing": plan.fresh_optimizer})
+    for event in events:
+        warn.print(f"[yellow]warning[/]: {escape(event['event'])}: {escape(event.get('change') or event['missing'])}")
+    if events:
+        with (config.output / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"step": step, **event}) + "\n" for event in events)
 
 
 def _load(what: str, source: str, load: Any, *args: Any, **kwargs: Any) -> Any:
@@ -280,8 +319,9 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
     return model
 
 
-def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: bool = False) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last),
+def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: bool = False,
+               settings: dict[str, Any] | None = None) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last, settings=settings),
                                         ckpt.PreemptionCallback(), LogEnds()]
     if is_main:
         callbacks.append(ProgressLog(console, config.output, quiet=quiet))
@@ -292,10 +332,13 @@ def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: b
     return callbacks
 
 
-def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0) -> Setup:
+def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0,
+          allow_changed_settings: bool = False, fresh_optimizer: bool = False) -> Setup:
     """Everything up to the first step. Raises RunError for problems a user can fix.
 
-    ``verbosity`` -1 (``-q``) prints only warnings and the closing line.
+    ``verbosity`` -1 (``-q``) prints only warnings and the closing line. ``allow_changed_settings`` lets a resume
+    change run-changing settings; ``fresh_optimizer`` lets it continue a checkpoint without optimizer/scheduler
+    state. Both are logged in log.jsonl.
     """
     from phi3v_train.model import Phi3VProcessor, bos_id
 
@@ -305,7 +348,9 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
         config = config.model_copy(update={"model": str(Path(config.model).resolve())})
     console = Console(quiet=not is_main or verbosity < 0, stderr=True, soft_wrap=True)
     warn = Console(quiet=not is_main, stderr=True, soft_wrap=True)
-    resume_from = prepare_output(config, is_main=is_main)
+    plan = prepare_output(config, world_size=world_size, allow_changed_settings=allow_changed_settings,
+                          fresh_optimizer=fresh_optimizer)
+    resume_from = plan.resume_from
     if resume_from is not None:
         warn.print(f"resuming from {resume_from.name} ({resume_from})")
     args = training_arguments(config, world_size=world_size)  # initialises the process group under torchrun
@@ -314,7 +359,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
 
         deepspeed.init_distributed()  # ZeRO-3 partitions at load time and must see every rank, not just torch's group
     if is_main:
-        _start_run_dir(config, resume_from)
+        config.output.mkdir(parents=True, exist_ok=True)  # the preflight report goes there
     if config.preflight:
         _run_preflight(config, is_main=is_main)
     processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
@@ -328,10 +373,14 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     _warn_small_data(warn, summaries, config, global_batch=global_batch)
     dirs = [source.path for source in config.sources]
     model = _model(config, args, dataset, console)
+    if is_main:  # every input is checked: only now may an --overwrite delete the earlier run
+        _start_run_dir(config, plan, warn)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
                         bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
                         images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
-    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0)
+    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
                            source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks])
     trainer.remove_callback(PrinterCallback)
@@ -408,6 +457,9 @@ def save_final(state: Setup) -> Path:
     if is_main:
         state.processor.save_pretrained(staging)
         ckpt.mark_complete(staging, step=state.trainer.state.global_step)  # says which step final/ holds
+        from phi3v_train.model.files import plain_permissions
+
+        plain_permissions(staging, *staging.rglob("*"))  # peft's safetensors adapter is 0600: 0644 as a full model
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     if dist.is_available() and dist.is_initialized():
@@ -499,11 +551,15 @@ def _close_callbacks(trainer: Trainer) -> None:
             callback.tb_writer.flush()
 
 
-def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0) -> RunResult:
-    """setup → fit. ``callbacks`` are extra Trainer callbacks (tests use them to simulate crashes)."""
+def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0,
+        allow_changed_settings: bool = False, fresh_optimizer: bool = False) -> RunResult:
+    """setup → fit, holding the run directory's lock (the main process). ``callbacks`` are extra Trainer callbacks
+    (tests use them to simulate crashes); the flags are :func:`setup`'s."""
     try:
-        state = setup(config, callbacks=callbacks, verbosity=verbosity)
-        return fit(state)
+        with rundir.run_lock(config.output) if world()[0] == 0 else contextlib.nullcontext():
+            state = setup(config, callbacks=callbacks, verbosity=verbosity,
+                          allow_changed_settings=allow_changed_settings, fresh_optimizer=fresh_optimizer)
+            return fit(state)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # an open gloo group can abort the interpreter at exit

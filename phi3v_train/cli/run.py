@@ -50,7 +50,8 @@ def _flags(**given: Any) -> dict[str, Any]:
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
 @click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); YAML and flags win.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml; load and train nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml (RUN/config.dry-run.yaml "
+              "when RUN holds a run); load and train nothing.")
 @click.option("--data", multiple=True, metavar="DIR[:WEIGHT]",
               help="Converted dataset directory; repeat it with weights to mix datasets (--data a:0.7 --data b:0.3).")
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
@@ -99,7 +100,12 @@ def _flags(**given: Any) -> dict[str, Any]:
               help="Weights dtype of a full model in final/ [auto: the base checkpoint's].")
 @click.option("--log-every", type=int, help="Steps per log line [10].")
 @click.option("--resume", help="'latest' or a checkpoint directory.")
-@click.option("--overwrite", is_flag=True, default=None, help="Start afresh, deleting existing checkpoints.")
+@click.option("--overwrite", is_flag=True, default=None, help="Start afresh: the earlier run's files in RUN are deleted "
+              "once every input is checked.")
+@click.option("--allow-changed-settings", is_flag=True, help="--resume with settings that change the run (each change "
+              "is logged in log.jsonl).")
+@click.option("--fresh-optimizer", is_flag=True, help="--resume a checkpoint that lacks its optimizer/scheduler state, "
+              "with fresh ones (logged in log.jsonl).")
 @click.option("--deepspeed", help="zero2, zero3, zero2-original (the original recipe's) or a DeepSpeed JSON file.")
 @click.option("--workers", type=int, help="Data loader workers [2].")
 @click.option("--preflight/--no-preflight", default=None, help="Validate the dataset first [on].")
@@ -116,10 +122,17 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
     if given.get("attention") == "flash":  # the name bench uses
         given["attention"] = "flash_attention_2"
     dry_run = given.pop("dry_run")
+    resume_flags = {"allow_changed_settings": given.pop("allow_changed_settings"),
+                    "fresh_optimizer": given.pop("fresh_optimizer")}
     try:
         config = load_config(config_path, flags=_flags(**given))
     except ConfigError as exc:
         raise click.UsageError("\n".join(exc.problems)) from None
+    from phi3v_train.run_dir import dry_run_config_path, follow_run_config  # noqa: PLC0415
+
+    config, note = follow_run_config(config_path, config, out_given=given.get("output") is not None)
+    if note:
+        click.echo(note, err=True)
     if dry_run:  # config.yaml is read from anywhere later (--config RUN/config.yaml): absolute paths, as a run saves
         config = absolute_paths(config)
     if dry_run or (config.recipe and os.environ.get("RANK", "0") == "0"):
@@ -129,8 +142,10 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
     if dry_run:
         from phi3v_train.config import write_config  # noqa: PLC0415
 
-        write_config(config, config.output / "config.yaml")
-        click.echo(f"dry run: settings written to {config.output / 'config.yaml'}; nothing loaded or trained")
+        target = dry_run_config_path(config.output)
+        write_config(config, target)
+        kept = f" ({config.output} holds a run: its config.yaml is left as it is)" if target.name != "config.yaml" else ""
+        click.echo(f"dry run: settings written to {target}{kept}; nothing loaded or trained")
         return
     config, notes = check_inputs(config)  # milliseconds, before torch is imported (seconds)
     for note in notes:
@@ -139,7 +154,7 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
     from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
 
     try:
-        result = run_training(config, verbosity=-1 if quiet else 1 if verbose else 0)
+        result = run_training(config, verbosity=-1 if quiet else 1 if verbose else 0, **resume_flags)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
