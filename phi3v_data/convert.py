@@ -35,7 +35,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from phi3v_data.io import UnsafePathError, atomic_write, dumps_utf8, resolve_inside, write_bytes, write_json, write_jsonl
+from phi3v_data.io import (
+    OutputOverlapError, UnsafePathError, atomic_write, check_output_apart, check_output_name, dumps_utf8,
+    resolve_inside, write_bytes, write_json, write_jsonl,
+)
 from phi3v_data.splits import Carved
 from schemas import Record
 
@@ -333,6 +336,11 @@ def run_converter(
     if not source.exists() and not converter.accepts_names:
         raise ConvertUsageError(f"source {source} does not exist")
     check_out_apart(converter, source, out)
+    if name is not None:
+        try:
+            check_output_name("--name", name)
+        except OutputOverlapError as exc:
+            raise OutputPathError(str(exc)) from None
     name = name or converter.output_name
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -377,17 +385,12 @@ def _inputs(converter: Converter, source: Path) -> list[tuple[str, Path]]:
 
 
 def check_out_apart(converter: Converter, source: Path, out: Path) -> None:
-    """Refuse an ``--out`` that equals, contains or lies inside an input: the run would read its own output, and a
-    later ``--overwrite`` could delete what the user owns."""
-    real_out = Path(os.path.realpath(out))
-    for what, path in _inputs(converter, source):
-        real = Path(os.path.realpath(path))
-        if real == real_out:
-            raise OutputPathError(f"--out {out} is {what} ({path}); write the dataset to a new folder")
-        if real_out in real.parents:
-            raise OutputPathError(f"--out {out} contains {what} ({path}); write the dataset to a folder beside it")
-        if real.is_dir() and real in real_out.parents:
-            raise OutputPathError(f"--out {out} is inside {what} ({path}); write the dataset to a folder outside it")
+    """Refuse an ``--out`` that equals, contains or lies inside an input (:data:`phi3v_data.io.OUTPUT_RULE`): the run
+    would read its own output, and a later ``--overwrite`` could delete what the user owns."""
+    try:
+        check_output_apart(out, _inputs(converter, source), flag="--out")
+    except OutputOverlapError as exc:
+        raise OutputPathError(str(exc)) from None
 
 
 LOCK_NAME = ".phi3v-convert.lock"

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from phi3v_data.cli.errors import check_writable, write_error
+from phi3v_data.cli.errors import check_apart, check_writable, write_error
 from phi3v_data.preview import build_preview, validator_findings, write_preview
 
 
@@ -30,6 +30,7 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     Example:
         phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
     """
+    check_apart("--out", out, [("the dataset", dataset), ("the images folder", images_dir or dataset.parent / "images")])
     check_writable("--out", out, directory=out.suffix.lower() not in (".html", ".htm"))
     console = Console(stderr=True)
     with console.status("sampling records and making thumbnails…"):
