@@ -148,7 +148,9 @@ class ImageWriter:
         target = self.path(rel)
         fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
+            from phi3v_data.images import to_rgb  # noqa: PLC0415 - numpy and PIL only when an image is re-encoded
+
+            image = to_rgb(image)
         with atomic_write(target, "wb", durable=False) as handle:
             image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
         return rel

@@ -21,7 +21,7 @@ from typing import TypeVar
 from PIL import Image
 from pydantic import ValidationError
 
-from phi3v_data.images import ImageProblem, check_image
+from phi3v_data.images import ImageProblem, check_image, to_rgb
 from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, resolve_inside
 from schemas import Record, Turn
 
@@ -112,7 +112,7 @@ def _flatten(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, "white")
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return image.convert("RGB")
+    return to_rgb(image)  # a 16-bit scan or a float TIFF scaled as training sees it, not clipped
 
 
 def _schema_problems(exc: ValidationError) -> list[Problem]:

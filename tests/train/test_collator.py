@@ -116,3 +116,26 @@ def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path:
     assert tokens(rows[1][0])[3:17] == ["Q", "<", "▁|", "end", "|", ">", "<0x0A>", "<", "▁|", "ass", "istant", "|", ">",
                                         "<0x0A>"]
     assert tokens(rows[2][0])[3:11] == ["<", "▁s", ">", "old", "<", "▁/", "s", ">"]  # HTML strike-through, not BOS/EOS
+
+
+def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path: Path, processor: Phi3VProcessor) -> None:  # noqa: F811
+    """A 16-bit grayscale PNG (values 0..65535, mode I;16) gives the pixel_values of the 8-bit image v >> 8."""
+    import numpy as np
+
+    values = np.array([[0, 256, 32768, 65535]] * 4, dtype=np.uint16).repeat(8, axis=1)  # 4x32, four bands
+    records = []
+    for name, pixels in (("deep", values), ("flat", (values >> 8).astype(np.uint8))):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        records.append({"id": name, "conversations": [{"images": [f"train/{name}.png"], "user": "Q", "assistant": "a"}]})
+    data = write_dataset(tmp_path / "d", extra=records)
+    for name in ("deep", "flat"):
+        (tmp_path / f"{name}.png").rename(data / "images" / "train" / f"{name}.png")
+    samples, _ = _load(data, processor)
+    by_id = {sample.record.id: sample for sample in samples}
+    collate = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
+                       bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+                       images_root=data / "images")
+    assert np.asarray(collate._load(data / "images", "train/deep.png"))[0, ::8, 0].tolist() == [0, 1, 128, 255]
+    deep, flat = collate([by_id["deep"]]), collate([by_id["flat"]])
+    assert torch.equal(deep["pixel_values"], flat["pixel_values"])
+    assert deep["pixel_values"].std() > 0.5  # not the flat white page Pillow's clipping made of it
