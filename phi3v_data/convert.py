@@ -50,7 +50,14 @@ CHUNK_MAX = 8
 
 
 class ConversionError(Exception):
-    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal."""
+    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal.
+
+    ``file`` and ``line`` name the annotation the item came from when the report should point there rather than at
+    the item's key (a DocVQA question whose page is truncated)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.file, self.line = file, line
 
 
 class ConvertUsageError(Exception):
@@ -166,11 +173,12 @@ class ImageWriter:
         return rel
 
     def copy(self, src: Path, rel: str) -> str:
-        """Copy an image file after checking that it decodes. Returns ``rel``."""
+        """Copy an image file after checking that all of it decodes (a truncated page is a failure, not a record
+        whose image ``validate --deep`` then refuses). Returns ``rel``."""
         from phi3v_data.images import ImageProblem, check_image
 
         try:
-            check_image(src)
+            check_image(src, deep=True, draft=True)
         except ImageProblem as exc:
             raise ConversionError(f"{src}: {exc}") from None
         target = self.path(rel)
@@ -287,7 +295,7 @@ def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
         records = converter.convert(item, writer)
         return item.key, records, None
     except ConversionError as exc:
-        return item.key, None, {"file": item.key, "reason": str(exc), "split": item.split}
+        return item.key, None, {"file": exc.file or item.key, "reason": str(exc), "split": item.split, "line": exc.line}
     except Exception as exc:  # a bug or an unforeseen input: report it with its type, keep going
         where = traceback.extract_tb(exc.__traceback__)[-1]
         reason = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"

@@ -49,11 +49,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # a loaded copy also when already RGB: callers close the file it came from
 
 
-def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+def check_image(
+    path: str | os.PathLike[str], *, deep: bool = False, draft: bool = False, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
     """Return (width, height) of an image file, raising :class:`ImageProblem` when it is unusable.
 
     By default only the header is read (fast: size and format). ``deep=True`` decodes every pixel, which catches
-    truncated files. Images over ``max_pixels`` are refused before any decoding.
+    truncated files. ``draft=True`` lets a JPEG decode at 1/8 scale: every byte is still read, so truncation is
+    still caught, at about half the cost. Images over ``max_pixels`` are refused before any decoding.
     """
     try:
         with warnings.catch_warnings():
@@ -67,6 +70,8 @@ def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels:
                         "image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
                     )
                 if deep:
+                    if draft:
+                        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))  # JPEG only; else no-op
                     image.load()
                     if image.mode == "F" or image.mode in SIXTEEN_BIT_MODES:
                         to_rgb(image)  # pixels beyond 16 bits or outside [0, 1] are refused by file
