@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from converters._common import IMAGE_SUFFIXES, first_error
+from converters._common import IMAGE_SUFFIXES, NOT_UTF8, first_error, undecodable_name
 from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
                                 OutputClaims)
 from phi3v_data.io import UnsafePathError, check_file_link, iter_jsonl, resolve_inside, walk_files
@@ -185,6 +185,14 @@ class FolderConverter(Converter):
 
     def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure | Carved]:
         template = self._template(mode)
+        usable = []
+        for entry in entries:  # before the class list is made: one Latin-1 class name would spoil every prompt
+            shown = undecodable_name(entry[2].relative_to(root).as_posix())
+            if shown is None:
+                usable.append(entry)
+            else:
+                yield Failure(shown, NOT_UTF8, entry[0])
+        entries = usable
         if mode == "classes":
             for _, base, path in entries:
                 if len(path.relative_to(base).parts) == 1:

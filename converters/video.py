@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from converters import _video_decode
+from converters._common import NOT_UTF8, undecodable_name
 from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
@@ -100,6 +101,10 @@ class VideoConverter(Converter):
         _require_decoder(self.options.backend)
         scan = self._scan(Path(source))
         yield from scan.failures
+        for entry in [e for e in scan.entries if undecodable_name(e.key) is not None]:  # Latin-1 names: no record
+            scan.entries.remove(entry)  # can hold them; their class leaves the prompt's class list too
+            yield Failure(undecodable_name(entry.key) or entry.key, NOT_UTF8, entry.split)
+        scan.classes = [c for c in scan.classes if undecodable_name(c) is None]
         if not scan.has_val and self.options.val_ratio > 0:
             scan.entries, carved = _carve(scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train")
             scan.carved += carved
