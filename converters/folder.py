@@ -45,7 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from converters._common import IMAGE_SUFFIXES, NOT_UTF8, first_error, undecodable_name
 from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
                                 OutputClaims)
-from phi3v_data.io import UnsafePathError, check_file_link, iter_jsonl, resolve_inside, walk_files
+from phi3v_data.io import (
+    UnsafePathError, check_file_link, iter_jsonl, resolve_inside, special_file_problem, walk_files,
+)
 from phi3v_data.splits import Carved, carve_groups
 from schemas import Task
 
@@ -332,6 +334,9 @@ def _normalised(rel: str) -> str:
 
 
 def _read_caption(path: Path) -> str:
+    special = special_file_problem(path)
+    if special is not None:  # a FIFO would block the read forever
+        raise ConversionError(f"{path.name}: the caption {special}")
     try:
         caption = path.read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as exc:

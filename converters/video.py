@@ -33,7 +33,7 @@ from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
-from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside
+from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside, special_file_problem
 from phi3v_data.splits import Carved, carve_groups
 
 VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
@@ -150,6 +150,9 @@ class VideoConverter(Converter):
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         clip: Clip = item.payload
         path = Path(clip.path)
+        special = special_file_problem(path)
+        if special is not None:  # a FIFO would block the decoder forever
+            raise ConversionError(f"{path}: {special}")
         if not path.is_file():
             raise ConversionError(f"{path}: no such video file")
         frames = decode_frames(path, self.options.frames, backend=self.options.backend)
@@ -169,7 +172,8 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _videos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".")
+                  and (p.is_file() or special_file_problem(p) is not None))  # a FIFO is reported, not passed over
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:

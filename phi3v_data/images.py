@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from phi3v_data.io import special_file_problem
+
 MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2 × MAX_IMAGE_PIXELS); larger images are refused
 
 
@@ -58,6 +60,9 @@ def check_image(
     truncated files. ``draft=True`` lets a JPEG decode at 1/8 scale: every byte is still read, so truncation is
     still caught, at about half the cost. Images over ``max_pixels`` are refused before any decoding.
     """
+    special = special_file_problem(path)
+    if special is not None:  # a FIFO named page.png would block the open below forever
+        raise ImageProblem("image_not_a_file", special)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

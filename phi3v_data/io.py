@@ -7,6 +7,7 @@ import json
 import os
 import re
 import itertools
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -146,6 +147,21 @@ def check_file_link(link: Path, root: Path, *, shown: str | None = None) -> None
         if target == inside or target.startswith(inside.rstrip(os.sep) + os.sep):
             return
     raise UnsafePathError(f"{shown or link} is a symlink to a file outside the dataset ({target}); not read")
+
+
+def special_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is no regular file that can be read without blocking (a FIFO would wait forever for a writer;
+    a socket or device is no data), or None: a regular file, a directory, or nothing there (the caller's own open
+    reports those). Asks ``stat``, which never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"is {kind}, not a regular file; not read"
 
 
 def is_readable_file(path: Path, root: Path) -> bool:
