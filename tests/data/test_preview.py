@@ -203,3 +203,18 @@ def test_preview_of_a_pipe_shows_its_records_or_says_why_not(tmp_path: Path) -> 
     refused = CliRunner().invoke(preview_cmd, [pipe, "--out", str(tmp_path / "q.html")])
     assert refused.exit_code == 2
     assert f"{pipe} is a pipe, so there is no images/ folder beside it; give --images DIR" in refused.output
+
+
+def test_a_dataset_named_in_latin1_previews_with_the_bytes_escaped(tmp_path: Path) -> None:
+    import os
+
+    from phi3v_data.cli import main
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "val" / "a.png")
+    dataset = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9_val.jsonl"))
+    record = {"id": "a", "conversations": [{"images": ["val/a.png"], "user": "Colour?", "assistant": "red"}]}
+    dataset.write_text(json.dumps(record) + "\n")
+    result = CliRunner().invoke(main, ["preview", str(dataset), "--out", str(tmp_path / "p.html")])
+    assert result.exit_code == 0, result.output
+    assert "<h1>Preview of caf\\xe9_val.jsonl</h1>" in (tmp_path / "p.html").read_text(encoding="utf-8")
