@@ -116,8 +116,8 @@ class CauldronConverter(Converter):
                     if isinstance(parsed, str):
                         yield Failure(file, f"row {row}: {parsed}", split)
                         continue
-                    job = {"table": str(path), "file": file, "row": row, "root": str(tables.root), "stem": f"{ordinal:07d}",
-                           "official": official, **parsed}
+                    job = {"table": str(path), "file": file, "row": row, "root": str(tables.root),
+                           "stem": f"{ordinal:07d}", "official": official, **parsed}
                     yield Item(f"{split}/{file}#{row}", split, job)
                     ordinal += 1
 

@@ -242,7 +242,8 @@ class DocVQAConverter(Converter):
             if clash is not None:  # two pages of one name in different folders
                 yield Failure(file, f"{questions[0]['at']}: {clash}", split)
                 continue
-            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official, "file": file}
+            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official,
+                       "file": file}
             yield Item(f"{split}/{found.name}", split, payload)
 
     @staticmethod

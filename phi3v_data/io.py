@@ -85,7 +85,9 @@ class OutputOverlapError(ValueError):
 Inputs = Iterable[tuple[str, "str | os.PathLike[str]"]]
 
 
-def check_output_apart(out: str | os.PathLike[str], inputs: Inputs, *, flag: str = "--out", may_hold: Inputs = ()) -> None:
+def check_output_apart(
+    out: str | os.PathLike[str], inputs: Inputs, *, flag: str = "--out", may_hold: Inputs = ()
+) -> None:
     """Refuse an output ``out`` that is, contains or lies inside one of ``inputs`` (``(what, path)`` pairs such as
     ``("the source", src)``); paths are compared after symlinks are resolved, files also by inode (a hard link).
 

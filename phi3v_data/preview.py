@@ -280,7 +280,8 @@ def render_html(preview: Preview) -> str:
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Preview of {_esc(shown_name(preview.source))}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>Preview of {_esc(shown_name(preview.source))}</h1><p>{summary}</p></header>\n{body}\n</body></html>\n"
+        f"<header><h1>Preview of {_esc(shown_name(preview.source))}</h1><p>{summary}</p></header>\n{body}\n"
+        "</body></html>\n"
     )
 
 

@@ -81,7 +81,7 @@ class Encoded:
 
 
 def control_text_spans(segment: Segment, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Spans of control-token look-alikes (:data:`CONTROL_TEXT_RE`) inside the data part of ``segment.text[start:end]``."""
+    """Spans of control-token look-alikes (:data:`CONTROL_TEXT_RE`) in the data part of ``segment.text[start:end]``."""
     if segment.data is None:
         return []
     end = len(segment.text) if end is None else end

@@ -167,7 +167,8 @@ def _command(row: Row, *, gpus: int, data: str) -> str:
     settings = row.settings
     argv = ["phi3v-train", "run"]
     if gpus > 1:
-        nodes = ["--nnodes", str(gpus // 8), "--node_rank", "R", "--master_addr", "MASTER"] if gpus > 8 and gpus % 8 == 0 else []
+        several = gpus > 8 and gpus % 8 == 0
+        nodes = ["--nnodes", str(gpus // 8), "--node_rank", "R", "--master_addr", "MASTER"] if several else []
         argv = ["torchrun", *nodes, "--nproc_per_node", str(min(gpus, 8)), "-m", "phi3v_train.cli.run"]
     recipe = settings.get("recipe")
     if recipe:

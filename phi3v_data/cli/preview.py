@@ -35,7 +35,8 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     Example:
         phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
     """
-    check_apart("--out", out, [("the dataset", dataset), ("the images folder", images_dir or dataset.parent / "images")])
+    images = images_dir or dataset.parent / "images"
+    check_apart("--out", out, [("the dataset", dataset), ("the images folder", images)])
     check_writable("--out", out, directory=out.suffix.lower() not in (".html", ".htm"))
     console = Console(stderr=True)
     with contextlib.ExitStack() as stack:

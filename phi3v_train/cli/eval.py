@@ -163,7 +163,10 @@ def model_inputs(model: str | Path, base: str | None) -> tuple[list[tuple[str, P
         model_dir = resolve_model_dir(path)
     except LoadError:
         return [("--model", path)], []
-    inputs, may_hold = ([("--model", path)], []) if model_dir == path else ([("the checkpoint", model_dir)], [("--model", path)])
+    if model_dir == path:
+        inputs, may_hold = [("--model", path)], []
+    else:
+        inputs, may_hold = [("the checkpoint", model_dir)], [("--model", path)]
     if base is not None or is_adapter(model_dir):
         try:
             base_path = Path(adapter_base(model_dir, base=base))
