@@ -48,6 +48,21 @@ def relative_name(path: Path, root: Path) -> str:
         return str(path)
 
 
+NOT_UTF8 = ("the name is not valid UTF-8 (written in another encoding, e.g. Latin-1), so no record can hold it; "
+            "rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest SOURCE) and rerun")
+
+
+def undecodable_name(rel: str) -> str | None:
+    """``rel`` (a path as Python reads it from the file system) shown with its undecodable bytes as ``\\xe9``, or
+    None when it is valid UTF-8. Python keeps such bytes as lone surrogates, which no UTF-8 record can hold: a class
+    folder named in Latin-1 would put them into every prompt, and ``validate`` would refuse each record."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return None
+
+
 def first_error(exc: ValidationError) -> str:
     """One readable line for a pydantic error: ``field 'label': Input should be 0 or 1``."""
     err = exc.errors()[0]

@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from converters._common import binary_turn, first_error, read_cell
 from converters._hf_reader import columns_of, find_tables, iter_columns, write_images
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.convert import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
+)
 from phi3v_data.splits import output_names
 from schemas import Task
 
@@ -114,7 +116,8 @@ class CauldronConverter(Converter):
                     if isinstance(parsed, str):
                         yield Failure(file, f"row {row}: {parsed}", split)
                         continue
-                    job = {"table": str(path), "row": row, "root": str(tables.root), "stem": f"{ordinal:07d}", "official": official, **parsed}
+                    job = {"table": str(path), "file": file, "row": row, "root": str(tables.root),
+                           "stem": f"{ordinal:07d}", "official": official, **parsed}
                     yield Item(f"{split}/{file}#{row}", split, job)
                     ordinal += 1
 
@@ -141,7 +144,14 @@ class CauldronConverter(Converter):
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         job = item.payload
         cell = read_cell(Path(job["table"]), job["row"], "images")
-        images = write_images(out, cell or [], root=Path(job["root"]), stem=f"{item.split}/{job['stem']}")
+        where = {"file": job.get("file"), "line": None}
+        if cell is None:  # not an image-less record: its questions are about an image that is missing
+            raise ConversionError(f"row {job['row']}: 'images' is null; the row's image is missing, so it is skipped",
+                                  **where)
+        try:
+            images = write_images(out, cell, root=Path(job["root"]), stem=f"{item.split}/{job['stem']}")
+        except ConversionError as exc:
+            raise ConversionError(f"row {job['row']}: {exc}", **where) from None
         conversations = []
         for number, (user, assistant, label) in enumerate(job["turns"]):
             shown = images if number == 0 else []

@@ -224,7 +224,7 @@ class DocVQAConverter(Converter):
                 yield Failure(file, f"data[{number}]: malformed entry: {first_error(exc)}", split)
                 continue
             question = {"qid": entry.questionId, "question": entry.question, "answers": entry.answers}
-            pages.setdefault(entry.image, []).append({**question, "at": f"data[{number}]"})
+            pages.setdefault(entry.image, []).append({**question, "at": f"data[{number}]", "line": line})
         for entry in self._labeled_only(pages, file=file, split=split):
             if isinstance(entry, Failure):
                 yield entry
@@ -242,7 +242,8 @@ class DocVQAConverter(Converter):
             if clash is not None:  # two pages of one name in different folders
                 yield Failure(file, f"{questions[0]['at']}: {clash}", split)
                 continue
-            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official}
+            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official,
+                       "file": file}
             yield Item(f"{split}/{found.name}", split, payload)
 
     @staticmethod
@@ -326,7 +327,13 @@ class DocVQAConverter(Converter):
             except ConversionError as exc:
                 raise ConversionError(f"{Path(page['table']).name} row {page['row']}: {exc}") from None
         else:
-            out.copy(Path(page["src"]), rel)
+            try:
+                out.copy(Path(page["src"]), rel)
+            except ConversionError as exc:  # named by the question that needs the page: its annotation file and line
+                first = page["questions"][0]
+                raise ConversionError(f"{first['at']}: page {page['name']} skipped with its "
+                                      f"{len(page['questions'])} question(s): {exc}", file=page["file"],
+                                      line=first["line"]) from None
         turns = [self._turn(q, [rel]) for q in page["questions"]]
         renamed = {"source_split": page["official"]} if page["official"] != item.split else {}
         if self.options.group_pages:

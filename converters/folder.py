@@ -42,10 +42,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from converters._common import IMAGE_SUFFIXES, first_error
+from converters._common import IMAGE_SUFFIXES, NOT_UTF8, first_error, undecodable_name
 from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
                                 OutputClaims)
-from phi3v_data.io import UnsafePathError, check_file_link, iter_jsonl, resolve_inside, walk_files
+from phi3v_data.io import (
+    UnsafePathError, check_file_link, iter_jsonl, resolve_inside, special_file_problem, walk_files,
+)
 from phi3v_data.splits import Carved, carve_groups
 from schemas import Task
 
@@ -185,6 +187,14 @@ class FolderConverter(Converter):
 
     def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure | Carved]:
         template = self._template(mode)
+        usable = []
+        for entry in entries:  # before the class list is made: one Latin-1 class name would spoil every prompt
+            shown = undecodable_name(entry[2].relative_to(root).as_posix())
+            if shown is None:
+                usable.append(entry)
+            else:
+                yield Failure(shown, NOT_UTF8, entry[0])
+        entries = usable
         if mode == "classes":
             for _, base, path in entries:
                 if len(path.relative_to(base).parts) == 1:
@@ -324,6 +334,9 @@ def _normalised(rel: str) -> str:
 
 
 def _read_caption(path: Path) -> str:
+    special = special_file_problem(path)
+    if special is not None:  # a FIFO would block the read forever
+        raise ConversionError(f"{path.name}: the caption {special}")
     try:
         caption = path.read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as exc:

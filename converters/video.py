@@ -41,11 +41,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from converters import _video_decode
+from converters._common import NOT_UTF8, undecodable_name
 from converters._video_decode import decode_frames, to_jpeg
 from phi3v_data.convert import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
-from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside
+from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside, special_file_problem
 from phi3v_data.splits import Carved, carve_groups
 
 VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
@@ -113,6 +114,10 @@ class VideoConverter(Converter):
         _require_decoder(self.options.backend)
         scan = self._scan(Path(source))
         yield from scan.failures
+        for entry in [e for e in scan.entries if undecodable_name(e.key) is not None]:  # Latin-1 names: no record
+            scan.entries.remove(entry)  # can hold them; their class leaves the prompt's class list too
+            yield Failure(undecodable_name(entry.key) or entry.key, NOT_UTF8, entry.split)
+        scan.classes = [c for c in scan.classes if undecodable_name(c) is None]
         if not scan.has_val and self.options.val_ratio > 0:
             scan.entries, carved = _carve(scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train")
             scan.carved += carved
@@ -158,6 +163,9 @@ class VideoConverter(Converter):
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         clip: Clip = item.payload
         path = Path(clip.path)
+        special = special_file_problem(path)
+        if special is not None:  # a FIFO would block the decoder forever
+            raise ConversionError(f"{path}: {special}")
         if not path.is_file():
             raise ConversionError(f"{path}: no such video file")
         frames = decode_frames(path, self.options.frames, backend=self.options.backend)
@@ -177,7 +185,8 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _videos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".")
+                  and (p.is_file() or special_file_problem(p) is not None))  # a FIFO is reported, not passed over
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:

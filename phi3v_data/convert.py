@@ -36,7 +36,10 @@ from rich.table import Table
 from rich.text import Text
 
 from phi3v_data.io import OutputLock as SharedOutputLock
-from phi3v_data.io import UnsafePathError, atomic_write, dumps_utf8, resolve_inside, write_bytes, write_json, write_jsonl
+from phi3v_data.io import (
+    OutputOverlapError, UnsafePathError, atomic_write, check_output_apart, check_output_name, dumps_utf8,
+    resolve_inside, write_bytes, write_json, write_jsonl,
+)
 from phi3v_data.splits import Carved
 from schemas import Record
 
@@ -48,7 +51,14 @@ CHUNK_MAX = 8
 
 
 class ConversionError(Exception):
-    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal."""
+    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal.
+
+    ``file`` and ``line`` name the annotation the item came from when the report should point there rather than at
+    the item's key (a DocVQA question whose page is truncated)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.file, self.line = file, line
 
 
 class ConvertUsageError(Exception):
@@ -146,7 +156,9 @@ class ImageWriter:
         target = self.path(rel)
         fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
+            from phi3v_data.images import to_rgb  # noqa: PLC0415 - numpy and PIL only when an image is re-encoded
+
+            image = to_rgb(image)
         with atomic_write(target, "wb", durable=False) as handle:
             image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
         return rel
@@ -162,11 +174,12 @@ class ImageWriter:
         return rel
 
     def copy(self, src: Path, rel: str) -> str:
-        """Copy an image file after checking that it decodes. Returns ``rel``."""
+        """Copy an image file after checking that all of it decodes (a truncated page is a failure, not a record
+        whose image ``validate --deep`` then refuses). Returns ``rel``."""
         from phi3v_data.images import ImageProblem, check_image
 
         try:
-            check_image(src)
+            check_image(src, deep=True, draft=True)
         except ImageProblem as exc:
             raise ConversionError(f"{src}: {exc}") from None
         target = self.path(rel)
@@ -283,7 +296,7 @@ def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
         records = converter.convert(item, writer)
         return item.key, records, None
     except ConversionError as exc:
-        return item.key, None, {"file": item.key, "reason": str(exc), "split": item.split}
+        return item.key, None, {"file": exc.file or item.key, "reason": str(exc), "split": item.split, "line": exc.line}
     except Exception as exc:  # a bug or an unforeseen input: report it with its type, keep going
         where = traceback.extract_tb(exc.__traceback__)[-1]
         reason = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
@@ -334,6 +347,11 @@ def run_converter(
     if not source.exists() and not converter.accepts_names:
         raise ConvertUsageError(f"source {source} does not exist")
     check_out_apart(converter, source, out)
+    if name is not None:
+        try:
+            check_output_name("--name", name)
+        except OutputOverlapError as exc:
+            raise OutputPathError(str(exc)) from None
     name = name or converter.output_name
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -378,17 +396,12 @@ def _inputs(converter: Converter, source: Path) -> list[tuple[str, Path]]:
 
 
 def check_out_apart(converter: Converter, source: Path, out: Path) -> None:
-    """Refuse an ``--out`` that equals, contains or lies inside an input: the run would read its own output, and a
-    later ``--overwrite`` could delete what the user owns."""
-    real_out = Path(os.path.realpath(out))
-    for what, path in _inputs(converter, source):
-        real = Path(os.path.realpath(path))
-        if real == real_out:
-            raise OutputPathError(f"--out {out} is {what} ({path}); write the dataset to a new folder")
-        if real_out in real.parents:
-            raise OutputPathError(f"--out {out} contains {what} ({path}); write the dataset to a folder beside it")
-        if real.is_dir() and real in real_out.parents:
-            raise OutputPathError(f"--out {out} is inside {what} ({path}); write the dataset to a folder outside it")
+    """Refuse an ``--out`` that equals, contains or lies inside an input (:data:`phi3v_data.io.OUTPUT_RULE`): the run
+    would read its own output, and a later ``--overwrite`` could delete what the user owns."""
+    try:
+        check_output_apart(out, _inputs(converter, source), flag="--out")
+    except OutputOverlapError as exc:
+        raise OutputPathError(str(exc)) from None
 
 
 LOCK_NAME = ".phi3v-convert.lock"

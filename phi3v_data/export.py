@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from phi3v_data.io import atomic_write, iter_jsonl, write_jsonl
+from phi3v_data.io import OutputOverlapError, atomic_write, check_output_apart, iter_jsonl, write_jsonl
 from schemas import IMAGE_TAG_RE, Record
 
 Format = Literal["llava", "llava-multi", "sharegpt"]
@@ -165,8 +165,10 @@ def export_dataset(
     dataset, out = Path(dataset), Path(out)
     if out.suffix not in (".json", ".jsonl"):
         raise ExportUsageError(f"--out {out}: name a .json (one JSON array) or .jsonl (one row per line) file")
-    if out.resolve() == dataset.resolve():
-        raise ExportUsageError(f"--out {out} is the dataset itself; name another file")
+    try:
+        check_output_apart(out, [("the dataset", dataset), ("the images folder", dataset.parent / "images")])
+    except OutputOverlapError as exc:
+        raise ExportUsageError(str(exc)) from None
     image_path = relative_to_folder(dataset.parent / "images", image_folder) if image_folder else str
     result = ExportResult(out=out)
 

@@ -6,7 +6,10 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+from phi3v_data.io import special_file_problem
 
 MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2 × MAX_IMAGE_PIXELS); larger images are refused
 
@@ -19,12 +22,47 @@ class ImageProblem(Exception):
         self.code = code
 
 
-def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""Pillow's modes for one channel of more than 8 bits (16-bit grayscale PNG and TIFF, 32-bit integer TIFF)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB pixels of a decoded image, scaled the way image libraries do (OpenCV, scikit-image), which Pillow's
+    ``convert("RGB")`` does not: it clips, so a 16-bit scan turns white and a float TIFF black.
+
+    16-bit grayscale keeps its high byte (``v >> 8``: 65535 → 255, 32768 → 128, 255 → 0); float pixels in [0, 1]
+    become ``round(255 * v)`` (0.5 → 128). Wider integers or floats outside [0, 1] (NaN included) have no agreed
+    8-bit meaning and are refused (:class:`ImageProblem`, code ``image_pixel_range``). Every other mode converts as
+    Pillow converts it (palette, CMYK, 16-bit RGB, which Pillow already reads as 8-bit).
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image).astype(np.int64)
+        low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+        if low < 0 or high > 0xFFFF:
+            raise ImageProblem("image_pixel_range", f"{image.mode} pixels range {low}..{high}, beyond 16 bits; save "
+                               "the image with 8 or 16 bits per channel")
+        return Image.fromarray((pixels >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0):
+            raise ImageProblem("image_pixel_range", f"float pixels range {np.nanmin(pixels):g}..{np.nanmax(pixels):g}"
+                               " (or hold NaN), outside [0, 1]; save the image with 8 or 16 bits per channel")
+        return Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")  # a loaded copy also when already RGB: callers close the file it came from
+
+
+def check_image(
+    path: str | os.PathLike[str], *, deep: bool = False, draft: bool = False, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
     """Return (width, height) of an image file, raising :class:`ImageProblem` when it is unusable.
 
     By default only the header is read (fast: size and format). ``deep=True`` decodes every pixel, which catches
-    truncated files. Images over ``max_pixels`` are refused before any decoding.
+    truncated files. ``draft=True`` lets a JPEG decode at 1/8 scale: every byte is still read, so truncation is
+    still caught, at about half the cost. Images over ``max_pixels`` are refused before any decoding.
     """
+    special = special_file_problem(path)
+    if special is not None:  # a FIFO named page.png would block the open below forever
+        raise ImageProblem("image_not_a_file", special)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -37,7 +75,11 @@ def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels:
                         "image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
                     )
                 if deep:
+                    if draft:
+                        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))  # JPEG only; else no-op
                     image.load()
+                    if image.mode == "F" or image.mode in SIXTEEN_BIT_MODES:
+                        to_rgb(image)  # pixels beyond 16 bits or outside [0, 1] are refused by file
                 return width, height
     except ImageProblem:
         raise

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import itertools
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,80 @@ def resolve_inside(root: Path, relative: str | os.PathLike[str]) -> Path:
     return candidate
 
 
+OUTPUT_RULE = (
+    "an output never equals, contains or lies inside an input (it would replace, delete or mix into what is read), "
+    "and a name given for output files is a plain name that stays in its folder"
+)
+"""The one output rule of the toolkit: every command that writes applies it through :func:`check_output_apart` (and
+:func:`check_output_name` for ``--name``) before it writes anything."""
+
+
+class OutputOverlapError(ValueError):
+    """An output path that breaks :data:`OUTPUT_RULE`: refused before anything is written, a usage error (exit 2)."""
+
+    exit_code = 2
+
+
+Inputs = Iterable[tuple[str, "str | os.PathLike[str]"]]
+
+
+def check_output_apart(
+    out: str | os.PathLike[str], inputs: Inputs, *, flag: str = "--out", may_hold: Inputs = ()
+) -> None:
+    """Refuse an output ``out`` that is, contains or lies inside one of ``inputs`` (``(what, path)`` pairs such as
+    ``("the source", src)``); paths are compared after symlinks are resolved, files also by inode (a hard link).
+
+    ``may_hold`` are inputs ``out`` may lie inside but neither be nor contain: a run directory, of which only
+    ``final/`` is read, may hold ``RUN/eval``. A file input is "lain inside" only by being the same file.
+
+    >>> check_output_apart("data/x/x_val.jsonl", [("the split file", "data/x/x_val.jsonl")])
+    Traceback (most recent call last):
+    ...
+    phi3v_data.io.OutputOverlapError: --out data/x/x_val.jsonl is the split file data/x/x_val.jsonl; writing there would replace it: choose another path
+    """
+    real_out = Path(os.path.realpath(out))
+    checks = [(what, path, False) for what, path in inputs] + [(what, path, True) for what, path in may_hold]
+    for what, path, inside_allowed in checks:
+        real = Path(os.path.realpath(path))
+        if real == real_out or _same_file(out, path):
+            why = "writing there would replace it: choose another path"
+            relation = "is"
+        elif real_out in real.parents:
+            why = "writing there could replace or delete it: choose a path beside it"
+            relation = "contains"
+        elif not inside_allowed and real in real_out.parents and real.is_dir():
+            why = "the output would mix into what is read: choose a path outside it"
+            relation = "is inside"
+        else:
+            continue
+        raise OutputOverlapError(f"{flag} {out} {relation} {what} {path}; {why}")
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist (yet)
+        return False
+
+
+def check_output_name(flag: str, name: str) -> None:
+    """Refuse a name that becomes part of output file names (``--name N`` → ``N_train.jsonl``) but is a path:
+    ``../escaped`` would write outside the output folder, ``a/b`` into a folder nobody asked for.
+
+    >>> check_output_name("--name", "../escaped")
+    Traceback (most recent call last):
+    ...
+    phi3v_data.io.OutputOverlapError: --name '../escaped': a name, not a path ('../escaped' climbs out with '..'); give a plain name such as 'docvqa'
+    """
+    problem = path_text_problem(name)
+    if problem is None and ("/" in name or "\\" in name):
+        problem = f"{name!r} holds a path separator"
+    if problem is None and name.startswith("."):
+        problem = f"{name!r} starts with '.' (the files would be hidden)"
+    if problem is not None:
+        raise OutputOverlapError(f"{flag} {name!r}: a name, not a path ({problem}); give a plain name such as 'docvqa'")
+
+
 def check_file_link(link: Path, root: Path, *, shown: str | None = None) -> None:
     """Refuse a symlinked file whose target lies outside ``root`` and outside the folder that holds the link."""
     target = os.path.realpath(link)
@@ -74,6 +149,21 @@ def check_file_link(link: Path, root: Path, *, shown: str | None = None) -> None
         if target == inside or target.startswith(inside.rstrip(os.sep) + os.sep):
             return
     raise UnsafePathError(f"{shown or link} is a symlink to a file outside the dataset ({target}); not read")
+
+
+def special_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is no regular file that can be read without blocking (a FIFO would wait forever for a writer;
+    a socket or device is no data), or None: a regular file, a directory, or nothing there (the caller's own open
+    reports those). Asks ``stat``, which never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"is {kind}, not a regular file; not read"
 
 
 def is_readable_file(path: Path, root: Path) -> bool:

@@ -21,7 +21,7 @@ from typing import TypeVar
 from PIL import Image
 from pydantic import ValidationError
 
-from phi3v_data.images import ImageProblem, check_image
+from phi3v_data.images import ImageProblem, check_image, to_rgb
 from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, resolve_inside
 from schemas import Record, Turn
 
@@ -112,7 +112,7 @@ def _flatten(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, "white")
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return image.convert("RGB")
+    return to_rgb(image)  # a 16-bit scan or a float TIFF scaled as training sees it, not clipped
 
 
 def _schema_problems(exc: ValidationError) -> list[Problem]:
@@ -279,8 +279,9 @@ def render_html(preview: Preview) -> str:
     body = "\n".join(_render_item(item) for item in preview.items) or "<p>The file has no records.</p>"
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Preview of {_esc(preview.source.name)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>Preview of {_esc(preview.source.name)}</h1><p>{summary}</p></header>\n{body}\n</body></html>\n"
+        f"<title>Preview of {_esc(shown_name(preview.source))}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>Preview of {_esc(shown_name(preview.source))}</h1><p>{summary}</p></header>\n{body}\n"
+        "</body></html>\n"
     )
 
 
@@ -291,9 +292,15 @@ def output_path(out: Path) -> Path:
     return out
 
 
+def shown_name(path: Path) -> str:
+    """``path.name`` as text a UTF-8 page can hold: a name in another encoding (Latin-1 ``caf\\xe9_val.jsonl``)
+    shows its undecodable bytes escaped instead of ending the command with an encoding error."""
+    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
+
+
 def write_preview(preview: Preview, out: Path) -> Path:
     """Write the gallery atomically; returns the file written."""
     target = output_path(out)
-    with atomic_write(target, "w", encoding="utf-8") as handle:
+    with atomic_write(target, "w", encoding="utf-8", errors="backslashreplace") as handle:  # no text can end it
         handle.write(render_html(preview))
     return target

@@ -14,6 +14,7 @@ encodes exactly as ``Phi3VProcessor`` encodes it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,11 +22,21 @@ from schemas import IMAGE_TAG_RE, Record
 
 IGNORE_INDEX = -100
 
+CONTROL_TEXT_RE = re.compile(r"<\|(?!image_\d+\|>)[^<>|\s]*\|>|</?s>|<unk>")
+"""Text shaped like one of the model's control tokens: ``<|user|>``, ``<|end|>``, ``<|assistant|>``,
+``<|endoftext|>``, ``<|system|>``, ``<|placeholderN|>``, ``<|image|>``, ``<s>``, ``</s>``, ``<unk>`` — every added
+token of the Phi-3(.5)-vision tokenizers (``<|image_k|>`` tags are ours and handled apart). In text from data these
+are encoded as plain text, never as the token: an answer holding ``<|end|><|user|>`` cannot forge a turn."""
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
+    """A piece of chat text; ``data`` is the (start, end) of the part that came from the record (user or assistant
+    text), whose control-token look-alikes are encoded as plain text; the rest is the chat template."""
+
     text: str
     train: bool
+    data: tuple[int, int] | None = None
 
 
 def user_content(text: str, first_image: int, num_images: int) -> str:
@@ -48,13 +59,15 @@ def chat_segments(record: Record, *, upto: int | None = None) -> list[Segment]:
     for index, turn in enumerate(record.conversations):
         content = user_content(turn.user, next_image, len(turn.images))
         next_image += len(turn.images)
-        segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False))
+        start = len(content) - len(turn.user) + len("<|user|>\n")  # the image tags put in front are template
+        segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False,
+                                data=(start, start + len(turn.user))))
         if upto is not None and index == upto:
             return segments
         if turn.assistant is None:
             break
         ending = "<|end|>\n<|endoftext|>" if index == last else "<|end|>\n"
-        segments.append(Segment(turn.assistant + ending, train=True))
+        segments.append(Segment(turn.assistant + ending, train=True, data=(0, len(turn.assistant))))
     return segments
 
 
@@ -65,6 +78,28 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+def control_text_spans(segment: Segment, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Spans of control-token look-alikes (:data:`CONTROL_TEXT_RE`) in the data part of ``segment.text[start:end]``."""
+    if segment.data is None:
+        return []
+    end = len(segment.text) if end is None else end
+    low, high = max(start, segment.data[0]), min(end, segment.data[1])
+    if low >= high:
+        return []
+    return [(low + m.start(), low + m.end()) for m in CONTROL_TEXT_RE.finditer(segment.text[low:high])]
+
+
+def _encode_chunk(segment: Segment, start: int, end: int, encode: Callable[[str], list[int]]) -> list[int]:
+    """Ids of ``segment.text[start:end]``. A control-token look-alike from data is cut right after its ``<``, so no
+    piece holds an added token and the tokenizer reads it as plain text (each cut starts a new word: ``▁|end|>``).
+    Text without one (all real data) is encoded in one call, exactly as the official processor encodes it."""
+    cuts = [low + 1 for low, _ in control_text_spans(segment, start, end)]
+    ids: list[int] = []
+    for low, high in zip([start, *cuts], [*cuts, end]):
+        ids += encode(segment.text[low:high])
+    return ids
 
 
 def encode_segments(
@@ -90,7 +125,7 @@ def encode_segments(
             end = match.start() if match else len(segment.text)
             chunk = segment.text[position:end]
             if chunk:
-                ids = encode(chunk)
+                ids = _encode_chunk(segment, position, end, encode)
                 out.input_ids += ids
                 out.labels += ids if segment.train else [IGNORE_INDEX] * len(ids)
             if match is None:

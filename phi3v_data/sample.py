@@ -18,10 +18,18 @@ from typing import Literal
 
 import numpy as np
 
-from phi3v_data.io import atomic_write
+from phi3v_data.io import atomic_write, write_json
 
 Layout = Literal["ucf101", "presplit"]
 CLIPS_PER_GROUP = 3
+MARKER = ".phi3v-sample.json"
+"""Written first into the folder of a sample: only a folder holding it (or a new or empty one) is written into."""
+
+
+class SampleOutputError(ValueError):
+    """The sample's folder already holds files that are not an earlier sample (a real dataset, say): a usage error."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ def write_video_sample(
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"frame size {size} must be even in both dimensions (MPEG-4 with 4:2:0 chroma)")
     out_dir = Path(out_dir)
+    _refuse_foreign_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / MARKER, {"sample": "video", "layout": layout})
     looks = LOOKS[:classes]
     n_frames = max(1, round(seconds * fps))
     splits: dict[str, int] = {}
@@ -92,6 +103,20 @@ def write_video_sample(
     if layout == "ucf101":
         splits = _write_lists(out_dir / "ucfTrainTestlist", [look.name for look in looks], listed)
     return SampleSummary(out_dir, layout, [look.name for look in looks], len(listed), splits)
+
+
+def _refuse_foreign_folder(out_dir: Path) -> None:
+    """A sample overwrites clips and ``classInd.txt`` by their UCF-101 names, so it goes only into a new or empty
+    folder or over an earlier sample (which holds :data:`MARKER`), never into a folder holding a real dataset."""
+    if not out_dir.is_dir() or (out_dir / MARKER).is_file():
+        return  # a file in the way is reported by mkdir, naming the path
+    entries = sorted(entry.name for entry in out_dir.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise SampleOutputError(
+            f"{out_dir} already holds files that no sample wrote ({shown}); a sample would overwrite or mix into "
+            "them (UCF-101 clip names, classInd.txt): give a new or empty folder"
+        )
 
 
 def _presplit_of(group: int) -> str:

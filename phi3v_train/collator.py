@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from phi3v_data.images import to_rgb
 from phi3v_data.io import resolve_inside
 from phi3v_data.prompt import IGNORE_INDEX, Encoded, encode_record
 from phi3v_data.tokens import CROP
@@ -108,7 +109,7 @@ class Collator:
     def _load(self, root: Path, rel: str) -> Image.Image:
         try:
             with Image.open(resolve_inside(root, rel)) as image:
-                return image.convert("RGB")
+                return to_rgb(image)
         except Exception as exc:  # noqa: BLE001 - decoding arbitrary bytes: Pillow's plugins raise many kinds
             raise BadSample(f"{rel}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
-from phi3v_data.images import ImageProblem, check_image
+from phi3v_data.images import ImageProblem, check_image, to_rgb
 from phi3v_data.io import iter_jsonl, resolve_inside, write_json, write_jsonl
 from phi3v_data.prompt import encode_record
 from phi3v_data.tokens import num_image_tokens
@@ -338,8 +338,8 @@ class Generator:
         for path in prepared.image_paths:
             try:
                 with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
-            except (OSError, SyntaxError, ValueError) as exc:
+                    images.append(to_rgb(image))
+            except (OSError, SyntaxError, ValueError, ImageProblem) as exc:
                 shown = path.relative_to(self.images_root) if path.is_relative_to(self.images_root) else path
                 raise ValueError(f"image {shown} does not decode: {exc}") from None
         return images

@@ -11,6 +11,8 @@ the command that runs it.
 
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -161,27 +163,27 @@ def _row(arch: Architecture, name: Strategy, settings: dict, *, gpus: int, gpu: 
 
 
 def _command(row: Row, *, gpus: int, data: str) -> str:
+    """The command line to run, shell-quoted (``shlex.join``): ``--data 'my data/docvqa'`` pastes as one argument."""
     settings = row.settings
-    launcher = "phi3v-train run"
+    argv = ["phi3v-train", "run"]
     if gpus > 1:
-        nodes = f"--nnodes {gpus // 8} --node_rank R --master_addr MASTER " if gpus > 8 and gpus % 8 == 0 else ""
-        launcher = f"torchrun {nodes}--nproc_per_node {min(gpus, 8)} -m phi3v_train.cli.run"
-    parts = [launcher]
+        several = gpus > 8 and gpus % 8 == 0
+        nodes = ["--nnodes", str(gpus // 8), "--node_rank", "R", "--master_addr", "MASTER"] if several else []
+        argv = ["torchrun", *nodes, "--nproc_per_node", str(min(gpus, 8)), "-m", "phi3v_train.cli.run"]
     recipe = settings.get("recipe")
     if recipe:
-        parts.append(f"--recipe {recipe}")
+        argv += ["--recipe", recipe]
         from phi3v_train.recipes import get_recipe  # noqa: PLC0415
 
         recipe_settings = get_recipe(recipe).settings
         for key in ("precision", "attention", "deepspeed"):
             if settings.get(key) != recipe_settings.get(key):
-                parts.append(f"--{key} {settings[key]}")
+                argv += [f"--{key}", str(settings[key])]
     else:
-        parts.append(f"--strategy {row.strategy} --model microsoft/Phi-3.5-vision-instruct")
-        parts.append(f"--precision {settings['precision']} --attention {settings['attention']}")
-        parts.append(f"--num-crops {settings['num_crops']}")
+        argv += ["--strategy", row.strategy, "--model", "microsoft/Phi-3.5-vision-instruct"]
+        argv += ["--precision", settings["precision"], "--attention", settings["attention"]]
+        argv += ["--num-crops", str(settings["num_crops"])]
         if settings.get("deepspeed"):
-            parts.append(f"--deepspeed {settings['deepspeed']}")
-    name = recipe or row.strategy
-    parts.append(f"--data {data} --out runs/{name}")
-    return " ".join(parts)
+            argv += ["--deepspeed", settings["deepspeed"]]
+    argv += ["--data", data, "--out", f"runs/{recipe or row.strategy}"]
+    return shlex.join(argv)

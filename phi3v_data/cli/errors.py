@@ -12,7 +12,7 @@ import errno
 import os
 import pickle
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import click
@@ -38,6 +38,7 @@ _OWN_ERRORS = [
     ("phi3v_data.convert", "ConversionError"), ("phi3v_data.export", "ExportUsageError"),
     ("phi3v_data.export", "ExportError"), ("phi3v_data.plugins", "PluginError"),
     ("phi3v_data.record_checks", "LengthSpecError"), ("phi3v_data.io", "UnsafePathError"),
+    ("phi3v_data.io", "OutputOverlapError"), ("phi3v_data.sample", "SampleOutputError"),
 ]
 
 
@@ -116,7 +117,8 @@ def describe(exc: BaseException) -> CliError | None:
             reason = "already exists, and a directory was expected (a file is in the way?)"
         return CliError(f"{exc.filename}{extra}: {reason}")
     if isinstance(exc, _own_error_types()):
-        return CliError(str(exc).strip() or type(exc).__name__)
+        code = getattr(exc, "exit_code", 1)  # 2 for a usage error (an --out that overlaps an input)
+        return CliError(str(exc).strip() or type(exc).__name__, code if isinstance(code, int) else 1)
     return None
 
 
@@ -137,6 +139,18 @@ def check_writable(flag: str, path: Path, *, directory: bool = False) -> None:
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise CliError(f"{flag} {path}: {ancestor} is not writable", 2)
             return
+
+
+def check_apart(flag: str, out: Path, inputs: Iterable[tuple[str, Path]], *,
+                may_hold: Iterable[tuple[str, Path]] = ()) -> None:
+    """:func:`phi3v_data.io.check_output_apart` at the CLI edge: an overlap is a usage error (exit 2) naming ``flag``,
+    raised before anything is read or written (also when the command is invoked outside the guarded group)."""
+    from phi3v_data.io import OutputOverlapError, check_output_apart
+
+    try:
+        check_output_apart(out, inputs, flag=flag, may_hold=may_hold)
+    except OutputOverlapError as exc:
+        raise CliError(str(exc), 2) from None
 
 
 def write_error(flag: str, path: Path, exc: OSError) -> CliError:

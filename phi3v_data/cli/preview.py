@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from phi3v_data.cli.errors import check_writable, write_error
+from phi3v_data.cli.errors import CliError, check_apart, check_writable, write_error
+from phi3v_data.io import special_file_problem
 from phi3v_data.preview import build_preview, validator_findings, write_preview
 
 
@@ -30,11 +35,17 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     Example:
         phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
     """
+    images = images_dir or dataset.parent / "images"
+    check_apart("--out", out, [("the dataset", dataset), ("the images folder", images)])
     check_writable("--out", out, directory=out.suffix.lower() not in (".html", ".htm"))
     console = Console(stderr=True)
-    with console.status("sampling records and making thumbnails…"):
-        findings = validator_findings(dataset, images_dir=images_dir) if validate else {}
-        gallery = build_preview(dataset, images_dir=images_dir, limit=limit, seed=seed, thumb=thumb, findings=findings)
+    with contextlib.ExitStack() as stack:
+        readable = _spooled(dataset, images_dir, stack)
+        with console.status("sampling records and making thumbnails…"):
+            findings = validator_findings(readable, images_dir=images_dir) if validate else {}
+            gallery = build_preview(readable, images_dir=images_dir, limit=limit, seed=seed, thumb=thumb,
+                                    findings=findings)
+    gallery = dataclasses.replace(gallery, source=dataset)
     try:
         written = write_preview(gallery, out)
     except OSError as exc:
@@ -45,3 +56,17 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
         f"wrote [bold]{written}[/] — {len(gallery.items)} of {gallery.total_lines} records, "
         f"[{colour}]{bad} with problems[/]"
     )
+
+
+def _spooled(dataset: Path, images_dir: Path | None, stack: contextlib.ExitStack) -> Path:
+    """``dataset`` itself, or for a pipe (``<(cat x.jsonl)``, a FIFO), which can be read only once while preview
+    reads twice (validator, then sample), its bytes copied once into a temporary file that the stack removes."""
+    if special_file_problem(dataset) is None:
+        return dataset
+    if images_dir is None:
+        raise CliError(f"{dataset} is a pipe, so there is no images/ folder beside it; give --images DIR", 2)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phi3v-preview-")))
+    copy = folder / "records.jsonl"
+    with open(dataset, "rb") as reader, open(copy, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+    return copy

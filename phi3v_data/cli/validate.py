@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from phi3v_data.cli.errors import check_writable, write_error
+from phi3v_data.cli.errors import check_apart, check_writable, write_error
 from phi3v_data.io import dumps_utf8, write_json
 from phi3v_data.record_checks import LengthSpec, LengthSpecError
 from phi3v_data.report import ValidationReport, render
@@ -106,9 +106,13 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
         raise click.UsageError("--processor needs image sizes, which --exists-only does not read")
     if output is not None and len(files) > 1:
         raise click.UsageError("--out takes one input file; validate the files one at a time to clean them")
+    inputs = [("the input", path) for path in files]
+    inputs += [("--images", images_dir)] if images_dir else [("the images folder", f.parent / "images") for f in files]
     if report_path is not None:
+        check_apart("--report", report_path, [*inputs, *([("--out", output)] if output else [])])
         check_writable("--report", report_path)
     if output is not None:
+        check_apart("--out", output, inputs)
         check_writable("--out", output)
     lengths = _length_spec(processor, num_crops, max_length)
     report = _run(files, show_progress=not (quiet or as_json), images_dir=images_dir, lengths=lengths, output=output,

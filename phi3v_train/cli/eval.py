@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from phi3v_data.cli.errors import check_writable, is_verbose, weights_problem
+from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
 from phi3v_train.cli.run_checks import quiet_libraries
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -77,8 +77,11 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
         raise click.UsageError("--data: the same dataset was given twice")
     problems: list[str] = []
     datasets = {}  # name → (files, records, images root, skipped lines), every one checked before the model loads
+    inputs, may_hold = model_inputs(model_path, base)
+    check_apart("--out", output, inputs, may_hold=may_hold)
     for name, data in zip(source_names(datas), datas):
         files, records, images_root, skipped = read_split(data, split, limit, console, purpose="evaluate")
+        check_apart("--out", output, data_inputs(data, files, images_root))
         problems += skipped
         datasets[name] = (files, records, images_root, len(skipped))
     try:
@@ -139,3 +142,36 @@ def read_split(
         names = " ".join(map(str, files))
         raise click.ClickException(f"{names}: no valid records to {purpose}; run `phi3v-data validate {names}`")
     return files, records, images_root, skipped
+
+
+def data_inputs(data: Path, files: list[Path], images_root: Path) -> list[tuple[str, Path]]:
+    """What eval and predict read of one --data, for the output rule (the split files named first: the likeliest
+    mistake is an --out that is one of them)."""
+    return [*(("the split file", file) for file in files), ("--data", data), ("the images folder", images_root)]
+
+
+def model_inputs(model: str | Path, base: str | None) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(inputs, may_hold) of --model and --base for the output rule: the checkpoint or adapter read and a local
+    base; a run directory given as --model may hold the output (RUN/eval beside RUN/final), never be or contain it.
+    A Hub id is no local input."""
+    from phi3v_train.loading import LoadError, adapter_base, is_adapter, resolve_model_dir
+
+    path = Path(model)
+    if not path.exists():
+        return [], []
+    try:
+        model_dir = resolve_model_dir(path)
+    except LoadError:
+        return [("--model", path)], []
+    if model_dir == path:
+        inputs, may_hold = [("--model", path)], []
+    else:
+        inputs, may_hold = [("the checkpoint", model_dir)], [("--model", path)]
+    if base is not None or is_adapter(model_dir):
+        try:
+            base_path = Path(adapter_base(model_dir, base=base))
+        except LoadError:
+            return inputs, may_hold  # loading reports it
+        if base_path.exists():
+            inputs.append(("the base model directory", base_path))
+    return inputs, may_hold

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from phi3v_data.cli.errors import check_writable, is_verbose, weights_problem
+from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
 from phi3v_train.cli.eval import PRECISIONS
 from phi3v_train.cli.run_checks import quiet_libraries
 
@@ -48,22 +48,20 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
 
 
 def _refuse_overlap(out: Path, *, adapter: Path, base: str | None) -> None:
-    """--out must neither be nor contain what the export reads: --overwrite replaces --out whole, so a run directory
-    or base checkpoint given as (or above) --out would be deleted. A usage error (exit 2), before anything loads."""
+    """--out must neither be, contain nor lie inside what the export reads (the shared output rule): --overwrite
+    replaces --out whole, so a run directory or base checkpoint given as (or above) --out would be deleted. A run
+    directory given as --adapter may hold --out (RUN/merged): only its final/ is read. A usage error (exit 2),
+    before anything loads."""
     from phi3v_train.loading import LoadError, adapter_base, resolve_model_dir  # noqa: PLC0415 - imports torch
 
-    inputs = [("--adapter", adapter)]
+    check_apart("--out", out, [], may_hold=[("the --adapter directory", adapter)])
+    inputs: list[tuple[str, Path]] = []
     try:
         adapter_dir = resolve_model_dir(adapter)
-        inputs.append(("adapter", adapter_dir))
-        inputs.append(("base model", Path(adapter_base(adapter_dir, base=base))))
+        inputs.append(("the adapter directory", adapter_dir))
+        base_path = Path(adapter_base(adapter_dir, base=base))
+        if base_path.exists():  # a Hub id is no path here
+            inputs.append(("the base model directory", base_path))
     except LoadError:
         pass  # the merge itself reports what is wrong with them
-    target = out.resolve()
-    for name, path in inputs:
-        source = path.resolve()
-        if path.exists() and (target == source or target in source.parents):
-            relation = "is" if target == source else "contains"
-            raise click.UsageError(
-                f"--out {out} {relation} the {name} directory {path}; exporting there would replace what the export "
-                f"reads. Choose an --out outside it, e.g. {source.parent / (source.name + '-merged')}")
+    check_apart("--out", out, inputs)

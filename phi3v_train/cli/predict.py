@@ -71,9 +71,12 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     console = Console(stderr=True, soft_wrap=True)
     records, images_root, problems = [], None, []
     if data is not None:
-        from phi3v_train.cli.eval import read_split
+        from phi3v_data.cli.errors import check_apart
+        from phi3v_train.cli.eval import data_inputs, model_inputs, read_split
 
-        _, records, images_root, problems = read_split(data, split, limit, console, purpose="answer")
+        files, records, images_root, problems = read_split(data, split, limit, console, purpose="answer")
+        inputs, may_hold = model_inputs(model_source, base)
+        check_apart("--out", output, [*data_inputs(data, files, images_root), *inputs], may_hold=may_hold)
     try:
         predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
                                    num_crops=num_crops, max_new_tokens=max_new_tokens,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from phi3v_data.images import to_rgb
 from phi3v_data.tokens import CROP, hd_grid, num_image_tokens, resized_size
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -90,7 +91,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     def hd_image(self, image: Image.Image, num_crops: int) -> torch.Tensor:
         """The normalised, white-padded HD image (3, H, W) with H and W multiples of 336."""
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image)  # 16-bit and float pixels scaled to 8 bits, not clipped
         width, height = image.size
         new_width, new_height = resized_size(width, height, num_crops)
         grid_width, grid_height = hd_grid(width, height, num_crops)

@@ -94,9 +94,28 @@ def test_hub_parquet_subset_exact_records_and_failures(hub: Path, tmp_path: Path
     assert (tmp_path / "out" / "images" / "train" / "0000000.png").read_bytes() == encoded("white")  # bytes as stored
     reasons = sorted((f.file, f.reason) for f in result.failures)
     assert reasons == [
+        ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 0: embedded image is not in a recognised image format"),
         ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 1: 'texts' holds no turn"),
         ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 2: turn 2 has no assistant reply (the others have one)"),
-        ("train/hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet#0", "embedded image is not in a recognised image format"),
+    ]
+
+
+def test_a_row_whose_images_are_null_is_a_failure_not_an_image_less_record(tmp_path: Path) -> None:
+    root = tmp_path / "the_cauldron" / "hateful_memes"
+    root.mkdir(parents=True)
+    table = datasets.Dataset.from_dict(
+        {"images": [[{"bytes": encoded("white"), "path": None}], None],
+         "texts": [[{"user": "Is this meme hateful?", "assistant": "No.", "source": "hateful_memes"}]] * 2},
+        features=FEATURES,
+    )
+    assert table[1]["images"] is None  # as datasets stores a missing list: a null cell
+    table.to_parquet(root / "train-00000-of-00001-0123456789abcdef.parquet")
+    result = run(root, tmp_path / "out")
+    [record] = jsonl(tmp_path / "out" / "cauldron_train.jsonl")
+    assert record["conversations"][0]["images"] == ["train/0000000.png"]
+    assert [(f.file, f.reason) for f in result.failures] == [
+        ("train-00000-of-00001-0123456789abcdef.parquet",
+         "row 1: 'images' is null; the row's image is missing, so it is skipped"),
     ]
 
 
@@ -128,8 +147,8 @@ def test_save_to_disk_dataset_dict_multi_image_multi_turn(tmp_path: Path) -> Non
     [val] = jsonl(tmp_path / "out" / "cauldron_val.jsonl")
     assert (val["id"], val["source_split"], val["conversations"][0]["images"]) == ("val-0000000000", "validation", ["val/0000000.png"])
     [failure] = result.failures
-    assert failure.file == "train/train/data-00000-of-00001.arrow#1"
-    assert failure.reason.startswith("image 2: embedded image")
+    assert failure.file == "train/data-00000-of-00001.arrow"  # the table, as the plan's own failures name it
+    assert failure.reason.startswith("row 1: image 2: embedded image")
 
 
 def _docvqa_cache(cache: Path) -> Path:

@@ -101,6 +101,28 @@ def test_official_layout_exact_records_failures_and_unlabeled_test(official: Pat
     assert result.counts == {"train": 3, "test": 1}
 
 
+def test_a_truncated_page_is_a_failure_naming_its_question_not_a_record(official: Path, tmp_path: Path) -> None:
+    """The header of a half-written PNG reads fine; the copy decodes the whole page, so it is reported and skipped."""
+    page = official / "spdocvqa_images" / "abcd0001_2.png"
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(buffer, "PNG")
+    page.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    result = run(official, tmp_path / "out")
+    train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")
+    assert [r["id"] for r in train] == ["train-q52212", "train-q52214"]  # q52213 went with its page
+    assert not (tmp_path / "out" / "images" / "train" / "abcd0001_2.png").exists()
+    [failure] = [f for f in result.failures if "abcd0001_2" in f.reason]
+    assert failure.file == "spdocvqa_qas/train_v1.0_withQT.json" and failure.split == "train"
+    assert failure.reason.startswith(f"data[1]: page abcd0001_2.png skipped with its 1 question(s): {page}: does not decode")
+    assert "truncated" in failure.reason and result.counts == {"train": 2, "test": 1}
+    reported = [json.loads(line) for line in (tmp_path / "out" / "reports" / "failures.jsonl").read_text().splitlines()]
+    assert any(r["file"] == failure.file and r["reason"] == failure.reason for r in reported)
+    from phi3v_data.cli import main
+
+    deep = CliRunner().invoke(main, ["validate", str(tmp_path / "out" / "docvqa_train.jsonl"), "--deep", "-q"])
+    assert deep.exit_code == 0, deep.output  # the converter's own output passes the thorough check
+
+
 def test_group_pages_makes_one_multi_turn_record_per_page(official: Path, tmp_path: Path) -> None:
     run(official, tmp_path / "out", group_pages=True, instruction="")
     train = jsonl(tmp_path / "out" / "docvqa_train.jsonl")

@@ -239,3 +239,28 @@ def test_cli_flags_reach_the_converter(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["convert", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "o2"), "--val-ratio", "0.6", "--test-ratio", "0.5"])
     assert bad.exit_code == 2
     assert "val_ratio + test_ratio must stay below 1" in bad.output
+
+
+def test_latin1_names_are_failures_and_every_record_written_validates(tmp_path: Path) -> None:
+    """A class folder and a file named in Latin-1 (bytes Python keeps as lone surrogates) are each reported; the
+    class list of the other records' prompt leaves the Latin-1 class out, so every written record is valid."""
+    import os
+
+    src = tmp_path / "src"
+    _png(src / "cat" / "a.png")
+    _png(src / "dog" / "b.png")
+    latin_class = Path(os.fsdecode(bytes(src) + b"/caf\xe9"))  # "café" in Latin-1
+    _png(latin_class / "c.png")
+    _png(Path(os.fsdecode(bytes(src) + b"/dog/d\xe9j\xe0.png")))  # "déjà.png" in Latin-1
+    result = CliRunner().invoke(main, ["convert", "folder", str(src), "--out", str(tmp_path / "out"), "-j", "1",
+                                       "--val-ratio", "0"])
+    assert result.exit_code == 0, result.output
+    failures = [json.loads(line) for line in (tmp_path / "out" / "reports" / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["file"] for f in failures) == ["caf\\xe9/c.png", "dog/d\\xe9j\\xe0.png"]
+    assert all(f["reason"].startswith("the name is not valid UTF-8") for f in failures)
+    assert _read(tmp_path / "out", "train") == [_classified("train", 0, "train/cat/a.png", "cat"),
+                                                _classified("train", 1, "train/dog/b.png", "dog")]
+    checked = CliRunner().invoke(main, ["validate", str(tmp_path / "out" / "folder_train.jsonl"), "-q"])
+    assert checked.exit_code == 0, checked.output
+    said = " ".join(result.output.split())
+    assert "2 failure(s)" in said and "failed caf\\xe9/c.png: the name is not valid UTF-8" in said

@@ -498,3 +498,29 @@ def test_a_png_renamed_mkv_is_a_failure_not_a_video(tmp_path: Path) -> None:
     assert [(f.file, f.reason) for f in result.failures] == [
         ("train/Jump/clip.mkv", "the file is a still image (png_pipe), not a video")]
     assert not list((tmp_path / "out" / "images").rglob("*.jpg"))
+
+
+# -- a FIFO (or socket) in a source folder is reported and skipped, never waited on ---------------------------------
+
+
+def test_a_fifo_named_like_an_image_or_caption_or_video_is_a_failure_not_a_hang(tmp_path: Path) -> None:
+    """Run in a child process with a timeout: before the fix, opening the FIFO waited forever for a writer."""
+    src = pets(tmp_path / "pets")
+    os.mkfifo(src / "cat" / "stuck.png")
+    os.mkfifo(src / "dog" / "stuck.jpg")
+    videos = tmp_path / "videos" / "Cat"
+    videos.mkdir(parents=True)
+    os.mkfifo(videos / "stuck.avi")
+    for args, expected in (
+        (["folder", str(src), "--out", str(tmp_path / "out"), "--val-ratio", "0"],
+         {"cat/stuck.png", "dog/stuck.jpg"}),
+        (["video", str(tmp_path / "videos"), "--out", str(tmp_path / "vout"), "--val-ratio", "0"], {"Cat/stuck.avi"}),
+    ):
+        done = subprocess.run([sys.executable, "-c", "from phi3v_data.cli import main; main()", "convert", *args, "-j", "1"],
+                              capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        out = Path(args[args.index("--out") + 1])
+        failures = [json.loads(line) for line in (out / "reports" / "failures.jsonl").read_text().splitlines()]
+        assert {f["file"] for f in failures} == expected, done.stderr
+        assert all("is a FIFO (named pipe), not a regular file; not read" in f["reason"] for f in failures)
+    assert len(records(tmp_path / "out", "folder_train.jsonl")) == 4

@@ -495,3 +495,22 @@ def test_two_clips_that_would_write_the_same_frames_are_reported(tmp_path: Path)
                               "case-insensitive file systems (macOS, Windows); rename one"),
     ]
     assert sorted(entry.key for entry in planned if isinstance(entry, Item)) == ["train/Cat/clip.avi", "train/Dog/Run.avi"]
+
+
+def test_latin1_class_folders_and_clip_names_are_failures_not_records(tmp_path: Path) -> None:
+    """A class folder named in Latin-1 is reported clip by clip and leaves the prompt's class list; nothing written
+    holds a lone surrogate."""
+    import os
+
+    from phi3v_data.convert import Failure
+
+    src = tmp_path / "src"
+    write_clip(src / "train" / "Cat" / "a.avi", 4)
+    write_clip(Path(os.fsdecode(bytes(src) + b"/train/Caf\xe9/b.avi")), 4)
+    write_clip(Path(os.fsdecode(bytes(src) + b"/train/Cat/\xe9t\xe9.avi")), 4)
+    planned = list(VideoConverter(VideoOptions(frames=1, val_ratio=0)).plan(src))
+    failures = sorted((entry.file, entry.reason[:31]) for entry in planned if isinstance(entry, Failure))
+    assert failures == [("train/Caf\\xe9/b.avi", "the name is not valid UTF-8 (wr"),
+                        ("train/Cat/\\xe9t\\xe9.avi", "the name is not valid UTF-8 (wr")]
+    [item] = [entry for entry in planned if isinstance(entry, Item)]
+    assert item.key == "train/Cat/a.avi" and item.payload.prompt.encode("utf-8").count(b"Caf") == 0

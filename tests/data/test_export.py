@@ -1,6 +1,7 @@
 """Record → LLaVA / ShareGPT rows, and the `phi3v-data export` command."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,13 @@ def test_export_refuses_unknown_output_types_and_overwriting_the_dataset(tmp_pat
     result = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava", "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 2
     assert "name a .json (one JSON array) or .jsonl (one row per line) file" in result.output
-    with pytest.raises(ExportUsageError, match="is the dataset itself"):
+    before = dataset.read_bytes()
+    (dataset.parent / "images").mkdir()
+    with pytest.raises(ExportUsageError, match=re.escape(f"--out {dataset} is the dataset {dataset}; writing there")):
         export_dataset(dataset, dataset, to="llava")
+    with pytest.raises(ExportUsageError, match="is inside the images folder"):
+        export_dataset(dataset, dataset.parent / "images" / "rows.json", to="llava")
+    assert dataset.read_bytes() == before and not (dataset.parent / "images" / "rows.json").exists()
     assert not (tmp_path / "o.csv").exists()
 
 

@@ -172,3 +172,49 @@ def test_images_load_in_headless_chromium(tmp_path: Path) -> None:
     assert probe["widths"] == [64 * 170 // 220, 30]  # thumbnails keep aspect; the 30×20 image is not enlarged
     assert probe["users"] == [HOSTILE, "q"]
     assert probe["injected"] == 0
+
+
+def _pipe_of(data: bytes) -> str:
+    """``/dev/fd/N`` of a pipe holding ``data``, as a shell's ``<(cat x.jsonl)`` gives it (readable once)."""
+    import os
+
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    return f"/dev/fd/{read}"
+
+
+def test_preview_of_a_pipe_shows_its_records_or_says_why_not(tmp_path: Path) -> None:
+    images = tmp_path / "images" / "val"
+    images.mkdir(parents=True)
+    rows = []
+    for index, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (8, 8), colour).save(images / f"{index}.png")
+        rows.append({"id": f"r{index}", "conversations": [{"images": [f"val/{index}.png"], "user": f"Colour {index}?",
+                                                           "assistant": colour}]})
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    result = CliRunner().invoke(preview_cmd, [_pipe_of(data), "--out", str(tmp_path / "p.html"),
+                                              "--images", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 records" in " ".join(result.output.split()) and "0 with problems" in result.output
+    page = (tmp_path / "p.html").read_text()
+    assert "Colour 0?" in page and "Colour 1?" in page and "data:image/jpeg;base64," in page
+    pipe = _pipe_of(data)
+    refused = CliRunner().invoke(preview_cmd, [pipe, "--out", str(tmp_path / "q.html")])
+    assert refused.exit_code == 2
+    assert f"{pipe} is a pipe, so there is no images/ folder beside it; give --images DIR" in refused.output
+
+
+def test_a_dataset_named_in_latin1_previews_with_the_bytes_escaped(tmp_path: Path) -> None:
+    import os
+
+    from phi3v_data.cli import main
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "val" / "a.png")
+    dataset = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9_val.jsonl"))
+    record = {"id": "a", "conversations": [{"images": ["val/a.png"], "user": "Colour?", "assistant": "red"}]}
+    dataset.write_text(json.dumps(record) + "\n")
+    result = CliRunner().invoke(main, ["preview", str(dataset), "--out", str(tmp_path / "p.html")])
+    assert result.exit_code == 0, result.output
+    assert "<h1>Preview of caf\\xe9_val.jsonl</h1>" in (tmp_path / "p.html").read_text(encoding="utf-8")

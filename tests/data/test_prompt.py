@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from phi3v_data.prompt import IGNORE_INDEX, chat_segments, encode_record
@@ -74,3 +77,13 @@ def test_adjacent_images_each_get_a_following_bos() -> None:
     encoded = encode_record(record, encode=_chars, image_tokens=[2, 1], bos_id=1)
     user = _chars("<|user|>\n")
     assert encoded.input_ids[: len(user) + 6] == [1, *user, -1, -1, 1, -2, 1]
+
+
+def test_every_added_token_of_the_model_is_a_control_look_alike_and_image_tags_are_not() -> None:
+    """CONTROL_TEXT_RE must cover the real tokenizer's added tokens, or data could still spell one of them."""
+    from phi3v_data.prompt import CONTROL_TEXT_RE
+
+    tokenizer = json.loads((Path(__file__).parents[1] / "fixtures/phi-3.5-vision-instruct/tokenizer.json").read_text())
+    added = [token["content"] for token in tokenizer["added_tokens"]]
+    assert len(added) == 48 and all(CONTROL_TEXT_RE.fullmatch(token) for token in added)
+    assert not CONTROL_TEXT_RE.search("<|image_1|> <|image_12|> a<b> x|y <| end |> <||")

@@ -71,7 +71,7 @@ def test_classes_differ_in_dominant_colour(tmp_path: Path) -> None:
 def test_presplit_layout_converts(tmp_path: Path) -> None:
     summary = write_video_sample(tmp_path / "src", classes=2, clips_per_class=12, layout="presplit")
     assert summary.splits == {"test": 6, "val": 6, "train": 12}  # groups g01 test, g02 val, g03-g04 train
-    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["test", "train", "val"]
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [".phi3v-sample.json", "test", "train", "val"]
     result = run_converter(VideoConverter(VideoOptions(frames=2)), tmp_path / "src", tmp_path / "out", workers=1)
     assert result.counts == {"train": 12, "val": 6, "test": 6} and not result.failures
 
@@ -87,3 +87,26 @@ def test_cli_writes_a_sample_that_converts(tmp_path: Path) -> None:
     assert manifest["splits"] == {"train": 15, "val": 3, "test": 6} and manifest["failures"] == 0
     assert [(c["split"], c["count"], c["total"]) for c in manifest["carved"]] == [("val", 3, 18)]
     assert runner.invoke(main, ["sample", "video", str(tmp_path / "x"), "--classes", "99"]).exit_code == 2
+
+
+def test_a_folder_holding_a_real_dataset_is_refused_and_left_byte_for_byte(tmp_path: Path) -> None:
+    real = tmp_path / "ucf"
+    clip = real / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"RIFF real clip")
+    (real / "ucfTrainTestlist").mkdir()
+    (real / "ucfTrainTestlist" / "classInd.txt").write_bytes(b"1 ApplyEyeMakeup\r\n2 ApplyLipstick\r\n")
+    before = _tree(real)
+    for layout in ("ucf101", "presplit"):
+        result = CliRunner().invoke(main, ["sample", "video", str(real), "--layout", layout])
+        assert result.exit_code == 2, result.output
+        assert f"{real} already holds files that no sample wrote (UCF-101, ucfTrainTestlist)" in " ".join(result.output.split())
+    assert _tree(real) == before
+
+
+def test_an_earlier_sample_is_rewritten_and_an_empty_folder_is_used(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    write_video_sample(tmp_path / "s", classes=1, clips_per_class=1, seed=0)
+    first = _tree(tmp_path / "s")
+    write_video_sample(tmp_path / "s", classes=1, clips_per_class=1, seed=0)
+    assert _tree(tmp_path / "s") == first and ".phi3v-sample.json" in first

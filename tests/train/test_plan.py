@@ -7,6 +7,7 @@ Phi-3-vision)", 8x A100-80GB, DocVQA (2443.23 tokens on average at num_crops 16)
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -121,5 +122,11 @@ def test_plan_command(tmp_path: Path) -> None:
     assert result.output.rstrip().endswith(
         "torchrun --nproc_per_node 8 -m phi3v_train.cli.run --recipe docvqa-full --data data/docvqa "
         "--out runs/docvqa-full")
+    spaced = CliRunner().invoke(main, ["plan", "--gpus", "1", "--gpu", "a100", "--gpu-memory", "80",
+                                       "--recipe", "docvqa-lora", "--data", "my data/docvqa"])
+    assert spaced.exit_code == 0, spaced.output
+    command = spaced.output.rstrip().splitlines()[-1]
+    assert command.endswith("--data 'my data/docvqa' --out runs/docvqa-lora")  # pastes into a shell as one argument
+    assert shlex.split(command)[shlex.split(command).index("--data") + 1] == "my data/docvqa"
     nothing = CliRunner().invoke(main, ["plan", "--gpu", "t4", "--seq-len", "20000", "--crops", "120"])
     assert nothing.exit_code == 1 and "no strategy fits" in nothing.output

@@ -186,6 +186,71 @@ def test_export_refuses_an_out_that_is_or_holds_an_input(tmp_path: Path) -> None
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_export_refuses_an_out_inside_what_it_reads_and_allows_one_inside_the_run_dir(tmp_path: Path) -> None:
+    from phi3v_train.cli.export import _refuse_overlap
+
+    run_dir, base = tmp_path / "run", tmp_path / "base"
+    (run_dir / "final").mkdir(parents=True)
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (run_dir / "final" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    for args, message in (
+        (["--adapter", str(run_dir / "final"), "--out", str(run_dir / "final" / "merged")],
+         f"--out {run_dir / 'final' / 'merged'} is inside the adapter directory {run_dir / 'final'}"),
+        (["--adapter", str(run_dir), "--out", str(base / "merged")], "is inside the base model directory"),
+    ):
+        result = CliRunner().invoke(export, args)
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+    _refuse_overlap(run_dir / "merged", adapter=run_dir, base=None)  # RUN/merged beside RUN/final: fine
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["adapter_config.json", "base", "config.json", "final", "run"]
+
+
+def _model_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_and_eval_never_write_over_or_into_the_data_or_the_model(tmp_path: Path, command: str) -> None:
+    from phi3v_train.cli import main as train_main
+
+    data = write_dataset(tmp_path / "data" / "colors", split="val")
+    model = _model_dir(tmp_path / "run" / "final")
+    split = data / "colors_val.jsonl"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    predict = command == "predict"
+    cases = [
+        (split, f"--out {split} is the split file {split}") if predict else (data, f"--out {data} contains the split file"),
+        (data / "preds.jsonl" if predict else data / "eval", "is inside --data"),
+        (data / "images" / "p.jsonl", "is inside --data"),
+        (model / "p.jsonl" if predict else model / "eval", f"is inside the checkpoint {model}"),
+    ]
+    if not predict:  # a file --out contains nothing (and click refuses a directory for predict)
+        cases.append((tmp_path / "run", "contains the checkpoint"))
+    for out, message in cases:
+        argv = [command, "--model", str(tmp_path / "run"), "--data", str(data), "--split", "val", "--out", str(out)]
+        result = CliRunner().invoke(train_main, argv)
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_dir_given_as_model_may_hold_the_eval_output_but_not_be_it(tmp_path: Path) -> None:
+    from phi3v_data.io import OutputOverlapError, check_output_apart
+    from phi3v_train.cli.eval import model_inputs
+
+    run_dir = tmp_path / "run"
+    final = _model_dir(run_dir / "final")
+    inputs, may_hold = model_inputs(run_dir, None)
+    assert (inputs, may_hold) == ([("the checkpoint", final)], [("--model", run_dir)])
+    check_output_apart(run_dir / "eval", inputs, may_hold=may_hold)  # what `run --eval-after` writes itself
+    with pytest.raises(OutputOverlapError, match=f"--out {run_dir} is --model {run_dir}"):
+        check_output_apart(run_dir, [], may_hold=may_hold)
+    assert model_inputs("microsoft/Phi-3.5-vision-instruct", None) == ([], [])  # a Hub id is no local input
+
+
 # --- 4. YAML configs -------------------------------------------------------------------------------------------------
 
 
