@@ -56,7 +56,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
 @click.option("--out", "--output", "output", type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--train-split", help="Train on <data>/*_<split>.jsonl [train].")
-@click.option("--eval-split", help="Split for --eval-before/--eval-after [val].")
+@click.option("--eval-split", help="Split for --eval-before/--eval-after/--eval-every [val].")
 @click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
 @click.option("--train-projector/--freeze-projector", default=None, help="frozen-vision: train the projector? [train]")
 @click.option("--vision-freeze", type=click.Choice(["clip", "original"]), help="frozen-vision scope: the CLIP tower, or "
@@ -106,6 +106,11 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--eval-before/--no-eval-before", default=None, help="Evaluate --eval-split before training.")
 @click.option("--eval-after/--no-eval-after", default=None, help="Evaluate --eval-split after training.")
 @click.option("--eval-limit", type=int, help="At most this many eval records.")
+@click.option("--eval-every", type=int, help="Evaluate --eval-split every N steps: val loss, accuracy/ANLS/AUROC.")
+@click.option("--keep-best", type=click.Choice(["val_loss", "accuracy", "anls", "auroc"]),
+              help="Keep the best checkpoint by this metric as RUN/best (needs --eval-every).")
+@click.option("--patience", type=int, help="Stop after N evaluations without a better --keep-best metric [off].")
+@click.option("--report-to", help="tensorboard,wandb,mlflow (comma-separated) [tensorboard via --tensorboard].")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="[on]")
 @click.option("--verbose", "-v", is_flag=True, callback=set_verbose, help="Show library warnings and tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the closing lines.")

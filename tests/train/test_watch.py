@@ -1,0 +1,184 @@
+"""Watching a run: --eval-every (val loss + the metrics `phi3v-train eval` computes), --keep-best/--keep-last,
+--patience, and resume keeping the best so far.
+
+One run generates for real and is compared with `phi3v-train eval` on its checkpoints; the others script the
+validator's numbers, so which step is best (and when patience runs out) is known by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import phi3v_train.validation as validation
+from phi3v_train.checkpointing import COMPLETE, best_step, prune
+from phi3v_train.cli import main
+from phi3v_train.config import ConfigError, load_config
+from phi3v_train.evaluate import combine, evaluate
+from phi3v_train.train import run
+from train_fixtures import COLORS, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+
+
+def write_binary_val(root: Path, *, count: int = 6) -> Path:
+    """Hateful-Memes-style binary records (yes/no answers, reference.label) over the colour images of write_dataset."""
+    records = []
+    for index, color in enumerate(list(COLORS)[:count]):
+        label = index % 2
+        records.append({"id": f"val-{index}", "source": "colors", "task": "binary", "conversations": [{
+            "images": [f"train/{color}.png"], "user": f"Is the image {'red' if label else 'blue'}? Answer yes or no.",
+            "assistant": "yes" if label else "no", "reference": {"label": label}}]})
+    (root / "colors_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def _log(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _evals(run_dir: Path) -> dict[int, dict[str, Any]]:
+    return {row["step"]: row for row in _log(run_dir) if "eval_loss" in row}
+
+
+def _cli_eval(model: Path, data: Path, out: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["eval", "--model", str(model), "--data", str(data), "--split", "val",
+                                       "--num-crops", "1", "--batch-size", "2", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())["tasks"]["binary"]
+
+
+def test_eval_every_numbers_equal_phi3v_train_eval_of_the_checkpoints(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    data = write_binary_val(write_dataset(tmp_path / "data"))
+    run_dir = tmp_path / "run"
+    run(load_config(flags=run_flags(data, tiny_model, run_dir, strategy="lora", lr=1e-2, max_steps=4, eval_every=2,
+                                    keep_best="auroc", keep_last=1)))
+    evals = _evals(run_dir)
+    assert sorted(evals) == [2, 4]
+    for row in evals.values():
+        assert row["eval_loss"] > 0 and row["eval_auroc"] is not None and {"eval_accuracy", "best_step"} <= set(row)
+    best = evals[4]["best_step"]
+    assert best in (2, 4) and best_step(run_dir) == best
+    assert (run_dir / "best" / "adapter_config.json").is_file() and not (run_dir / "best" / "optimizer.pt").exists()
+    # keep_last 1: the last checkpoint, and the best one
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == sorted({f"checkpoint-{best}", "checkpoint-4"})
+    last = _cli_eval(run_dir / "checkpoint-4", data, tmp_path / "eval-4")
+    assert (last["accuracy"], last["auroc"]) == (evals[4]["eval_accuracy"], evals[4]["eval_auroc"])
+    of_best = _cli_eval(run_dir / "best", data, tmp_path / "eval-best")
+    assert (of_best["accuracy"], of_best["auroc"]) == (evals[best]["eval_accuracy"], evals[best]["eval_auroc"])
+    exported = CliRunner().invoke(main, ["export", "--adapter", str(run_dir / "best"), "--out", str(tmp_path / "merged")])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+class Scripted:
+    """Stands in for Validator.__call__: the next scripted value of the metric at each evaluation."""
+
+    def __init__(self, key: str, values: list[float]) -> None:
+        self.key, self.values = key, iter(values)
+
+    def __call__(self, validator: Any, model: Any) -> dict[str, float]:
+        value = next(self.values)
+        return {"eval_loss": value if self.key == "eval_loss" else 1.0, self.key: value}
+
+
+def _scripted(monkeypatch: pytest.MonkeyPatch, key: str, values: list[float]) -> None:
+    script = Scripted(key, values)
+    monkeypatch.setattr(validation.Validator, "__call__", lambda self, model: script(self, model))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_binary_val(write_dataset(tmp_path / "data"))
+
+
+def test_keep_best_val_loss_prunes_others_and_resume_keeps_the_best(
+    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    flags = run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=6, eval_every=2, keep_best="val_loss",
+                      keep_last=1)
+    _scripted(monkeypatch, "eval_loss", [3.0, 1.0, 2.0])  # steps 2, 4, 6: the best is step 4 (lowest)
+    run(load_config(flags=flags))
+    assert {step: row["best_step"] for step, row in _evals(run_dir).items()} == {2: 2, 4: 4, 6: 4}
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # 2 pruned
+    assert best_step(run_dir) == 4 and (run_dir / "best" / "model.safetensors").is_file()
+    state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (state["best_global_step"], state["best_metric"]) == (4, 1.0)
+
+    # Resumed and trained on: 1.5 at step 8 is worse than the kept 1.0; a run that forgot it would call 8 the best.
+    _scripted(monkeypatch, "eval_loss", [1.5])
+    run(load_config(flags={**flags, "max_steps": 8, "resume": "latest"}))
+    assert {step: row["best_step"] for step, row in _evals(run_dir).items()} == {2: 2, 4: 4, 6: 4, 8: 4}
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert best_step(run_dir) == 4
+
+
+def test_patience_stops_after_evaluations_without_improvement(
+    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    # steps 1..4: 0.2 best, 0.5 best, 0.5 not better (1), 0.4 not better (2 = patience) → stop after step 4
+    _scripted(monkeypatch, "eval_accuracy", [0.2, 0.5, 0.5, 0.4, 0.9, 0.9])
+    result = run(load_config(flags=run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=6, eval_every=1,
+                                             keep_best="accuracy", patience=2)))
+    assert result.global_step == 4 and result.status == "finished"
+    assert (run_dir / "final" / COMPLETE).read_text().startswith("step 4\n")
+    assert {step: row["best_step"] for step, row in _evals(run_dir).items()} == {1: 1, 2: 2, 3: 2, 4: 2}
+    assert best_step(run_dir) == 2
+
+
+def test_prune_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / COMPLETE).write_text(f"step {step}\n")
+    doomed = prune(tmp_path, keep=1, best_step=4)
+    assert sorted(p.name for p in doomed) == ["checkpoint-2", "checkpoint-6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_settings_that_need_another(tmp_path: Path) -> None:
+    base = {"data": "d", "model": "m", "output": str(tmp_path)}
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags={**base, "keep_best": "anls", "patience": 3})
+    assert caught.value.problems == ["--keep-best anls needs --eval-every N (the steps it is measured at)"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags={**base, "eval_every": 5, "patience": 3})
+    assert caught.value.problems == ["--patience 3 needs --keep-best METRIC (the metric that must improve)"]
+    assert load_config(flags={**base, "report_to": "wandb, mlflow"}).report_to == ["wandb", "mlflow"]
+
+
+def test_keep_best_a_metric_no_task_has_is_refused(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+    from phi3v_train.train import RunError
+
+    data = write_dataset(tmp_path / "data")
+    write_dataset(data, split="val", count=2)  # classification: accuracy only
+    with pytest.raises(RunError, match=r"--eval-every: --keep-best anls: no record of the 'val' split has a task "
+                                        r"scored by it \(tasks there: classification"):
+        run(load_config(flags=run_flags(data, tiny_model, tmp_path / "run", eval_every=2, keep_best="anls")))
+
+
+def test_zero3_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    config = load_config(flags={"data": "d", "model": "m", "output": str(tmp_path), "eval_every": 2})
+    zero3 = Path(validation.__file__).with_name("configs") / "zero3.json"
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        validation.build_validator(config, None, None, deepspeed_json=str(zero3))
+
+
+def test_slices_scored_together_equal_one_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import phi3v_train.evaluate as evaluate_module
+    from test_evaluate import SCRIPTED_RECORDS, ScriptedGenerator
+
+    monkeypatch.setattr(evaluate_module, "Generator", ScriptedGenerator)
+    whole = evaluate(None, None, SCRIPTED_RECORDS, images_root=".", num_crops=1, progress=False)
+    parts = [evaluate(None, None, SCRIPTED_RECORDS[start:stop], images_root=".", num_crops=1, progress=False)
+             for start, stop in ((0, 3), (3, 3), (3, len(SCRIPTED_RECORDS)))]
+    joined = combine(parts)
+    assert joined.rows == whole.rows and joined.metrics == whole.metrics
+    flat = validation.flat_metrics(whole)
+    tasks = whole.metrics["tasks"]
+    assert flat["eval_anls"] == tasks["vqa"]["anls"] and flat["eval_auroc"] == tasks["binary"]["auroc"]
+    scored = [(tasks[t]["accuracy"], tasks[t]["scored"]) for t in ("binary", "classification", "vqa")]
+    assert flat["eval_accuracy"] == pytest.approx(sum(a * n for a, n in scored) / sum(n for _, n in scored))
