@@ -301,10 +301,14 @@ def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: b
         callbacks.append(Patience(early_stopping_patience=config.patience))
     if is_main:
         callbacks.append(ProgressLog(console, config.output, quiet=quiet))
-        if config.tensorboard:
+        if config.tensorboard or "tensorboard" in config.report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+        if set(config.report_to) - {"tensorboard"}:
+            from phi3v_train.trackers import tracker_callbacks
+
+            callbacks += tracker_callbacks(config)
     return callbacks
 
 

@@ -107,6 +107,7 @@ def _check_extras(config: TrainConfig) -> list[str]:
     needed = [("bitsandbytes", "--strategy qlora")] if config.strategy == "qlora" else []
     if config.deepspeed:
         needed.append(("deepspeed", f"--deepspeed {config.deepspeed}"))
+    needed += [(name, f"--report-to {name}") for name in config.report_to if name in ("wandb", "mlflow")]
     return [f"{flag} needs {module}, which is not installed: {install_hint(module)}"
             for module, flag in needed if importlib.util.find_spec(module) is None]
 

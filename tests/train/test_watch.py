@@ -99,10 +99,14 @@ def test_keep_best_val_loss_prunes_others_and_resume_keeps_the_best(
 ) -> None:
     run_dir = tmp_path / "run"
     flags = run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=6, eval_every=2, keep_best="val_loss",
-                      keep_last=1)
+                      keep_last=1, tensorboard=True)
     _scripted(monkeypatch, "eval_loss", [3.0, 1.0, 2.0])  # steps 2, 4, 6: the best is step 4 (lowest)
     run(load_config(flags=flags))
     assert {step: row["best_step"] for step, row in _evals(run_dir).items()} == {2: 2, 4: 4, 6: 4}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval/loss")] == [(2, 3.0), (4, 1.0), (6, 2.0)]
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # 2 pruned
     assert best_step(run_dir) == 4 and (run_dir / "best" / "model.safetensors").is_file()
     state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
