@@ -375,11 +375,17 @@ def _validator(config: TrainConfig, processor: Any, collator: Collator, args: Tr
 
 
 class Patience(EarlyStoppingCallback):
-    """--patience: transformers' early stopping (its count is saved in checkpoints), without its warning about
-    load_best_model_at_end: final/ is the last step's model on purpose, RUN/best the best one."""
+    """--patience: transformers' early stopping, without its warning about load_best_model_at_end (final/ is the last
+    step's model on purpose, RUN/best the best one). Its count is saved in each checkpoint and taken back on resume
+    here (transformers would restore every stateful callback, replacing our own, only when asked to)."""
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        pass
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.early_stopping_patience_counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
+
+    def stopped(self) -> bool:
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
 
 
 def _evaluate(state: Setup, *, label: str) -> None:
@@ -479,6 +485,11 @@ def fit(state: Setup) -> RunResult:
     if state.preemption.stopped_at is not None:
         result.status = "preempted"
         return result
+    patience = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Patience)), None)
+    if patience is not None and patience.stopped():
+        state.console.print(f"stopped early at step {trainer.state.global_step}: --keep-best {config.keep_best} did not "
+                            f"improve in {config.patience} evaluation(s); the best is step "
+                            f"{trainer.state.best_global_step} ({config.output / ckpt.BEST})")
     result.final_dir = save_final(state)
     if config.eval_after:
         _evaluate(state, label="after")

@@ -120,14 +120,17 @@ def test_keep_best_val_loss_prunes_others_and_resume_keeps_the_best(
     assert best_step(run_dir) == 4
 
 
-def test_patience_stops_after_evaluations_without_improvement(
+def test_patience_stops_after_evaluations_without_improvement_counting_across_resume(
     tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     run_dir = tmp_path / "run"
-    # steps 1..4: 0.2 best, 0.5 best, 0.5 not better (1), 0.4 not better (2 = patience) → stop after step 4
-    _scripted(monkeypatch, "eval_accuracy", [0.2, 0.5, 0.5, 0.4, 0.9, 0.9])
-    result = run(load_config(flags=run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=6, eval_every=1,
-                                             keep_best="accuracy", patience=2)))
+    flags = run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=3, eval_every=1, keep_best="accuracy",
+                      patience=2)
+    _scripted(monkeypatch, "eval_accuracy", [0.2, 0.5, 0.5])  # best, best, not better (1 of 2)
+    assert run(load_config(flags=flags)).global_step == 3
+    # Resumed: 0.4 is the second evaluation without improvement → stop after step 4 (a forgotten count: step 5)
+    _scripted(monkeypatch, "eval_accuracy", [0.4, 0.9, 0.9])
+    result = run(load_config(flags={**flags, "max_steps": 6, "resume": "latest"}))
     assert result.global_step == 4 and result.status == "finished"
     assert (run_dir / "final" / COMPLETE).read_text().startswith("step 4\n")
     assert {step: row["best_step"] for step, row in _evals(run_dir).items()} == {1: 1, 2: 2, 3: 2, 4: 2}
