@@ -170,7 +170,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables it.")
     seed: int = 42
     save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
-    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept; older ones are deleted.")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept (besides --keep-best's); older ones are deleted.")
     save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="dtype of the weights in final/ (a full model): auto = the base checkpoint's (bf16 for the "
         "official ones); intermediate checkpoints always keep fp32 master weights so resume stays exact.")

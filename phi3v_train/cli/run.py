@@ -16,7 +16,8 @@ HELP = """Finetune Phi-3.5-vision on a converted dataset.
 Settings come from --config YAML and/or flags (flags win); RUN/config.yaml keeps the resolved settings.
 The dataset is validated first; a broken one is refused with a report. Output: RUN/checkpoint-<step>/ (each
 complete one holds a COMPLETE marker), RUN/final/ (full checkpoint, or LoRA adapter, + processor files),
-RUN/log.jsonl and RUN/tensorboard/.
+RUN/log.jsonl and RUN/tensorboard/; with --keep-best, RUN/best/ (the best evaluated step). `phi3v-train report RUN`
+plots the run.
 
 \b
 Example:
@@ -94,7 +95,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--max-grad-norm", type=float, help="Clip gradients; 0 = off [1.0].")
 @click.option("--seed", type=int, help="[42]")
 @click.option("--save-every", type=int, help="Checkpoint every N steps [500].")
-@click.option("--keep-last", type=int, help="Complete checkpoints kept [2].")
+@click.option("--keep-last", type=int, help="Complete checkpoints kept, besides the best one [2].")
 @click.option("--save-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
               help="Weights dtype of a full model in final/ [auto: the base checkpoint's].")
 @click.option("--log-every", type=int, help="Steps per log line [10].")

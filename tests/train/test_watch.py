@@ -189,3 +189,17 @@ def test_slices_scored_together_equal_one_evaluation(monkeypatch: pytest.MonkeyP
     assert flat["eval_anls"] == tasks["vqa"]["anls"] and flat["eval_auroc"] == tasks["binary"]["auroc"]
     scored = [(tasks[t]["accuracy"], tasks[t]["scored"]) for t in ("binary", "classification", "vqa")]
     assert flat["eval_accuracy"] == pytest.approx(sum(a * n for a, n in scored) / sum(n for _, n in scored))
+
+
+def test_cli_flags_reach_the_settings(tmp_path: Path) -> None:
+    from phi3v_train.cli.run import run as run_command
+
+    import yaml
+
+    result = CliRunner().invoke(run_command, ["--dry-run", "--data", "d", "--model", "m", "--out", str(tmp_path / "r"),
+                                              "--eval-every", "50", "--keep-best", "anls", "--patience", "3",
+                                              "--report-to", "tensorboard,mlflow"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["eval_every"], saved["keep_best"], saved["patience"], saved["report_to"]) == (
+        50, "anls", 3, ["tensorboard", "mlflow"])
