@@ -51,7 +51,7 @@ def _cli_eval(model: Path, data: Path, out: Path) -> dict[str, Any]:
 
 
 def test_eval_every_numbers_equal_phi3v_train_eval_of_the_checkpoints(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
-    data = write_binary_val(write_dataset(tmp_path / "data"))
+    data = write_binary_val(write_dataset(tmp_path / "data"), count=4)
     run_dir = tmp_path / "run"
     run(load_config(flags=run_flags(data, tiny_model, run_dir, strategy="lora", lr=1e-2, max_steps=4, eval_every=2,
                                     keep_best="auroc", keep_last=1)))
@@ -203,3 +203,36 @@ def test_cli_flags_reach_the_settings(tmp_path: Path) -> None:
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (saved["eval_every"], saved["keep_best"], saved["patience"], saved["report_to"]) == (
         50, "anls", 3, ["tensorboard", "mlflow"])
+
+
+def test_validator_on_a_mixture_scores_each_dataset_and_the_loss_per_answer_token(
+    tmp_path: Path, tiny_model: Path  # noqa: F811
+) -> None:
+    import torch
+
+    from phi3v_train.collator import Collator, TextEncoder
+    from phi3v_train.data import images_dir
+    from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor, bos_id
+
+    colors = write_dataset(tmp_path / "colors")
+    write_dataset(colors, split="val", count=3)
+    memes = write_binary_val(write_dataset(tmp_path / "memes"), count=4)
+    config = load_config(flags={"data": [str(colors), f"{memes}:0.5"], "model": str(tiny_model),
+                                "output": str(tmp_path / "run"), "num_crops": 1, "batch_size": 2, "eval_every": 1,
+                                "eval_limit": 2})
+    processor = Phi3VProcessor.from_pretrained(tiny_model, num_crops=1)
+    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
+                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+                        images_root=[images_dir(colors), images_dir(memes)])
+    validator = validation.build_validator(config, processor, collator, deepspeed_json=None)
+    assert [len(split.records) for split in validator.splits] == [2, 2] and len(validator.samples) == 4
+    model = Phi3VForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    metrics = validator(model)
+    assert {"eval_colors/accuracy", "eval_memes/accuracy", "eval_memes/auroc"} <= set(metrics)
+    assert metrics["eval_auroc"] == metrics["eval_memes/auroc"]  # only one dataset has a binary task
+    # the loss over the split equals one batch of all four samples' mean over answer tokens
+    batch = collator(list(validator.samples))
+    batch.pop("source_ids")
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
