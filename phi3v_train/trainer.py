@@ -47,6 +47,8 @@ class Phi3VTrainer(Trainer):
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, Any]:
         """--eval-every: the validator's loss and task metrics; callbacks (--patience) see them before the best moves."""
+        if self.validator is None:  # no --eval-every: transformers' own loop over an eval_dataset, if one was given
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics = self.validator(self.accelerator.unwrap_model(self.model))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
