@@ -486,7 +486,7 @@ def fit(state: Setup) -> RunResult:
         result.status = "preempted"
         return result
     patience = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Patience)), None)
-    if patience is not None and patience.stopped():
+    if patience is not None and patience.stopped() and trainer.state.global_step < trainer.state.max_steps:
         state.console.print(f"stopped early at step {trainer.state.global_step}: --keep-best {config.keep_best} did not "
                             f"improve in {config.patience} evaluation(s); the best is step "
                             f"{trainer.state.best_global_step} ({config.output / ckpt.BEST})")
