@@ -56,6 +56,8 @@ def _data_file(config: TrainConfig, notes: list[str]) -> TrainConfig:
 def _check_sources(config: TrainConfig) -> list[str]:
     problems = []
     needed = [("--train-split", config.train_split)]
+    if config.eval_every:  # every dataset's eval split is scored (and its loss summed) during training
+        needed.append(("--eval-every", config.eval_split))
     evaluates = config.eval_before or config.eval_after
     sources = config.sources
     has_eval = []

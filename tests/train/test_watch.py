@@ -236,3 +236,13 @@ def test_validator_on_a_mixture_scores_each_dataset_and_the_loss_per_answer_toke
     with torch.no_grad():
         expected = model(**batch).loss.item()
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_cli_refuses_eval_every_without_the_split_before_loading(tmp_path: Path) -> None:
+    from phi3v_train.cli.run import run as run_command
+
+    data = write_dataset(tmp_path / "data")  # a train split only
+    result = CliRunner().invoke(run_command, ["--data", str(data), "--model", "m", "--out", str(tmp_path / "r"),
+                                              "--eval-every", "5"])
+    assert result.exit_code == 2
+    assert f"--data {data}: no 'val' split for --eval-every (no *_val.jsonl); splits there: train" in result.output
