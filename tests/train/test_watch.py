@@ -246,3 +246,24 @@ def test_cli_refuses_eval_every_without_the_split_before_loading(tmp_path: Path)
                                               "--eval-every", "5"])
     assert result.exit_code == 2
     assert f"--data {data}: no 'val' split for --eval-every (no *_val.jsonl); splits there: train" in result.output
+
+
+def test_resuming_before_a_newer_best_copies_back_the_best_the_state_knows(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from phi3v_train.checkpointing import CheckpointCallback, mark_complete
+
+    for step in (2, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in ("model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"):
+            (tmp_path / f"checkpoint-{step}" / name).write_text(f"{name} {step}")
+        mark_complete(tmp_path / f"checkpoint-{step}", step=step)
+    (tmp_path / "best").mkdir()
+    mark_complete(tmp_path / "best", step=6)  # from steps a resume at checkpoint-2 trains again
+    state = SimpleNamespace(best_global_step=2, best_metric=0.75, is_world_process_zero=True)
+    CheckpointCallback(tmp_path, keep=1, keep_best=True).on_train_begin(
+        SimpleNamespace(metric_for_best_model="eval_accuracy"), state, None)
+    assert best_step(tmp_path) == 2
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["COMPLETE", "model.safetensors"]
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "model.safetensors 2"
+    assert "eval_accuracy 0.75" in (tmp_path / "best" / COMPLETE).read_text()
