@@ -104,18 +104,50 @@ def final_step(run_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def mark_complete(path: Path, *, step: int) -> None:
+def mark_complete(path: Path, *, step: int, note: str = "") -> None:
     """Write the marker last, atomically: its presence means every file before it is in place."""
     with atomic_write(path / COMPLETE, "w", encoding="utf-8") as handle:
-        handle.write(f"step {step}\nsaved {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        handle.write(f"step {step}\nsaved {time.strftime('%Y-%m-%dT%H:%M:%S')}\n{note}")
 
 
-def prune(run_dir: Path, *, keep: int) -> list[Path]:
-    """Delete complete checkpoints beyond the newest ``keep`` and incomplete ones older than the newest complete."""
+BEST = "best"
+_TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin|"
+                             r"trainer_state\.json|global_step\d+|latest|zero_to_fp32\.py|COMPLETE)$")
+"""What a checkpoint holds only to resume; RUN/best keeps the rest (weights or adapter, configs), as final/ does."""
+
+
+def best_step(run_dir: Path) -> int | None:
+    """The step RUN/best was copied from (its COMPLETE marker), or None."""
+    try:
+        return int((run_dir / BEST / COMPLETE).read_text(encoding="utf-8").split("\n", 1)[0].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def copy_best(checkpoint: Path, run_dir: Path, *, step: int, note: str, processor: object | None = None) -> Path:
+    """RUN/best ← the model files of ``checkpoint`` (+ the processor's), swapped in whole: never half there."""
+    best, staging, old = run_dir / BEST, run_dir / ".best.tmp", run_dir / ".best.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint, staging, ignore=lambda _, names: [n for n in names if _TRAINING_STATE.match(n)])
+    if processor is not None:
+        processor.save_pretrained(staging)  # type: ignore[attr-defined]
+    mark_complete(staging, step=step, note=note)
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        best.rename(old)
+    staging.rename(best)
+    shutil.rmtree(old, ignore_errors=True)
+    return best
+
+
+def prune(run_dir: Path, *, keep: int, best_step: int | None = None) -> list[Path]:
+    """Delete complete checkpoints beyond the newest ``keep`` (the best one stays too) and incomplete ones older than
+    the newest complete."""
     checkpoints = list_checkpoints(run_dir)
     complete = [c for c in checkpoints if c.complete]
     newest = complete[-1].step if complete else -1
-    doomed = [c.path for c in complete[:-keep]] + [c.path for c in checkpoints if not c.complete and c.step < newest]
+    doomed = [c.path for c in complete[:-keep] if c.step != best_step]
+    doomed += [c.path for c in checkpoints if not c.complete and c.step < newest]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
@@ -157,22 +189,43 @@ def all_finite(loss: torch.Tensor) -> bool:
 class CheckpointCallback(TrainerCallback):
     """Marks each saved checkpoint complete (after all ranks wrote their part) and keeps the newest ``keep``."""
 
-    def __init__(self, run_dir: Path, *, keep: int, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: Path, *, keep: int, settings: dict[str, Any] | None = None, keep_best: bool = False,
+                 processor: object | None = None) -> None:
         self.run_dir = run_dir
         self.keep = keep
         self.settings = settings  # the run's settings and data digest, so a resume can tell it is the same run
+        self.keep_best, self.processor = keep_best, processor  # --keep-best: the best checkpoint stays, RUN/best
         self.saved: list[Path] = []
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        """Resumed: RUN/best must be the best the resumed state knows (it can be newer, from steps now redone)."""
+        best = state.best_global_step if self.keep_best else None
+        if not best or not state.is_world_process_zero or best_step(self.run_dir) == best:
+            return
+        source = self.run_dir / f"checkpoint-{best}"
+        if (source / COMPLETE).is_file():
+            copy_best(source, self.run_dir, step=best, note=_best_note(args, state), processor=self.processor)
+        else:
+            log.warning("the best checkpoint so far (%s) is gone; %s/%s is replaced at the next better evaluation",
+                        source.name, self.run_dir, BEST)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         _barrier()  # ZeRO shards and per-rank RNG files are written by every rank
         path = self.run_dir / f"checkpoint-{state.global_step}"
+        best = state.best_global_step if self.keep_best else None
         if state.is_world_process_zero:
             if self.settings is not None:
                 write_json(path / SETTINGS_FILE, self.settings)
             mark_complete(path, step=state.global_step)
-            prune(self.run_dir, keep=self.keep)
+            if best == state.global_step:
+                copy_best(path, self.run_dir, step=best, note=_best_note(args, state), processor=self.processor)
+            prune(self.run_dir, keep=self.keep, best_step=best)
         self.saved.append(path)
         _barrier()
+
+
+def _best_note(args: TrainingArguments, state: TrainerState) -> str:
+    return f"{args.metric_for_best_model} {state.best_metric}\n"
 
 
 class PreemptionCallback(TrainerCallback):

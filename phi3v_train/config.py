@@ -142,7 +142,7 @@ class TrainConfig(_Section):
     model: str = Field(description="Base model: a local checkpoint directory or a Hugging Face Hub id.")
     output: Path = Field(description="Run directory: config.yaml, checkpoint-<step>/, final/, tensorboard/.")
     train_split: str = Field("train", min_length=1, description="Reads <data>/*_<train_split>.jsonl.")
-    eval_split: str = Field("val", min_length=1, description="Split evaluated by --eval-before/--eval-after.")
+    eval_split: str = Field("val", min_length=1, description="Split evaluated by --eval-before/--eval-after/--eval-every.")
     strategy: Strategy = "lora"
     train_projector: bool = Field(True, description="frozen-vision with vision_freeze clip: keep training the projector.")
     vision_freeze: Literal["clip", "original"] = Field(
@@ -170,7 +170,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables it.")
     seed: int = 42
     save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
-    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept; older ones are deleted.")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept (besides --keep-best's); older ones are deleted.")
     save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="dtype of the weights in final/ (a full model): auto = the base checkpoint's (bf16 for the "
         "official ones); intermediate checkpoints always keep fp32 master weights so resume stays exact.")
@@ -183,6 +183,14 @@ class TrainConfig(_Section):
     eval_before: bool = False
     eval_after: bool = False
     eval_limit: int | None = Field(None, gt=0, description="Evaluate at most this many records.")
+    eval_every: int | None = Field(None, gt=0, description="Every N optimizer steps (and at the last) evaluate "
+                                   "--eval-split: validation loss and the task metrics of `phi3v-train eval`.")
+    keep_best: Literal["val_loss", "accuracy", "anls", "auroc"] | None = Field(
+        None, description="Keep the checkpoint best by this metric (lowest val_loss, else highest) as RUN/best.")
+    patience: int | None = Field(None, gt=0, description="Stop after N evaluations without a better --keep-best.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Trackers besides log.jsonl (comma-separated); tensorboard also by "
+        "--tensorboard. wandb and mlflow read their usual environment (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...).")
     tensorboard: bool = True
     recipe: str | None = Field(None, description="Preset applied under the YAML and flags (`phi3v-train recipes`).")
 
@@ -193,6 +201,12 @@ class TrainConfig(_Section):
             return _data_sources(value)
         except ValueError as exc:  # without pydantic's "Value error, " prefix
             raise PydanticCustomError("data_sources", str(exc)) from None
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_report_to(cls, value: Any) -> Any:
+        values = [value] if isinstance(value, str) else value or []
+        return [part.strip() for item in values for part in str(item).split(",") if part.strip() not in ("", "none")]
 
     @property
     def sources(self) -> list[DataSource]:
@@ -232,6 +246,10 @@ def _cross_checks(config: TrainConfig) -> list[str]:
         problems.append(
             f"--global-batch-size {config.global_batch_size} is not a multiple of --batch-size {config.batch_size}"
         )
+    if config.keep_best and not config.eval_every:
+        problems.append(f"--keep-best {config.keep_best} needs --eval-every N (the steps it is measured at)")
+    if config.patience and not config.keep_best:
+        problems.append(f"--patience {config.patience} needs --keep-best METRIC (the metric that must improve)")
     return problems
 
 

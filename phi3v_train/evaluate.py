@@ -234,16 +234,28 @@ def _record_row(
 
 def _result(state: _State, *, settings: dict[str, Any], meta: dict[str, Any] | None) -> EvalResult:
     rows = [state.rows[key] for key in sorted(state.rows)]
+    return _scored(rows, records=len(state.records), settings=settings, meta=meta)
+
+
+def _scored(rows: list[dict[str, Any]], *, records: int, settings: dict[str, Any], meta: dict[str, Any] | None) -> EvalResult:
     answered = [row for row in rows if "error" not in row]
     metrics = {
         **(meta or {}),
-        "records": len(state.records),
+        "records": records,
         "turns": len(rows),
         "failed": len(rows) - len(answered),
         "tasks": summarize(answered),
         "settings": settings,
     }
     return EvalResult(rows=rows, metrics=metrics)
+
+
+def combine(parts: Sequence[EvalResult], *, meta: dict[str, Any] | None = None) -> EvalResult:
+    """One result from the results of consecutive slices of the records (one per rank), scored as :func:`evaluate`
+    scores a whole split: AUROC ranks all turns together, so slices are joined by their rows, not their metrics."""
+    rows = [row for part in parts for row in part.rows]
+    settings = parts[0].metrics["settings"] if parts else {}
+    return _scored(rows, records=sum(part.metrics["records"] for part in parts), settings=settings, meta=meta)
 
 
 def _chunks(items: list[_Pending], size: int) -> Iterator[list[_Pending]]:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.markup import escape
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -189,7 +189,19 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
         disable_tqdm=True,
         deepspeed=deepspeed_config(config.deepspeed),
         ddp_find_unused_parameters=False,
+        **_eval_arguments(config),
     )
+
+
+def _eval_arguments(config: TrainConfig) -> dict[str, Any]:
+    """--eval-every/--keep-best as transformers' step evaluation and best-metric tracking (Phi3VTrainer.evaluate)."""
+    from phi3v_train.validation import METRIC_KEYS
+
+    if not config.eval_every:
+        return {}
+    best = METRIC_KEYS[config.keep_best] if config.keep_best else None
+    return {"eval_strategy": "steps", "eval_steps": config.eval_every, "metric_for_best_model": best,
+            "greater_is_better": None if best is None else config.keep_best != "val_loss"}
 
 
 def _describe_data(
@@ -320,15 +332,23 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
 
 
 def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: bool = False,
-               settings: dict[str, Any] | None = None) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [ckpt.CheckpointCallback(config.output, keep=config.keep_last, settings=settings),
-                                        ckpt.PreemptionCallback(), LogEnds()]
+               settings: dict[str, Any] | None = None, processor: Any = None) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [
+        ckpt.CheckpointCallback(config.output, keep=config.keep_last, settings=settings,
+                                keep_best=bool(config.keep_best), processor=processor),
+        ckpt.PreemptionCallback(), LogEnds()]
+    if config.patience:
+        callbacks.append(Patience(early_stopping_patience=config.patience))
     if is_main:
         callbacks.append(ProgressLog(console, config.output, quiet=quiet))
-        if config.tensorboard:
+        if config.tensorboard or "tensorboard" in config.report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+        if set(config.report_to) - {"tensorboard"}:
+            from phi3v_train.trackers import tracker_callbacks
+
+            callbacks += tracker_callbacks(config)
     return callbacks
 
 
@@ -372,23 +392,49 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     _describe_data(console, summaries, sampler, config)
     _warn_small_data(warn, summaries, config, global_batch=global_batch)
     dirs = [source.path for source in config.sources]
+    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
+                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
+    validator = _validator(config, processor, collator, args) if config.eval_every else None  # before the model
     model = _model(config, args, dataset, console)
     if is_main:  # every input is checked: only now may an --overwrite delete the earlier run
         _start_run_dir(config, plan, warn)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
-                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
-                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
-    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings)
+    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings, processor=processor)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
-                           source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks])
+                           source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks],
+                           eval_dataset=validator.samples if validator else None)
+    trainer.validator = validator
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
     if resume_from is not None:  # the count of stand-in samples goes on from the checkpoint's
         trainer.skipped.total = trainer.skipped_logged = skipped_before(resume_from)
     return Setup(config, args, trainer, processor, resume_from, preemption, console)
+
+
+def _validator(config: TrainConfig, processor: Any, collator: Collator, args: TrainingArguments) -> Any:
+    from phi3v_train.validation import build_validator
+
+    try:
+        return build_validator(config, processor, collator, deepspeed_json=args.deepspeed)
+    except ValueError as exc:  # DataError (no such split) is one
+        raise RunError(f"--eval-every: {exc}") from None
+
+
+class Patience(EarlyStoppingCallback):
+    """--patience: transformers' early stopping, without its warning about load_best_model_at_end (final/ is the last
+    step's model on purpose, RUN/best the best one). Its count is saved in each checkpoint and taken back on resume
+    here (transformers would restore every stateful callback, replacing our own, only when asked to)."""
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.early_stopping_patience_counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
+
+    def stopped(self) -> bool:
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
 
 
 def _evaluate(state: Setup, *, label: str) -> None:
@@ -491,6 +537,11 @@ def fit(state: Setup) -> RunResult:
     if state.preemption.stopped_at is not None:
         result.status = "preempted"
         return result
+    patience = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Patience)), None)
+    if patience is not None and patience.stopped() and trainer.state.global_step < trainer.state.max_steps:
+        state.console.print(f"stopped early at step {trainer.state.global_step}: --keep-best {config.keep_best} did not "
+                            f"improve in {config.patience} evaluation(s); the best is step "
+                            f"{trainer.state.best_global_step} ({config.output / ckpt.BEST})")
     result.final_dir = save_final(state)
     if config.eval_after:
         _evaluate(state, label="after")

@@ -43,6 +43,26 @@ class Phi3VTrainer(Trainer):
         self.skipped = SkippedSamples()
         self.skipped_logged = 0
         self.add_callback(self.skipped)
+        self.validator: Any = None  # --eval-every: phi3v_train.validation.Validator
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, Any]:
+        """--eval-every: the validator's loss and task metrics; callbacks (--patience) see them before the best moves."""
+        if self.validator is None:  # no --eval-every: transformers' own loop over an eval_dataset, if one was given
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = self.validator(self.accelerator.unwrap_model(self.model))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _determine_best_metric(self, metrics: dict[str, Any], trial: Any) -> bool:
+        """transformers' best-so-far (kept in trainer_state.json, so resume knows it), a checkpoint at each new best
+        (RUN/best is copied from it), and the evaluation's log row naming the best step."""
+        key = self.args.metric_for_best_model
+        new = key is not None and metrics.get(key) is not None and super()._determine_best_metric(metrics, trial)
+        if new:
+            self.control.should_save = True
+        best = {"best_step": self.state.best_global_step} if key and self.state.best_global_step else {}
+        self.log({**{name: value for name, value in metrics.items() if value is not None}, **best})
+        return new
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         return self.sampler
@@ -195,6 +215,8 @@ class ProgressLog(TrainerCallback):
         self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if logs and any(key.startswith("eval_") for key in logs):
+            self._log_eval(state, logs)
         if not logs or "loss" not in logs:
             return
         self.losses.append(logs["loss"])
@@ -211,6 +233,18 @@ class ProgressLog(TrainerCallback):
             + "".join(f"  {key[8:]} {value}" for key, value in logs.items() if key.startswith("samples/"))
             + (f"  [yellow]skipped {logs['skipped_samples']} bad sample(s)[/]" if logs.get("skipped_samples") else "")
         )
+
+    def _log_eval(self, state: Any, logs: dict[str, Any]) -> None:
+        """--eval-every: a log.jsonl row and one line: val loss, the task metrics, the best step so far."""
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        if self.quiet:
+            return
+        shown = [f"val loss {logs['eval_loss']:.4f}" if logs.get("eval_loss") is not None else "val loss -"]
+        shown += [f"{key[5:]} {value:.4f}" for key, value in logs.items()
+                  if key.startswith("eval_") and key != "eval_loss" and isinstance(value, float)]
+        best = f"  (best: step {logs['best_step']})" if "best_step" in logs else ""
+        self.console.print(f"eval step {state.global_step}/{state.max_steps}  " + "  ".join(shown) + best)
 
     def _eta(self, state: Any) -> str:
         done = state.global_step - self.first_step

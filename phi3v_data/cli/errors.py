@@ -25,7 +25,7 @@ EXTRAS = {
     "pyarrow": "hf", "datasets": "hf",
     "torch": "train", "torchvision": "train", "transformers": "train", "tokenizers": "train", "safetensors": "train",
     "accelerate": "train", "peft": "train", "tensorboard": "train",
-    "deepspeed": "deepspeed", "bitsandbytes": "qlora", "flash_attn": "flash",
+    "deepspeed": "deepspeed", "bitsandbytes": "qlora", "flash_attn": "flash", "wandb": "wandb", "mlflow": "mlflow",
 }
 
 # Errors our library raises for problems a user can fix: (module, class name). Looked up in sys.modules, so

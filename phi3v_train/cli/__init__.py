@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": "phi3v_train.cli.bench:bench",
     "recipes": "phi3v_train.cli.recipes:recipes",
     "plan": "phi3v_train.cli.plan:plan",
+    "report": "phi3v_train.cli.report:report",
 }
 
 

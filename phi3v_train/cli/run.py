@@ -16,7 +16,8 @@ HELP = """Finetune Phi-3.5-vision on a converted dataset.
 Settings come from --config YAML and/or flags (flags win); RUN/config.yaml keeps the resolved settings.
 The dataset is validated first; a broken one is refused with a report. Output: RUN/checkpoint-<step>/ (each
 complete one holds a COMPLETE marker), RUN/final/ (full checkpoint, or LoRA adapter, + processor files),
-RUN/log.jsonl and RUN/tensorboard/.
+RUN/log.jsonl and RUN/tensorboard/; with --keep-best, RUN/best/ (the best evaluated step). `phi3v-train report RUN`
+plots the run.
 
 \b
 Example:
@@ -57,7 +58,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
 @click.option("--out", "--output", "output", type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--train-split", help="Train on <data>/*_<split>.jsonl [train].")
-@click.option("--eval-split", help="Split for --eval-before/--eval-after [val].")
+@click.option("--eval-split", help="Split for --eval-before/--eval-after/--eval-every [val].")
 @click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
 @click.option("--train-projector/--freeze-projector", default=None, help="frozen-vision: train the projector? [train]")
 @click.option("--vision-freeze", type=click.Choice(["clip", "original"]), help="frozen-vision scope: the CLIP tower, or "
@@ -95,7 +96,7 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--max-grad-norm", type=float, help="Clip gradients; 0 = off [1.0].")
 @click.option("--seed", type=int, help="[42]")
 @click.option("--save-every", type=int, help="Checkpoint every N steps [500].")
-@click.option("--keep-last", type=int, help="Complete checkpoints kept [2].")
+@click.option("--keep-last", type=int, help="Complete checkpoints kept, besides the best one [2].")
 @click.option("--save-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
               help="Weights dtype of a full model in final/ [auto: the base checkpoint's].")
 @click.option("--log-every", type=int, help="Steps per log line [10].")
@@ -112,6 +113,11 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--eval-before/--no-eval-before", default=None, help="Evaluate --eval-split before training.")
 @click.option("--eval-after/--no-eval-after", default=None, help="Evaluate --eval-split after training.")
 @click.option("--eval-limit", type=int, help="At most this many eval records.")
+@click.option("--eval-every", type=int, help="Evaluate --eval-split every N steps: val loss, accuracy/ANLS/AUROC.")
+@click.option("--keep-best", type=click.Choice(["val_loss", "accuracy", "anls", "auroc"]),
+              help="Keep the best checkpoint by this metric as RUN/best (needs --eval-every).")
+@click.option("--patience", type=int, help="Stop after N evaluations without a better --keep-best metric [off].")
+@click.option("--report-to", help="tensorboard,wandb,mlflow (comma-separated) [tensorboard via --tensorboard].")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="[on]")
 @click.option("--verbose", "-v", is_flag=True, callback=set_verbose, help="Show library warnings and tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the closing lines.")

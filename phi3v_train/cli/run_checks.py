@@ -56,6 +56,8 @@ def _data_file(config: TrainConfig, notes: list[str]) -> TrainConfig:
 def _check_sources(config: TrainConfig) -> list[str]:
     problems = []
     needed = [("--train-split", config.train_split)]
+    if config.eval_every:  # every dataset's eval split is scored (and its loss summed) during training
+        needed.append(("--eval-every", config.eval_split))
     evaluates = config.eval_before or config.eval_after
     sources = config.sources
     has_eval = []
@@ -107,6 +109,7 @@ def _check_extras(config: TrainConfig) -> list[str]:
     needed = [("bitsandbytes", "--strategy qlora")] if config.strategy == "qlora" else []
     if config.deepspeed:
         needed.append(("deepspeed", f"--deepspeed {config.deepspeed}"))
+    needed += [(name, f"--report-to {name}") for name in config.report_to if name in ("wandb", "mlflow")]
     return [f"{flag} needs {module}, which is not installed: {install_hint(module)}"
             for module, flag in needed if importlib.util.find_spec(module) is None]
 
