@@ -245,6 +245,8 @@ def write_dist_info(site: Path) -> None:
 def step_env(run: Runner) -> tuple[str, dict]:
     details: dict[str, Any] = {"card": nvidia_smi()}
     details.update(run.check("env"))
+    if run.args.device == "cuda" and not details.get("cuda_available"):
+        raise StepFailed(f"torch sees no CUDA device ({details['summary']}); the full-size steps need one", details)
     return (f"{details['summary']}" + (f"; {details['card']}" if details["card"] else "")), details
 
 
@@ -423,7 +425,8 @@ STEPS = [
     Step("train-full", "phi3v-train run --strategy full", step_train("full"), needs=("data", "tiny-model"), cap_s=150),
     Step("export", "phi3v-train export, then load it", step_export, needs=("train-lora",), cap_s=120),
     Step("resume", "--resume latest repeats the losses", step_resume, needs=("train-lora",), cap_s=150),
-    Step("model-full-size", "random-weight Phi-3.5-vision, official config", step_model_full_size, cap_s=240),
+    Step("model-full-size", "random-weight Phi-3.5-vision, official config", step_model_full_size, needs=("env",),
+         cap_s=240),
     Step("attention-full-size", "sdpa vs eager logits, DocVQA shape", step_attention("full-size", full_size=True),
          needs=("model-full-size",), cap_s=150),
     *[Step(f"bench-{s}", f"phi3v-train bench --strategy {s}", step_bench(s), needs=("model-full-size",), cap_s=180)
