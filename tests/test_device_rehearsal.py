@@ -6,6 +6,8 @@ the project itself still goes through the same ``pip install --no-deps --target`
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +22,15 @@ STEPS = ["install", "env", "data", "tiny-model", "attention-tiny", "train-lora",
          "model-full-size", "attention-full-size", "bench-full", "bench-frozen-vision", "bench-lora", "bench-qlora",
          "memory-vs-plan", "speed-table"]
 
-pytestmark = pytest.mark.slow  # about twenty processes that each import torch: a few minutes on 2 cores
+
+
+def load_driver():
+    """benchmarks/device/run_device.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("run_device", REPO / "benchmarks" / "device" / "run_device.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_device"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def rehearse(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -32,6 +42,7 @@ def rehearse(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]
     return proc, json.loads((out / "gpu_report.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow  # about twenty processes that each import torch: a few minutes on 2 cores
 def test_rehearsal_runs_every_step_and_writes_both_reports(tmp_path: Path) -> None:
     proc, report = rehearse(tmp_path / "out")
     rows = {row["name"]: row for row in report["steps"]}
@@ -62,6 +73,7 @@ def test_rehearsal_runs_every_step_and_writes_both_reports(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_report.json", "gpu_report.md", "run.log"]
 
 
+@pytest.mark.slow
 def test_a_missing_package_fails_its_steps_as_rows_with_the_reason_and_the_rest_goes_on(tmp_path: Path) -> None:
     proc, report = rehearse(tmp_path / "out", "--only", "install,env,data,tiny-model,train-lora", "--hide", "pydantic")
     rows = {row["name"]: row for row in report["steps"]}
@@ -76,3 +88,21 @@ def test_a_missing_package_fails_its_steps_as_rows_with_the_reason_and_the_rest_
     assert rows["bench-lora"]["reason"] == "not selected (--only)"
     markdown = (tmp_path / "out" / "gpu_report.md").read_text(encoding="utf-8")
     assert "| 2 | env | failed |" in markdown and "missing: pydantic" in markdown
+
+
+def test_install_fallback_registers_the_converters_without_building(tmp_path: Path) -> None:
+    load_driver().write_dist_info(tmp_path)  # used when the GPU machine cannot build the project
+    (dist,) = importlib.metadata.distributions(path=[str(tmp_path)])
+    assert (dist.metadata["Name"], dist.version) == ("phi3v", "0.1.0")
+    points = {(ep.group, ep.name): ep.value for ep in dist.entry_points}
+    assert points[("phi3v.converters", "docvqa")] == "converters.docvqa:DocVQAConverter"
+    assert points[("console_scripts", "phi3v-train")] == "phi3v_train.cli:main"
+    assert len([key for key in points if key[0] == "phi3v.converters"]) == 9
+
+
+def test_the_reason_is_the_last_line_that_is_not_a_progress_bar() -> None:
+    output = ("Loading weights:   0%|          | 0/60\rLoading weights: 100%|██████████| 60/60 [00:00<00:00, 9.1it/s]\n"
+              "Error: --data x: no such dataset\n"
+              "Writing model shards: 100%|██████████| 1/1 [00:00<00:00, 34.30it/s]\n"
+              "[2026-12-02 14:48:17,119] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.\n\n")
+    assert load_driver().last_line(output) == "Error: --data x: no such dataset"

@@ -290,7 +290,7 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     reports = [json.loads(Path(path).read_text(encoding="utf-8")).get("report") for path in args.inputs]
     reports = [report for report in reports if report]
     if not reports:
-        raise CheckFailed("no bench step produced rows")
+        raise CheckFailed("no bench step produced rows", {"skip": True})
     first = reports[0]
     merged = BenchReport(**{**first, "rows": [], "skipped": []})
     for report in reports:

@@ -385,7 +385,7 @@ def step_memory(run: Runner) -> tuple[str, dict]:
                          "estimate_gb": round(result["plan_estimate_gb"], 2), "ratio": round(ratio, 3),
                          "within": abs(ratio - 1) <= MEMORY_BAND, "plan_command": result["plan_command"]})
     if not rows:
-        raise StepFailed("no bench row measured peak memory")
+        raise StepFailed("no bench row measured peak memory", {"skip": True})
     details = {"rows": rows, "band": MEMORY_BAND}
     cells = ", ".join(f"{r['strategy']}/{r['attention']} {r['measured_gb']:.1f} vs {r['estimate_gb']:.1f} GB"
                       for r in rows)
@@ -399,7 +399,9 @@ def step_memory(run: Runner) -> tuple[str, dict]:
 
 
 def step_table(run: Runner) -> tuple[str, dict]:
-    paths = [p for p in sorted((run.work / "results").glob("bench-*.json"))]
+    paths = sorted((run.work / "results").glob("bench-*.json"))
+    if not paths:
+        raise StepFailed("no bench step ran", {"skip": True})
     result = run.check("table", *map(str, paths))
     return result["summary"], result
 
