@@ -113,6 +113,14 @@ def render(outcomes: list[Outcome], *, started: str, host: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_sections(path: Path) -> str:
+    """The ``## GPU …`` sections of the previous file: the GPU table comes from benchmarks/device/, not from here."""
+    if not path.is_file():
+        return ""
+    sections = re.split(r"(?m)^(?=## )", path.read_text(encoding="utf-8"))
+    return "".join("\n" + section.rstrip("\n") + "\n" for section in sections if section.startswith("## GPU"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="Run only benchmarks whose name contains this.")
@@ -129,8 +137,9 @@ def main() -> int:
             outcome = run_one(script, work=Path(tmp), timeout=args.timeout)
             print(f"  {outcome.status} in {outcome.seconds:.0f}s: {outcome.headline}", flush=True)
             outcomes.append(outcome)
+    kept = kept_sections(args.out)
     with atomic_write(args.out, "w", encoding="utf-8") as handle:
-        handle.write(render(outcomes, started=started, host=host))
+        handle.write(render(outcomes, started=started, host=host) + kept)
     print(f"wrote {args.out}")
     return 0 if all(o.status == "ok" for o in outcomes) else 1
 
