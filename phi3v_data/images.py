@@ -1,4 +1,11 @@
-"""Cheap and thorough checks that an image file is usable, without ever decoding a decompression bomb."""
+"""Cheap and thorough checks that an image file is usable, without ever decoding a decompression bomb, and the one
+way pixels are read for training, evaluation and previews.
+
+Images are used upright: a JPEG whose EXIF orientation says "rotated" is turned as ``PIL.ImageOps.exif_transpose``
+turns it — what ``datasets`` does when it decodes an image, so what the original recipe trained on. Sizes are the
+upright sizes too (:func:`check_image` reads the orientation from the header), so the image tokens counted by
+validation and training match the pixels the collator builds.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,11 @@ import os
 import warnings
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2 × MAX_IMAGE_PIXELS); larger images are refused
+ORIENTATION = 0x0112  # EXIF tag
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # orientations whose upright image swaps width and height
 
 
 class ImageProblem(Exception):
@@ -23,7 +32,8 @@ def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels:
     """Return (width, height) of an image file, raising :class:`ImageProblem` when it is unusable.
 
     By default only the header is read (fast: size and format). ``deep=True`` decodes every pixel, which catches
-    truncated files. Images over ``max_pixels`` are refused before any decoding.
+    truncated files. Images over ``max_pixels`` are refused before any decoding. The size is the upright one
+    (:func:`orientation`): a 4000x3000 photo tagged "rotate 90°" is 3000x4000.
     """
     try:
         with warnings.catch_warnings():
@@ -38,6 +48,8 @@ def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels:
                     )
                 if deep:
                     image.load()
+                if orientation(image) in QUARTER_TURNS:
+                    return height, width
                 return width, height
     except ImageProblem:
         raise
@@ -51,3 +63,32 @@ def check_image(path: str | os.PathLike[str], *, deep: bool = False, max_pixels:
         raise ImageProblem("image_undecodable", "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageProblem("image_undecodable", f"does not decode: {exc}") from None
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright) from the header, without decoding pixels.
+
+    Pillow's ``getexif`` decodes a whole PNG to look for an ``eXIf`` chunk after the pixels; a PNG's chunk before
+    them (where the PNG spec puts it) is already in ``info``, so that is all that is read for PNGs.
+    """
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        value = exif.get(ORIENTATION, 1)
+        return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError):  # a broken EXIF block: leave it as stored
+        return 1
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """The decoded image, upright (``ImageOps.exif_transpose``) and in RGB: what training and evaluation see."""
+    with Image.open(path) as image:
+        if orientation(image) != 1:
+            ImageOps.exif_transpose(image, in_place=True)
+        return image.convert("RGB")

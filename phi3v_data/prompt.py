@@ -5,9 +5,13 @@ so the sequence length the validator reports is the length training uses, by con
 
 Each turn becomes ``<|user|>\\n{images}{user}<|end|>\\n<|assistant|>\\n`` (not trained on) followed by
 ``{assistant}<|end|>\\n`` (trained on); the last answer also ends with ``<|endoftext|>``. Images whose tags the user
-text does not place come first, one ``<|image_k|>\\n`` each. Each piece of text between image tags is encoded
-separately, as the official processor does, and every tag expands to ``num_tokens`` copies of ``-k`` — the official
-placeholder id of image ``k`` that the model replaces with image features. The official processor tokenizes every
+text does not place come first, laid out by ``image_tags``: ``lines`` (the default, the model card's multi-image
+layout) puts one ``<|image_k|>\\n`` per image; ``joined`` writes every tag and then one ``\\n`` —
+``<|image_1|><|image_2|>\\n{user}``, the layout of the original Phi-3 cookbook scripts (``phi3v_dataset.py``:
+``image_tag_text = ''.join([f'<|image_{i}|>' ...])`` then ``f'{image_tag_text}\\n{user_text}'``), which the
+recipes use. Each piece of text between image tags is encoded separately, as the official processor does, and
+every tag expands to ``num_tokens`` copies of ``-k`` — the official placeholder id of image ``k`` that the model
+replaces with image features. The official processor tokenizes every
 piece with special tokens, so BOS starts the text *and* follows every image; we do the same, so a single-turn prompt
 encodes exactly as ``Phi3VProcessor`` encodes it.
 """
@@ -16,10 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schemas import IMAGE_TAG_RE, Record
 
 IGNORE_INDEX = -100
+
+ImageTags = Literal["lines", "joined"]
+"""Where the images of a turn whose text has no tags go: ``lines`` ``<|image_1|>\\n<|image_2|>\\n{text}``, ``joined``
+``<|image_1|><|image_2|>\\n{text}`` (the original recipe's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +37,31 @@ class Segment:
     train: bool
 
 
-def user_content(text: str, first_image: int, num_images: int) -> str:
-    """User text with its images placed: as tagged, or all in front when the text has no tags."""
-    if IMAGE_TAG_RE.search(text):
+def user_content(text: str, first_image: int, num_images: int, *, image_tags: ImageTags = "lines") -> str:
+    """User text with its images placed: as tagged, or all in front (laid out by ``image_tags``) when it has no tags.
+
+    >>> user_content("Same?", 1, 2), user_content("Same?", 1, 2, image_tags="joined")
+    ('<|image_1|>\\n<|image_2|>\\nSame?', '<|image_1|><|image_2|>\\nSame?')
+    """
+    if IMAGE_TAG_RE.search(text) or not num_images:
         return text
-    tags = "".join(f"<|image_{k}|>\n" for k in range(first_image, first_image + num_images))
-    return tags + text
+    numbers = range(first_image, first_image + num_images)
+    if image_tags == "joined":
+        return "".join(f"<|image_{k}|>" for k in numbers) + "\n" + text
+    return "".join(f"<|image_{k}|>\n" for k in numbers) + text
 
 
-def chat_segments(record: Record, *, upto: int | None = None) -> list[Segment]:
+def chat_segments(record: Record, *, upto: int | None = None, image_tags: ImageTags = "lines") -> list[Segment]:
     """Chat text of a record as alternating prompt/answer segments.
 
     With ``upto=t`` the result stops after the prompt of turn ``t`` (0-based), ready for generating its answer;
-    earlier turns keep their reference answers.
+    earlier turns keep their reference answers. ``image_tags`` lays out untagged images (:func:`user_content`).
     """
     segments: list[Segment] = []
     next_image = 1
     last = len(record.conversations) - 1
     for index, turn in enumerate(record.conversations):
-        content = user_content(turn.user, next_image, len(turn.images))
+        content = user_content(turn.user, next_image, len(turn.images), image_tags=image_tags)
         next_image += len(turn.images)
         segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False))
         if upto is not None and index == upto:
@@ -114,6 +129,8 @@ def encode_record(
     image_tokens: Sequence[int],
     bos_id: int | None = None,
     upto: int | None = None,
+    image_tags: ImageTags = "lines",
 ) -> Encoded:
     """:func:`chat_segments` then :func:`encode_segments`."""
-    return encode_segments(chat_segments(record, upto=upto), encode=encode, image_tokens=image_tokens, bos_id=bos_id)
+    return encode_segments(chat_segments(record, upto=upto, image_tags=image_tags), encode=encode,
+                           image_tokens=image_tokens, bos_id=bos_id)

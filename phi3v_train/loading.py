@@ -35,6 +35,23 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
+def recorded_image_tags(model: str | Path) -> str:
+    """The image-tag layout (``image_tags``) of the run that trained ``model``: read from ``RUN/config.yaml`` when
+    ``model`` is a run, its ``final/`` or a ``checkpoint-N/``; ``lines`` (the default) for anything else, so a
+    recipe-trained model is prompted the way it was trained."""
+    path = Path(model)
+    for config in (path / "config.yaml", path.parent / "config.yaml"):
+        try:
+            import yaml  # noqa: PLC0415
+
+            value = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("image_tags")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if value in ("lines", "joined"):
+            return value
+    return "lines"
+
+
 def is_adapter(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
