@@ -9,7 +9,11 @@ text does not place come first, laid out by ``image_tags``: ``lines`` (the defau
 layout) puts one ``<|image_k|>\\n`` per image; ``joined`` writes every tag and then one ``\\n`` —
 ``<|image_1|><|image_2|>\\n{user}``, the layout of the original Phi-3 cookbook scripts (``phi3v_dataset.py``:
 ``image_tag_text = ''.join([f'<|image_{i}|>' ...])`` then ``f'{image_tag_text}\\n{user_text}'``), which the
-recipes use. Each piece of text between image tags is encoded separately, as the official processor does, and
+recipes use. ``turns`` says how a multi-turn record is laid out: ``together`` (the default) as one conversation,
+one BOS and ``<|endoftext|>`` after the last answer only; ``separate`` encodes every turn as its own chat, each with
+its BOS and ``<|end|>\\n<|endoftext|>`` (``finetune_hf_trainer_nlvr2.py``: a turn after the first is
+``processor(prompt, None)``, which starts with BOS, and every answer is ``f'{answer}<|end|>\\n<|endoftext|>'``).
+Both settings travel together as a :class:`PromptFormat`. Each piece of text between image tags is encoded separately, as the official processor does, and
 every tag expands to ``num_tokens`` copies of ``-k`` — the official placeholder id of image ``k`` that the model
 replaces with image features. The official processor tokenizes every
 piece with special tokens, so BOS starts the text *and* follows every image; we do the same, so a single-turn prompt
@@ -29,12 +33,27 @@ IGNORE_INDEX = -100
 ImageTags = Literal["lines", "joined"]
 """Where the images of a turn whose text has no tags go: ``lines`` ``<|image_1|>\\n<|image_2|>\\n{text}``, ``joined``
 ``<|image_1|><|image_2|>\\n{text}`` (the original recipe's)."""
+Turns = Literal["together", "separate"]
+"""A multi-turn record as one conversation, or each turn as its own chat (BOS … ``<|endoftext|>``), as the NLVR2
+script encodes the_cauldron's rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFormat:
+    """How records become chat text beyond their own words; one value per run (saved in ``RUN/config.yaml``)."""
+
+    image_tags: ImageTags = "lines"
+    turns: Turns = "together"
+
+
+DEFAULT_FORMAT = PromptFormat()
 
 
 @dataclass(frozen=True, slots=True)
 class Segment:
     text: str
     train: bool
+    bos: bool = False  # a BOS goes before it (a turn that starts its own chat)
 
 
 def user_content(text: str, first_image: int, num_images: int, *, image_tags: ImageTags = "lines") -> str:
@@ -51,24 +70,25 @@ def user_content(text: str, first_image: int, num_images: int, *, image_tags: Im
     return "".join(f"<|image_{k}|>\n" for k in numbers) + text
 
 
-def chat_segments(record: Record, *, upto: int | None = None, image_tags: ImageTags = "lines") -> list[Segment]:
+def chat_segments(record: Record, *, upto: int | None = None, fmt: PromptFormat = DEFAULT_FORMAT) -> list[Segment]:
     """Chat text of a record as alternating prompt/answer segments.
 
     With ``upto=t`` the result stops after the prompt of turn ``t`` (0-based), ready for generating its answer;
-    earlier turns keep their reference answers. ``image_tags`` lays out untagged images (:func:`user_content`).
+    earlier turns keep their reference answers. ``fmt`` lays out untagged images (:func:`user_content`) and turns.
     """
     segments: list[Segment] = []
     next_image = 1
     last = len(record.conversations) - 1
+    separate = fmt.turns == "separate"
     for index, turn in enumerate(record.conversations):
-        content = user_content(turn.user, next_image, len(turn.images), image_tags=image_tags)
+        content = user_content(turn.user, next_image, len(turn.images), image_tags=fmt.image_tags)
         next_image += len(turn.images)
-        segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False))
+        segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False, bos=separate and index > 0))
         if upto is not None and index == upto:
             return segments
         if turn.assistant is None:
             break
-        ending = "<|end|>\n<|endoftext|>" if index == last else "<|end|>\n"
+        ending = "<|end|>\n<|endoftext|>" if index == last or separate else "<|end|>\n"
         segments.append(Segment(turn.assistant + ending, train=True))
     return segments
 
@@ -100,6 +120,9 @@ def encode_segments(
         out.input_ids.append(bos_id)
         out.labels.append(IGNORE_INDEX)
     for segment in segments:
+        if segment.bos and bos_id is not None:
+            out.input_ids.append(bos_id)
+            out.labels.append(IGNORE_INDEX)
         position = 0
         for match in [*IMAGE_TAG_RE.finditer(segment.text), None]:
             end = match.start() if match else len(segment.text)
@@ -129,8 +152,8 @@ def encode_record(
     image_tokens: Sequence[int],
     bos_id: int | None = None,
     upto: int | None = None,
-    image_tags: ImageTags = "lines",
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> Encoded:
     """:func:`chat_segments` then :func:`encode_segments`."""
-    return encode_segments(chat_segments(record, upto=upto, image_tags=image_tags), encode=encode,
+    return encode_segments(chat_segments(record, upto=upto, fmt=fmt), encode=encode,
                            image_tokens=image_tokens, bos_id=bos_id)

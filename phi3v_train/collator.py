@@ -24,7 +24,7 @@ from PIL import Image
 
 from phi3v_data.images import load_rgb
 from phi3v_data.io import resolve_inside
-from phi3v_data.prompt import IGNORE_INDEX, Encoded, ImageTags, encode_record
+from phi3v_data.prompt import DEFAULT_FORMAT, IGNORE_INDEX, Encoded, PromptFormat, encode_record
 from phi3v_data.tokens import CROP
 from phi3v_train.data import Sample
 
@@ -53,14 +53,14 @@ class Collator:
 
     def __init__(
         self, *, image_processor: Callable[..., Any], encode: Callable[[str], list[int]], bos_id: int | None,
-        pad_id: int, images_root: Path | Sequence[Path], image_tags: ImageTags = "lines",
+        pad_id: int, images_root: Path | Sequence[Path], fmt: PromptFormat = DEFAULT_FORMAT,
     ) -> None:
         self.image_processor = image_processor
         self.encode = encode
         self.bos_id = bos_id
         self.pad_id = pad_id
         self.images_roots = [images_root] if isinstance(images_root, Path) else list(images_root)  # by Sample.source
-        self.image_tags = image_tags  # must be what the samples were measured with (load_split)
+        self.fmt = fmt  # must be what the samples were measured with (load_split)
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         encoded, pixels, sizes, skipped = [], [], [], 0
@@ -94,7 +94,7 @@ class Collator:
         except ValueError as exc:  # e.g. an image replaced by one too elongated for the HD transform
             raise BadSample(f"image processor: {exc}") from None
         encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id,
-                                image_tags=self.image_tags)
+                                fmt=self.fmt)
         if len(encoded) != sample.length:
             # The sampler and the --max-length filter trusted the measured length; a change means the data moved.
             raise BadSample(f"{len(encoded)} tokens now but {sample.length} measured at start-up; did its images "
@@ -123,7 +123,7 @@ class Collator:
         sizes = sample.image_sizes or ((CROP, CROP),) * len(sample.record.images)  # a Sample built without sizes
         processed, tokens = self._process([Image.new("RGB", size, (255, 255, 255)) for size in sizes])
         encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id,
-                                image_tags=self.image_tags)
+                                fmt=self.fmt)
         return Encoded(encoded.input_ids, [IGNORE_INDEX] * len(encoded)), processed
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from phi3v_data.io import atomic_write
+from phi3v_data.prompt import PromptFormat
 
 Strategy = Literal["full", "frozen-vision", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -157,6 +158,10 @@ class TrainConfig(_Section):
         "lines", description="Where the images of a turn whose text has no <|image_k|> tags go: lines = one "
         "'<|image_k|>\\n' per image (the model card's layout); joined = every tag, then one '\\n' (the original "
         "recipe's, which --recipe sets).")
+    turns: Literal["together", "separate"] = Field(
+        "together", description="A record of several turns: together = one conversation (one BOS, <|endoftext|> after "
+        "the last answer); separate = every turn its own chat (BOS … <|end|>\\n<|endoftext|>), as the original NLVR2 "
+        "script encodes the_cauldron's rows.")
     # Phi-3.5-vision's context window: 8 video frames at num_crops 4 are already ~6k tokens, so a small default
     # would silently drop whole datasets; lower it to bound memory.
     max_length: int = Field(131072, gt=0, description="Longer samples (text + image tokens) are dropped, never cut.")
@@ -208,6 +213,11 @@ class TrainConfig(_Section):
             return _data_sources(value)
         except ValueError as exc:  # without pydantic's "Value error, " prefix
             raise PydanticCustomError("data_sources", str(exc)) from None
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How records become chat text (image tags, turns): what measuring, the collator and evaluation share."""
+        return PromptFormat(image_tags=self.image_tags, turns=self.turns)
 
     @property
     def sources(self) -> list[DataSource]:

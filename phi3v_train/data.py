@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, walk_files, write_json
-from phi3v_data.prompt import ImageTags, encode_record
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import Record
 
@@ -100,10 +100,11 @@ def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> 
 
 
 def sample_length(
-    record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int], image_tags: ImageTags = "lines",
+    record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int],
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> int:
     """Sequence length of ``record`` as the collator will build it."""
-    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id, image_tags=image_tags))
+    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id, fmt=fmt))
 
 
 class SampleDataset(Dataset):
@@ -125,7 +126,7 @@ class SampleDataset(Dataset):
 
 def load_split(
     data_dir: Path, split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
-    source: int = 0, image_tags: ImageTags = "lines",
+    source: int = 0, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, SplitSummary]:
     """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier)."""
     files = split_files(data_dir, split)
@@ -137,7 +138,7 @@ def load_split(
         for line in iter_jsonl(path):
             where = f"{path}:{line.lineno}"
             sample = _measure(line.value, line.error, where=where, data_dir=data_dir, encode=encode_cached,
-                              bos_id=bos_id, num_crops=num_crops, summary=summary, image_tags=image_tags)
+                              bos_id=bos_id, num_crops=num_crops, summary=summary, fmt=fmt)
             if sample is None:
                 continue
             if sample.length > max_length:
@@ -166,14 +167,14 @@ def source_names(dirs: Sequence[Path]) -> list[str]:
 
 def load_mixture(
     dirs: Sequence[Path], split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
-    image_tags: ImageTags = "lines",
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, list[SplitSummary]]:
     """:func:`load_split` of each directory, concatenated in order; ``Sample.source`` says which one it came from."""
     samples: list[Sample] = []
     summaries = []
     for index, data_dir in enumerate(dirs):
         dataset, summary = load_split(data_dir, split, encode=encode, bos_id=bos_id, num_crops=num_crops,
-                                      max_length=max_length, source=index, image_tags=image_tags)
+                                      max_length=max_length, source=index, fmt=fmt)
         samples += dataset.samples
         summaries.append(summary)
     return SampleDataset(samples), summaries
@@ -181,7 +182,7 @@ def load_mixture(
 
 def _measure(
     value: object, error: str | None, *, where: str, data_dir: Path, encode: Encode, bos_id: int | None,
-    num_crops: int, summary: SplitSummary, image_tags: ImageTags = "lines",
+    num_crops: int, summary: SplitSummary, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> Sample | None:
     try:
         if error is not None:
@@ -192,7 +193,7 @@ def _measure(
             return None
         sizes = image_sizes(record, images_root=images_dir(data_dir), num_crops=num_crops)
         tokens = [num_image_tokens(w, h, num_crops) for w, h in sizes]
-        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens, image_tags=image_tags)
+        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens, fmt=fmt)
     except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
         summary.unusable += 1
         if len(summary.problems) < 5:

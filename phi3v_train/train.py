@@ -222,7 +222,7 @@ def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, l
     try:
         return load_mixture([source.path for source in config.sources], config.train_split,
                             encode=TextEncoder(processor.tokenizer), bos_id=bos_id(processor.tokenizer),
-                            num_crops=config.num_crops, max_length=config.max_length, image_tags=config.image_tags)
+                            num_crops=config.num_crops, max_length=config.max_length, fmt=config.prompt_format)
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
@@ -335,7 +335,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
                         bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
                         images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]),
-                        image_tags=config.image_tags)
+                        fmt=config.prompt_format)
     own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
                            source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks],
@@ -364,7 +364,7 @@ def _evaluate(state: Setup, *, label: str) -> None:
                 records_path, images_root = find_split(config.data, config.eval_split)
                 records = load_records(records_path, limit=config.eval_limit)
                 result = evaluate(model, state.processor, records, images_root=images_root,
-                                  num_crops=config.num_crops, batch_size=config.batch_size, image_tags=config.image_tags,
+                                  num_crops=config.num_crops, batch_size=config.batch_size, fmt=config.prompt_format,
                                   output_dir=config.output / f"eval-{label}", meta={"when": label})
                 state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
         where = config.output / f"eval-{label}"
@@ -391,7 +391,7 @@ def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
         datasets[name] = (load_records(records_path, limit=config.eval_limit), images_root)
     results = evaluate_datasets(model, state.processor, datasets, output_dir=config.output / f"eval-{label}",
                                 meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size,
-                                image_tags=config.image_tags)
+                                fmt=config.prompt_format)
     state.console.print(datasets_table(results, title=f"Evaluation {label} training ({config.eval_split})"))
 
 

@@ -81,6 +81,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
 @click.option("--image-tags", type=click.Choice(["lines", "joined"]), help="Untagged images: one '<|image_k|>\\n' "
               "each, or all tags then one '\\n' (the original recipe's) [lines].")
+@click.option("--turns", type=click.Choice(["together", "separate"]), help="Multi-turn records: one conversation, or "
+              "each turn its own chat with BOS and <|endoftext|> (the original NLVR2 script's) [together].")
 @click.option("--order", type=click.Choice(["length", "file", "random"]),
               help="Sample order: length-grouped, file order, or a seeded shuffle [length].")
 @click.option("--max-length", type=int, help="Drop (and count) longer samples [131072, the model's context].")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phi3v_data.prompt import IGNORE_INDEX
+from phi3v_data.prompt import IGNORE_INDEX, PromptFormat
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.data import load_split
 from phi3v_train.model import Phi3VProcessor, bos_id
@@ -67,11 +67,11 @@ def _phi3v_batch(tmp_path: Path, record: dict, images: dict[str, Image.Image], r
     (tmp_path / "d_train.jsonl").write_text(json.dumps(record) + "\n")
     processor = _processor(settings["num_crops"])
     encode, bos = TextEncoder(processor.tokenizer), bos_id(processor.tokenizer)
+    fmt = PromptFormat(image_tags=settings.get("image_tags", "lines"), turns=settings.get("turns", "together"))
     samples, _ = load_split(tmp_path, "train", encode=encode, bos_id=bos, num_crops=settings["num_crops"],
-                            max_length=131072, image_tags=settings["image_tags"])
+                            max_length=131072, fmt=fmt)
     collate = Collator(image_processor=processor.image_processor, encode=encode, bos_id=bos,
-                       pad_id=processor.tokenizer.pad_token_id, images_root=tmp_path / "images",
-                       image_tags=settings["image_tags"])
+                       pad_id=processor.tokenizer.pad_token_id, images_root=tmp_path / "images", fmt=fmt)
     batch = collate([samples[0]])
     return {key: value[0].tolist() for key, value in batch.items() if key in ("input_ids", "labels")}
 
@@ -119,7 +119,7 @@ def test_ucf101_one_tag_per_line_is_the_difference_the_setting_removes(tmp_path:
     from phi3v_data.prompt import encode_record
 
     lines = encode_record(_record(record), encode=TextEncoder(processor.tokenizer), image_tokens=[757] * 8,
-                          bos_id=1, image_tags="lines").input_ids
+                          bos_id=1, fmt=PromptFormat(image_tags="lines")).input_ids
     assert len(lines) - len(joined) == 7 * 2
     after_first = lines[3 + 757:3 + 757 + 3]
     assert after_first == [1, 29871, 13]  # BOS then "\n" before <|image_2|>
@@ -161,6 +161,33 @@ def test_nlvr2_two_images_match_finetune_hf_trainer_nlvr2(tmp_path: Path) -> Non
     assert ids[:3] == [1, 32010, 13] and ids[3 + 1921] == 1 and ids[4 + 1921: 4 + 1921 + 1933] == [-2] * 1933
     assert ids[4 + 1921 + 1933: 4 + 1921 + 1933 + 3] == [1, 29871, 13]
     assert answer_ids == [694, 32007, 13, 32000]  # "no" <|end|> \n <|endoftext|>
+
+
+def test_nlvr2_row_with_two_questions_encodes_each_turn_alone(tmp_path: Path) -> None:
+    # A the_cauldron nlvr2 row with two statements, as `phi3v-data convert cauldron --subset nlvr2 --task chat` keeps it:
+    # both images on the first turn, the answers verbatim.
+    first, second = "The left image shows two acorns. True or false?", "The right image shows a squirrel. True or false?"
+    record = {"id": "train-0000000", "source": "cauldron", "task": "chat",
+              "conversations": [{"images": ["train/0000000_0.png", "train/0000000_1.png"], "user": first,
+                                 "assistant": "False"},
+                                {"images": [], "user": second, "assistant": "True"}]}
+    images = {"train/0000000_0.png": Image.new("RGB", (400, 300)), "train/0000000_1.png": Image.new("RGB", (300, 400))}
+    ours = _phi3v_batch(tmp_path, record, images, "nlvr2-full")
+
+    tokenizer = _processor(16).tokenizer
+    # DataCollator.__call__, for i, text_dict in enumerate(example['texts']):
+    #   'content': f'<|image_1|><|image_2|>\n{question}' if i == 0 else question,
+    #   images = [image_1, image_2] if i == 0 else None
+    #   inputs = self.processor(prompt, images, return_tensors='pt')      # no images: self.tokenizer(prompt), BOS first
+    #   ex_input_ids.extend([prompt_input_ids, answer_input_ids])
+    prompt_1 = _official_prompt_ids(tokenizer, _chat(tokenizer, f"<|image_1|><|image_2|>\n{first}"), [1921, 1933])
+    answer_1 = _answer_ids(tokenizer, "False")
+    prompt_2 = tokenizer(_chat(tokenizer, second)).input_ids
+    answer_2 = _answer_ids(tokenizer, "True")
+    assert ours["input_ids"] == prompt_1 + answer_1 + prompt_2 + answer_2
+    assert ours["labels"] == [IGNORE_INDEX] * len(prompt_1) + answer_1 + [IGNORE_INDEX] * len(prompt_2) + answer_2
+    second_turn = len(prompt_1) + len(answer_1)
+    assert ours["input_ids"][second_turn - 3: second_turn + 3] == [32007, 13, 32000, 1, 32010, 13]  # <|endoftext|>, BOS
 
 
 def test_docvqa_page_matches_finetune_hf_trainer_docvqa(tmp_path: Path) -> None:

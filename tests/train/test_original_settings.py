@@ -120,8 +120,11 @@ def test_recipes_use_the_originals_decay_set_and_keep_token_normalisation(tmp_pa
         config = load_config(flags={"recipe": recipe.name, "data": str(tmp_path), "output": str(tmp_path / "o")})
         assert (config.decay_exempt, config.loss_norm, config.order, config.image_tags) == (
             "layernorm", "tokens", "length", "joined"), recipe.name
+        # finetune_hf_trainer_nlvr2.py encodes each turn alone; the other scripts train one turn per sample
+        assert config.turns == ("separate" if recipe.dataset == "nlvr2" else "together"), recipe.name
     plain = load_config(flags={"data": str(tmp_path), "model": "m", "output": "o"})
-    assert (plain.decay_exempt, plain.loss_norm, plain.order, plain.image_tags) == ("norms", "tokens", "length", "lines")
+    assert (plain.decay_exempt, plain.loss_norm, plain.order, plain.image_tags, plain.turns) == (
+        "norms", "tokens", "length", "lines", "together")
 
 
 LENGTHS = [10, 80, 20, 70, 30, 60, 40, 50, 90]
@@ -166,13 +169,16 @@ def test_run_order_setting_reaches_the_sampler(tmp_path) -> None:
 
 
 def test_eval_and_predict_prompt_a_run_the_way_it_trained(tmp_path) -> None:
-    from phi3v_train.loading import recorded_image_tags
+    from phi3v_data.prompt import PromptFormat
+    from phi3v_train.loading import recorded_prompt_format
 
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
     (run / "checkpoint-4").mkdir()
-    (run / "config.yaml").write_text("# Resolved configuration\nimage_tags: joined\nnum_crops: 4\n")
-    assert [recorded_image_tags(p) for p in (run, run / "final", run / "checkpoint-4")] == ["joined"] * 3
-    assert recorded_image_tags(tmp_path / "export") == "lines"  # no run beside it: the default
+    (run / "config.yaml").write_text("# Resolved configuration\nimage_tags: joined\nturns: separate\nnum_crops: 4\n")
+    original = PromptFormat(image_tags="joined", turns="separate")
+    assert [recorded_prompt_format(p) for p in (run, run / "final", run / "checkpoint-4")] == [original] * 3
+    assert recorded_prompt_format(run / "final", turns="together") == PromptFormat(image_tags="joined")  # a flag wins
+    assert recorded_prompt_format(tmp_path / "export") == PromptFormat()  # no run beside it: the defaults
     (run / "config.yaml").write_text("image_tags: [oops\n")
-    assert recorded_image_tags(run / "final") == "lines"
+    assert recorded_prompt_format(run / "final") == PromptFormat()
