@@ -13,11 +13,12 @@ recipes use. ``turns`` says how a multi-turn record is laid out: ``together`` (t
 one BOS and ``<|endoftext|>`` after the last answer only; ``separate`` encodes every turn as its own chat, each with
 its BOS and ``<|end|>\\n<|endoftext|>`` (``finetune_hf_trainer_nlvr2.py``: a turn after the first is
 ``processor(prompt, None)``, which starts with BOS, and every answer is ``f'{answer}<|end|>\\n<|endoftext|>'``).
-Both settings travel together as a :class:`PromptFormat`. Each piece of text between image tags is encoded separately, as the official processor does, and
-every tag expands to ``num_tokens`` copies of ``-k`` — the official placeholder id of image ``k`` that the model
-replaces with image features. The official processor tokenizes every
-piece with special tokens, so BOS starts the text *and* follows every image; we do the same, so a single-turn prompt
-encodes exactly as ``Phi3VProcessor`` encodes it.
+Both settings travel together as a :class:`PromptFormat`.
+
+Each piece of text between image tags is encoded separately, as the official processor does, and every tag expands
+to ``num_tokens`` copies of ``-k`` — the official placeholder id of image ``k`` that the model replaces with image
+features. The official processor tokenizes every piece with special tokens, so BOS starts the text *and* follows
+every image; we do the same, so a single-turn prompt encodes exactly as ``Phi3VProcessor`` encodes it.
 """
 
 from __future__ import annotations
