@@ -1,4 +1,11 @@
-"""Cheap and thorough checks that an image file is usable, without ever decoding a decompression bomb."""
+"""Cheap and thorough checks that an image file is usable, without ever decoding a decompression bomb, and the one
+way pixels are read for training, evaluation and previews.
+
+Images are used upright: a JPEG whose EXIF orientation says "rotated" is turned as ``PIL.ImageOps.exif_transpose``
+turns it — what ``datasets`` does when it decodes an image, so what the original recipe trained on. Sizes are the
+upright sizes too (:func:`check_image` reads the orientation from the header), so the image tokens counted by
+validation and training match the pixels the collator builds.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from phi3v_data.io import special_file_problem
 
 MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2 × MAX_IMAGE_PIXELS); larger images are refused
+ORIENTATION = 0x0112  # EXIF tag
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # orientations whose upright image swaps width and height
 
 
 class ImageProblem(Exception):
@@ -58,7 +67,8 @@ def check_image(
 
     By default only the header is read (fast: size and format). ``deep=True`` decodes every pixel, which catches
     truncated files. ``draft=True`` lets a JPEG decode at 1/8 scale: every byte is still read, so truncation is
-    still caught, at about half the cost. Images over ``max_pixels`` are refused before any decoding.
+    still caught, at about half the cost. Images over ``max_pixels`` are refused before any decoding. The size is
+    the upright one (:func:`orientation`): a 4000x3000 photo tagged "rotate 90°" is 3000x4000.
     """
     special = special_file_problem(path)
     if special is not None:  # a FIFO named page.png would block the open below forever
@@ -80,6 +90,8 @@ def check_image(
                     image.load()
                     if image.mode == "F" or image.mode in SIXTEEN_BIT_MODES:
                         to_rgb(image)  # pixels beyond 16 bits or outside [0, 1] are refused by file
+                if orientation(image) in QUARTER_TURNS:
+                    return height, width
                 return width, height
     except ImageProblem:
         raise
@@ -93,3 +105,33 @@ def check_image(
         raise ImageProblem("image_undecodable", "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageProblem("image_undecodable", f"does not decode: {exc}") from None
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright) from the header, without decoding pixels.
+
+    Pillow's ``getexif`` decodes a whole PNG to look for an ``eXIf`` chunk after the pixels; a PNG's chunk before
+    them (where the PNG spec puts it) is already in ``info``, so that is all that is read for PNGs.
+    """
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        value = exif.get(ORIENTATION, 1)
+        return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError):  # a broken EXIF block: leave it as stored
+        return 1
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """The decoded image, upright (``ImageOps.exif_transpose``) and in 8-bit RGB (:func:`to_rgb`): what training,
+    evaluation and preview see."""
+    with Image.open(path) as image:
+        if orientation(image) != 1:
+            ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 
-from phi3v_data.images import ImageProblem, check_image, to_rgb
+from phi3v_data.images import ImageProblem, check_image, orientation, to_rgb
 from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, resolve_inside
 from schemas import Record, Turn
 
@@ -96,6 +96,8 @@ def thumbnail_data_uri(path: Path, *, size: int = 256, quality: int = 80) -> tup
     try:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG decodes at reduced scale: fast for document pages
+            if orientation(image) != 1:  # shown upright, as training uses it
+                ImageOps.exif_transpose(image, in_place=True)
             image = _flatten(image)
             image.thumbnail((size, size))
             buffer = io.BytesIO()

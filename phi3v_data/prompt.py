@@ -5,11 +5,20 @@ so the sequence length the validator reports is the length training uses, by con
 
 Each turn becomes ``<|user|>\\n{images}{user}<|end|>\\n<|assistant|>\\n`` (not trained on) followed by
 ``{assistant}<|end|>\\n`` (trained on); the last answer also ends with ``<|endoftext|>``. Images whose tags the user
-text does not place come first, one ``<|image_k|>\\n`` each. Each piece of text between image tags is encoded
-separately, as the official processor does, and every tag expands to ``num_tokens`` copies of ``-k`` — the official
-placeholder id of image ``k`` that the model replaces with image features. The official processor tokenizes every
-piece with special tokens, so BOS starts the text *and* follows every image; we do the same, so a single-turn prompt
-encodes exactly as ``Phi3VProcessor`` encodes it.
+text does not place come first, laid out by ``image_tags``: ``lines`` (the default, the model card's multi-image
+layout) puts one ``<|image_k|>\\n`` per image; ``joined`` writes every tag and then one ``\\n`` —
+``<|image_1|><|image_2|>\\n{user}``, the layout of the original Phi-3 cookbook scripts (``phi3v_dataset.py``:
+``image_tag_text = ''.join([f'<|image_{i}|>' ...])`` then ``f'{image_tag_text}\\n{user_text}'``), which the
+recipes use. ``turns`` says how a multi-turn record is laid out: ``together`` (the default) as one conversation,
+one BOS and ``<|endoftext|>`` after the last answer only; ``separate`` encodes every turn as its own chat, each with
+its BOS and ``<|end|>\\n<|endoftext|>`` (``finetune_hf_trainer_nlvr2.py``: a turn after the first is
+``processor(prompt, None)``, which starts with BOS, and every answer is ``f'{answer}<|end|>\\n<|endoftext|>'``).
+Both settings travel together as a :class:`PromptFormat`.
+
+Each piece of text between image tags is encoded separately, as the official processor does, and every tag expands
+to ``num_tokens`` copies of ``-k`` — the official placeholder id of image ``k`` that the model replaces with image
+features. The official processor tokenizes every piece with special tokens, so BOS starts the text *and* follows
+every image; we do the same, so a single-turn prompt encodes exactly as ``Phi3VProcessor`` encodes it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schemas import IMAGE_TAG_RE, Record
 
@@ -28,6 +38,24 @@ CONTROL_TEXT_RE = re.compile(r"<\|(?!image_\d+\|>)[^<>|\s]*\|>|</?s>|<unk>")
 token of the Phi-3(.5)-vision tokenizers (``<|image_k|>`` tags are ours and handled apart). In text from data these
 are encoded as plain text, never as the token: an answer holding ``<|end|><|user|>`` cannot forge a turn."""
 
+ImageTags = Literal["lines", "joined"]
+"""Where the images of a turn whose text has no tags go: ``lines`` ``<|image_1|>\\n<|image_2|>\\n{text}``, ``joined``
+``<|image_1|><|image_2|>\\n{text}`` (the original recipe's)."""
+Turns = Literal["together", "separate"]
+"""A multi-turn record as one conversation, or each turn as its own chat (BOS … ``<|endoftext|>``), as the NLVR2
+script encodes the_cauldron's rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFormat:
+    """How records become chat text beyond their own words; one value per run (saved in ``RUN/config.yaml``)."""
+
+    image_tags: ImageTags = "lines"
+    turns: Turns = "together"
+
+
+DEFAULT_FORMAT = PromptFormat()
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -37,36 +65,44 @@ class Segment:
     text: str
     train: bool
     data: tuple[int, int] | None = None
+    bos: bool = False  # a BOS goes before it (a turn that starts its own chat)
 
 
-def user_content(text: str, first_image: int, num_images: int) -> str:
-    """User text with its images placed: as tagged, or all in front when the text has no tags."""
-    if IMAGE_TAG_RE.search(text):
+def user_content(text: str, first_image: int, num_images: int, *, image_tags: ImageTags = "lines") -> str:
+    """User text with its images placed: as tagged, or all in front (laid out by ``image_tags``) when it has no tags.
+
+    >>> user_content("Same?", 1, 2), user_content("Same?", 1, 2, image_tags="joined")
+    ('<|image_1|>\\n<|image_2|>\\nSame?', '<|image_1|><|image_2|>\\nSame?')
+    """
+    if IMAGE_TAG_RE.search(text) or not num_images:
         return text
-    tags = "".join(f"<|image_{k}|>\n" for k in range(first_image, first_image + num_images))
-    return tags + text
+    numbers = range(first_image, first_image + num_images)
+    if image_tags == "joined":
+        return "".join(f"<|image_{k}|>" for k in numbers) + "\n" + text
+    return "".join(f"<|image_{k}|>\n" for k in numbers) + text
 
 
-def chat_segments(record: Record, *, upto: int | None = None) -> list[Segment]:
+def chat_segments(record: Record, *, upto: int | None = None, fmt: PromptFormat = DEFAULT_FORMAT) -> list[Segment]:
     """Chat text of a record as alternating prompt/answer segments.
 
     With ``upto=t`` the result stops after the prompt of turn ``t`` (0-based), ready for generating its answer;
-    earlier turns keep their reference answers.
+    earlier turns keep their reference answers. ``fmt`` lays out untagged images (:func:`user_content`) and turns.
     """
     segments: list[Segment] = []
     next_image = 1
     last = len(record.conversations) - 1
+    separate = fmt.turns == "separate"
     for index, turn in enumerate(record.conversations):
-        content = user_content(turn.user, next_image, len(turn.images))
+        content = user_content(turn.user, next_image, len(turn.images), image_tags=fmt.image_tags)
         next_image += len(turn.images)
         start = len(content) - len(turn.user) + len("<|user|>\n")  # the image tags put in front are template
         segments.append(Segment(f"<|user|>\n{content}<|end|>\n<|assistant|>\n", train=False,
-                                data=(start, start + len(turn.user))))
+                                data=(start, start + len(turn.user)), bos=separate and index > 0))
         if upto is not None and index == upto:
             return segments
         if turn.assistant is None:
             break
-        ending = "<|end|>\n<|endoftext|>" if index == last else "<|end|>\n"
+        ending = "<|end|>\n<|endoftext|>" if index == last or separate else "<|end|>\n"
         segments.append(Segment(turn.assistant + ending, train=True, data=(0, len(turn.assistant))))
     return segments
 
@@ -120,6 +156,9 @@ def encode_segments(
         out.input_ids.append(bos_id)
         out.labels.append(IGNORE_INDEX)
     for segment in segments:
+        if segment.bos and bos_id is not None:
+            out.input_ids.append(bos_id)
+            out.labels.append(IGNORE_INDEX)
         position = 0
         for match in [*IMAGE_TAG_RE.finditer(segment.text), None]:
             end = match.start() if match else len(segment.text)
@@ -149,6 +188,8 @@ def encode_record(
     image_tokens: Sequence[int],
     bos_id: int | None = None,
     upto: int | None = None,
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> Encoded:
     """:func:`chat_segments` then :func:`encode_segments`."""
-    return encode_segments(chat_segments(record, upto=upto), encode=encode, image_tokens=image_tokens, bos_id=bos_id)
+    return encode_segments(chat_segments(record, upto=upto, fmt=fmt), encode=encode,
+                           image_tokens=image_tokens, bos_id=bos_id)

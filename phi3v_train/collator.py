@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from phi3v_data.images import to_rgb
+from phi3v_data.images import load_rgb
 from phi3v_data.io import resolve_inside
-from phi3v_data.prompt import IGNORE_INDEX, Encoded, encode_record
+from phi3v_data.prompt import DEFAULT_FORMAT, IGNORE_INDEX, Encoded, PromptFormat, encode_record
 from phi3v_data.tokens import CROP
 from phi3v_train.data import Sample
 
@@ -53,13 +53,14 @@ class Collator:
 
     def __init__(
         self, *, image_processor: Callable[..., Any], encode: Callable[[str], list[int]], bos_id: int | None,
-        pad_id: int, images_root: Path | Sequence[Path],
+        pad_id: int, images_root: Path | Sequence[Path], fmt: PromptFormat = DEFAULT_FORMAT,
     ) -> None:
         self.image_processor = image_processor
         self.encode = encode
         self.bos_id = bos_id
         self.pad_id = pad_id
         self.images_roots = [images_root] if isinstance(images_root, Path) else list(images_root)  # by Sample.source
+        self.fmt = fmt  # must be what the samples were measured with (load_split)
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         encoded, pixels, sizes, skipped = [], [], [], 0
@@ -92,7 +93,8 @@ class Collator:
             processed, tokens = self._process(images)
         except ValueError as exc:  # e.g. an image replaced by one too elongated for the HD transform
             raise BadSample(f"image processor: {exc}") from None
-        encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id)
+        encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id,
+                                fmt=self.fmt)
         if len(encoded) != sample.length:
             # The sampler and the --max-length filter trusted the measured length; a change means the data moved.
             raise BadSample(f"{len(encoded)} tokens now but {sample.length} measured at start-up; did its images "
@@ -108,8 +110,7 @@ class Collator:
 
     def _load(self, root: Path, rel: str) -> Image.Image:
         try:
-            with Image.open(resolve_inside(root, rel)) as image:
-                return to_rgb(image)
+            return load_rgb(resolve_inside(root, rel))  # upright (EXIF orientation applied), as measured
         except Exception as exc:  # noqa: BLE001 - decoding arbitrary bytes: Pillow's plugins raise many kinds
             raise BadSample(f"{rel}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
@@ -121,7 +122,8 @@ class Collator:
         """
         sizes = sample.image_sizes or ((CROP, CROP),) * len(sample.record.images)  # a Sample built without sizes
         processed, tokens = self._process([Image.new("RGB", size, (255, 255, 255)) for size in sizes])
-        encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id)
+        encoded = encode_record(sample.record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id,
+                                fmt=self.fmt)
         return Encoded(encoded.input_ids, [IGNORE_INDEX] * len(encoded)), processed
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from phi3v_data.io import atomic_write
+from phi3v_data.prompt import PromptFormat
 
 Strategy = Literal["full", "frozen-vision", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -153,6 +154,14 @@ class TrainConfig(_Section):
     attention: Attention = "sdpa"
     gradient_checkpointing: bool = True
     num_crops: int = Field(4, ge=1, le=64, description="HD crops per image: 4 for video frames, 16 for documents.")
+    image_tags: Literal["lines", "joined"] = Field(
+        "lines", description="Where the images of a turn whose text has no <|image_k|> tags go: lines = one "
+        "'<|image_k|>\\n' per image (the model card's layout); joined = every tag, then one '\\n' (the original "
+        "recipe's, which --recipe sets).")
+    turns: Literal["together", "separate"] = Field(
+        "together", description="A record of several turns: together = one conversation (one BOS, <|endoftext|> after "
+        "the last answer); separate = every turn its own chat (BOS … <|end|>\\n<|endoftext|>), as the original NLVR2 "
+        "script encodes the_cauldron's rows.")
     # Phi-3.5-vision's context window: 8 video frames at num_crops 4 are already ~6k tokens, so a small default
     # would silently drop whole datasets; lower it to bound memory.
     max_length: int = Field(131072, gt=0, description="Longer samples (text + image tokens) are dropped, never cut.")
@@ -162,6 +171,14 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate; default depends on the strategy.")
     weight_decay: float = Field(0.0, ge=0)
+    decay_exempt: Literal["norms", "layernorm"] = Field(
+        "norms", description="Parameters weight decay skips: norms = biases and every norm weight (transformers 5's "
+        "Trainer); layernorm = biases and nn.LayerNorm weights only, so Phi-3's RMSNorm weights are decayed "
+        "(transformers 4.4x, which the original recipe ran on).")
+    loss_norm: Literal["tokens", "micro-batch"] = Field(
+        "tokens", description="Loss over an accumulated batch: tokens = summed token losses / the label tokens of the "
+        "whole global batch (every answer token weighs the same); micro-batch = the mean of each micro-batch's mean "
+        "(the original recipe's transformers 4.4x).")
     warmup: float = Field(0.03, ge=0, description="Learning-rate warmup: a fraction of the steps when < 1, else steps.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (the original recipe: 0.95).")
@@ -169,6 +186,9 @@ class TrainConfig(_Section):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables it.")
     seed: int = 42
+    order: Literal["length", "file", "random"] = Field(
+        "length", description="Sample order: length = length-grouped batches, shuffled per epoch (little padding); "
+        "file = the records in file order every epoch; random = a seeded shuffle per epoch, no grouping.")
     save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
     keep_last: int = Field(2, gt=0, description="Complete checkpoints kept (besides --keep-best's); older ones are deleted.")
     save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -207,6 +227,11 @@ class TrainConfig(_Section):
     def _split_report_to(cls, value: Any) -> Any:
         values = [value] if isinstance(value, str) else value or []
         return [part.strip() for item in values for part in str(item).split(",") if part.strip() not in ("", "none")]
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How records become chat text (image tags, turns): what measuring, the collator and evaluation share."""
+        return PromptFormat(image_tags=self.image_tags, turns=self.turns)
 
     @property
     def sources(self) -> list[DataSource]:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, walk_files, write_json
-from phi3v_data.prompt import encode_record
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import Record
 
@@ -99,9 +99,12 @@ def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> 
                                                                       num_crops=num_crops)]
 
 
-def sample_length(record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int]) -> int:
+def sample_length(
+    record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int],
+    fmt: PromptFormat = DEFAULT_FORMAT,
+) -> int:
     """Sequence length of ``record`` as the collator will build it."""
-    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id))
+    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id, fmt=fmt))
 
 
 class SampleDataset(Dataset):
@@ -123,7 +126,7 @@ class SampleDataset(Dataset):
 
 def load_split(
     data_dir: Path, split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
-    source: int = 0,
+    source: int = 0, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, SplitSummary]:
     """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier)."""
     files = split_files(data_dir, split)
@@ -135,7 +138,7 @@ def load_split(
         for line in iter_jsonl(path):
             where = f"{path}:{line.lineno}"
             sample = _measure(line.value, line.error, where=where, data_dir=data_dir, encode=encode_cached,
-                              bos_id=bos_id, num_crops=num_crops, summary=summary)
+                              bos_id=bos_id, num_crops=num_crops, summary=summary, fmt=fmt)
             if sample is None:
                 continue
             if sample.length > max_length:
@@ -164,13 +167,14 @@ def source_names(dirs: Sequence[Path]) -> list[str]:
 
 def load_mixture(
     dirs: Sequence[Path], split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, list[SplitSummary]]:
     """:func:`load_split` of each directory, concatenated in order; ``Sample.source`` says which one it came from."""
     samples: list[Sample] = []
     summaries = []
     for index, data_dir in enumerate(dirs):
         dataset, summary = load_split(data_dir, split, encode=encode, bos_id=bos_id, num_crops=num_crops,
-                                      max_length=max_length, source=index)
+                                      max_length=max_length, source=index, fmt=fmt)
         samples += dataset.samples
         summaries.append(summary)
     return SampleDataset(samples), summaries
@@ -178,7 +182,7 @@ def load_mixture(
 
 def _measure(
     value: object, error: str | None, *, where: str, data_dir: Path, encode: Encode, bos_id: int | None,
-    num_crops: int, summary: SplitSummary,
+    num_crops: int, summary: SplitSummary, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> Sample | None:
     try:
         if error is not None:
@@ -189,7 +193,7 @@ def _measure(
             return None
         sizes = image_sizes(record, images_root=images_dir(data_dir), num_crops=num_crops)
         tokens = [num_image_tokens(w, h, num_crops) for w, h in sizes]
-        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens)
+        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens, fmt=fmt)
     except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
         summary.unusable += 1
         if len(summary.problems) < 5:

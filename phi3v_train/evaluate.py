@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
-from phi3v_data.images import ImageProblem, check_image, to_rgb
+from phi3v_data.images import ImageProblem, check_image, load_rgb
 from phi3v_data.io import iter_jsonl, resolve_inside, write_json, write_jsonl
-from phi3v_data.prompt import encode_record
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import num_image_tokens
 from phi3v_train.data import images_dir, split_files
 from phi3v_train.metrics import score_turn, summarize
@@ -142,6 +142,7 @@ def evaluate(
     meta: dict[str, Any] | None = None,
     score: bool = True,
     generation: dict[str, Any] | None = None,
+    fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> EvalResult:
     """Answer every turn of ``records`` greedily and score them by task.
 
@@ -149,6 +150,7 @@ def evaluate(
     (missing image, prompt longer than the model) gets an ``error`` instead of a prediction; the run goes on.
     ``score=False`` (unlabeled splits, ``phi3v-train predict``) keeps rows to id, turn, task, prediction and, for
     binary tasks, ``p_yes``. ``generation`` overrides greedy decoding (``{"do_sample": True, "top_p": 0.9}``).
+    ``fmt`` lays out images and turns as training did (:class:`phi3v_data.prompt.PromptFormat`).
 
     >>> result = evaluate(model, processor, records, images_root="data/docvqa/images", num_crops=16)  # doctest: +SKIP
     >>> rich.print(result.table())  # doctest: +SKIP
@@ -156,7 +158,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = Generator(model, processor, images_root=Path(images_root), num_crops=num_crops,
-                          max_new_tokens=max_new_tokens, generation=generation)
+                          max_new_tokens=max_new_tokens, generation=generation, fmt=fmt)
     state = _State(records, score=score)
     total = sum(len(record.conversations) for record in records)
     with Progress(disable=not progress, transient=True) as bar:
@@ -172,7 +174,9 @@ def evaluate(
             for batch in _chunks(ready, batch_size):
                 _answer_batch(state, generator, batch)
                 bar.advance(task_id, len(batch))
-    result = _result(state, settings={"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens}, meta=meta)
+    settings = {"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                "image_tags": fmt.image_tags, "turns": fmt.turns}
+    result = _result(state, settings=settings, meta=meta)
     if output_dir is not None:
         result.write(output_dir)
     return result
@@ -302,9 +306,10 @@ class Generator:
 
     def __init__(
         self, model: torch.nn.Module, processor: Any, *, images_root: Path, num_crops: int, max_new_tokens: int,
-        generation: dict[str, Any] | None = None,
+        generation: dict[str, Any] | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
     ) -> None:
         self.model, self.processor = model, processor
+        self.fmt = fmt
         self.generation = generation or {"do_sample": False}
         self.tokenizer = processor.tokenizer
         self.images_root, self.num_crops, self.max_new_tokens = images_root, num_crops, max_new_tokens
@@ -336,7 +341,8 @@ class Generator:
                 raise ValueError(f"image {rel}: {exc}") from None
             resolved.append(path)
             tokens.append(num_image_tokens(width, height, self.num_crops))
-        encoded = encode_record(record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id, upto=turn)
+        encoded = encode_record(record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id, upto=turn,
+                                fmt=self.fmt)
         if self.max_length is not None and len(encoded) + self.max_new_tokens > self.max_length:
             raise ValueError(
                 f"prompt of {len(encoded)} tokens + {self.max_new_tokens} new ones exceeds the model's "
@@ -349,8 +355,7 @@ class Generator:
         images = []
         for path in prepared.image_paths:
             try:
-                with Image.open(path) as image:
-                    images.append(to_rgb(image))
+                images.append(load_rgb(path))  # upright, as training read it
             except (OSError, SyntaxError, ValueError, ImageProblem) as exc:
                 shown = path.relative_to(self.images_root) if path.is_relative_to(self.images_root) else path
                 raise ValueError(f"image {shown} does not decode: {exc}") from None

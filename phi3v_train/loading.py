@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from phi3v_data.prompt import PromptFormat
+
     from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -33,6 +35,30 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file() and (path / "final").is_dir():
         return path / "final"
     return path
+
+
+def recorded_prompt_format(model: str | Path, *, image_tags: str | None = None, turns: str | None = None) -> PromptFormat:
+    """The prompt format (``image_tags``, ``turns``) of the run that trained ``model``, read from ``RUN/config.yaml``
+    when ``model`` is a run, its ``final/`` or a ``checkpoint-N/`` (the defaults for anything else), so a
+    recipe-trained model is prompted the way it was trained; ``image_tags``/``turns`` given here win."""
+    import yaml  # noqa: PLC0415
+
+    from phi3v_data.prompt import PromptFormat  # noqa: PLC0415
+
+    saved: dict[str, Any] = {}
+    path = Path(model)
+    for config in (path / "config.yaml", path.parent / "config.yaml"):
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            saved = loaded
+            break
+    tags = image_tags or saved.get("image_tags")
+    layout = turns or saved.get("turns")
+    return PromptFormat(image_tags=tags if tags in ("lines", "joined") else "lines",
+                        turns=layout if layout in ("together", "separate") else "together")
 
 
 def is_adapter(path: Path) -> bool:

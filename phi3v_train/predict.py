@@ -95,21 +95,27 @@ class Predictor:
     """A loaded model and processor that answer questions about images (greedy unless ``generation`` says so)."""
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 64,
-                 generation: dict[str, Any] | None = None) -> None:
+                 generation: dict[str, Any] | None = None, fmt: Any = None) -> None:
         from phi3v_train.evaluate import Generator
 
-        self.model, self.processor = model, processor
+        from phi3v_data.prompt import DEFAULT_FORMAT
+
+        self.model, self.processor, self.fmt = model, processor, fmt or DEFAULT_FORMAT
         self.num_crops = processor.image_processor.num_crops
         self.max_new_tokens, self.generation = max_new_tokens, generation
         self.generator = Generator(model, processor, images_root=Path("."), num_crops=self.num_crops,
-                                   max_new_tokens=max_new_tokens, generation=generation)
+                                   max_new_tokens=max_new_tokens, generation=generation, fmt=self.fmt)
 
     @classmethod
     def load(cls, source: str | Path, *, max_new_tokens: int = 64, generation: dict[str, Any] | None = None,
-             **load_options: Any) -> "Predictor":
-        """Load ``source`` with :func:`load_model` (``base``, ``device``, ``precision``, ``attention``, ``num_crops``)."""
+             image_tags: str | None = None, turns: str | None = None, **load_options: Any) -> "Predictor":
+        """Load ``source`` with :func:`load_model` (``base``, ``device``, ``precision``, ``attention``, ``num_crops``);
+        ``image_tags``/``turns`` default to the training run's (:func:`phi3v_train.loading.recorded_prompt_format`)."""
+        from phi3v_train.loading import recorded_prompt_format
+
         model, processor = load_model(source, **load_options)
-        return cls(model, processor, max_new_tokens=max_new_tokens, generation=generation)
+        return cls(model, processor, max_new_tokens=max_new_tokens, generation=generation,
+                   fmt=recorded_prompt_format(source, image_tags=image_tags, turns=turns))
 
     def answer(self, question: str, images: Sequence[str | Path] = ()) -> Answer:
         """Answer ``question`` about ``images`` (they go first, unless the question places ``<|image_k|>`` tags).
@@ -131,5 +137,5 @@ class Predictor:
 
         result = evaluate(self.model, self.processor, records, images_root=images_root, num_crops=self.num_crops,
                           batch_size=batch_size, max_new_tokens=self.max_new_tokens, progress=progress, score=False,
-                          generation=self.generation)
+                          generation=self.generation, fmt=self.fmt)
         return result.rows

@@ -16,6 +16,10 @@ A mixture of datasets (:class:`MixtureSampler`) first draws each epoch's samples
 of an epoch as long as all datasets together, a smaller dataset repeated whole and topped up at random, a larger
 one sampled without repeats — from the same (seed, epoch) generator, then groups them exactly as above, so batches
 mix datasets and still hold similar lengths, and resume stays exact.
+
+``order="file"`` (``run --order file``) gives the records in file order every epoch (a mixture: each dataset's draw,
+dataset after dataset), to reproduce another tool's run or to debug one record; ``order="random"`` a plain shuffle
+per (seed, epoch) without grouping. Both keep the global-batch cut, so the ranks share them as above.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 from torch.utils.data import Sampler
+
+Order = Literal["length", "file", "random"]
 
 MEGABATCH_GROUPS = 64
 """Groups per mega-batch: large enough to find similar lengths, small enough to keep the order random."""
@@ -40,8 +47,10 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __init__(
         self, lengths: Sequence[int], *, batch_size: int, global_batch_size: int, seed: int = 0,
-        megabatch_groups: int = MEGABATCH_GROUPS,
+        megabatch_groups: int = MEGABATCH_GROUPS, order: Order = "length",
     ) -> None:
+        if order not in ("length", "file", "random"):
+            raise ValueError(f"order must be length, file or random, got {order!r}")
         if batch_size < 1 or global_batch_size % batch_size:
             raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of batch_size {batch_size} >= 1")
         self.lengths = list(lengths)
@@ -50,6 +59,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.seed = seed
         self.megabatch = self.group_size * megabatch_groups
         self.epoch = 0
+        self.mode = order
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer (through accelerate) before each epoch, including the one a resume lands in."""
@@ -65,7 +75,11 @@ class LengthGroupedSampler(Sampler[int]):
         """All indices in the order of ``epoch``."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         indices = self._draw(rng)
+        if self.mode == "file":
+            return indices
         rng.shuffle(indices)
+        if self.mode == "random":
+            return indices
         groups: list[list[int]] = []
         for start in range(0, len(indices), self.megabatch):
             chunk = sorted(indices[start : start + self.megabatch], key=lambda i: -self.lengths[i])
@@ -144,10 +158,10 @@ class MixtureSampler(LengthGroupedSampler):
 
     def __init__(
         self, lengths: Sequence[int], *, sizes: Sequence[int], weights: Sequence[float], batch_size: int,
-        global_batch_size: int, seed: int = 0, megabatch_groups: int = MEGABATCH_GROUPS,
+        global_batch_size: int, seed: int = 0, megabatch_groups: int = MEGABATCH_GROUPS, order: Order = "length",
     ) -> None:
         super().__init__(lengths, batch_size=batch_size, global_batch_size=global_batch_size, seed=seed,
-                         megabatch_groups=megabatch_groups)
+                         megabatch_groups=megabatch_groups, order=order)
         if sum(sizes) != len(self.lengths) or len(sizes) != len(weights) or min(sizes, default=0) < 1:
             raise ValueError(f"sizes {list(sizes)} must be positive, one per weight, and add up to {len(self.lengths)}")
         self.sizes, self.weights = list(sizes), list(weights)

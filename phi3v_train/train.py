@@ -219,6 +219,10 @@ def _describe_data(
                   for name, source, quota, size in zip(names, config.sources, sampler.quotas, sampler.sizes)]
         console.print(f"mixture: {len(sampler)} samples per epoch: {', '.join(shares)}")
     grouped = sampler.padding_fraction(0)
+    if config.order != "length":
+        console.print(f"{config.order} order (--order): batches pad {grouped:.1%} of token slots; longest sample "
+                      f"{max(sampler.lengths)} tokens")
+        return
     # Sorting within single groups of one batch changes no batch's padding: this is what random batches would pad.
     shuffled = sampler.ungrouped()
     console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
@@ -243,10 +247,10 @@ def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitS
     """Plain length grouping for one dataset (the order single-dataset runs always had); weighted draws for several."""
     if len(summaries) == 1:
         return LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
-                                    seed=config.seed)
+                                    seed=config.seed, order=config.order)
     return MixtureSampler(dataset.lengths, sizes=[s.kept for s in summaries],
                           weights=[source.weight for source in config.sources], batch_size=config.batch_size,
-                          global_batch_size=global_batch, seed=config.seed)
+                          global_batch_size=global_batch, seed=config.seed, order=config.order)
 
 
 def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, list[SplitSummary]]:
@@ -255,7 +259,7 @@ def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, l
     try:
         return load_mixture([source.path for source in config.sources], config.train_split,
                             encode=TextEncoder(processor.tokenizer), bos_id=bos_id(processor.tokenizer),
-                            num_crops=config.num_crops, max_length=config.max_length)
+                            num_crops=config.num_crops, max_length=config.max_length, fmt=config.prompt_format)
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
@@ -394,7 +398,8 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     dirs = [source.path for source in config.sources]
     collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
                         bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
-                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
+                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]),
+                        fmt=config.prompt_format)
     validator = _validator(config, processor, collator, args) if config.eval_every else None  # before the model
     model = _model(config, args, dataset, console)
     if is_main:  # every input is checked: only now may an --overwrite delete the earlier run
@@ -404,7 +409,8 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings, processor=processor)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
                            source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks],
-                           eval_dataset=validator.samples if validator else None)
+                           eval_dataset=validator.samples if validator else None,
+                           loss_norm=config.loss_norm, decay_exempt=config.decay_exempt)
     trainer.validator = validator
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -453,7 +459,7 @@ def _evaluate(state: Setup, *, label: str) -> None:
                 records_path, images_root = find_split(config.data, config.eval_split)
                 records = load_records(records_path, limit=config.eval_limit)
                 result = evaluate(model, state.processor, records, images_root=images_root,
-                                  num_crops=config.num_crops, batch_size=config.batch_size,
+                                  num_crops=config.num_crops, batch_size=config.batch_size, fmt=config.prompt_format,
                                   output_dir=config.output / f"eval-{label}", meta={"when": label})
                 state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
         where = config.output / f"eval-{label}"
@@ -479,7 +485,8 @@ def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
             continue
         datasets[name] = (load_records(records_path, limit=config.eval_limit), images_root)
     results = evaluate_datasets(model, state.processor, datasets, output_dir=config.output / f"eval-{label}",
-                                meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size)
+                                meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size,
+                                fmt=config.prompt_format)
     state.console.print(datasets_table(results, title=f"Evaluation {label} training ({config.eval_split})"))
 
 

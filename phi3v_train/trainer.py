@@ -5,6 +5,11 @@ trained on and peak memory; TensorBoard records them with the Trainer's loss, le
 main process :class:`ProgressLog` shows a rich progress bar, prints one line per interval and appends the same
 figures to ``RUN/log.jsonl`` (the file tests and people compare runs with). A mixture of datasets adds
 ``samples/<dataset>``: the samples of each dataset trained on in the interval, over all devices.
+
+Two settings give the original recipe's optimisation (transformers 4.4x's Trainer) instead of transformers 5's:
+``loss_norm="micro-batch"`` averages each micro-batch's mean loss over the accumulated batch instead of dividing
+the summed token losses by the global batch's label tokens, and ``decay_exempt="layernorm"`` exempts only biases
+and ``nn.LayerNorm`` weights from weight decay, so Phi-3's RMSNorm weights are decayed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import get_parameter_names
 from transformers.trainer_callback import ExportableState
 
 from phi3v_data.io import atomic_write
@@ -32,10 +39,12 @@ class Phi3VTrainer(Trainer):
     """Trainer with our sampler, a finite-loss guard and throughput figures added to every log."""
 
     def __init__(
-        self, *args: Any, sampler: LengthGroupedSampler, source_names: Sequence[str] = (), **kwargs: Any
+        self, *args: Any, sampler: LengthGroupedSampler, source_names: Sequence[str] = (), loss_norm: str = "tokens",
+        decay_exempt: str = "norms", **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
+        self.loss_norm, self.decay_exempt = loss_norm, decay_exempt
         self.source_names = list(source_names)
         # images, real tokens, padded token slots, then samples of each dataset of a mixture
         self.counts = torch.zeros(3 + len(self.source_names), dtype=torch.float64)
@@ -66,6 +75,18 @@ class Phi3VTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         return self.sampler
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        if self.decay_exempt == "layernorm":  # transformers 4.45: get_parameter_names(ALL_LAYERNORM_LAYERS), no "bias"
+            return decay_names_layernorm_only(model)
+        return super().get_decay_parameter_names(model)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if self.loss_norm == "micro-batch":
+            # No token count: the model returns this micro-batch's mean and the Trainer divides it by the
+            # accumulation steps (DDP then averages ranks): the mean of micro-batch means, as transformers 4.4x did.
+            num_items_in_batch = None
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         mask = inputs["attention_mask"]
@@ -105,6 +126,12 @@ class Phi3VTrainer(Trainer):
                 "padding_fraction": (slots - real) / slots if slots else 0.0, "peak_memory_gb": peak_memory_gb(device),
                 "skipped_samples": skipped,
                 **{f"samples/{name}": int(n) for name, n in zip(self.source_names, per_source)}}
+
+
+def decay_names_layernorm_only(model: nn.Module) -> list[str]:
+    """Parameters that get weight decay under transformers 4.4x's Trainer: all but biases and ``nn.LayerNorm``
+    weights (RMSNorm weights included)."""
+    return [name for name in get_parameter_names(model, [nn.LayerNorm]) if "bias" not in name]
 
 
 def _sum_over_ranks(value: int) -> int:

@@ -45,6 +45,10 @@ def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--num-crops", type=click.IntRange(min=1), default=None,
               help="HD crops per image; use what training used [default: the processor's].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--image-tags", type=click.Choice(["lines", "joined"]), default=None,
+              help="Layout of untagged images, as training used [default: the run's config.yaml, else lines].")
+@click.option("--turns", type=click.Choice(["together", "separate"]), default=None,
+              help="Multi-turn records as one chat or one chat per turn [default: the run's, else together].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
 @click.option("--attention", "attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
@@ -52,7 +56,8 @@ def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Directory for predictions.jsonl and metrics.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: str, limit: int | None, batch_size: int, num_crops: int | None,
-          max_new_tokens: int, precision: str | None, attn: str, device: str | None, output: Path, quiet: bool) -> None:
+          max_new_tokens: int, image_tags: str | None, turns: str | None, precision: str | None, attn: str, device: str | None, output: Path,
+          quiet: bool) -> None:
     """Evaluate a model on a converted split: accuracy, ANLS and AUROC by each record's task.
 
     Writes OUTPUT/predictions.jsonl (one row per turn) and OUTPUT/metrics.json. With several --data (a run's
@@ -69,7 +74,7 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     from phi3v_train.data import source_names
     from phi3v_train.evaluate import datasets_table, evaluate, evaluate_datasets
-    from phi3v_train.loading import LoadError
+    from phi3v_train.loading import LoadError, recorded_prompt_format
     from phi3v_train.predict import device_and_precision, load_model
 
     console = Console(stderr=True, soft_wrap=True)
@@ -99,7 +104,8 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
             raise
         raise click.ClickException(f"--model {model_path}: {problem}") from None
     settings = {"num_crops": processor.image_processor.num_crops, "batch_size": batch_size,
-                "max_new_tokens": max_new_tokens, "progress": not quiet}
+                "max_new_tokens": max_new_tokens, "progress": not quiet,
+                "fmt": recorded_prompt_format(model_path, image_tags=image_tags, turns=turns)}
     if len(datasets) == 1:
         [(files, records, images_root, _)] = datasets.values()
         result = evaluate(model, processor, records, images_root=images_root, output_dir=output, **settings,

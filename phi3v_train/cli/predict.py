@@ -27,6 +27,10 @@ from phi3v_train.cli.eval import ATTENTION, PRECISIONS
 @click.option("--num-crops", type=click.IntRange(min=1), default=None,
               help="HD crops per image; use what training used [default: the processor's].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--image-tags", type=click.Choice(["lines", "joined"]), default=None,
+              help="Layout of untagged images, as training used [default: the run's config.yaml, else lines].")
+@click.option("--turns", type=click.Choice(["together", "separate"]), default=None,
+              help="Multi-turn records as one chat or one chat per turn [default: the run's, else together].")
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature (> 0 samples).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="Nucleus sampling.")
@@ -38,7 +42,7 @@ from phi3v_train.cli.eval import ATTENTION, PRECISIONS
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict(question: str | None, model_source: str, base: str | None, images: tuple[Path, ...], data: Path | None,
             split: str, output: Path | None, limit: int | None, batch_size: int, num_crops: int | None,
-            max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None, seed: int,
+            max_new_tokens: int, image_tags: str | None, turns: str | None, do_sample: bool, temperature: float | None, top_p: float | None, seed: int,
             precision: str | None, attention: str, device: str | None, as_json: bool, quiet: bool) -> None:
     """Answer QUESTION about --image files, or every record of --data into --out (no scoring).
 
@@ -79,7 +83,7 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
         check_apart("--out", output, [*data_inputs(data, files, images_root), *inputs], may_hold=may_hold)
     try:
         predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
-                                   num_crops=num_crops, max_new_tokens=max_new_tokens,
+                                   num_crops=num_crops, max_new_tokens=max_new_tokens, image_tags=image_tags, turns=turns,
                                    generation=generation_settings(do_sample=do_sample, temperature=temperature,
                                                                   top_p=top_p))
     except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read

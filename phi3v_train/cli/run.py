@@ -81,6 +81,12 @@ def _flags(**given: Any) -> dict[str, Any]:
               help="flash = flash_attention_2 [sdpa]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
 @click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
+@click.option("--image-tags", type=click.Choice(["lines", "joined"]), help="Untagged images: one '<|image_k|>\\n' "
+              "each, or all tags then one '\\n' (the original recipe's) [lines].")
+@click.option("--turns", type=click.Choice(["together", "separate"]), help="Multi-turn records: one conversation, or "
+              "each turn its own chat with BOS and <|endoftext|> (the original NLVR2 script's) [together].")
+@click.option("--order", type=click.Choice(["length", "file", "random"]),
+              help="Sample order: length-grouped, file order, or a seeded shuffle [length].")
 @click.option("--max-length", type=int, help="Drop (and count) longer samples [131072, the model's context].")
 @click.option("--batch-size", type=int, help="Per device [1].")
 @click.option("--global-batch-size", type=int, help="Per optimizer step over all devices [batch size × devices].")
@@ -88,6 +94,10 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--max-steps", type=int, help="Optimizer steps; overrides --epochs.")
 @click.option("--lr", type=float, help="Peak learning rate [2e-4 lora/qlora, 2e-5 otherwise].")
 @click.option("--weight-decay", type=float, help="[0]")
+@click.option("--decay-exempt", type=click.Choice(["norms", "layernorm"]), help="No decay for biases and all norm "
+              "weights, or biases and LayerNorm only (RMSNorm decayed, the original recipe's) [norms].")
+@click.option("--loss-norm", type=click.Choice(["tokens", "micro-batch"]), help="Accumulated loss: per label token of "
+              "the global batch, or the mean of micro-batch means (the original recipe's) [tokens].")
 @click.option("--warmup", type=float, help="Warmup: a fraction of the steps if < 1, else a number of steps [0.03].")
 @click.option("--adam-beta1", type=float, help="[0.9]")
 @click.option("--adam-beta2", type=float, help="[0.999; the original recipe 0.95]")

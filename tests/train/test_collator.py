@@ -139,3 +139,27 @@ def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path
     deep, flat = collate([by_id["deep"]]), collate([by_id["flat"]])
     assert torch.equal(deep["pixel_values"], flat["pixel_values"])
     assert deep["pixel_values"].std() > 0.5  # not the flat white page Pillow's clipping made of it
+
+
+def test_exif_rotated_jpeg_is_measured_and_trained_upright(tmp_path: Path, processor: Phi3VProcessor) -> None:
+    upright = Image.new("RGB", (90, 40), (255, 255, 255))
+    upright.paste((255, 0, 0), (0, 0, 30, 20))  # a red block at the top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90° counter-clockwise: "rotate 90° clockwise to display"
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "images/train/photo.jpg", exif=exif, quality=95)
+    record = {"id": "p", "conversations": [{"images": ["train/photo.jpg"], "user": "Color?", "assistant": "red"}]}
+    (tmp_path / "p_train.jsonl").write_text(json.dumps(record) + "\n")
+    samples, _ = _load(tmp_path, processor)
+    assert samples[0].image_sizes == ((90, 40),)
+    collate = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
+                       bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+                       images_root=tmp_path / "images")
+    batch = collate([samples[0]])
+    with Image.open(tmp_path / "images/train/photo.jpg") as stored:  # orientation 6 is undone by ROTATE_270
+        by_hand = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert by_hand.size == (90, 40)
+    expected = processor.image_processor([by_hand], return_tensors="pt")
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    assert batch["image_sizes"].tolist() == expected["image_sizes"].tolist()
+    assert int(batch["attention_mask"].sum()) == samples[0].length  # tokens counted for the upright size

@@ -229,7 +229,8 @@ def test_cli_eval_writes_outputs_and_reports_bad_lines(tiny: Path, dataset: Path
     assert "tiny_val.jsonl:3: conversations: List should have at least 1 item" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["records"], metrics["turns"], metrics["skipped_lines"]) == (6, 8, 1)
-    assert metrics["settings"] == {"num_crops": 2, "batch_size": 4, "max_new_tokens": 4}
+    assert metrics["settings"] == {"num_crops": 2, "batch_size": 4, "max_new_tokens": 4, "image_tags": "lines",
+                                   "turns": "together"}
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 8
 
 
