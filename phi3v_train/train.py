@@ -176,7 +176,9 @@ def _describe_data(
         if summary.unusable:
             skipped.append(f"{summary.unusable} unusable")
         console.print(f"data{' ' + names[index] if len(summaries) > 1 else ''}: {summary.kept} samples from "
-                      f"{', '.join(p.name for p in summary.files)} (skipped: {', '.join(skipped)})")
+                      f"{', '.join(p.name for p in summary.files)} (skipped: {', '.join(skipped)}); lengths "
+                      + escape(f"from {summary.cache_path}" if summary.cached else "measured"
+                               + (f", cached in {summary.cache_path}" if summary.cache_path else "")), highlight=False)
     if isinstance(sampler, MixtureSampler):
         shares = [f"{name} {quota} (weight {source.weight:g}, {quota / size:.2f}× its samples)"
                   for name, source, quota, size in zip(names, config.sources, sampler.quotas, sampler.sizes)]
@@ -212,13 +214,34 @@ def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitS
                           global_batch_size=global_batch, seed=config.seed)
 
 
-def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, list[SplitSummary]]:
+def _measure_data(config: TrainConfig, processor: Any, console: Console) -> tuple[SampleDataset, list[SplitSummary]]:
+    """Every record's length, from the cache when the data, tokenizer and --num-crops are unchanged.
+
+    Under torchrun rank 0 measures (a pool over this node's cores) and writes the cache while the other ranks wait
+    at a barrier, then read it; a rank that finds no cache there (nodes without a shared disk) measures itself.
+    """
+    from phi3v_train.lengths import LengthCache, tokenizer_digest
     from phi3v_train.model import bos_id
 
-    try:
+    identity = tokenizer_digest(processor.tokenizer)
+
+    def load(*, write: bool) -> tuple[SampleDataset, list[SplitSummary]]:
         return load_mixture([source.path for source in config.sources], config.train_split,
                             encode=TextEncoder(processor.tokenizer), bos_id=bos_id(processor.tokenizer),
-                            num_crops=config.num_crops, max_length=config.max_length)
+                            num_crops=config.num_crops, max_length=config.max_length, write_cache=write,
+                            cache=lambda data_dir: LengthCache(identity, (data_dir, config.output)), console=console)
+
+    rank, _ = world()
+    try:
+        if not (dist.is_available() and dist.is_initialized()):
+            return load(write=True)
+        if rank == 0:
+            try:
+                return load(write=True)
+            finally:
+                dist.barrier()  # reached even when the data is refused: the others then refuse it themselves
+        dist.barrier()
+        return load(write=False)
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
@@ -272,7 +295,7 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
     parts = trainable_summary(model)
     for part, (trainable, total) in parts.items():
         console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
-    text_only = any(not sample.record.images for sample in dataset.samples)
+    text_only = dataset.text_only
     vision_trains = any(parts.get(part, (0, 0))[0] for part in ("vision", "projector")) or (
         config.strategy in ("lora", "qlora") and (config.lora.vision or config.lora.projector))
     if text_only and vision_trains:
@@ -319,7 +342,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
         _run_preflight(config, is_main=is_main)
     processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
                       num_crops=config.num_crops)
-    dataset, summaries = _measure_data(config, processor)
+    dataset, summaries = _measure_data(config, processor, console)
     if config.preflight:
         _refuse_unusable(config, summaries)
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps
