@@ -17,6 +17,7 @@ enough (:data:`DEEP_PREFLIGHT_BYTES`), and the collator stands in for a sample t
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from torch.utils.data import Dataset
 
 from phi3v_data.io import parse_json, walk_files, write_json
 from phi3v_data.tokens import num_image_tokens
-from phi3v_train.lengths import LengthCache, Measured, image_sizes, measure, sample_length  # noqa: F401 - re-exported
+from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, file_states, image_sizes,  # noqa: F401
+                                 measure, sample_length, unchanged)
 from schemas import Record
 
 Encode = Callable[[str], list[int]]
@@ -259,9 +261,13 @@ def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
 
 def preflight(
     data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None, name: str | None = None,
-    deep: bool | None = None,
+    deep: bool | None = None, remember: bool = False,
 ) -> str | None:
     """Run the validator's checks on the split; None when clean, else why training must not start.
+
+    With ``remember``, a clean verdict is kept in ``<data>/.phi3v-cache/`` (or ``report_dir``'s) with the files'
+    sizes, mtimes and digests, and a later call on unchanged files returns None at once (a resume or a second run on
+    a million records). Images are not re-checked then; one broken since is stood in for by the collator.
 
     ``deep`` decodes every image (what the data loader will do) instead of reading headers; by default it does when
     ``images/`` holds at most :data:`DEEP_PREFLIGHT_BYTES`.
@@ -276,9 +282,15 @@ def preflight(
     workers = workers or max(1, min(8, (os.cpu_count() or 1) // 2))
     if deep is None:
         deep = _tree_bytes(images_dir(data_dir), limit=DEEP_PREFLIGHT_BYTES) <= DEEP_PREFLIGHT_BYTES
+    markers = [folder / CACHE_DIR / f"preflight-{split}-{'deep' if deep else 'header'}.json"
+               for folder in (data_dir, report_dir)]
+    if remember and any(_passed(marker, files) for marker in markers):
+        return None
     report = validate_files(files, images_dir=images_dir(data_dir), image_check="deep" if deep else "header",
                             workers=workers)
     if report.valid:
+        if remember:
+            _remember_pass(markers, files)
         return None
     report_path = report_dir / f"preflight-{name + '-' if name else ''}{split}.json"
     write_json(report_path, report.to_dict())
@@ -289,6 +301,25 @@ def preflight(
         f"Full report: {report_path}. Fix them, or write a clean copy with `phi3v-data validate {files[0]} "
         f"--output CLEAN.jsonl` (or skip this check with --no-preflight)"
     )
+
+
+def _passed(marker: Path, files: Sequence[Path]) -> bool:
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        return saved.get("version") == CACHE_VERSION and unchanged(saved["files"], files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _remember_pass(markers: Sequence[Path], files: Sequence[Path]) -> None:
+    """Record a clean pre-flight in the first folder that takes it (the dataset's, else the run's)."""
+    states = file_states(files)
+    for marker in markers:
+        try:
+            write_json(marker, {"version": CACHE_VERSION, "files": states})
+        except OSError:
+            continue
+        return
 
 
 def _tree_bytes(root: Path, *, limit: int) -> int:

@@ -1,6 +1,7 @@
 """Every record's sequence length, measured once per (data, tokenizer, num_crops) and kept in a compact cache.
 
-Measuring a record means tokenizing its text and reading each image's header (for the image-token count); at a
+Measuring a record means tokenizing its text and reading each image's header (for the image-token count; each
+worker remembers the sizes of the last 65,536 images it read, as rows share images); at a
 million records that is the whole of a run's start-up, so it is done once, in a process pool, and the result is
 kept as numpy arrays — byte offset, byte count and line of each usable record in its jsonl file, its length and
 its images' (width, height) — in ``<data>/.phi3v-cache/lengths-<split>-<key>.npz`` (the run directory's when the
@@ -52,15 +53,17 @@ MAX_PROBLEMS = 5
 USABLE_FIELDS = ("file", "offset", "nbytes", "line", "length", "size_start", "sizes")
 
 
-def image_sizes(record: Record, *, images_root: Path, num_crops: int) -> list[tuple[int, int]]:
-    """(width, height) of each image of ``record``, header-read (no pixel decoding).
+def image_sizes(
+    record: Record, *, images_root: Path, num_crops: int, header: Callable[[str], tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """(width, height) of each image of ``record``, header-read (no pixel decoding; ``header`` reads one, cached).
 
     Raises ImageProblem or UnsafePathError for an image that cannot be used, including one so elongated that the HD
     transform would resize its short side to 0 pixels at ``num_crops`` (the official processor fails on it too).
     """
     sizes = []
     for rel in record.images:
-        width, height = check_image(resolve_inside(images_root, rel))
+        width, height = header(rel) if header else check_image(resolve_inside(images_root, rel))
         if problem := elongation_problem(width, height, num_crops):
             raise ImageProblem("image_aspect", f"{rel}: {problem}; crop or pad the image, or drop the record")
         sizes.append((width, height))
@@ -108,6 +111,7 @@ class _Job:
     bos_id: int | None
     num_crops: int
     images_root: Path
+    header: Callable[[str], tuple[int, int]] | None = None  # set in the worker: header sizes, cached per path
 
 
 _JOB: _Job | None = None
@@ -116,7 +120,8 @@ _JOB: _Job | None = None
 def _init(job: _Job) -> None:
     global _JOB
     cached = functools.lru_cache(maxsize=65536)(lambda text: tuple(job.encode(text)))  # prompts repeat a lot
-    _JOB = _Job(lambda text: list(cached(text)), job.bos_id, job.num_crops, job.images_root)
+    header = functools.lru_cache(maxsize=65536)(lambda rel: check_image(resolve_inside(job.images_root, rel)))
+    _JOB = _Job(lambda text: list(cached(text)), job.bos_id, job.num_crops, job.images_root, header)
 
 
 def _measure_record(value: Any, error: str | None, job: _Job) -> tuple[str, int, list[tuple[int, int]], str]:
@@ -127,7 +132,7 @@ def _measure_record(value: Any, error: str | None, job: _Job) -> tuple[str, int,
         record = Record.model_validate(value)
         if not record.labeled:
             return "unlabeled", 0, [], ""
-        sizes = image_sizes(record, images_root=job.images_root, num_crops=job.num_crops)
+        sizes = image_sizes(record, images_root=job.images_root, num_crops=job.num_crops, header=job.header)
         tokens = [num_image_tokens(w, h, job.num_crops) for w, h in sizes]
         return "ok", sample_length(record, encode=job.encode, bos_id=job.bos_id, image_tokens=tokens), sizes, ""
     except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
@@ -333,8 +338,7 @@ class LengthCache:
 
     def save(self, measured: Measured, *, split: str, num_crops: int, bos_id: int | None) -> Path | None:
         """Write the cache (atomically) into the first directory that takes it; None when none does."""
-        states = [_file_state(path) | {"digest": content_digest(path)} for path in measured.files]
-        meta = {"version": CACHE_VERSION, "files": states, "unlabeled": measured.unlabeled,
+        meta = {"version": CACHE_VERSION, "files": file_states(measured.files), "unlabeled": measured.unlabeled,
                 "unusable": measured.unusable, "problems": measured.problems}
         for folder in self.dirs:
             target = folder / CACHE_DIR / self.name(split, num_crops, bos_id)
@@ -349,6 +353,25 @@ class LengthCache:
         return None
 
 
+def file_states(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """What a cache records of each file: name, size, modification time and content digest."""
+    return [_file_state(path) | {"digest": content_digest(path)} for path in files]
+
+
+def unchanged(recorded: Sequence[dict[str, Any]], files: Sequence[Path]) -> bool:
+    """``files`` are still what :func:`file_states` recorded: same name and size, and the same mtime or, when the
+    mtime moved, the same content digest."""
+    if len(recorded) != len(files):
+        return False
+    for before, path in zip(recorded, files):
+        now = _file_state(path)
+        if before["name"] != now["name"] or before["size"] != now["size"]:
+            return False
+        if before["mtime_ns"] != now["mtime_ns"] and before["digest"] != content_digest(path):
+            return False
+    return True
+
+
 def _file_state(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -359,14 +382,8 @@ def _read(path: Path, files: Sequence[Path]) -> Measured | None:
     try:
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
-            if meta.get("version") != CACHE_VERSION or len(meta["files"]) != len(files):
+            if meta.get("version") != CACHE_VERSION or not unchanged(meta["files"], files):
                 return None
-            for recorded, now in zip(meta["files"], files):
-                state = _file_state(now)
-                if recorded["name"] != state["name"] or recorded["size"] != state["size"]:
-                    return None
-                if recorded["mtime_ns"] != state["mtime_ns"] and recorded["digest"] != content_digest(now):
-                    return None
             arrays = {name: saved[f"r_{name}"] for name in USABLE_FIELDS}
     except (OSError, ValueError, KeyError, TypeError):  # absent, torn or from another version: measure again
         return None

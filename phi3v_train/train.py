@@ -262,7 +262,7 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
     if is_main:
         dirs = [source.path for source in config.sources]
         names = source_names(dirs) if len(dirs) > 1 else [None]
-        problems = [preflight(path, config.train_split, report_dir=config.output, name=name)
+        problems = [preflight(path, config.train_split, report_dir=config.output, name=name, remember=True)
                     for path, name in zip(dirs, names)]
         verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
                              for path, problem in zip(dirs, problems) if problem) or None]

@@ -170,3 +170,28 @@ def test_an_unwritable_dataset_caches_in_the_run_and_resumes_and_later_runs_meas
     assert counted == [1, 1] and list((data / ".phi3v-cache").glob("lengths-train-*.npz"))
     run(load_config(flags=run_flags(data, tiny_model, tmp_path / "run3", max_steps=1)))
     assert counted == [1, 1]  # a later run on the same data
+
+
+def test_a_clean_preflight_is_remembered_until_the_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import phi3v_data.validate
+    from phi3v_train.data import preflight
+
+    data = write_dataset(tmp_path / "data")
+    checked: list[int] = []
+    real = phi3v_data.validate.validate_files
+
+    def validate_files(*args, **kwargs):
+        checked.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phi3v_data.validate, "validate_files", validate_files)
+    assert preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True) is None
+    assert preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True) is None
+    assert checked == [1] and (data / ".phi3v-cache" / "preflight-train-deep.json").is_file()
+    assert preflight(data, "train", report_dir=tmp_path / "run", workers=1) is None and checked == [1, 1]  # not asked
+    broken = {"id": "b", "conversations": [{"images": ["train/missing.png"], "user": "q", "assistant": "a"}]}
+    with (data / "colors_train.jsonl").open("a") as handle:
+        handle.write(json.dumps(broken) + "\n")
+    message = preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True)
+    assert message is not None and "colors_train.jsonl:9" in message and checked == [1, 1, 1]
+    assert preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True) is not None  # not remembered
