@@ -74,6 +74,25 @@ def llava_file(path: Path, rows: int, *, pool: int, seed: int = 0) -> None:
     tmp.rename(path)
 
 
+def converted_dataset(data: Path, rows: int, *, pool_dir: Path, pool: int, seed: int = 0) -> None:
+    """What ``convert llava`` makes of :func:`llava_file`'s rows, written directly (``--train-only``: a million
+    rows without converting them first); ``images/train/pool`` is a symlink to the image pool."""
+    rng = random.Random(seed)
+    (data / "images" / "train").mkdir(parents=True, exist_ok=True)
+    link = data / "images" / "train" / "pool"
+    if not link.exists():
+        link.symlink_to(pool_dir.resolve(), target_is_directory=True)
+    with open(data / "llava_train.jsonl", "w", encoding="utf-8") as handle:
+        for k in range(rows):
+            image = rng.randrange(pool)
+            turns = [{"images": [f"train/pool/{image:05d}.jpg"], "user": "<|image_1|>\n" + sentence(rng, 4, 20) + "?",
+                      "assistant": sentence(rng, 2, 60) + "."}]
+            for _ in range(rng.randrange(3)):
+                turns.append({"images": [], "user": sentence(rng, 3, 15) + "?", "assistant": sentence(rng, 1, 40) + "."})
+            handle.write(json.dumps({"id": f"train-{k:010d}", "source": "llava", "task": "chat",
+                                     "conversations": turns}) + "\n")
+
+
 def timed(command: list[str], *, log: Path, first_step: Path | None = None, timeout: float = 3600) -> dict:
     """Run ``command``: wall seconds, seconds until ``first_step`` exists and is not empty, peak RSS (MB), rc."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -111,11 +130,13 @@ def main() -> None:
     parser.add_argument("--ranks", default="1", help="Training ranks to time, comma-separated (2: torchrun on CPU).")
     parser.add_argument("--workers", type=int, default=2, help="Converter workers.")
     parser.add_argument("--skip-train", action="store_true", help="Only convert, validate and preview.")
+    parser.add_argument("--train-only", action="store_true",
+                        help="Write the converted dataset directly and time only training (no convert/validate/preview).")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (kept; the sources are reused).")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     ranks = [int(r) for r in args.ranks.split(",")]
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work = args.work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale-"))
     console = Console()
     image_pool(work / "src" / "pool", args.pool)
     tiny = work / "tiny"
@@ -125,23 +146,16 @@ def main() -> None:
     rows: dict[str, dict[int, str]] = {}
     notes = []
     for size in sizes:
-        source = work / "src" / f"llava-{size}.json"
-        llava_file(source, size, pool=args.pool)
         base = work / str(size)
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
         out = base / "data"
-        console.print(f"[bold]{size:,} rows[/] ({source.stat().st_size / 1e6:,.0f} MB json)")
-        convert = timed([str(BIN / "phi3v-data"), "convert", "llava", str(source), "--image-folder", str(source.parent),
-                         "--out", str(out), "--workers", str(args.workers)], log=base / "convert.log")
-        rows.setdefault("`convert llava` time / peak RSS", {})[size] = cell(convert)
-        jsonl = out / "llava_train.jsonl"
-        validate = timed([str(BIN / "phi3v-data"), "validate", str(jsonl), "-q"], log=base / "validate.log")
-        rows.setdefault("`validate` (header) time / peak RSS", {})[size] = cell(validate)
-        preview = timed([str(BIN / "phi3v-data"), "preview", str(jsonl), "--out", str(base / "preview.html")],
-                        log=base / "preview.log")
-        rows.setdefault("`preview` time / peak RSS", {})[size] = cell(preview)
-        console.print(f"  convert {cell(convert)}, validate {cell(validate)}, preview {cell(preview)}")
+        if args.train_only:
+            converted_dataset(out, size, pool_dir=work / "src" / "pool", pool=args.pool)
+            console.print(f"[bold]{size:,} rows[/] ({(out / 'llava_train.jsonl').stat().st_size / 1e6:,.0f} MB jsonl, "
+                          "written directly)")
+        else:
+            _convert_validate_preview(args, base, out, size, rows, console)
         if args.skip_train:
             continue
         for world in ranks:
@@ -163,7 +177,7 @@ def main() -> None:
                     result = _resume(command, log=base / f"train-{world}-{kind}.log", log_file=log_file)
                 else:
                     result = timed(command, log=base / f"train-{world}-{kind}.log", first_step=log_file)
-                rows.setdefault(f"`run --strategy lora` first step, {kind}, {label} / peak RSS per rank", {})[size] = \
+                rows.setdefault(f"`run` first step, {kind}, {label}", {})[size] = \
                     cell(result, "first_step")
                 console.print(f"  train {label} {kind}: first step {cell(result, 'first_step')} (whole run "
                               f"{result['wall']:.1f} s)")
@@ -171,7 +185,10 @@ def main() -> None:
                             if "lengths " in line]
                 if measured:
                     notes.append(f"{size:,} rows, {label}, {kind}: {measured[0].strip()}")
-    table = Table(title=f"bench_scale: synthetic LLaVA rows over {args.pool} real JPEGs, {os.cpu_count()} CPUs")
+                if "measured the data itself" in (base / f"train-{world}-{kind}.log").read_text():
+                    notes.append(f"{size:,} rows, {label}, {kind}: a rank other than 0 measured too")
+    table = Table(title=f"bench_scale: synthetic LLaVA rows over {args.pool} real JPEGs, {os.cpu_count()} CPUs; "
+                        "time / peak RSS (run: time to step 1 / peak RSS per rank)")
     table.add_column("command")
     for size in sizes:
         table.add_column(f"{size:,}", justify="right")
@@ -180,6 +197,23 @@ def main() -> None:
     console.print(table)
     for note in notes:
         console.print(note, highlight=False, soft_wrap=True)
+
+
+def _convert_validate_preview(args: argparse.Namespace, base: Path, out: Path, size: int,
+                              rows: dict[str, dict[int, str]], console: Console) -> None:
+    source = args.work / "src" / f"llava-{size}.json"
+    llava_file(source, size, pool=args.pool)
+    console.print(f"[bold]{size:,} rows[/] ({source.stat().st_size / 1e6:,.0f} MB json)")
+    convert = timed([str(BIN / "phi3v-data"), "convert", "llava", str(source), "--image-folder", str(source.parent),
+                     "--out", str(out), "--workers", str(args.workers)], log=base / "convert.log")
+    rows.setdefault("`convert llava`", {})[size] = cell(convert)
+    jsonl = out / "llava_train.jsonl"
+    validate = timed([str(BIN / "phi3v-data"), "validate", str(jsonl), "-q"], log=base / "validate.log")
+    rows.setdefault("`validate` (header)", {})[size] = cell(validate)
+    preview = timed([str(BIN / "phi3v-data"), "preview", str(jsonl), "--out", str(base / "preview.html")],
+                    log=base / "preview.log")
+    rows.setdefault("`preview`", {})[size] = cell(preview)
+    console.print(f"  convert {cell(convert)}, validate {cell(validate)}, preview {cell(preview)}")
 
 
 def _resume(command: list[str], *, log: Path, log_file: Path) -> dict:

@@ -241,7 +241,12 @@ def _measure_data(config: TrainConfig, processor: Any, console: Console) -> tupl
             finally:
                 dist.barrier()  # reached even when the data is refused: the others then refuse it themselves
         dist.barrier()
-        return load(write=False)
+        dataset, summaries = load(write=False)
+        if not all(summary.cached for summary in summaries):  # every rank says so: it is not the log's main process
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning[/]: rank {rank} found no length cache after rank 0 wrote it and measured the data "
+                "itself (is the dataset or --out on a disk this node does not share?)")
+        return dataset, summaries
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
