@@ -112,31 +112,67 @@ class _Job:
     num_crops: int
     images_root: Path
     header: Callable[[str], tuple[int, int]] | None = None  # set in the worker: header sizes, cached per path
+    counts: dict[str, int] | None = None  # set in the worker: tokens of each text seen (prompts repeat a lot)
 
 
 _JOB: _Job | None = None
+TEXT_CACHE = 200_000
+"""Texts whose token counts a worker remembers (emptied when full)."""
 
 
 def _init(job: _Job) -> None:
     global _JOB
-    cached = functools.lru_cache(maxsize=65536)(lambda text: tuple(job.encode(text)))  # prompts repeat a lot
     header = functools.lru_cache(maxsize=65536)(lambda rel: check_image(resolve_inside(job.images_root, rel)))
-    _JOB = _Job(lambda text: list(cached(text)), job.bos_id, job.num_crops, job.images_root, header)
+    _JOB = _Job(job.encode, job.bos_id, job.num_crops, job.images_root, header, {})
 
 
-def _measure_record(value: Any, error: str | None, job: _Job) -> tuple[str, int, list[tuple[int, int]], str]:
-    """("ok", length, sizes, "") or ("unlabeled" | "unusable", 0, [], why)."""
+def _prepare(value: Any, error: str | None, job: _Job) -> tuple[str, Record | None, list[tuple[int, int]], str]:
+    """("ok", record, image sizes, "") or ("unlabeled" | "unusable", None, [], why)."""
     try:
         if error is not None:
             raise ValueError(error)
         record = Record.model_validate(value)
         if not record.labeled:
-            return "unlabeled", 0, [], ""
-        sizes = image_sizes(record, images_root=job.images_root, num_crops=job.num_crops, header=job.header)
-        tokens = [num_image_tokens(w, h, job.num_crops) for w, h in sizes]
-        return "ok", sample_length(record, encode=job.encode, bos_id=job.bos_id, image_tokens=tokens), sizes, ""
+            return "unlabeled", None, [], ""
+        return "ok", record, image_sizes(record, images_root=job.images_root, num_crops=job.num_crops,
+                                         header=job.header), ""
     except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
-        return "unusable", 0, [], str(exc).splitlines()[0]
+        return "unusable", None, [], str(exc).splitlines()[0]
+
+
+def _lengths(records: list[tuple[Record, list[int]]], job: _Job) -> list[int | str]:
+    """Each record's length (or why it has none), its texts tokenized in one batch call where the encoder has one.
+
+    Twice through :func:`encode_record`: first collecting the texts it asks for, then with their token counts
+    (a length depends on how many ids each text gives, never on which).
+    """
+    counts = job.counts if job.counts is not None else {}
+    wanted: dict[str, None] = {}
+
+    def collect(text: str) -> list[int]:
+        if text not in counts:
+            wanted[text] = None
+        return []
+
+    for record, tokens in records:
+        try:
+            encode_record(record, encode=collect, image_tokens=tokens, bos_id=job.bos_id)
+        except ValueError:
+            pass  # reported in the second pass
+    if len(counts) + len(wanted) > TEXT_CACHE:
+        counts.clear()
+    texts = list(wanted)
+    batch = getattr(job.encode, "batch", None)
+    for text, ids in zip(texts, batch(texts) if batch else map(job.encode, texts)):
+        counts[text] = len(ids)
+    out: list[int | str] = []
+    for record, tokens in records:
+        try:
+            out.append(sample_length(record, encode=lambda text: [0] * counts[text] if text in counts
+                                     else job.encode(text), bos_id=job.bos_id, image_tokens=tokens))
+        except ValueError as exc:
+            out.append(str(exc).splitlines()[0])
+    return out
 
 
 def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
@@ -149,7 +185,7 @@ def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(end - start)
-    offsets, nbytes, lines, lengths, counts, sizes = [], [], [], [], [], []
+    usable: list[tuple[int, int, int, Record, list[tuple[int, int]]]] = []  # offset, bytes, line, record, sizes
     unlabeled, unusable, problems = 0, 0, []
     position, lineno = 0, 0
     while position < len(data):
@@ -167,7 +203,7 @@ def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
             if not text.strip():
                 continue
             value, error = parse_json(text.strip())
-        status, length, record_sizes, why = _measure_record(value, error, job)
+        status, record, record_sizes, why = _prepare(value, error, job)
         if status == "unlabeled":
             unlabeled += 1
         elif status == "unusable":
@@ -175,15 +211,26 @@ def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
             if len(problems) < MAX_PROBLEMS:
                 problems.append((lineno, why))
         else:
-            offsets.append(here)
-            nbytes.append(len(raw))
-            lines.append(lineno)
-            lengths.append(length)
-            counts.append(len(record_sizes))
-            sizes += record_sizes
-    return {"offset": offsets, "nbytes": nbytes, "line": lines, "length": lengths, "counts": counts, "sizes": sizes,
-            "unlabeled": unlabeled, "unusable": unusable, "problems": problems, "newlines": data.count(b"\n"),
-            "bytes": end - start}
+            usable.append((here, len(raw), lineno, record, record_sizes))
+    measured = _lengths([(record, [num_image_tokens(w, h, job.num_crops) for w, h in sizes])
+                         for _, _, _, record, sizes in usable], job)
+    offsets, nbytes, lines, lengths, counts, sizes_out = [], [], [], [], [], []
+    for (here, size, line, _, record_sizes), length in zip(usable, measured):
+        if isinstance(length, str):  # a tag naming an image the record does not have
+            unusable += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append((line, length))
+            continue
+        offsets.append(here)
+        nbytes.append(size)
+        lines.append(line)
+        lengths.append(length)
+        counts.append(len(record_sizes))
+        sizes_out += record_sizes
+    problems.sort()
+    return {"offset": offsets, "nbytes": nbytes, "line": lines, "length": lengths, "counts": counts,
+            "sizes": sizes_out, "unlabeled": unlabeled, "unusable": unusable, "problems": problems[:MAX_PROBLEMS],
+            "newlines": data.count(b"\n"), "bytes": end - start}
 
 
 def _ranges(path: Path, size: int, step: int) -> list[tuple[int, int]]:
