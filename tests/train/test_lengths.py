@@ -195,3 +195,18 @@ def test_a_clean_preflight_is_remembered_until_the_files_change(tmp_path: Path, 
     message = preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True)
     assert message is not None and "colors_train.jsonl:9" in message and checked == [1, 1, 1]
     assert preflight(data, "train", report_dir=tmp_path / "run", workers=1, remember=True) is not None  # not remembered
+
+
+def test_padding_figures_of_a_big_dataset_are_estimated_on_a_subset() -> None:
+    from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
+    from phi3v_train.train import PADDING_ESTIMATE, _padding_sampler
+
+    small = LengthGroupedSampler([5, 6, 7], batch_size=1, global_batch_size=1)
+    assert _padding_sampler(small) is small
+    lengths = [10 + k % 997 for k in range(250_000)]
+    plain = _padding_sampler(LengthGroupedSampler(lengths, batch_size=4, global_batch_size=8, seed=3))
+    assert len(plain.lengths) == PADDING_ESTIMATE and set(plain.lengths) <= set(lengths) and plain.group_size == 8
+    mixture = _padding_sampler(MixtureSampler(lengths, sizes=[200_000, 50_000], weights=[1, 3], batch_size=4,
+                                              global_batch_size=8))
+    assert (mixture.sizes, mixture.quotas, len(mixture)) == ([80_000, 20_000], [25_000, 75_000], 100_000)
+    assert 0 <= mixture.padding_fraction(0) < mixture.ungrouped().padding_fraction(0)
