@@ -30,6 +30,7 @@ Mapping rules (shared by both):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from converters._common import first_error
 from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
 from phi3v_data.export import IMAGE_TAG
-from phi3v_data.io import UnsafePathError, iter_json_array, iter_jsonl, parse_json, resolve_inside
+from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, stream_json_array
 from phi3v_data.splits import Carved, carve_groups
 from schemas import IMAGE_TAG_RE, Task
 
@@ -285,11 +286,11 @@ def _distinct_ids(rows: list[_Parsed], split: str) -> None:
     its own conversation. Only a row whose conversation and images equal an earlier row with its id is a duplicate.
     """
     taken = {row.id for row in rows if row.id is not None}
-    seen: dict[str, list[tuple[str, _Parsed]]] = {}
+    seen: dict[str, list[tuple[bytes, _Parsed]]] = {}  # a digest of each conversation, not its text
     for row in rows:
         if row.id is None:
             continue
-        content = json.dumps([row.turns, row.paths], sort_keys=True)
+        content = hashlib.blake2b(json.dumps([row.turns, row.paths], sort_keys=True).encode(), digest_size=16).digest()
         earlier = seen.setdefault(row.id, [])
         same = next((first for text, first in earlier if text == content), None)
         if same is not None:
@@ -319,7 +320,11 @@ def _placement(folder: Path, rel: str, split: str, placed: OutputClaims) -> tupl
 
 
 def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:
-    """(where, line, raw row, parse error) of a JSON array (loaded whole) or JSON lines (streamed), by the first byte."""
+    """(where, line, raw row, parse error) of a JSON array or JSON lines (by the first byte), both streamed.
+
+    A JSON array is read element by element (:func:`stream_json_array`), so a file of millions of rows never sits
+    in memory whole; ``where`` names the row's index (``llava.json[7]``) and a row that does not parse also its line.
+    """
     with open(source, "rb") as handle:
         head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if head != b"[":
@@ -327,19 +332,12 @@ def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:
             yield source.name, entry.lineno, entry.value, entry.error
         return
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        for element in stream_json_array(source):
+            yield f"{source.name}[{element.index}]", element.line if element.error else None, element.value, element.error
     except UnicodeDecodeError as exc:
         raise ConvertUsageError(f"{source}: not UTF-8 ({exc.reason}); save the file as UTF-8") from None
-    rows, error = parse_json(text)
-    if error is None and isinstance(rows, list):  # the fast path: the whole file at once
-        for index, raw in enumerate(rows):
-            yield f"{source.name}[{index}]", None, raw, None
-        return
-    try:  # one row nested too deeply, with a huge number or a lone surrogate: report that row, convert the rest
-        for index, entry in enumerate(iter_json_array(text)):
-            yield f"{source.name}[{index}]", entry.lineno if entry.error else None, entry.value, entry.error
     except ValueError as exc:
-        raise ConvertUsageError(f"{source}: not valid JSON ({error or exc}); fix the file or convert it to JSON lines") from None
+        raise ConvertUsageError(f"{source}: not valid JSON ({exc}); fix the file or convert it to JSON lines") from None
 
 
 __all__ = ["LlavaConverter", "ShareGPTConverter", "parse_row", "map_row", "image_destination", "RowError"]

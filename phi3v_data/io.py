@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import itertools
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -364,26 +365,119 @@ def iter_json_array(text: str, *, start: int = 0) -> Iterator[JsonlLine]:
     nested too deeply or holds a 5000-digit number is an ``error`` entry and the next ones still come back.
     ``lineno`` is the line the element starts on. Raises ValueError when the array itself is broken.
 
-    For files loaded whole (LLaVA json, DocVQA json) after a plain ``json.loads`` of the whole file failed.
+    For files loaded whole (DocVQA json) after a plain ``json.loads`` of the whole file failed.
     """
-    i = _WS.match(text, start).end()
+    return iter_json_array_stream(io.StringIO(text), skip=start)
+
+
+ARRAY_CHUNK = 1 << 20
+"""Characters read at a time by :func:`iter_json_array_stream` (an element longer than this is read in several)."""
+
+
+def iter_json_array_stream(
+    handle: IO[str], *, skip: int = 0, after: int = 0, chunk: int | None = None
+) -> Iterator[JsonlLine]:
+    """:func:`iter_json_array` over an open text file, in memory bounded by the longest element, not the file.
+
+    Element boundaries are found by counting brackets outside strings (no value is built), then each element is
+    parsed with :func:`parse_json`; ``skip`` characters are passed over first (their newlines still count), and
+    so are the first ``after`` elements (found, not parsed nor given).
+    """
+    text, eof = "", False
+    chunk = chunk or ARRAY_CHUNK
+
+    def more() -> bool:
+        nonlocal text, eof
+        if eof:
+            return False
+        read = handle.read(chunk)
+        eof = not read
+        text += read
+        return not eof
+
+    while len(text) < skip and more():
+        pass
+    line = 1 + text.count("\n", 0, skip)  # the line of text[mark]
+    text, i, mark = text[skip:], 0, 0
+    i = _skip_ws(text, i, more)
     if text[i : i + 1] != "[":
         raise ValueError("expected a JSON array")
-    i, lineno, last = i + 1, text.count("\n", 0, i) + 1, i
+    i, index = i + 1, 0
     while True:
-        i = _WS.match(text, i).end()
+        i = _skip_ws(text, i, more)
+        line += text.count("\n", mark, i)
+        mark = i
+        if i > chunk:  # drop what is read: memory stays one chunk plus the current element
+            text, i, mark = text[i:], 0, 0
         if text[i : i + 1] == "]":
             return
-        lineno += text.count("\n", last, i)
-        last = i
-        end = _value_end(text, i)
-        value, error = parse_json(text[i:end])
-        yield JsonlLine(lineno, text[i:end][:200], value=value, error=error)
-        i = _WS.match(text, end).end()
+        while True:
+            try:
+                end = _value_end(text, i)
+            except ValueError:
+                if more():
+                    continue
+                raise
+            if end < len(text) or not more():  # a bare token (number, true) may go on in the next chunk
+                break
+        if index >= after:
+            value, error = parse_json(text[i:end])
+            yield JsonlLine(line, text[i:end][:200], value=value, error=error)
+        index += 1
+        i = _skip_ws(text, end, more)
         if text[i : i + 1] == ",":
             i += 1
         elif text[i : i + 1] != "]":
-            raise ValueError(f"expected ',' or ']' at line {text.count(chr(10), 0, i) + 1}")
+            raise ValueError(f"expected ',' or ']' at line {line + text.count(chr(10), mark, i)}")
+
+
+def _skip_ws(text: str, i: int, more: Callable[[], bool]) -> int:
+    """Index of the first non-blank character at or after ``i``, reading more text while only blanks are left."""
+    i = _WS.match(text, i).end()
+    while i == len(text) and more():
+        i = _WS.match(text, i).end()
+    return i
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayElement:
+    """One element of a JSON array file: its position (``line`` only where it is known), its value or why not."""
+
+    index: int
+    line: int | None
+    value: Any = None
+    error: str | None = None
+
+
+def stream_json_array(path: str | os.PathLike[str]) -> Iterator[ArrayElement]:
+    """The elements of the top-level JSON array in ``path``, streamed in flat memory (LLaVA/ShareGPT files of
+    millions of rows). Raises ValueError when the file is not one JSON array, UnicodeDecodeError when not UTF-8.
+
+    ijson's C parser reads the file; at the first element it refuses (an integer beyond 64 bits, a lone surrogate,
+    NaN, nesting deeper than it goes) or that is not an object (rows are; a list 50,000 deep is one json.loads
+    refuses), the file is read again from the start by :func:`iter_json_array_stream`, which skips
+    the elements already given and parses every later one on its own, so that one element fails (with its line)
+    and the rest still come back, exactly as ``json.loads`` would read them.
+    """
+    import ijson  # noqa: PLC0415 - only the array readers need it
+
+    given = 0
+    with open(path, "rb") as handle:
+        if handle.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark, as some editors write
+            handle.seek(0)
+        try:
+            for value in ijson.items(handle, "item", use_float=True):
+                if not isinstance(value, dict):  # a row that is no object: maybe nested too deeply for json.loads
+                    break
+                yield ArrayElement(given, None, value)
+                given += 1
+            else:
+                return
+        except (ijson.JSONError, UnicodeDecodeError, ValueError, MemoryError):  # MemoryError: yajl's depth limit
+            pass
+    with open(path, encoding="utf-8-sig") as text:
+        for index, entry in enumerate(iter_json_array_stream(text, after=given), start=given):
+            yield ArrayElement(index, entry.lineno, entry.value, entry.error)
 
 
 def json_object_members(text: str) -> dict[str, tuple[int, int]]:

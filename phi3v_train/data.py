@@ -1,31 +1,38 @@
 """Training samples from a converted dataset directory: which records are used, and how long each one is.
 
 A converted dataset is ``<data>/images/`` plus ``<data>/<name>_<split>.jsonl`` files. Every record of the split is
-measured once at start-up — text tokens through :func:`phi3v_data.prompt.encode_record`, image tokens from each
-image's header-read size — so the sampler can group by real length and over-long samples can be dropped (and
-counted) instead of being cut through their image tokens. Unlabeled records (test splits) are skipped and counted, and
-so are records that cannot be trained on (a broken line, an image that is missing or too elongated for the HD
-transform); with the pre-flight on, the run refuses those instead, naming file and line. Pixels are decoded later, in
-the data loader's workers (:mod:`phi3v_train.collator`); the pre-flight decodes them all first when the dataset is
-small enough (:data:`DEEP_PREFLIGHT_BYTES`), and the collator stands in for a sample that still fails.
+measured once — text tokens through :func:`phi3v_data.prompt.encode_record`, image tokens from each image's
+header-read size — so the sampler can group by real length and over-long samples can be dropped (and counted)
+instead of being cut through their image tokens. Measuring happens in a process pool and its result is cached
+(:mod:`phi3v_train.lengths`), so later runs, resumes and the other ranks start at once. Unlabeled records (test
+splits) are skipped and counted, and so are records that cannot be trained on (a broken line, an image that is
+missing or too elongated for the HD transform); with the pre-flight on, the run refuses those instead, naming file
+and line.
+
+The main process holds no record: :class:`SampleDataset` is numpy arrays (byte offset, length, image sizes per
+record), and the data loader's workers read each record from its jsonl line when a batch needs it; pixels are
+decoded there too (:mod:`phi3v_train.collator`). The pre-flight decodes them all first when the dataset is small
+enough (:data:`DEEP_PREFLIGHT_BYTES`), and the collator stands in for a sample that still fails.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
+from rich.console import Console
 from torch.utils.data import Dataset
 
-from phi3v_data.images import ImageProblem, check_image
-from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, walk_files, write_json
-from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
-from phi3v_data.tokens import elongation_problem, num_image_tokens
+from phi3v_data.io import parse_json, walk_files, write_json
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
+from phi3v_data.tokens import num_image_tokens
+from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, file_states, image_sizes,  # noqa: F401
+                                 measure, sample_length, unchanged)
 from schemas import Record
 
 Encode = Callable[[str], list[int]]
@@ -61,6 +68,8 @@ class SplitSummary:
     unusable: int = 0
     longest_dropped: int = 0
     problems: list[str] = field(default_factory=list)  # first few unusable records, "file:line: why"
+    cached: bool = False  # the lengths came from the cache (nothing was measured)
+    cache_path: Path | None = None  # where the lengths are cached (None: not cached)
 
 
 def split_files(data_dir: Path, split: str) -> list[Path]:
@@ -78,78 +87,138 @@ def images_dir(data_dir: Path) -> Path:
     return data_dir / "images"
 
 
-def image_sizes(record: Record, *, images_root: Path, num_crops: int) -> list[tuple[int, int]]:
-    """(width, height) of each image of ``record``, header-read (no pixel decoding).
-
-    Raises ImageProblem or UnsafePathError for an image that cannot be used, including one so elongated that the HD
-    transform would resize its short side to 0 pixels at ``num_crops`` (the official processor fails on it too).
-    """
-    sizes = []
-    for rel in record.images:
-        width, height = check_image(resolve_inside(images_root, rel))
-        if problem := elongation_problem(width, height, num_crops):
-            raise ImageProblem("image_aspect", f"{rel}: {problem}; crop or pad the image, or drop the record")
-        sizes.append((width, height))
-    return sizes
-
-
 def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> list[int]:
     """Tokens of each image of ``record``, from header-read sizes; raises as :func:`image_sizes` does."""
     return [num_image_tokens(w, h, num_crops) for w, h in image_sizes(record, images_root=images_root,
                                                                       num_crops=num_crops)]
 
 
-def sample_length(
-    record: Record, *, encode: Encode, bos_id: int | None, image_tokens: Sequence[int],
-    fmt: PromptFormat = DEFAULT_FORMAT,
-) -> int:
-    """Sequence length of ``record`` as the collator will build it."""
-    return len(encode_record(record, encode=encode, image_tokens=image_tokens, bos_id=bos_id, fmt=fmt))
-
-
 class SampleDataset(Dataset):
-    """The kept samples of a split; ``lengths`` feeds the length-grouped sampler."""
+    """The kept samples of one or several splits as arrays; ``dataset[i]`` reads record i from its jsonl line.
 
-    def __init__(self, samples: list[Sample]) -> None:
-        self.samples = samples
+    Picklable and cheap to copy into the data loader's workers (a few numpy arrays, no record); each process opens
+    the files itself and reads with ``pread``, so workers never share a file position.
+    """
+
+    def __init__(self, files: Sequence[Path], arrays: dict[str, np.ndarray]) -> None:
+        self.files = [str(path) for path in files]
+        self.file, self.offset, self.nbytes = arrays["file"], arrays["offset"], arrays["nbytes"]
+        self.line, self.length, self.source = arrays["line"], arrays["length"], arrays["source"]
+        self.size_start, self.sizes = arrays["size_start"], arrays["sizes"]
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    @classmethod
+    def of(cls, measured: Measured, keep: np.ndarray, *, source: int = 0) -> "SampleDataset":
+        """The records of ``measured`` where ``keep`` is true (all from dataset ``source`` of a mixture)."""
+        counts = np.diff(measured.size_start)[keep]
+        image_rows = np.repeat(keep, np.diff(measured.size_start))  # which rows of sizes belong to kept records
+        size_start = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=size_start[1:])
+        arrays = {name: getattr(measured, name)[keep] for name in ("file", "offset", "nbytes", "line", "length")}
+        arrays |= {"source": np.full(int(keep.sum()), source, dtype=np.int16), "size_start": size_start,
+                   "sizes": measured.sizes[image_rows]}
+        return cls(measured.files, arrays)
+
+    @classmethod
+    def concat(cls, parts: Sequence["SampleDataset"]) -> "SampleDataset":
+        """Datasets one after the other (a mixture); their files are numbered anew."""
+        files: list[str] = []
+        arrays: dict[str, list[np.ndarray]] = {name: [] for name in ("file", "offset", "nbytes", "line", "length",
+                                                                      "source", "sizes")}
+        counts = []
+        for part in parts:
+            arrays["file"].append(part.file + len(files))
+            files += part.files
+            for name in ("offset", "nbytes", "line", "length", "source", "sizes"):
+                arrays[name].append(getattr(part, name))
+            counts.append(np.diff(part.size_start))
+        joined = {name: np.concatenate(values) for name, values in arrays.items()}
+        joined["size_start"] = np.zeros(len(joined["length"]) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(counts), out=joined["size_start"][1:])
+        return cls([Path(f) for f in files], joined)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.length)
 
     def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
+        path = self.files[int(self.file[index])]
+        where = f"{path}:{int(self.line[index])}"
+        raw = os.pread(self._fd(int(self.file[index])), int(self.nbytes[index]), int(self.offset[index]))
+        try:
+            value, error = parse_json(raw.decode("utf-8").strip())
+            if error is not None:
+                raise ValueError(error)
+            record = Record.model_validate(value)
+        except (UnicodeDecodeError, ValueError, ValidationError) as exc:
+            raise DataError(f"{where}: the line changed since its length was measured ({str(exc).splitlines()[0]});"
+                            " restart the run (changed files are measured again)") from None
+        start, end = self.size_start[index], self.size_start[index + 1]
+        sizes = tuple((int(w), int(h)) for w, h in self.sizes[start:end])
+        return Sample(record=record, length=int(self.length[index]), where=where, image_sizes=sizes,
+                      source=int(self.source[index]))
+
+    def _fd(self, file_index: int) -> int:
+        if self._pid != os.getpid():  # a forked worker: descriptors are shared with the parent, open its own
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(file_index)
+        if fd is None:
+            fd = self._fds[file_index] = os.open(self.files[file_index], os.O_RDONLY)
+        return fd
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}}
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in getattr(self, "_fds", {}).values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     @property
     def lengths(self) -> list[int]:
-        return [sample.length for sample in self.samples]
+        return self.length.tolist()
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Every sample, read now (tests and small datasets; training reads them one by one in the workers)."""
+        return [self[index] for index in range(len(self))]
+
+    @property
+    def text_only(self) -> bool:
+        """Some sample has no image (the vision side then gets no gradient from its batch)."""
+        return bool((np.diff(self.size_start) == 0).any())
 
 
 def load_split(
     data_dir: Path, split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
-    source: int = 0, fmt: PromptFormat = DEFAULT_FORMAT,
+    source: int = 0, cache: LengthCache | None = None, write_cache: bool = True, workers: int | None = None,
+    console: Console | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, SplitSummary]:
-    """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier)."""
+    """Read, measure and filter one split. Bad lines are counted and skipped (the pre-flight refuses them earlier).
+
+    With ``cache``, lengths measured before for the same files, tokenizer and ``num_crops`` are read instead of
+    measured, and new ones are written there (unless ``write_cache`` is false: the ranks that only read).
+    """
     files = split_files(data_dir, split)
     summary = SplitSummary(files=files)
-    cached = functools.lru_cache(maxsize=65536)(lambda text: tuple(encode(text)))  # prompts repeat a lot
-    encode_cached: Encode = lambda text: list(cached(text))  # noqa: E731
-    samples: list[Sample] = []
-    for path in files:
-        for line in iter_jsonl(path):
-            where = f"{path}:{line.lineno}"
-            sample = _measure(line.value, line.error, where=where, data_dir=data_dir, encode=encode_cached,
-                              bos_id=bos_id, num_crops=num_crops, summary=summary, fmt=fmt)
-            if sample is None:
-                continue
-            if sample.length > max_length:
-                summary.too_long += 1
-                summary.longest_dropped = max(summary.longest_dropped, sample.length)
-                continue
-            samples.append(sample if source == 0 else dataclasses.replace(sample, source=source))
-    summary.kept = len(samples)
-    if not samples:
+    measured = cache.load(files, split=split, num_crops=num_crops, bos_id=bos_id) if cache else None
+    if measured is None:
+        measured = measure(files, images_root=images_dir(data_dir), encode=encode, bos_id=bos_id,
+                           num_crops=num_crops, workers=workers, console=console, fmt=fmt)
+        if cache is not None and write_cache:
+            cache.save(measured, split=split, num_crops=num_crops, bos_id=bos_id)
+    summary.cached, summary.cache_path = not measured.measured, measured.path
+    summary.unlabeled, summary.unusable, summary.problems = measured.unlabeled, measured.unusable, measured.problems
+    keep = measured.length <= max_length
+    summary.too_long = int((~keep).sum())
+    summary.longest_dropped = int(measured.length[~keep].max()) if summary.too_long else 0
+    summary.kept = int(keep.sum())
+    if not summary.kept:
         raise DataError(_nothing_left(summary, split=split, max_length=max_length))
-    return SampleDataset(samples), summary
+    return SampleDataset.of(measured, keep, source=source), summary
 
 
 def source_names(dirs: Sequence[Path]) -> list[str]:
@@ -167,39 +236,20 @@ def source_names(dirs: Sequence[Path]) -> list[str]:
 
 def load_mixture(
     dirs: Sequence[Path], split: str, *, encode: Encode, bos_id: int | None, num_crops: int, max_length: int,
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    cache: Callable[[Path], LengthCache] | None = None, write_cache: bool = True, workers: int | None = None,
+    console: Console | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> tuple[SampleDataset, list[SplitSummary]]:
-    """:func:`load_split` of each directory, concatenated in order; ``Sample.source`` says which one it came from."""
-    samples: list[Sample] = []
-    summaries = []
+    """:func:`load_split` of each directory, concatenated in order; ``Sample.source`` says which one it came from.
+
+    ``cache`` gives each dataset directory its :class:`LengthCache`."""
+    parts, summaries = [], []
     for index, data_dir in enumerate(dirs):
         dataset, summary = load_split(data_dir, split, encode=encode, bos_id=bos_id, num_crops=num_crops,
-                                      max_length=max_length, source=index, fmt=fmt)
-        samples += dataset.samples
+                                      max_length=max_length, source=index, cache=cache(data_dir) if cache else None,
+                                      write_cache=write_cache, workers=workers, console=console, fmt=fmt)
+        parts.append(dataset)
         summaries.append(summary)
-    return SampleDataset(samples), summaries
-
-
-def _measure(
-    value: object, error: str | None, *, where: str, data_dir: Path, encode: Encode, bos_id: int | None,
-    num_crops: int, summary: SplitSummary, fmt: PromptFormat = DEFAULT_FORMAT,
-) -> Sample | None:
-    try:
-        if error is not None:
-            raise ValueError(error)
-        record = Record.model_validate(value)
-        if not record.labeled:
-            summary.unlabeled += 1
-            return None
-        sizes = image_sizes(record, images_root=images_dir(data_dir), num_crops=num_crops)
-        tokens = [num_image_tokens(w, h, num_crops) for w, h in sizes]
-        length = sample_length(record, encode=encode, bos_id=bos_id, image_tokens=tokens, fmt=fmt)
-    except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
-        summary.unusable += 1
-        if len(summary.problems) < 5:
-            summary.problems.append(f"{where}: {str(exc).splitlines()[0]}")
-        return None
-    return Sample(record=record, length=length, where=where, image_sizes=tuple(sizes))
+    return SampleDataset.concat(parts) if len(parts) > 1 else parts[0], summaries
 
 
 def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
@@ -212,9 +262,13 @@ def _nothing_left(summary: SplitSummary, *, split: str, max_length: int) -> str:
 
 def preflight(
     data_dir: Path, split: str, *, report_dir: Path, workers: int | None = None, name: str | None = None,
-    deep: bool | None = None,
+    deep: bool | None = None, remember: bool = False,
 ) -> str | None:
     """Run the validator's checks on the split; None when clean, else why training must not start.
+
+    With ``remember``, a clean verdict is kept in ``<data>/.phi3v-cache/`` (or ``report_dir``'s) with the files'
+    sizes, mtimes and digests, and a later call on unchanged files returns None at once (a resume or a second run on
+    a million records). Images are not re-checked then; one broken since is stood in for by the collator.
 
     ``deep`` decodes every image (what the data loader will do) instead of reading headers; by default it does when
     ``images/`` holds at most :data:`DEEP_PREFLIGHT_BYTES`.
@@ -229,9 +283,15 @@ def preflight(
     workers = workers or max(1, min(8, (os.cpu_count() or 1) // 2))
     if deep is None:
         deep = _tree_bytes(images_dir(data_dir), limit=DEEP_PREFLIGHT_BYTES) <= DEEP_PREFLIGHT_BYTES
+    markers = [folder / CACHE_DIR / f"preflight-{split}-{'deep' if deep else 'header'}.json"
+               for folder in (data_dir, report_dir)]
+    if remember and any(_passed(marker, files) for marker in markers):
+        return None
     report = validate_files(files, images_dir=images_dir(data_dir), image_check="deep" if deep else "header",
                             workers=workers)
     if report.valid:
+        if remember:
+            _remember_pass(markers, files)
         return None
     report_path = report_dir / f"preflight-{name + '-' if name else ''}{split}.json"
     write_json(report_path, report.to_dict())
@@ -242,6 +302,25 @@ def preflight(
         f"Full report: {report_path}. Fix them, or write a clean copy with `phi3v-data validate {files[0]} "
         f"--output CLEAN.jsonl` (or skip this check with --no-preflight)"
     )
+
+
+def _passed(marker: Path, files: Sequence[Path]) -> bool:
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        return saved.get("version") == CACHE_VERSION and unchanged(saved["files"], files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _remember_pass(markers: Sequence[Path], files: Sequence[Path]) -> None:
+    """Record a clean pre-flight in the first folder that takes it (the dataset's, else the run's)."""
+    states = file_states(files)
+    for marker in markers:
+        try:
+            write_json(marker, {"version": CACHE_VERSION, "files": states})
+        except OSError:
+            continue
+        return
 
 
 def _tree_bytes(root: Path, *, limit: int) -> int:

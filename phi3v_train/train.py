@@ -17,9 +17,11 @@ only changed (an --overwrite's deletion, config.yaml, the log) once all of that 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
+import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.run_dir import RunError
-from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler
+from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
 from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
@@ -213,20 +215,51 @@ def _describe_data(
         if summary.unusable:
             skipped.append(f"{summary.unusable} unusable")
         console.print(f"data{' ' + names[index] if len(summaries) > 1 else ''}: {summary.kept} samples from "
-                      f"{', '.join(p.name for p in summary.files)} (skipped: {', '.join(skipped)})")
+                      f"{', '.join(p.name for p in summary.files)} (skipped: {', '.join(skipped)}); lengths "
+                      + escape(f"from {summary.cache_path}" if summary.cached else "measured"
+                               + (f", cached in {summary.cache_path}" if summary.cache_path else "")), highlight=False)
     if isinstance(sampler, MixtureSampler):
         shares = [f"{name} {quota} (weight {source.weight:g}, {quota / size:.2f}× its samples)"
                   for name, source, quota, size in zip(names, config.sources, sampler.quotas, sampler.sizes)]
         console.print(f"mixture: {len(sampler)} samples per epoch: {', '.join(shares)}")
-    grouped = sampler.padding_fraction(0)
+    estimate = _padding_sampler(sampler)
+    grouped = estimate.padding_fraction(0)
     if config.order != "length":
         console.print(f"{config.order} order (--order): batches pad {grouped:.1%} of token slots; longest sample "
                       f"{max(sampler.lengths)} tokens")
         return
     # Sorting within single groups of one batch changes no batch's padding: this is what random batches would pad.
-    shuffled = sampler.ungrouped()
+    shuffled = estimate.ungrouped()
+    on = f", estimated on {len(estimate.lengths):,} of them" if estimate is not sampler else ""
     console.print(f"length-grouped batches pad {grouped:.1%} of token slots (random batches: "
-                  f"{shuffled.padding_fraction(0):.1%}); longest sample {max(sampler.lengths)} tokens")
+                  f"{shuffled.padding_fraction(0):.1%}{on}); longest sample {max(sampler.lengths)} tokens")
+
+
+PADDING_ESTIMATE = 100_000
+"""Samples the start-up padding figures are computed on: above it, a random subset (two epochs' orders of a
+million samples in Python took ~12 s of every start-up)."""
+
+
+def _padding_sampler(sampler: LengthGroupedSampler) -> LengthGroupedSampler:
+    """``sampler`` itself, or for more than :data:`PADDING_ESTIMATE` samples a copy over a random subset of them
+    (each dataset of a mixture in proportion), which groups and pads alike."""
+    total = len(sampler.lengths)
+    if total <= PADDING_ESTIMATE:
+        return sampler
+    rng = random.Random(sampler.seed)
+    small = copy.copy(sampler)
+    if isinstance(sampler, MixtureSampler):
+        picked, sizes, offset = [], [], 0
+        for size in sampler.sizes:
+            take = max(1, size * PADDING_ESTIMATE // total)
+            picked += [offset + i for i in sorted(rng.sample(range(size), take))]
+            sizes.append(take)
+            offset += size
+        small.sizes, small.quotas = sizes, mixture_quotas(sizes, sampler.weights)
+    else:
+        picked = sorted(rng.sample(range(total), PADDING_ESTIMATE))
+    small.lengths = [sampler.lengths[i] for i in picked]
+    return small
 
 
 def _warn_small_data(console: Console, summaries: list[SplitSummary], config: TrainConfig, *, global_batch: int) -> None:
@@ -253,13 +286,41 @@ def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitS
                           global_batch_size=global_batch, seed=config.seed, order=config.order)
 
 
-def _measure_data(config: TrainConfig, processor: Any) -> tuple[SampleDataset, list[SplitSummary]]:
+def _measure_data(config: TrainConfig, processor: Any, console: Console) -> tuple[SampleDataset, list[SplitSummary]]:
+    """Every record's length, from the cache when the data, tokenizer and --num-crops are unchanged.
+
+    Under torchrun rank 0 measures (a pool over this node's cores) and writes the cache while the other ranks wait
+    at a barrier, then read it; a rank that finds no cache there (nodes without a shared disk) measures itself.
+    """
+    from phi3v_train.lengths import LengthCache, tokenizer_digest
     from phi3v_train.model import bos_id
 
-    try:
+    fmt = config.prompt_format  # the tag layout and turns change lengths: part of the cache's key
+    identity = f"{tokenizer_digest(processor.tokenizer)} {fmt.image_tags} {fmt.turns}"
+
+    def load(*, write: bool) -> tuple[SampleDataset, list[SplitSummary]]:
         return load_mixture([source.path for source in config.sources], config.train_split,
                             encode=TextEncoder(processor.tokenizer), bos_id=bos_id(processor.tokenizer),
-                            num_crops=config.num_crops, max_length=config.max_length, fmt=config.prompt_format)
+                            num_crops=config.num_crops, max_length=config.max_length, write_cache=write,
+                            fmt=config.prompt_format,
+                            cache=lambda data_dir: LengthCache(identity, (data_dir, config.output)), console=console)
+
+    rank, _ = world()
+    try:
+        if not (dist.is_available() and dist.is_initialized()):
+            return load(write=True)
+        if rank == 0:
+            try:
+                return load(write=True)
+            finally:
+                dist.barrier()  # reached even when the data is refused: the others then refuse it themselves
+        dist.barrier()
+        dataset, summaries = load(write=False)
+        if not all(summary.cached for summary in summaries):  # every rank says so: it is not the log's main process
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning[/]: rank {rank} found no length cache after rank 0 wrote it and measured the data "
+                "itself (is the dataset or --out on a disk this node does not share?)")
+        return dataset, summaries
     except ValueError as exc:
         raise RunError(str(exc)) from None
 
@@ -280,7 +341,7 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
     if is_main:
         dirs = [source.path for source in config.sources]
         names = source_names(dirs) if len(dirs) > 1 else [None]
-        problems = [preflight(path, config.train_split, report_dir=config.output, name=name)
+        problems = [preflight(path, config.train_split, report_dir=config.output, name=name, remember=True)
                     for path, name in zip(dirs, names)]
         verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
                              for path, problem in zip(dirs, problems) if problem) or None]
@@ -327,7 +388,7 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
     parts = trainable_summary(model)
     for part, (trainable, total) in parts.items():
         console.print(f"{part:>9}: {trainable:,} of {total:,} parameters trainable")
-    text_only = any(not sample.record.images for sample in dataset.samples)
+    text_only = dataset.text_only
     vision_trains = any(parts.get(part, (0, 0))[0] for part in ("vision", "projector")) or (
         config.strategy in ("lora", "qlora") and (config.lora.vision or config.lora.projector))
     if text_only and vision_trains:
@@ -388,7 +449,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
         _run_preflight(config, is_main=is_main)
     processor = _load("processor", config.model, Phi3VProcessor.from_pretrained, config.model,
                       num_crops=config.num_crops)
-    dataset, summaries = _measure_data(config, processor)
+    dataset, summaries = _measure_data(config, processor, console)
     if config.preflight:
         _refuse_unusable(config, summaries)
     global_batch = config.batch_size * world_size * args.gradient_accumulation_steps

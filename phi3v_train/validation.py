@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from phi3v_train.data import SampleDataset, load_mixture, source_names
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
+from phi3v_train.data import Sample, load_mixture, source_names
 from phi3v_train.evaluate import EvalResult, combine, evaluate, find_split, load_records
 from phi3v_train.metrics import SCORED_TASKS
 from schemas import Record
@@ -52,10 +53,11 @@ def _slice(items: Sequence[Any], rank: int, world: int) -> Sequence[Any]:
 class Validator:
     """Called with the (unwrapped) model at each evaluation step; returns the ``eval_*`` metrics (None: not scorable)."""
 
-    def __init__(self, *, samples: SampleDataset, collator: Any, splits: list[EvalSplit], processor: Any,
-                 num_crops: int, batch_size: int, max_new_tokens: int = 64) -> None:
+    def __init__(self, *, samples: list[Sample], collator: Any, splits: list[EvalSplit], processor: Any,
+                 num_crops: int, batch_size: int, max_new_tokens: int = 64, fmt: PromptFormat = DEFAULT_FORMAT) -> None:
         self.samples, self.collator, self.splits, self.processor = samples, collator, splits, processor
         self.num_crops, self.batch_size, self.max_new_tokens = num_crops, batch_size, max_new_tokens
+        self.fmt = fmt  # the run's image-tag layout and turns: prompts as training built them
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float | None]:
@@ -104,7 +106,7 @@ class Validator:
         rank, world = _world()
         part = evaluate(model, self.processor, list(_slice(split.records, rank, world)), images_root=split.images_root,
                         num_crops=self.num_crops, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                        progress=False)
+                        progress=False, fmt=self.fmt)
         parts: list[Any] = [part]
         if world > 1:
             parts = [None] * world
@@ -148,7 +150,7 @@ def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_jso
         splits.append(EvalSplit(name, load_records(files, limit=config.eval_limit), images_root))
     dataset, _ = load_mixture(dirs, config.eval_split, encode=TextEncoder(processor.tokenizer),
                               bos_id=bos_id(processor.tokenizer), num_crops=config.num_crops,
-                              max_length=config.max_length)
+                              max_length=config.max_length, fmt=config.prompt_format)
     samples = dataset.samples
     if config.eval_limit is not None:  # the labeled ones among the first --eval-limit records of each dataset
         kept = [{record.id for record in split.records} for split in splits]
@@ -160,5 +162,5 @@ def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_jso
             raise ValueError(f"--keep-best {config.keep_best}: no record of the {config.eval_split!r} split has a task "
                              f"scored by it (tasks there: {', '.join(sorted(tasks)) or 'none'}"
                              f"{'; scored by ' + str(scored) if scored else ''}); pick val_loss or another metric")
-    return Validator(samples=SampleDataset(samples), collator=collator, splits=splits, processor=processor,
-                     num_crops=config.num_crops, batch_size=config.batch_size)
+    return Validator(samples=samples, collator=collator, splits=splits, processor=processor,
+                     num_crops=config.num_crops, batch_size=config.batch_size, fmt=config.prompt_format)

@@ -518,7 +518,7 @@ def render(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['strategy']} | {r['attention']} | {r['measured_gb']:.2f} | {r['estimate_gb']:.2f} | "
                   f"{r['ratio']:.2f} | {'yes' if r['within'] else 'no'} |" for r in memory]
-    lines += ["", f"Every command and its output: `run.log`; machine-readable: `gpu_report.json`."]
+    lines += ["", "Every command and its output: `run.log`; machine-readable: `gpu_report.json`."]
     return "\n".join(lines) + "\n"
 
 

@@ -228,3 +228,25 @@ def test_val_ratio_carves_whole_images_deterministically(tmp_path: Path) -> None
     assert (tmp_path / "a" / "images" / first["val"][0]["conversations"][0]["images"][0]).is_file()
     with pytest.raises(ValueError, match="cannot be val"):
         LlavaOptions(val_ratio=0.1, split="val")
+
+
+def test_a_malformed_row_in_the_middle_of_a_big_array_is_one_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The array is streamed (ijson, then element by element past the bad row, in chunks smaller than the file):
+    the broken row fails with its index and line, every other row converts, in order."""
+    import phi3v_data.io
+
+    monkeypatch.setattr(phi3v_data.io, "ARRAY_CHUNK", 4096)  # the file is ~190 kB: many chunk boundaries
+    _images(tmp_path)
+    rows = [json.dumps({"id": f"r{k}", "image": "coco/x.png" if k == 0 else None,
+                        "conversations": _human_gpt(f"Question {k}?", f"Answer {k}.")}) for k in range(2000)]
+    rows[1000] = '{"id": "r1000", "conversations": [oops]}'
+    (tmp_path / "rows.json").write_text("[\n" + ",\n".join(rows) + "\n]")  # row k on line k + 2
+    result = run_converter(LlavaConverter(), tmp_path / "rows.json", tmp_path / "out", workers=1)
+
+    assert [(f.file, f.line, f.reason) for f in result.failures] == [
+        ("rows.json[1000]", 1002, "invalid JSON: Expecting value (column 35)")]
+    got = _records(tmp_path / "out" / "llava_train.jsonl")
+    assert [r["id"] for r in got] == [f"r{k}" for k in range(2000) if k != 1000]
+    assert got[0]["conversations"][0] == {"images": ["train/coco/x.png"], "user": "<|image_1|>\nQuestion 0?",
+                                          "assistant": "Answer 0."}
+    assert got[-1]["conversations"] == [{"images": [], "user": "Question 1999?", "assistant": "Answer 1999."}]

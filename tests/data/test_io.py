@@ -150,3 +150,21 @@ def test_written_json_is_always_utf8(tmp_path: Path) -> None:
     raw = (tmp_path / "a.jsonl").read_bytes()
     assert raw == '{"t": "café"}\n{"t": "\\udcff"}\n'.encode()  # readable where possible, escaped where it must be
     assert dumps_utf8({"t": "\ud800x"}) == '{"t": "\\ud800x"}' and dumps_utf8({"t": "é"}) == '{"t": "é"}'
+
+
+def test_streamed_json_arrays_read_as_json_loads_across_chunk_boundaries(tmp_path: Path) -> None:
+    import io as _io
+    import json
+
+    from phi3v_data.io import iter_json_array_stream, stream_json_array
+
+    rows = [{"id": k, "t": "]} \\\" [{" * (k % 3), "n": [1.5, None, True, 10 ** 30 if k == 7 else k]} for k in range(40)]
+    text = "\ufeff[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n"
+    (tmp_path / "a.json").write_text(text, encoding="utf-8")
+    got = list(stream_json_array(tmp_path / "a.json"))  # 10**30 is past ijson's 64 bits: row 7 on is re-read
+    assert [(e.index, e.value, e.error) for e in got] == [(k, rows[k], None) for k in range(40)]
+    streamed = list(iter_json_array_stream(_io.StringIO(text[1:]), chunk=5))  # elements cut by every boundary
+    assert [(line.lineno, line.value) for line in streamed] == [(k + 2, rows[k]) for k in range(40)]
+    assert [line.value for line in iter_json_array_stream(_io.StringIO(text[1:]), chunk=5, after=38)] == rows[38:]
+    with pytest.raises(ValueError):
+        list(iter_json_array_stream(_io.StringIO('[{"a": 1}, {"b": 2'), chunk=3))
