@@ -76,7 +76,7 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
     _step("6. finetune with LoRA", [train_cli, "run", "--data", str(data), "--model", str(model), "--strategy", "lora",
           "--output", str(run), "--num-crops", "1", "--max-steps", str(steps), "--batch-size", "4",
           "--global-batch-size", "8", "--lr", "5e-3", "--precision", "fp32", "--save-every", str(steps),
-          "--lora.rank", "16", "--lora.alpha", "32"], log=log)
+          "--lora.rank", "16", "--lora.alpha", "32", "--overwrite"], log=log)  # the demo's own run: a rerun replaces it
     _step("7. evaluate after training", [train_cli, "eval", "--model", str(run / "final"), *common_eval, "--output", str(out / "eval_after")], log=log)
 
     manifest = _read_json(data / "manifest.json")
