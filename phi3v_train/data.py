@@ -30,7 +30,6 @@ from torch.utils.data import Dataset
 
 from phi3v_data.io import parse_json, walk_files, write_json
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
-from phi3v_data.tokens import num_image_tokens
 from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, file_states, image_sizes,  # noqa: F401
                                  measure, sample_length, unchanged)
 from schemas import Record
@@ -85,12 +84,6 @@ def split_files(data_dir: Path, split: str) -> list[Path]:
 
 def images_dir(data_dir: Path) -> Path:
     return data_dir / "images"
-
-
-def image_token_counts(record: Record, *, images_root: Path, num_crops: int) -> list[int]:
-    """Tokens of each image of ``record``, from header-read sizes; raises as :func:`image_sizes` does."""
-    return [num_image_tokens(w, h, num_crops) for w, h in image_sizes(record, images_root=images_root,
-                                                                      num_crops=num_crops)]
 
 
 class SampleDataset(Dataset):

@@ -39,7 +39,6 @@ from phi3v_data.tokens import grid_tokens
 from .configuration_phi3v import Phi3VConfig
 from .files import REMOTE_CODE_FILES, checkpoint_dir, copy_files, plain_permissions, resolve_file
 
-CROP = 336
 # Keep the vision tower, its projection and the output head in full precision under bitsandbytes quantisation:
 # BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=QUANT_SKIP_MODULES).
 QUANT_SKIP_MODULES = ["model.vision_embed_tokens", "lm_head"]
