@@ -9,10 +9,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
+from phi3v_train.cli.options import attention_option, precision_option, prompt_options
 from phi3v_train.cli.run_checks import quiet_libraries
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Path, ...]:
@@ -42,15 +41,9 @@ def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--split", default="val", show_default=True, help="Which <name>_<split>.jsonl of --data to use.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--num-crops", type=click.IntRange(min=1), default=None,
-              help="HD crops per image; use what training used [default: the processor's].")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--image-tags", type=click.Choice(["lines", "joined"]), default=None,
-              help="Layout of untagged images, as training used [default: the run's config.yaml, else lines].")
-@click.option("--turns", type=click.Choice(["together", "separate"]), default=None,
-              help="Multi-turn records as one chat or one chat per turn [default: the run's, else together].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
-@click.option("--attention", "attn", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
+@prompt_options
+@precision_option(default=None, help="[default: bf16 on GPU, fp32 on CPU]")
+@attention_option("attn", default="sdpa", show_default=True, help="flash = flash_attention_2")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--out", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for predictions.jsonl and metrics.json.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
-from phi3v_train.cli.eval import PRECISIONS
+from phi3v_train.cli.options import precision_option
 from phi3v_train.cli.run_checks import quiet_libraries
 
 
@@ -17,7 +17,7 @@ from phi3v_train.cli.run_checks import quiet_libraries
 @click.option("--base", type=str, default=None,
               help="Full-precision base model [default: the adapter's base_model_name_or_path].")
 @click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Merged checkpoint directory.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Saved precision [default: the base's].")
+@precision_option(default=None, help="Saved precision [default: the base's].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 def export(adapter: Path, base: str | None, out: Path, precision: str | None, overwrite: bool) -> None:
     """Merge an adapter into its base and save it loadable by Phi3VForCausalLM.from_pretrained.

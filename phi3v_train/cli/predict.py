@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from phi3v_train.cli.eval import ATTENTION, PRECISIONS
+from phi3v_train.cli.options import attention_option, precision_option, prompt_options
 
 
 @click.command("predict")
@@ -24,19 +24,13 @@ from phi3v_train.cli.eval import ATTENTION, PRECISIONS
 @click.option("--out", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="With --data: predictions .jsonl.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --data: only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--num-crops", type=click.IntRange(min=1), default=None,
-              help="HD crops per image; use what training used [default: the processor's].")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--image-tags", type=click.Choice(["lines", "joined"]), default=None,
-              help="Layout of untagged images, as training used [default: the run's config.yaml, else lines].")
-@click.option("--turns", type=click.Choice(["together", "separate"]), default=None,
-              help="Multi-turn records as one chat or one chat per turn [default: the run's, else together].")
+@prompt_options
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature (> 0 samples).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="Nucleus sampling.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="[default: bf16 on GPU, fp32 on CPU]")
-@click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
+@precision_option(default=None, help="[default: bf16 on GPU, fp32 on CPU]")
+@attention_option(default="sdpa", show_default=True, help="flash = flash_attention_2")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @click.option("--json", "as_json", is_flag=True, help="Print {answer, p_yes} as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

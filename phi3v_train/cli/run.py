@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from phi3v_data.cli.errors import GuardedCommand, set_verbose, weights_problem
+from phi3v_train.cli.options import attention_option, precision_option
 
 HELP = """Finetune Phi-3.5-vision on a converted dataset.
 
@@ -76,9 +77,8 @@ def _flags(**given: Any) -> dict[str, Any]:
               help="qlora: CLIP linears in 4 bit too [off].")
 @click.option("--lora.double-quant/--lora.no-double-quant", "lora_double_quant", default=None,
               help="qlora: quantize the quantization constants [on].")
-@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), help="[bf16]")
-@click.option("--attention", type=click.Choice(["sdpa", "eager", "flash", "flash_attention_2"]),
-              help="flash = flash_attention_2 [sdpa]")
+@precision_option(help="[bf16]")
+@attention_option()
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[on]")
 @click.option("--num-crops", type=int, help="HD crops per image: 4 video frames, 16 documents [4].")
 @click.option("--image-tags", type=click.Choice(["lines", "joined"]), help="Untagged images: one '<|image_k|>\\n' "
@@ -135,8 +135,6 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
     from phi3v_train.cli.run_checks import absolute_paths, check_inputs, quiet_libraries  # noqa: PLC0415 - keep --help fast
     from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415
 
-    if given.get("attention") == "flash":  # the name bench uses
-        given["attention"] = "flash_attention_2"
     dry_run = given.pop("dry_run")
     resume_flags = {"allow_changed_settings": given.pop("allow_changed_settings"),
                     "fresh_optimizer": given.pop("fresh_optimizer")}

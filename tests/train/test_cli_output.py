@@ -66,6 +66,16 @@ def test_flash_is_accepted_as_bench_spells_it(tmp_path: Path) -> None:
     assert "--attention flash_attention_2 with --precision fp16" in result.output
 
 
+def test_eval_and_predict_spell_attention_as_run_does(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+    """One set of choices (phi3v_train.cli.options): `flash` reaches eval and predict as flash_attention_2."""
+    for command in (["eval", "--data", str(dataset), "--split", "train", "--output", str(tmp_path / "out")],
+                    ["predict", "--image", str(tiny_model / "config.json"), "What?"]):
+        result = CliRunner().invoke(main, [*command, "--model", str(tiny_model), "--attention", "flash",
+                                           "--precision", "fp32", "--device", "cpu"])
+        assert result.exit_code == 2, result.output
+        assert "--attention flash_attention_2 needs --precision bf16 (got fp32)" in result.output
+
+
 def test_other_tools_setting_names_get_a_suggestion(tmp_path: Path) -> None:
     path = tmp_path / "swift.yaml"
     path.write_text("data: d\nmodel: m\noutput: o\nlearning_rate: 1e-4\nlora: {rnak: 4}\nnum_train_epoch: 2\n")
