@@ -15,7 +15,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 LOCAL_TORCH := $(foreach d,$(PIP_FIND_LINKS),$(wildcard $(d)/torch-$(TORCH)+cpu-cp$(PYVER)-*.whl))
 TORCH_SOURCE := $(if $(LOCAL_TORCH),,--extra-index-url $(TORCH_INDEX))
 
-.PHONY: demo test venv lock bench clean
+.PHONY: demo test lint venv lock bench clean
 
 # A new lock (or pyproject.toml) rebuilds .venv from nothing, so nothing installed before lingers beside the lock.
 $(STAMP): $(wildcard $(LOCK)) pyproject.toml
@@ -51,6 +51,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, Phi3Config, PretrainedConfig
+from transformers import AutoTokenizer, Phi3Config
 from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM
 
 sys.path.insert(0, os.environ.get("PHI3V_REMOTE_CODE", "remote"))  # holds the official image_embedding_phi3_v.py

@@ -27,12 +27,14 @@ def make_base(out: Path) -> None:
     s.pop("_name_or_path", None)
     cfg = Phi3VConfig.from_dict(s)
     torch.manual_seed(0)
-    prev = torch.get_default_dtype(); torch.set_default_dtype(torch.bfloat16)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
     model = Phi3VForCausalLM(cfg).eval()
     torch.set_default_dtype(prev)
     # non-zero separators so they matter
     with torch.no_grad():
-        model.model.vision_embed_tokens.glb_GN.normal_(); model.model.vision_embed_tokens.sub_GN.normal_()
+        model.model.vision_embed_tokens.glb_GN.normal_()
+        model.model.vision_embed_tokens.sub_GN.normal_()
     model.generation_config = GenerationConfig.from_pretrained(str(OFFICIAL_DIR))
     model.save_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(OFFICIAL_DIR))

@@ -102,13 +102,13 @@ def test_bad_items_are_reported_and_skipped(tmp_path: Path) -> None:
     (src / "train" / "bad-line.txt").write_text("")
     result = run_converter(ToyConverter(), src, tmp_path / "out", workers=1)
     assert result.counts == {"train": 3, "val": 1}
-    failures = [json.loads(l) for l in (tmp_path / "out" / "reports" / "failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in (tmp_path / "out" / "reports" / "failures.jsonl").read_text().splitlines()]
     assert failures == [
         {"file": "train/bad-line.txt", "reason": "malformed", "split": None, "line": 3},
         {"file": "train/b.txt", "reason": "cannot read colour", "split": "train", "line": None},
     ]
     # ids stay contiguous after a skipped item
-    ids = [json.loads(l)["id"] for l in (tmp_path / "out" / "toy_train.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in (tmp_path / "out" / "toy_train.jsonl").read_text().splitlines()]
     assert ids == ["train-0000000000", "train-0000000001", "train-0000000002"]
 
 

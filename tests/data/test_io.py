@@ -62,7 +62,7 @@ def test_iter_jsonl_reports_bad_lines_with_numbers(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"a": 1}\n\n{"a": \n\xff\xfe\n[1, 2]\n')
     lines = list(iter_jsonl(path))
-    assert [(l.lineno, l.value, l.error is None) for l in lines] == [
+    assert [(line.lineno, line.value, line.error is None) for line in lines] == [
         (1, {"a": 1}, True),
         (3, None, False),
         (4, None, False),
