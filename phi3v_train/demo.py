@@ -69,7 +69,7 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
         path = data / f"ucf101_{split}.jsonl"
         if path.exists():
             _step(f"3. validate {split}", [data_cli, "validate", str(path), "--report", str(out / f"validate_{split}.json")], log=log)
-    _step("4. tiny model", [train_cli, "init-tiny", str(model)], log=log)
+    _step("4. tiny model", [train_cli, "init-tiny", str(model), "--overwrite"], log=log)  # the demo's own model
     eval_split = "test" if (data / "ucf101_test.jsonl").exists() else "val"
     common_eval = ["--data", str(data), "--split", eval_split, "--num-crops", "1", "--batch-size", "8"]
     _step("5. evaluate before training", [train_cli, "eval", "--model", str(model), *common_eval, "--output", str(out / "eval_before")], log=log)
