@@ -117,3 +117,14 @@ def test_export_of_the_demo_adapter_prints_no_library_noise(demo, tmp_path: Path
     assert done.returncode == 0, done.stdout + done.stderr
     assert (merged / "config.json").is_file()
     assert noise(done.stdout + done.stderr) == []
+
+
+def test_the_demo_runs_again_over_its_own_output(tmp_path: Path) -> None:
+    """`make demo` twice: the second run replaces the demo's own model and run instead of stopping at a step."""
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "phi3v_train.demo", "--out", str(out), "--steps", "1", "--classes", "2",
+               "--clips-per-class", "6"]
+    for attempt in ("first", "second"):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{attempt} run: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        assert "demo finished in" in done.stdout
