@@ -5,12 +5,9 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -151,24 +148,9 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
-def test_images_load_in_headless_chromium(tmp_path: Path) -> None:
+def test_images_load_in_headless_chromium(tmp_path: Path, headless_probe) -> None:
     gallery = build_preview(_dataset(tmp_path), thumb=64)
-    page = write_preview(gallery, tmp_path / "preview.html")
-    page.write_text(page.read_text().replace("</body>", _PROBE))
-    command = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert match, dom[-2000:]
-    probe = json.loads(html.unescape(match.group(1)))
+    probe = headless_probe(write_preview(gallery, tmp_path / "preview.html"), _PROBE)
     assert probe["widths"] == [64 * 170 // 220, 30]  # thumbnails keep aspect; the 30×20 image is not enlarged
     assert probe["users"] == [HOSTILE, "q"]
     assert probe["injected"] == 0

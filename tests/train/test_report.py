@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,24 +67,9 @@ document.getElementById('probe').textContent = JSON.stringify({
 </script></body>"""
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
-def test_curves_render_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+def test_curves_render_in_headless_chromium(run_dir: Path, tmp_path: Path, headless_probe) -> None:
     assert CliRunner().invoke(main, ["report", str(run_dir), "--out", str(tmp_path / "page.html")]).exit_code == 0
-    page = tmp_path / "page.html"
-    page.write_text(page.read_text().replace("</body>", _PROBE))
-    command = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert match, dom[-2000:]
-    probe = json.loads(html.unescape(match.group(1)))
+    probe = headless_probe(tmp_path / "page.html", _PROBE)
     assert probe["svgs"] == 4 and probe["best"] == 4
     assert probe["labels"] == ["train loss", "val loss", "accuracy", "auroc", "learning rate", "grad norm"]
     # every chart spans steps 1..4: a line over 1..4 is as wide as the plot, 2..4 two thirds of it, one point none
