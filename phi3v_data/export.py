@@ -45,16 +45,17 @@ from pydantic import ValidationError
 
 from phi3v_data.io import OutputOverlapError, atomic_write, check_output_apart, iter_jsonl, write_jsonl
 from schemas import IMAGE_TAG_RE, Record
+from schemas.errors import UserError, first_validation_line
 
 Format = Literal["llava", "llava-multi", "sharegpt"]
 IMAGE_TAG = "<image>"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A record the target format cannot express; it is reported and skipped."""
 
 
-class ExportUsageError(ValueError):
+class ExportUsageError(UserError, ValueError):
     """The export cannot start (unknown output type, output would overwrite the input)."""
 
 
@@ -183,9 +184,7 @@ def export_dataset(
                 record = Record.model_validate(entry.value)
                 yield BUILDERS[to](record, image_path=image_path)
             except ValidationError as exc:
-                error = exc.errors()[0]
-                where = ".".join(map(str, error["loc"])) or "record"
-                result.problems.append(ExportProblem(entry.lineno, record_id, f"field {where}: {error['msg']}"))
+                result.problems.append(ExportProblem(entry.lineno, record_id, first_validation_line(exc)))
             except ExportError as exc:
                 result.problems.append(ExportProblem(entry.lineno, record_id, str(exc)))
 

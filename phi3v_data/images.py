@@ -16,13 +16,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from phi3v_data.io import special_file_problem
+from schemas.errors import UserError
 
 MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2 × MAX_IMAGE_PIXELS); larger images are refused
 ORIENTATION = 0x0112  # EXIF tag
 QUARTER_TURNS = frozenset({5, 6, 7, 8})  # orientations whose upright image swaps width and height
 
 
-class ImageProblem(Exception):
+class ImageProblem(UserError):
     """Why an image cannot be used; ``code`` is a stable machine-readable kind."""
 
     def __init__(self, code: str, message: str) -> None:

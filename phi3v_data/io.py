@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from schemas import path_text_problem  # the one path rule; converters import it from here too
+from schemas.errors import UserError, json_error
 
 _TEMP_COUNTER = itertools.count()
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(UserError, ValueError):
     """A path taken from a data file points outside the root it must stay in."""
 
 
@@ -29,21 +31,6 @@ SYMLINK_RULE = (
     "it points inside the root or inside the folder that holds it"
 )
 """The one path rule of the toolkit: converters, validate, preview and training all apply it through resolve_inside."""
-
-
-def path_text_problem(rel: str) -> str | None:
-    """Which written-path rule ``rel`` breaks (checked on the text alone, before the file system is asked), or None."""
-    if not rel:
-        return "the path is empty"
-    if "\x00" in rel:
-        return f"{rel!r} contains a NUL byte"
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")):
-        return f"{rel!r} is absolute; paths in data files must be relative"
-    if len(rel) > 1 and rel[1] == ":":
-        return f"{rel!r} starts with a drive letter; paths in data files must be relative"
-    if ".." in rel.replace("\\", "/").split("/"):
-        return f"{rel!r} climbs out with '..'"
-    return None
 
 
 def resolve_inside(root: Path, relative: str | os.PathLike[str]) -> Path:
@@ -77,7 +64,7 @@ OUTPUT_RULE = (
 :func:`check_output_name` for ``--name``) before it writes anything."""
 
 
-class OutputOverlapError(ValueError):
+class OutputOverlapError(UserError, ValueError):
     """An output path that breaks :data:`OUTPUT_RULE`: refused before anything is written, a usage error (exit 2)."""
 
     exit_code = 2
@@ -300,12 +287,8 @@ def parse_json(text: str) -> tuple[Any, str | None]:
     surrogate escape (``"\udcff"``: not text, and it would break every UTF-8 file it is written to). Never raises."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
-    except RecursionError:
-        return None, "invalid JSON: nested too deeply"
-    except ValueError as exc:  # an integer over Python's digit limit
-        return None, f"invalid JSON: {str(exc).split(';')[0]}"
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer over Python's digit limit
+        return None, json_error(exc)
     if has_lone_surrogate(text, value):
         return None, LONE_SURROGATE
     return value, None
@@ -530,7 +513,7 @@ def _value_end(text: str, i: int) -> int:
             return i
 
 
-class OutputLockedError(RuntimeError):
+class OutputLockedError(UserError, RuntimeError):
     """Another process holds the lock on an output folder."""
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 
 from phi3v_data.convert import Converter
+from schemas.errors import UserError
 
 GROUP = "phi3v.converters"
 
 
-class PluginError(Exception):
+class PluginError(UserError):
     """A converter is unknown or its plugin failed to load."""
 
 

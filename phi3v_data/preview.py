@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from phi3v_data.images import ImageProblem, check_image, orientation, to_rgb
 from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, resolve_inside
 from schemas import Record, Turn
+from schemas.errors import validation_lines
 
 T = TypeVar("T")
 
@@ -117,10 +118,6 @@ def _flatten(image: Image.Image) -> Image.Image:
     return to_rgb(image)  # a 16-bit scan or a float TIFF scaled as training sees it, not clipped
 
 
-def _schema_problems(exc: ValidationError) -> list[Problem]:
-    return [Problem("schema", f"field {'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}") for e in exc.errors()]
-
-
 def _make_thumb(images_dir: Path, rel: str, size: int) -> Thumb:
     try:
         data_uri, dims = thumbnail_data_uri(resolve_inside(images_dir, rel), size=size)
@@ -140,7 +137,7 @@ def build_item(line: JsonlLine, *, images_dir: Path, thumb: int = 256) -> Item:
     try:
         item.record = Record.model_validate(line.value)
     except ValidationError as exc:
-        item.problems += _schema_problems(exc)
+        item.problems += [Problem("schema", line) for line in validation_lines(exc)]
         return item
     for turn in item.record.conversations:
         thumbs = [_make_thumb(images_dir, rel, thumb) for rel in turn.images]

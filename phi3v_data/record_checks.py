@@ -18,12 +18,13 @@ from pydantic import ValidationError
 from phi3v_data.prompt import IGNORE_INDEX, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
 from schemas import BINARY_ANSWERS, IMAGE_TAG_RE, Record, Turn, image_path_problem
+from schemas.errors import UserError, error_message, render_loc, shown_value
 
 Problem = tuple[str, str, str]
 """(code, field, message): a finding before its file, line and record id are attached."""
 
 
-class LengthSpecError(ValueError):
+class LengthSpecError(UserError, ValueError):
     """The processor directory given for length checks cannot be used (missing or unreadable tokenizer)."""
 
 
@@ -93,19 +94,6 @@ class LengthSpec:
         return load_text_encoder(self.processor)
 
 
-def render_loc(loc: tuple[Any, ...]) -> str:
-    """A pydantic ``loc`` as a field path: ``('conversations', 0, 'images', 2)`` → ``conversations[0].images[2]``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _describe(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, (dict, list)) else type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 _EMPTY_USER = "user text is empty"
 _EMPTY_ASSISTANT = "assistant text is empty (use null for unlabeled records)"
 
@@ -120,7 +108,8 @@ def _path_code(path: str) -> tuple[str, str] | None:
 
 
 def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
-    """Every pydantic error of a record as (code, field, plain-English message)."""
+    """Every pydantic error of a record as (code, field, message) in :func:`schemas.errors.error_message`'s words;
+    a turn's refused images become one finding per bad path (the schema reports the list as one error)."""
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         loc, kind = error["loc"], error["type"]
@@ -134,15 +123,7 @@ def schema_problems(exc: ValidationError, value: Any) -> list[Problem]:
             if found:
                 problems += found
                 continue
-        if kind == "missing":
-            message = "required field is missing"
-        elif kind == "extra_forbidden":
-            message = "is not a field of the record format (misspelt?)"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-            if kind != "value_error":
-                message += f" (got {_describe(error.get('input'))})"
-        problems.append(("schema", render_loc(loc), message))
+        problems.append(("schema", render_loc(loc), error_message(error)))
     return problems
 
 
@@ -221,7 +202,7 @@ def _text_problems(record: Record, turn: Turn, where: str) -> list[Problem]:
 
 def _binary_problems(turn: Turn, where: str) -> list[Problem]:
     if turn.assistant not in BINARY_ANSWERS:
-        return [("binary_answer", f"{where}.assistant", f"binary answers must be 'yes' or 'no', got {_describe(turn.assistant)}")]
+        return [("binary_answer", f"{where}.assistant", f"binary answers must be 'yes' or 'no', got {shown_value(turn.assistant)}")]
     label = turn.reference.label if turn.reference else None
     if label is not None and BINARY_ANSWERS[label] != turn.assistant:
         return [("binary_answer", f"{where}.reference.label",

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from phi3v_data.io import atomic_write, write_json
+from schemas.errors import UserError
 
 Layout = Literal["ucf101", "presplit"]
 CLIPS_PER_GROUP = 3
@@ -26,7 +27,7 @@ MARKER = ".phi3v-sample.json"
 """Written first into the folder of a sample: only a folder holding it (or a new or empty one) is written into."""
 
 
-class SampleOutputError(ValueError):
+class SampleOutputError(UserError, ValueError):
     """The sample's folder already holds files that are not an earlier sample (a real dataset, say): a usage error."""
 
     exit_code = 2

@@ -123,5 +123,32 @@ def carve_groups(
     return moved, Carved(split, count, total, ratio, source, note)
 
 
+def carve_splits(
+    groups: Mapping[tuple[str, str], Sequence[K]],
+    ratios: Mapping[str, float],
+    *,
+    seed: int,
+    source: str = "train",
+) -> tuple[dict[K, str], list[Carved]]:
+    """Carve each split of ``ratios`` (in order: ``{"val": 0.1, "test": 0.1}``) out of ``source`` with
+    :func:`carve_groups`: the split of every member moved, and one :class:`Carved` per split asked for (ratio > 0).
+
+    Every share is of all the members (so val and test of 10% each are 10% of the whole), and a later split chooses
+    only among the groups an earlier one left. The converters' one carving loop (video: clips by actor group; folder:
+    single images), so ``--val-ratio``/``--test-ratio`` mean the same everywhere.
+    """
+    total = sum(len(members) for members in groups.values())
+    moved: dict[K, str] = {}
+    carved: list[Carved] = []
+    for split, ratio in ratios.items():
+        if ratio <= 0:
+            continue
+        left = {key: members for key, members in groups.items() if not any(m in moved for m in members)}
+        keys, info = carve_groups(left, ratio, seed=seed, split=split, total=total, source=source)
+        moved.update(dict.fromkeys(keys, split))
+        carved.append(info)
+    return moved, carved
+
+
 def _rank(seed: int, *parts: str) -> str:
     return hashlib.sha256("/".join((str(seed), *parts)).encode()).hexdigest()

@@ -22,7 +22,6 @@ A record is valid when it has no finding; unlabeled records (every assistant nul
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -38,7 +37,7 @@ from phi3v_data.image_index import ImageCheck, ImageChecker
 from phi3v_data.images import ImageProblem
 from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspect_problems, content_problems,
                                       length_problem, raw_text_problems, schema_problems)
-from phi3v_data.io import LONE_SURROGATE, atomic_write, has_lone_surrogate
+from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
 
@@ -125,15 +124,9 @@ def parse_record(raw: bytes) -> tuple[Record | None, list[Problem], str | None]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [("not_utf8", "", f"not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8")], None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
-        message = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return None, [("invalid_json", "", f"invalid JSON: {message}")], None
-    except RecursionError:
-        return None, [("invalid_json", "", "invalid JSON: nested too deeply")], None
-    if has_lone_surrogate(text, value):  # not text: the tokenizer and every UTF-8 writer would fail on it
-        return None, [("invalid_json", "", LONE_SURROGATE)], None
+    value, error = parse_json(text)  # a lone surrogate is refused too: the tokenizer and UTF-8 writers fail on it
+    if error is not None:
+        return None, [("invalid_json", "", error)], None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         return None, [("schema", "", f"a record must be a JSON object, got {kind}")], None

@@ -32,6 +32,7 @@ from phi3v_train.flops import (
     FORMULA, count_params, device_peak_flops, flop_parts, mfu, training_flops,
 )
 from schemas import Record
+from schemas.errors import UserError
 
 Strategy = Literal["full", "frozen-vision", "lora", "qlora"]
 Attention = Literal["sdpa", "flash_attention_2"]
@@ -288,7 +289,7 @@ def write_markdown(report: BenchReport, path: Path) -> None:
         handle.write(render_markdown(report))
 
 
-class BenchError(RuntimeError):
+class BenchError(UserError, RuntimeError):
     """The benchmark cannot run as asked (e.g. the full-size preset without a GPU)."""
 
 

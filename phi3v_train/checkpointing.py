@@ -25,6 +25,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from phi3v_data.io import atomic_write, write_json
 from phi3v_train.run_dir import SETTINGS_FILE
+from schemas.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ COMPLETE = "COMPLETE"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A --resume request that cannot be honoured; the message says what exists instead."""
 
 

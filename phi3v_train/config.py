@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from phi3v_data.io import atomic_write
 from phi3v_data.prompt import PromptFormat
+from schemas.errors import UserError, error_message, first_validation_line, render_loc
 
 Strategy = Literal["full", "frozen-vision", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -42,7 +43,7 @@ every strategy and its tables use 5e-6…1e-4 (full / frozen) and 2e-4 (LoRA); `
 _FLAG_OVERRIDES = {"train_projector": "--train-projector/--freeze-projector", "preflight": "--preflight/--no-preflight"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Every problem found in a configuration, one per line, each naming its flag or YAML key."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -122,9 +123,7 @@ def _data_sources(value: Any) -> Path | list[DataSource]:
             else:
                 sources.append(DataSource.model_validate(entry))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(map(str, first["loc"])) or "entry"
-            raise ValueError(f"entry {index + 1}: {field}: {first['msg']} (got {first.get('input')!r})") from None
+            raise ValueError(f"entry {index + 1}: {first_validation_line(exc)}") from None
     paths = [source.path for source in sources]
     repeated = sorted({str(path) for path in paths if paths.count(path) > 1})
     if repeated:
@@ -358,7 +357,7 @@ def _came_from_flags(loc: tuple[str | int, ...], flags: dict[str, Any]) -> bool:
 
 def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path | None) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(part) for part in loc)
+    key = render_loc(loc)
     if error["type"] == "extra_forbidden":
         origin = f"in {yaml_path}" if yaml_path and not _came_from_flags(loc, flags) else "among the settings"
         guess = suggest_setting(key)
@@ -369,7 +368,7 @@ def _describe(error: dict[str, Any], *, flags: dict[str, Any], yaml_path: Path |
         return f"{where} is required (a flag, or {key!r} in the --config YAML)"
     if yaml_path is not None and not _came_from_flags(loc, flags):
         where += f" ({key} in {yaml_path})"
-    return f"{where}: {error['msg']} (got {_clip(repr(error['input']))})"
+    return f"{where}: {error_message(error, show=lambda value: _clip(repr(value)))}"
 
 
 def _clip(text: str, limit: int = 120) -> str:

@@ -33,6 +33,7 @@ from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
 from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, file_states, image_sizes,  # noqa: F401
                                  measure, sample_length, unchanged)
 from schemas import Record
+from schemas.errors import UserError
 
 Encode = Callable[[str], list[int]]
 
@@ -41,7 +42,7 @@ DEEP_PREFLIGHT_BYTES = 2 << 30
 above it only headers are read and the collator stands in for an image that fails to decode mid-run."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The dataset cannot be trained on as it is; the message says which file and what to do."""
 
 

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -23,7 +25,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
 
 
-class LoadError(ValueError):
+class LoadError(UserError, ValueError):
     """A model directory that cannot be loaded; the message says which file is wrong and what to pass instead."""
 
 

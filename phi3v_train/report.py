@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3v_data.io import atomic_write
+from schemas.errors import UserError
 
 LOG_FILE = "log.jsonl"  # phi3v_train.trainer.LOG_FILE; not imported from there, which would import torch
 
@@ -23,7 +24,7 @@ WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 760, 280, 64, 16, 16, 40
 NAMES = {"loss": "train loss", "eval_loss": "val loss", "learning_rate": "learning rate", "grad_norm": "grad norm"}
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The run has no readable log; the message names the file (and line)."""
 
 

@@ -22,9 +22,10 @@ from typing import Any
 
 from phi3v_data.io import OutputLock
 from phi3v_train.config import CONFIG_HEADER, TrainConfig, flag_name
+from schemas.errors import UserError
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """The run cannot start or had to stop; the message says why and what to do."""
 
 

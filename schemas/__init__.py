@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "Turn",
     "image_path_problem",
+    "path_text_problem",
     "SCHEMA_PATH",
     "json_schema",
 ]
@@ -95,17 +96,37 @@ class Turn(_Strict):
         return images
 
 
+def path_text_problem(rel: str) -> str | None:
+    """Which rule a path written in a data file breaks, judged on its text alone, or None: it must be non-empty,
+    hold no NUL byte, be relative (no leading ``/`` or ``\\``, no drive: ``C:x``, ``C:\\x``, ``C:/x``) and never climb
+    out with ``..`` (``/`` and ``\\`` both separate).
+
+    The one rule of the toolkit: the schema checks image paths with it, and ``phi3v_data.io.resolve_inside`` every
+    path it joins onto a root. A drive is one ASCII letter and a colon; ``1:x`` is a legal POSIX file name.
+    """
+    if not rel:
+        return "the path is empty"
+    if "\x00" in rel:
+        return f"{rel!r} contains a NUL byte"
+    if rel.startswith(("/", "\\")):
+        return f"{rel!r} is absolute; paths in data files must be relative"
+    if _DRIVE_RE.match(rel):
+        return f"{rel!r} starts with a drive letter; paths in data files must be relative"
+    if ".." in rel.replace("\\", "/").split("/"):
+        return f"{rel!r} climbs out with '..'"
+    return None
+
+
 def image_path_problem(path: str) -> tuple[str, str] | None:
-    """Why ``path`` is not a valid image path, as (kind, sentence): kind ``unsafe`` (absolute, ``..``) or ``form``.
+    """Why ``path`` is not a valid image path, as (kind, sentence): kind ``unsafe`` (:func:`path_text_problem`:
+    absolute, a drive, ``..``, NUL) or ``form`` (empty, surrounding whitespace, ``\\`` separators).
 
     One rule set for the schema and for ``phi3v-data validate``, which reports each bad path as its own finding.
     """
-    if path.startswith("/") or _DRIVE_RE.match(path):
-        return "unsafe", f"{path!r} is absolute; image paths are relative to the images directory"
-    if ".." in path.replace("\\", "/").split("/"):
-        return "unsafe", f"{path!r} escapes the images directory ('..')"
     if not path or path.strip() != path:
         return "form", f"{path!r} is empty or has surrounding whitespace"
+    if (problem := path_text_problem(path)) is not None:
+        return "unsafe", problem
     if "\\" in path:
         return "form", f"{path!r} must use '/' separators"
     return None

@@ -1,8 +1,8 @@
 """The CLI edge: every exception that reaches a ``phi3v-data`` / ``phi3v-train`` command becomes one readable line.
 
-Expected problems (our own errors, unreadable or unwritable paths, corrupt weights, a refused pickle, a missing
-optional dependency) are described in one line that names the file or the extra to install; exit 1, or 2 for a
-missing dependency. Anything else is a bug: a short message and the hint to rerun with ``-v``, which shows the
+Expected problems (a :class:`schemas.errors.UserError`, unreadable or unwritable paths, corrupt weights, a refused
+pickle, a missing optional dependency) are described in one line that names the file or the extra to install; exit
+the error's ``exit_code`` (1, or 2 for usage), or 2 for a missing dependency. Anything else is a bug: a short message and the hint to rerun with ``-v``, which shows the
 traceback. Library code raises; only this module decides what a person reads.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from schemas.errors import UserError
+
 VERBOSE_KEY = "phi3v.verbose"
 
 # Top-level module → the extra of pyproject.toml that installs it.
@@ -28,18 +30,9 @@ EXTRAS = {
     "deepspeed": "deepspeed", "bitsandbytes": "qlora", "flash_attn": "flash", "wandb": "wandb", "mlflow": "mlflow",
 }
 
-# Errors our library raises for problems a user can fix: (module, class name). Looked up in sys.modules, so
-# classifying an error never imports torch.
-_OWN_ERRORS = [
-    ("phi3v_train.data", "DataError"), ("phi3v_train.train", "RunError"), ("phi3v_train.loading", "LoadError"),
-    ("phi3v_train.model.modeling_phi3v", "MissingWeightsError"),
-    ("phi3v_train.config", "ConfigError"), ("phi3v_train.checkpointing", "CheckpointError"),
-    ("phi3v_train.bench", "BenchError"), ("phi3v_data.convert", "ConvertUsageError"),
-    ("phi3v_data.convert", "ConversionError"), ("phi3v_data.export", "ExportUsageError"),
-    ("phi3v_data.export", "ExportError"), ("phi3v_data.plugins", "PluginError"),
-    ("phi3v_data.record_checks", "LengthSpecError"), ("phi3v_data.io", "UnsafePathError"),
-    ("phi3v_data.io", "OutputOverlapError"), ("phi3v_data.sample", "SampleOutputError"),
-]
+# convert.py's errors until they derive from UserError (their module has another owner); looked up in sys.modules,
+# so classifying an error imports nothing. Delete this list, and _pending_user_errors, once they do.
+_NOT_YET_USER_ERRORS = [("phi3v_data.convert", "ConvertUsageError"), ("phi3v_data.convert", "ConversionError")]
 
 
 class CliError(click.ClickException):
@@ -87,9 +80,9 @@ def weights_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _own_error_types() -> tuple[type[BaseException], ...]:
+def _pending_user_errors() -> tuple[type[BaseException], ...]:
     found = []
-    for module, name in _OWN_ERRORS:
+    for module, name in _NOT_YET_USER_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type):
             found.append(cls)
@@ -116,7 +109,7 @@ def describe(exc: BaseException) -> CliError | None:
         elif exc.errno == errno.EEXIST:
             reason = "already exists, and a directory was expected (a file is in the way?)"
         return CliError(f"{exc.filename}{extra}: {reason}")
-    if isinstance(exc, _own_error_types()):
+    if isinstance(exc, (UserError, *_pending_user_errors())):
         code = getattr(exc, "exit_code", 1)  # 2 for a usage error (an --out that overlaps an input)
         return CliError(str(exc).strip() or type(exc).__name__, code if isinstance(code, int) else 1)
     return None

@@ -35,6 +35,7 @@ from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 
 from phi3v_data.tokens import grid_tokens
+from schemas.errors import UserError
 
 from .configuration_phi3v import Phi3VConfig
 from .files import REMOTE_CODE_FILES, checkpoint_dir, copy_files, plain_permissions, resolve_file
@@ -47,7 +48,7 @@ SHARED_WTE_KEY = "model.vision_embed_tokens.wte.weight"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-class MissingWeightsError(ValueError):
+class MissingWeightsError(UserError, ValueError):
     """A checkpoint lacks weights the model needs; they would otherwise be left at random init."""
 
 

@@ -19,10 +19,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from schemas.errors import UserError, validation_lines
+
 Metric = Literal["anls", "accuracy"]
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """Unknown recipe name, or a recipe file that does not parse (a packaging bug)."""
 
 
@@ -75,8 +77,10 @@ def all_recipes() -> tuple[Recipe, ...]:
     for name, entry in sorted(_files().items()):
         try:
             recipe = Recipe.model_validate(yaml.safe_load(entry.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, ValidationError) as exc:
+        except yaml.YAMLError as exc:
             raise RecipeError(f"recipe file {entry.name} is broken: {exc}") from None
+        except ValidationError as exc:
+            raise RecipeError(f"recipe file {entry.name} is broken: {'; '.join(validation_lines(exc))}") from None
         if recipe.name != name:
             raise RecipeError(f"recipe file {entry.name} names itself {recipe.name!r}")
         recipes.append(recipe)

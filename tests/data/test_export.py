@@ -97,7 +97,7 @@ def test_export_cli_writes_rows_and_lists_skipped_records(tmp_path: Path) -> Non
         {"id": "b", "image": "images/val/y.png", "conversations": [{"from": "human", "value": "<image> hue?"}, {"from": "gpt", "value": "Blue."}]},
     ]
     assert f"skipped {dataset}:2: invalid JSON: Expecting property name enclosed in double quotes (column 2)\n" in result.output
-    assert f"skipped {dataset}:4 (id c): field conversations: List should have at least 1 item after validation, not 0\n" in result.output
+    assert f"skipped {dataset}:4 (id c): conversations: List should have at least 1 item after validation, not 0\n" in result.output
 
 
 def test_export_cli_jsonl_sharegpt_clean_run_exits_zero(tmp_path: Path) -> None:

@@ -76,8 +76,8 @@ def test_html_escapes_user_text_and_lists_problems(tmp_path: Path) -> None:
         html.escape("image 'val/missing.jpg': file does not exist (image_missing)"),
         html.escape("image 'val/corrupt.jpg': not a recognised image format (image_undecodable)"),
         "invalid JSON: Expecting property name enclosed in double quotes (column 2)",
-        "field id: String should have at least 1 character",
-        "field conversations: List should have at least 1 item after validation, not 0",
+        html.escape('id: String should have at least 1 character (got "")'),
+        "conversations: List should have at least 1 item after validation, not 0",
     ]
     assert "4 of 4 records" in page and "3 with problems" in page
     assert "(unlabeled)" in page  # val-2 has no assistant

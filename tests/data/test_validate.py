@@ -70,7 +70,7 @@ def test_not_utf8(data: Path) -> None:
 
 def test_invalid_json(data: Path) -> None:
     path = write(data / "d.jsonl", record("ok", images=["a/x.png"]), "", '{"id": "r2", ')
-    assert findings(path) == [("invalid_json", 3, None, "", "invalid JSON: Expecting property name enclosed in double quotes at column 14")]
+    assert findings(path) == [("invalid_json", 3, None, "", "invalid JSON: Expecting property name enclosed in double quotes (column 14)")]
 
 
 def test_byte_order_mark_and_crlf_are_accepted(data: Path) -> None:
@@ -85,7 +85,7 @@ def test_schema_reports_every_error_with_field_path(data: Path) -> None:
         ("schema", 1, "r1", "task", "Input should be 'classification', 'vqa', 'binary', 'caption' or 'chat' (got \"poem\")"),
         ("schema", 1, "r1", "conversations[0].images[1]", "Input should be a valid string (got 7)"),
         ("schema", 1, "r1", "conversations[0].user", "required field is missing"),
-        ("schema", 1, "r1", "extra", "is not a field of the record format (misspelt?)"),
+        ("schema", 1, "r1", "extra", "is not a known field (misspelt?)"),
     ]
 
 
@@ -100,8 +100,8 @@ def test_schema_non_object_and_half_labeled(data: Path) -> None:
 def test_a_schema_error_does_not_hide_an_empty_text(data: Path) -> None:
     broken = {"id": "x", "conversations": [{"images": ["../a.png"], "user": " ", "assistant": "b", "extra": 1}]}
     assert findings(write(data / "d.jsonl", broken)) == [
-        ("image_path_unsafe", 1, "x", "conversations[0].images[0]", "'../a.png' escapes the images directory ('..')"),
-        ("schema", 1, "x", "conversations[0].extra", "is not a field of the record format (misspelt?)"),
+        ("image_path_unsafe", 1, "x", "conversations[0].images[0]", "'../a.png' climbs out with '..'"),
+        ("schema", 1, "x", "conversations[0].extra", "is not a known field (misspelt?)"),
         ("empty_text", 1, "x", "conversations[0].user", "user text is empty"),
     ]
 
@@ -153,8 +153,8 @@ def test_image_path_absolute_and_dotdot(data: Path) -> None:
     path = write(data / "d.jsonl", record(images=["a/x.png", "/etc/passwd", "a/../../x.png"]))
     assert findings(path) == [
         ("image_path_unsafe", 1, "r1", "conversations[0].images[1]",
-         "'/etc/passwd' is absolute; image paths are relative to the images directory"),
-        ("image_path_unsafe", 1, "r1", "conversations[0].images[2]", "'a/../../x.png' escapes the images directory ('..')"),
+         "'/etc/passwd' is absolute; paths in data files must be relative"),
+        ("image_path_unsafe", 1, "r1", "conversations[0].images[2]", "'a/../../x.png' climbs out with '..'"),
     ]
 
 

@@ -56,7 +56,7 @@ def test_one_dataset_stays_a_plain_directory_and_a_mixture_round_trips(tmp_path:
     (["a:0.5", "a:0.5"], "--data: a given more than once"),
     (["a:-1", "b"], "--data: 'a:-1': the weight after ':' must be > 0"),
     ([{"path": "a", "weight": 0}, {"path": "b"}], "--data: entry 1: weight: Input should be greater than 0"),
-    ([{"path": "a", "share": 1}, {"path": "b"}], "--data: entry 1: share: Extra inputs are not permitted"),
+    ([{"path": "a", "share": 1}, {"path": "b"}], "--data: entry 1: share: is not a known field (misspelt?)"),
 ])
 def test_bad_mixtures_are_refused_naming_the_flag(data: list, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
