@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from schemas import path_text_problem  # the one path rule; converters import it from here too
-from schemas.errors import UserError, json_error
+from schemas.errors import UserError, json_error, utf8_error
 
 _TEMP_COUNTER = itertools.count()
 
@@ -334,12 +334,12 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[JsonlLine]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield JsonlLine(lineno, raw.decode("utf-8", "replace"), error=f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                yield JsonlLine(lineno, raw.decode("utf-8", "replace"), error=utf8_error(exc))
                 continue
             stripped = text.strip()
             if not stripped:
                 continue
-            value, error = parse_json(stripped)
+            value, error = parse_json(text.rstrip("\r\n"))  # leading blanks kept: a column counts from the line start
             yield JsonlLine(lineno, stripped[:200] if error else stripped, value=value, error=error)
 
 

@@ -40,6 +40,7 @@ from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspe
 from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
+from schemas.errors import utf8_error
 
 __all__ = ["ImageCheck", "LengthSpec", "LengthSpecError", "iter_valid_records", "validate_file", "validate_files"]
 
@@ -123,7 +124,7 @@ def parse_record(raw: bytes) -> tuple[Record | None, list[Problem], str | None]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, [("not_utf8", "", f"not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8")], None
+        return None, [("not_utf8", "", utf8_error(exc))], None
     value, error = parse_json(text)  # a lone surrogate is refused too: the tokenizer and UTF-8 writers fail on it
     if error is not None:
         return None, [("invalid_json", "", error)], None

@@ -5,7 +5,7 @@
 * :func:`validation_lines` renders a pydantic ``ValidationError`` as ``conversations[0].user: required field is
   missing``: one line per error, the field path in the record's own notation, pydantic's jargon made plain.
 * :func:`json_error` words a JSON syntax error: ``invalid JSON: Expecting value (column 3)``; :func:`json_file_error`
-  puts the file and line in front for a whole file read at once.
+  puts the file and line in front for a whole file read at once; :func:`utf8_error` words bytes that are not text.
 
 Lives in ``schemas`` (the bottom layer) so converters, ``phi3v_data`` and ``phi3v_train`` all reach it.
 """
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 __all__ = [
     "UserError", "error_message", "first_validation_line", "json_error", "json_file_error", "render_loc",
-    "validation_lines", "validation_problems",
+    "shown_value", "utf8_error", "validation_lines", "validation_problems",
 ]
 
 
@@ -89,6 +89,11 @@ def json_error(exc: ValueError | RecursionError) -> str:
     if isinstance(exc, RecursionError):
         return "invalid JSON: nested too deeply"
     return f"invalid JSON: {str(exc).split(';')[0]}"
+
+
+def utf8_error(exc: UnicodeDecodeError) -> str:
+    """Why a line is not text, worded alike by every reader: ``not valid UTF-8 at byte 8 (invalid start byte); …``."""
+    return f"not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8"
 
 
 def json_file_error(path: str | os.PathLike[str], exc: ValueError | RecursionError) -> str:
