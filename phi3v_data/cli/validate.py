@@ -16,6 +16,7 @@ from phi3v_data.io import dumps_utf8, write_json
 from phi3v_data.record_checks import LengthSpec, LengthSpecError
 from phi3v_data.report import ValidationReport, render
 from phi3v_data.validate import validate_file
+from schemas.errors import json_file_error, utf8_error
 
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 
@@ -26,16 +27,29 @@ def _length_spec(processor: Path | None, num_crops: int | None, max_length: int 
             raise click.UsageError("--num-crops and --max-length need --processor DIR (the tokenizer to count with)")
         return None
     if num_crops is None:
-        try:
-            num_crops = int(json.loads((processor / "preprocessor_config.json").read_text())["num_crops"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise click.UsageError(f"{processor} has no preprocessor_config.json with num_crops; pass --num-crops N") from None
+        num_crops = _saved_num_crops(processor)
     spec = LengthSpec(num_crops=num_crops, max_length=max_length, processor=processor)
     try:
         spec.text_encoder()
     except LengthSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--processor") from None
     return spec
+
+
+def _saved_num_crops(processor: Path) -> int:
+    """``num_crops`` of ``DIR/preprocessor_config.json``; a usage error saying why it cannot be read."""
+    path = processor / "preprocessor_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        why = utf8_error(exc) if isinstance(exc, UnicodeDecodeError) else json_file_error(path, exc)
+        raise click.UsageError(f"--processor: {why}; fix it or pass --num-crops N") from None
+    except OSError:
+        settings = {}
+    try:
+        return int(settings["num_crops"])
+    except (KeyError, TypeError, ValueError):
+        raise click.UsageError(f"{processor} has no preprocessor_config.json with num_crops; pass --num-crops N") from None
 
 
 def _workers(requested: int, files: tuple[Path, ...]) -> int:

@@ -296,6 +296,17 @@ def test_cli_processor_without_tokenizer_names_the_file(data: Path) -> None:
     assert f"cannot load {data / 'tokenizer.json'}" in result.output
 
 
+def test_cli_processor_with_broken_config_names_file_line_and_column(data: Path) -> None:
+    processor = data / "proc"
+    processor.mkdir()
+    (processor / "preprocessor_config.json").write_text('{\n  "num_crops": 4,\n}\n')
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", str(clean_file(data)), "--processor", str(processor)])
+    assert result.exit_code == 2
+    expected = (f"--processor: {processor / 'preprocessor_config.json'}:3: invalid JSON: Expecting property name "
+                "enclosed in double quotes (column 1); fix it or pass --num-crops N")
+    assert expected in " ".join(result.output.split()), result.output
+
+
 def test_report_json_content(data: Path) -> None:
     path = write(data / "d.jsonl", record("a", images=["a/x.png"], source="s"), record("b", user=""))
     out = data / "report.json"
