@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from phi3v_data.io import OutputOverlapError, atomic_write, check_output_apart, iter_jsonl, write_jsonl
 from schemas import IMAGE_TAG_RE, Record
 from schemas.errors import UserError, first_validation_line
+from schemas.layout import images_beside
 
 Format = Literal["llava", "llava-multi", "sharegpt"]
 IMAGE_TAG = "<image>"
@@ -167,10 +168,10 @@ def export_dataset(
     if out.suffix not in (".json", ".jsonl"):
         raise ExportUsageError(f"--out {out}: name a .json (one JSON array) or .jsonl (one row per line) file")
     try:
-        check_output_apart(out, [("the dataset", dataset), ("the images folder", dataset.parent / "images")])
+        check_output_apart(out, [("the dataset", dataset), ("the images folder", images_beside(dataset))])
     except OutputOverlapError as exc:
         raise ExportUsageError(str(exc)) from None
-    image_path = relative_to_folder(dataset.parent / "images", image_folder) if image_folder else str
+    image_path = relative_to_folder(images_beside(dataset), image_folder) if image_folder else str
     result = ExportResult(out=out)
 
     def rows() -> Iterator[dict[str, Any]]:

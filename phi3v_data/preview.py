@@ -25,6 +25,7 @@ from phi3v_data.images import ImageProblem, check_image, orientation, to_rgb
 from phi3v_data.io import JsonlLine, UnsafePathError, atomic_write, iter_jsonl, resolve_inside
 from schemas import Record, Turn
 from schemas.errors import validation_lines
+from schemas.layout import images_beside
 
 T = TypeVar("T")
 
@@ -160,7 +161,7 @@ def build_preview(
     ``images_dir`` defaults to ``images/`` beside the jsonl (the converter layout). ``findings`` are validator
     problems per line number; they come first, and the preview's own findings of the same kind are dropped.
     """
-    images_dir = images_dir if images_dir is not None else jsonl.parent / "images"
+    images_dir = images_dir if images_dir is not None else images_beside(jsonl)
     lines, total = reservoir_sample(iter_jsonl(jsonl), limit, seed=seed)
     items = [build_item(line, images_dir=images_dir, thumb=thumb) for line in lines]
     for item in items:

@@ -41,6 +41,7 @@ from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
 from schemas import BINARY_ANSWERS, Record
 from schemas.errors import utf8_error
+from schemas.layout import images_beside
 
 __all__ = ["ImageCheck", "LengthSpec", "LengthSpecError", "iter_valid_records", "validate_file", "validate_files"]
 
@@ -315,11 +316,6 @@ class _Collector:
         return self.report
 
 
-def default_images_dir(path: Path) -> Path:
-    """Where a dataset's images live unless told otherwise: ``images/`` beside the jsonl."""
-    return Path(path).parent / "images"
-
-
 def validate_file(
     path: str | os.PathLike[str],
     *,
@@ -339,7 +335,7 @@ def validate_file(
     path = Path(path)
     if lengths is not None:
         lengths.text_encoder()  # fail before the run, not on every line
-    config = CheckConfig(Path(images_dir) if images_dir is not None else default_images_dir(path), image_check, lengths)
+    config = CheckConfig(Path(images_dir) if images_dir is not None else images_beside(path), image_check, lengths)
     collector = _Collector(path, lengths, max_findings)
     results = _chunk_results(path, config, workers=workers, progress=progress)
     if output is None:
@@ -367,7 +363,7 @@ def iter_valid_records(
 ) -> Iterator[tuple[int, Record]]:
     """(line, record) for each record without findings, streamed (a record whose id repeats an earlier one is skipped)."""
     path = Path(path)
-    config = CheckConfig(Path(images_dir) if images_dir is not None else default_images_dir(path), image_check, lengths)
+    config = CheckConfig(Path(images_dir) if images_dir is not None else images_beside(path), image_check, lengths)
     collector = _Collector(path, lengths, max_findings=0)
     for chunk, result in _chunk_results(path, config, workers=1, progress=None):
         for line, raw in collector.valid_lines(chunk, result):

@@ -69,7 +69,13 @@ def splits_in(directory: Path) -> list[str]:
 def images_dir(dataset: Path) -> Path:
     """Where a dataset's images live: ``images/`` in the dataset directory, or beside a ``.jsonl`` given instead."""
     dataset = Path(dataset)
-    return (dataset.parent if dataset.suffix == SUFFIX else dataset) / IMAGES_DIR
+    return images_beside(dataset) if dataset.suffix == SUFFIX else dataset / IMAGES_DIR
+
+
+def images_beside(data_file: Path) -> Path:
+    """The ``images/`` folder a data file's paths are relative to: in the folder holding it, whatever its name
+    (``validate x.json``, a ``/dev/fd/63`` pipe), so commands that take a file never guess it is a directory."""
+    return Path(data_file).parent / IMAGES_DIR
 
 
 def manifest_path(directory: Path) -> Path:

@@ -28,3 +28,9 @@ def test_paths(tmp_path: Path) -> None:
     assert layout.images_dir(tmp_path / "ucf101_train.jsonl") == tmp_path / "images"
     assert layout.manifest_path(tmp_path) == tmp_path / "manifest.json"
     assert layout.failures_path(tmp_path) == tmp_path / "reports" / "failures.jsonl"
+
+
+def test_a_data_file_of_any_name_has_its_images_beside_it() -> None:
+    assert layout.images_beside(Path("d/x.json")) == Path("d/images")  # images_dir would take x.json for a folder
+    assert layout.images_beside(Path("/dev/fd/63")) == Path("/dev/fd/images")
+    assert layout.images_beside(Path("d/ucf101_val.jsonl")) == layout.images_dir(Path("d/ucf101_val.jsonl"))

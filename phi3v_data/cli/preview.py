@@ -14,6 +14,7 @@ from rich.console import Console
 from phi3v_data.cli.errors import CliError, check_apart, check_writable, write_error
 from phi3v_data.io import special_file_problem
 from phi3v_data.preview import build_preview, validator_findings, write_preview
+from schemas.layout import images_beside
 
 
 @click.command()
@@ -35,7 +36,7 @@ def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed:
     Example:
         phi3v-data preview data/docvqa/docvqa_val.jsonl --out docvqa_val.html --limit 30
     """
-    images = images_dir or dataset.parent / "images"
+    images = images_dir or images_beside(dataset)
     check_apart("--out", out, [("the dataset", dataset), ("the images folder", images)])
     check_writable("--out", out, directory=out.suffix.lower() not in (".html", ".htm"))
     console = Console(stderr=True)

@@ -17,6 +17,7 @@ from phi3v_data.record_checks import LengthSpec, LengthSpecError
 from phi3v_data.report import ValidationReport, render
 from phi3v_data.validate import validate_file
 from schemas.errors import json_file_error, utf8_error
+from schemas.layout import images_beside
 
 PARALLEL_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 
@@ -121,7 +122,7 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
     if output is not None and len(files) > 1:
         raise click.UsageError("--out takes one input file; validate the files one at a time to clean them")
     inputs = [("the input", path) for path in files]
-    inputs += [("--images", images_dir)] if images_dir else [("the images folder", f.parent / "images") for f in files]
+    inputs += [("--images", images_dir)] if images_dir else [("the images folder", images_beside(f)) for f in files]
     if report_path is not None:
         check_apart("--report", report_path, [*inputs, *([("--out", output)] if output else [])])
         check_writable("--report", report_path)
