@@ -17,8 +17,6 @@ from pathlib import Path
 
 import click
 
-from schemas.errors import UserError
-
 VERBOSE_KEY = "phi3v.verbose"
 
 # Top-level module → the extra of pyproject.toml that installs it.
@@ -30,9 +28,12 @@ EXTRAS = {
     "deepspeed": "deepspeed", "bitsandbytes": "qlora", "flash_attn": "flash", "wandb": "wandb", "mlflow": "mlflow",
 }
 
-# convert.py's errors until they derive from UserError (their module has another owner); looked up in sys.modules,
-# so classifying an error imports nothing. Delete this list, and _pending_user_errors, once they do.
-_NOT_YET_USER_ERRORS = [("phi3v_data.convert", "ConvertUsageError"), ("phi3v_data.convert", "ConversionError")]
+# What the user can fix: schemas.errors.UserError, the base of every such error. Looked up in sys.modules rather than
+# imported: importing schemas needs pydantic, and this edge must still run to say that pydantic is missing (no
+# UserError exists before its module is imported). Then convert.py's errors, until they derive from UserError
+# (their module has another owner): delete those two entries once they do.
+_USER_ERRORS = [("schemas.errors", "UserError"),
+                ("phi3v_data.convert", "ConvertUsageError"), ("phi3v_data.convert", "ConversionError")]
 
 
 class CliError(click.ClickException):
@@ -80,9 +81,9 @@ def weights_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _pending_user_errors() -> tuple[type[BaseException], ...]:
+def _user_error_types() -> tuple[type[BaseException], ...]:
     found = []
-    for module, name in _NOT_YET_USER_ERRORS:
+    for module, name in _USER_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type):
             found.append(cls)
@@ -109,7 +110,7 @@ def describe(exc: BaseException) -> CliError | None:
         elif exc.errno == errno.EEXIST:
             reason = "already exists, and a directory was expected (a file is in the way?)"
         return CliError(f"{exc.filename}{extra}: {reason}")
-    if isinstance(exc, (UserError, *_pending_user_errors())):
+    if isinstance(exc, _user_error_types()):
         code = getattr(exc, "exit_code", 1)  # 2 for a usage error (an --out that overlaps an input)
         return CliError(str(exc).strip() or type(exc).__name__, code if isinstance(code, int) else 1)
     return None
