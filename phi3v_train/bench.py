@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import gc
 import platform
-import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -213,20 +211,12 @@ def time_steps(model: object, inputs: dict, *, steps: int, warmup: int, device: 
     return (time.perf_counter() - start) / steps
 
 
-def peak_memory_gb(device: str) -> float:
-    """Peak accelerator memory since the last reset; on CPU the process's peak resident set (never resets)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e9
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
-
-
 def measure(checkpoint: Path, strategy: Strategy, attention: Attention, work: Workload, options: BenchOptions, *,
             base: dict[str, int], config: object, device: str, peak: float | None) -> BenchRow:
     """Prepare one configuration, time it, and turn the time into throughput and MFU."""
     import torch
+
+    from phi3v_train.distributed import peak_memory_gb
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -40,11 +39,12 @@ from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.config import TrainConfig, write_config
+from phi3v_train.distributed import barrier, is_distributed, world
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
-from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
+from phi3v_train.trainer import LOG_FILE, LogEnds, NonFiniteLossError, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ class Setup:
     resume_from: Path | None
     preemption: ckpt.PreemptionCallback
     console: Console
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) as torchrun / the deepspeed launcher announce them."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def accumulation_steps(config: TrainConfig, world_size: int) -> int:
@@ -345,7 +340,7 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
                     for path, name in zip(dirs, names)]
         verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
                              for path, problem in zip(dirs, problems) if problem) or None]
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise RunError(verdict[0])
@@ -465,8 +460,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     model = _model(config, args, dataset, console)
     if is_main:  # every input is checked: only now may an --overwrite delete the earlier run
         _start_run_dir(config, plan, warn)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings, processor=processor)
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
                            source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks],
@@ -527,8 +521,7 @@ def _evaluate(state: Setup, *, label: str) -> None:
         state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if len(config.sources) > 1 else ""),
                             highlight=False)
         model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
 def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
@@ -576,8 +569,7 @@ def save_final(state: Setup) -> Path:
         plain_permissions(staging, *staging.rglob("*"))  # peft's safetensors adapter is 0600: 0644 as a full model
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     return final
 
 
@@ -590,7 +582,7 @@ def fit(state: Setup) -> RunResult:
         _evaluate(state, label="before")
     try:
         trainer.train(resume_from_checkpoint=str(state.resume_from) if state.resume_from else None)
-    except ckpt.NonFiniteLossError as exc:
+    except NonFiniteLossError as exc:
         good = ckpt.latest_complete(config.output)
         where = f"the last good checkpoint is {good.path} (--resume {good.path})" if good else "no checkpoint was saved yet"
         raise RunError(f"training stopped: {exc}; {where}. Lower --lr, use --precision bf16 instead of fp16, "
@@ -680,5 +672,5 @@ def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbo
                           allow_changed_settings=allow_changed_settings, fresh_optimizer=fresh_optimizer)
             return fit(state)
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             dist.destroy_process_group()  # an open gloo group can abort the interpreter at exit

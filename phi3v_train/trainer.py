@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from rich.console import Console
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -29,10 +28,18 @@ from transformers.trainer_pt_utils import get_parameter_names
 from transformers.trainer_callback import ExportableState
 
 from phi3v_data.io import atomic_write
-from phi3v_train import checkpointing as ckpt
-from phi3v_train.bench import peak_memory_gb
 from phi3v_train.collator import SKIPPED_KEY
+from phi3v_train.distributed import all_finite, count_over_ranks, peak_memory_gb, sum_over_ranks
 from phi3v_train.sampler import LengthGroupedSampler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the optimizer applied it."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at optimizer step {step + 1}")
+        self.step = step
+        self.value = value
 
 
 class Phi3VTrainer(Trainer):
@@ -96,13 +103,13 @@ class Phi3VTrainer(Trainer):
         if sources is not None and self.source_names:
             self.counts[3:] += torch.bincount(sources.cpu(), minlength=len(self.source_names)).double()
         stood_in = inputs.pop(SKIPPED_KEY, None)  # samples the collator could not build (undecodable images)
-        self.skipped.total += _sum_over_ranks(int(stood_in) if stood_in is not None else 0)
+        self.skipped.total += count_over_ranks(int(stood_in) if stood_in is not None else 0)
         if torch.is_tensor(num_items_in_batch):  # a global batch of stand-ins only: loss 0, not 0/0
             num_items_in_batch = num_items_in_batch.clamp(min=1)
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
-        if not ckpt.all_finite(loss):
-            raise ckpt.NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
+        if not all_finite(loss):
+            raise NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
         return result
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -111,10 +118,7 @@ class Phi3VTrainer(Trainer):
         super().log(logs, start_time)
 
     def _throughput(self) -> dict[str, float]:
-        counts = self.counts.clone()
-        if dist.is_available() and dist.is_initialized():
-            counts = counts.to(ckpt.collective_device())
-            dist.all_reduce(counts)
+        counts = sum_over_ranks(self.counts)
         images, real, slots, *per_source = counts.tolist()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         now = time.perf_counter()
@@ -132,14 +136,6 @@ def decay_names_layernorm_only(model: nn.Module) -> list[str]:
     """Parameters that get weight decay under transformers 4.4x's Trainer: all but biases and ``nn.LayerNorm``
     weights (RMSNorm weights included)."""
     return [name for name in get_parameter_names(model, [nn.LayerNorm]) if "bias" not in name]
-
-
-def _sum_over_ranks(value: int) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.long, device=ckpt.collective_device())
-    dist.all_reduce(tensor)
-    return int(tensor.item())
 
 
 class SkippedSamples(TrainerCallback, ExportableState):
