@@ -26,7 +26,7 @@ from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import num_image_tokens
 from phi3v_train.data import images_dir, split_files
 from phi3v_train.metrics import score_turn, summarize
-from phi3v_train.model import bos_id, text_encoder
+from phi3v_train.model import text_encoding
 from schemas import Record
 
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
@@ -313,8 +313,7 @@ class Generator:
         self.generation = generation or {"do_sample": False}
         self.tokenizer = processor.tokenizer
         self.images_root, self.num_crops, self.max_new_tokens = images_root, num_crops, max_new_tokens
-        self.encode = text_encoder(self.tokenizer)
-        self.bos_id = bos_id(self.tokenizer)
+        self.encode, self.bos_id = text_encoding(self.tokenizer)
         self.stop_ids = [self.tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[-1]
         # Training encodes an answer as its own chunk, so its first token is the first token of encode("yes").

@@ -37,9 +37,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
-from phi3v_train.collator import Collator, TextEncoder
+from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.distributed import barrier, is_distributed, world
+from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
@@ -420,7 +421,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     change run-changing settings; ``fresh_optimizer`` lets it continue a checkpoint without optimizer/scheduler
     state. Both are logged in log.jsonl.
     """
-    from phi3v_train.model import Phi3VProcessor, bos_id
+    from phi3v_train.model import Phi3VProcessor
 
     rank, world_size = world()
     is_main = rank == 0
@@ -452,8 +453,8 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     _describe_data(console, summaries, sampler, config)
     _warn_small_data(warn, summaries, config, global_batch=global_batch)
     dirs = [source.path for source in config.sources]
-    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
-                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
+    encode, bos = text_encoding(processor.tokenizer)
+    collator = Collator(image_processor=processor.image_processor, encode=encode, bos_id=bos, pad_id=processor.tokenizer.pad_token_id,
                         images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]),
                         fmt=config.prompt_format)
     validator = _validator(config, processor, collator, args) if config.eval_every else None  # before the model

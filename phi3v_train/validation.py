@@ -121,8 +121,7 @@ def flat_metrics(result: EvalResult) -> dict[str, float | None]:
 
 def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_json: str | None) -> Validator:
     """The eval split of every dataset of the run (``--eval-limit`` records each); ValueError says what is wrong."""
-    from phi3v_train.collator import TextEncoder
-    from phi3v_train.model import bos_id
+    from phi3v_train.model import text_encoding
 
     if deepspeed_json and json.loads(Path(deepspeed_json).read_text()).get("zero_optimization", {}).get("stage") == 3:
         raise ValueError("--eval-every with DeepSpeed ZeRO-3: generation needs every rank's weight shards in each "
@@ -133,8 +132,8 @@ def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_jso
     for name, data_dir in zip(names, dirs):
         files, images_root = find_split(data_dir, config.eval_split)
         splits.append(EvalSplit(name, load_records(files, limit=config.eval_limit), images_root))
-    dataset, _ = load_mixture(dirs, config.eval_split, encode=TextEncoder(processor.tokenizer),
-                              bos_id=bos_id(processor.tokenizer), num_crops=config.num_crops,
+    encode, bos = text_encoding(processor.tokenizer)
+    dataset, _ = load_mixture(dirs, config.eval_split, encode=encode, bos_id=bos, num_crops=config.num_crops,
                               max_length=config.max_length, fmt=config.prompt_format)
     samples = dataset.samples
     if config.eval_limit is not None:  # the labeled ones among the first --eval-limit records of each dataset
