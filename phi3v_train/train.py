@@ -39,7 +39,7 @@ from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
-from phi3v_train.distributed import barrier, is_distributed, world
+from phi3v_train.distributed import barrier, is_distributed, is_main, world
 from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
 from phi3v_train.run_dir import RunError
@@ -500,35 +500,33 @@ class Patience(EarlyStoppingCallback):
 
 
 def _evaluate(state: Setup, *, label: str) -> None:
-    """--eval-before/--eval-after on rank 0 (imported lazily: evaluation is the eval module's job)."""
+    """--eval-before/--eval-after on rank 0: RUN/eval-<label>/, each dataset of a mixture in its own folder."""
     config = state.config
-    if world()[0] == 0:
-        from phi3v_train.evaluate import evaluate, find_split, load_records
+    if is_main():
+        from phi3v_train.evaluate import evaluate_datasets, results_table
 
         model = state.trainer.accelerator.unwrap_model(state.trainer.model)
         was_training = model.training
         model.eval()
+        mixture = len(config.sources) > 1
         with torch.no_grad():
-            if len(config.sources) > 1:
-                _evaluate_mixture(state, model, label=label)
-            else:
-                records_path, images_root = find_split(config.data, config.eval_split)
-                records = load_records(records_path, limit=config.eval_limit)
-                result = evaluate(model, state.processor, records, images_root=images_root,
-                                  num_crops=config.num_crops, batch_size=config.batch_size, fmt=config.prompt_format,
-                                  output_dir=config.output / f"eval-{label}", meta={"when": label})
-                state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
+            results = evaluate_datasets(model, state.processor, _eval_datasets(state), mixture=mixture,
+                                        output_dir=config.output / f"eval-{label}", meta={"when": label},
+                                        num_crops=config.num_crops, batch_size=config.batch_size,
+                                        fmt=config.prompt_format)
+        state.console.print(results_table(results, mixture=mixture,
+                                          title=f"Evaluation {label} training ({config.eval_split})"))
         where = config.output / f"eval-{label}"
-        state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if len(config.sources) > 1 else ""),
+        state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if mixture else ""),
                             highlight=False)
         model.train(was_training)
     barrier()
 
 
-def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
-    """Each dataset of a mixture scored on its own eval split (RUN/eval-<label>/<dataset>/); one without it is named."""
+def _eval_datasets(state: Setup) -> dict[str, tuple[list, Path]]:
+    """Each dataset's eval split (``--eval-limit`` records); a mixture's dataset without it is named and left out."""
     from phi3v_train.data import DataError
-    from phi3v_train.evaluate import datasets_table, evaluate_datasets, find_split, load_records
+    from phi3v_train.evaluate import find_split, load_records
 
     config = state.config
     datasets = {}
@@ -536,13 +534,12 @@ def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
         try:
             records_path, images_root = find_split(source.path, config.eval_split)
         except DataError as exc:
+            if len(config.sources) == 1:
+                raise
             state.console.print(f"not evaluated: {name}: {exc}")
             continue
         datasets[name] = (load_records(records_path, limit=config.eval_limit), images_root)
-    results = evaluate_datasets(model, state.processor, datasets, output_dir=config.output / f"eval-{label}",
-                                meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size,
-                                fmt=config.prompt_format)
-    state.console.print(datasets_table(results, title=f"Evaluation {label} training ({config.eval_split})"))
+    return datasets
 
 
 def save_final(state: Setup) -> Path:

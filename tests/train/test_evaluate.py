@@ -14,7 +14,8 @@ from PIL import Image
 
 import phi3v_train.evaluate as evaluate_module
 from phi3v_train.cli import main
-from phi3v_train.evaluate import Generator, evaluate, find_split, load_records
+from phi3v_train.evaluate import evaluate, find_split, load_records
+from phi3v_train.generate import Generator
 from phi3v_train.loading import load_for_inference
 from phi3v_train.model import create_tiny_checkpoint
 from schemas import Record

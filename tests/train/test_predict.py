@@ -136,7 +136,7 @@ def test_predict_refuses_unclear_requests_with_a_message(page: Path, tmp_path: P
 
 
 def test_device_and_precision_defaults_and_the_flash_attention_rule() -> None:
-    from phi3v_train.predict import device_and_precision
+    from phi3v_train.loading import device_and_precision
 
     # a GPU's default precision is bf16, which flash attention needs: no refusal (predict used to refuse this)
     assert device_and_precision("cuda", None, "flash_attention_2") == ("cuda", "bf16")

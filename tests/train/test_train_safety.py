@@ -239,7 +239,7 @@ def test_predict_and_eval_never_write_over_or_into_the_data_or_the_model(tmp_pat
 
 def test_a_run_dir_given_as_model_may_hold_the_eval_output_but_not_be_it(tmp_path: Path) -> None:
     from phi3v_data.io import OutputOverlapError, check_output_apart
-    from phi3v_train.cli.eval import model_inputs
+    from phi3v_train.cli.inputs import model_inputs
 
     run_dir = tmp_path / "run"
     final = _model_dir(run_dir / "final")
