@@ -168,10 +168,20 @@ def evaluate(
     generator = Generator(model, processor, images_root=Path(images_root), num_crops=num_crops,
                           max_new_tokens=max_new_tokens, generation=generation, fmt=fmt)
     state = _State(records, score=score)
-    total = sum(len(record.conversations) for record in records)
+    _answer_all(state, generator, batch_size=batch_size, progress=progress)
+    settings = {"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                "image_tags": fmt.image_tags, "turns": fmt.turns}
+    result = _result(state, settings=settings, meta=meta)
+    if output_dir is not None:
+        result.write(output_dir)
+    return result
+
+
+def _answer_all(state: _State, generator: Generator, *, batch_size: int, progress: bool) -> None:
+    """Every turn into ``state.rows``, round by round: turn t of an unlabeled record needs the answer to turn t-1."""
+    records = state.records
     with Progress(disable=not progress, transient=True) as bar:
-        task_id = bar.add_task("evaluating", total=total)
-        # Turn t of an unlabeled record needs the model's answer to turn t-1, so turns go round by round.
+        task_id = bar.add_task("evaluating", total=sum(len(record.conversations) for record in records))
         for turn in range(max((len(r.conversations) for r in records), default=0)):
             pending = [_prepare(state, generator, index, turn) for index, r in enumerate(records) if turn < len(r.conversations)]
             for item in pending:
@@ -182,12 +192,6 @@ def evaluate(
             for batch in _chunks(ready, batch_size):
                 _answer_batch(state, generator, batch)
                 bar.advance(task_id, len(batch))
-    settings = {"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                "image_tags": fmt.image_tags, "turns": fmt.turns}
-    result = _result(state, settings=settings, meta=meta)
-    if output_dir is not None:
-        result.write(output_dir)
-    return result
 
 
 def _prepare(state: _State, generator: Generator, record_index: int, turn: int) -> _Pending:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -78,19 +79,30 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
                                                                   top_p=top_p))
     torch.manual_seed(seed)  # sampling draws from torch's generator only (every device)
     if data is None:
-        try:
-            answer = predictor.answer(question, images=images)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(json.dumps({"answer": answer.text, "p_yes": answer.p_yes}) if as_json else answer.text)
+        _answer_question(predictor, question, images, as_json=as_json)
         return
+    rows = predictor.predict_records(records, images_root=images_root, batch_size=batch_size, progress=not quiet)
+    _write_rows(rows, output, console)
+    if problems:
+        raise SystemExit(1)
+
+
+def _answer_question(predictor: Any, question: str, images: tuple[Path, ...], *, as_json: bool) -> None:
+    try:
+        answer = predictor.answer(question, images=images)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"answer": answer.text, "p_yes": answer.p_yes}) if as_json else answer.text)
+
+
+def _write_rows(rows: list[dict[str, Any]], output: Path, console: Console) -> None:
+    """--out, atomically; exit 1 when a record could not be answered (its row holds the error)."""
     from phi3v_data.io import write_jsonl
 
-    rows = predictor.predict_records(records, images_root=images_root, batch_size=batch_size, progress=not quiet)
     write_jsonl(output, rows)
     failed = sum("error" in row for row in rows)
     console.print(f"wrote {len(rows)} predictions to {output}" + (f" ({failed} failed: see 'error')" if failed else ""))
-    if failed or problems:
+    if failed:
         raise SystemExit(1)
 
 
