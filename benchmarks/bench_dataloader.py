@@ -56,13 +56,13 @@ def build_loader(data: Path, model: Path, *, num_crops: int, batch: int, workers
     """The training DataLoader exactly as ``phi3v_train.train.setup`` wires it (sampler + collator)."""
     from torch.utils.data import DataLoader
 
-    from phi3v_train.collator import Collator, TextEncoder
+    from phi3v_train.collator import Collator
     from phi3v_train.data import images_dir, load_split
-    from phi3v_train.model import Phi3VProcessor, bos_id
+    from phi3v_train.model import Phi3VProcessor, text_encoding
     from phi3v_train.sampler import LengthGroupedSampler
 
     processor = Phi3VProcessor.from_pretrained(model, num_crops=num_crops)
-    encode, bos = TextEncoder(processor.tokenizer), bos_id(processor.tokenizer)
+    encode, bos = text_encoding(processor.tokenizer)
     dataset, _ = load_split(data, "train", encode=encode, bos_id=bos, num_crops=num_crops, max_length=1 << 20)
     collator = Collator(image_processor=processor.image_processor, encode=encode, bos_id=bos,
                         pad_id=processor.tokenizer.pad_token_id, images_root=images_dir(data))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import gc
 import platform
-import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -139,14 +137,14 @@ def make_workload(checkpoint: Path, options: BenchOptions, device: str) -> Workl
     """Process ``batch`` synthetic pages and build prompts of ``seq_len`` tokens for them."""
     import torch
 
-    from phi3v_train.model import Phi3VProcessor
+    from phi3v_train.model import Phi3VProcessor, text_encoding
 
     processor = Phi3VProcessor.from_pretrained(checkpoint, num_crops=options.num_crops)
     pages = [synthetic_page(*options.page, seed=options.seed + i) for i in range(options.batch)]
     images = processor.image_processor(pages, return_tensors="pt")
     n_tokens = num_image_tokens(*options.page, options.num_crops)
-    encode = lambda text: processor.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    encoded = fit_prompt(docvqa_record, encode=encode, image_tokens=[n_tokens], bos_id=_bos_id(processor),
+    encode, bos = text_encoding(processor.tokenizer)
+    encoded = fit_prompt(docvqa_record, encode=encode, image_tokens=[n_tokens], bos_id=bos,
                          target=options.seq_len)
     input_ids = torch.tensor([encoded.input_ids] * options.batch, device=device)
     crops = sum(int(h) // CROP * (int(w) // CROP) + 1 for h, w in images["image_sizes"].tolist())
@@ -158,16 +156,6 @@ def make_workload(checkpoint: Path, options: BenchOptions, device: str) -> Workl
         "labels": torch.tensor([encoded.labels] * options.batch, device=device),
     }
     return Workload(inputs, crops, len(encoded), n_tokens)
-
-
-def _bos_id(processor: object) -> int | None:
-    """The BOS the official processor prepends, as the model package reports it (None when it adds none)."""
-    try:
-        from phi3v_train.model import processing_phi3v
-    except ImportError:
-        return None
-    finder = getattr(processing_phi3v, "bos_id", None)
-    return finder(processor.tokenizer) if callable(finder) else None
 
 
 def prepare_model(checkpoint: Path, strategy: Strategy, attention: Attention, *, device: str,
@@ -214,20 +202,12 @@ def time_steps(model: object, inputs: dict, *, steps: int, warmup: int, device: 
     return (time.perf_counter() - start) / steps
 
 
-def peak_memory_gb(device: str) -> float:
-    """Peak accelerator memory since the last reset; on CPU the process's peak resident set (never resets)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e9
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
-
-
 def measure(checkpoint: Path, strategy: Strategy, attention: Attention, work: Workload, options: BenchOptions, *,
             base: dict[str, int], config: object, device: str, peak: float | None) -> BenchRow:
     """Prepare one configuration, time it, and turn the time into throughput and MFU."""
     import torch
+
+    from phi3v_train.distributed import peak_memory_gb
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -19,11 +19,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from phi3v_data.io import atomic_write, write_json
+from phi3v_train.distributed import any_rank, barrier
 from phi3v_train.run_dir import SETTINGS_FILE
 from schemas.errors import UserError
 
@@ -35,15 +34,6 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointError(UserError, ValueError):
     """A --resume request that cannot be honoured; the message says what exists instead."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the optimizer applied it."""
-
-    def __init__(self, step: int, value: float) -> None:
-        super().__init__(f"loss is {value} at optimizer step {step + 1}")
-        self.step = step
-        self.value = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,31 +152,6 @@ def remove_incomplete(run_dir: Path) -> list[Path]:
     return doomed
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def collective_device() -> str:
-    """Where tensors for a collective must live: NCCL only reduces GPU tensors, gloo CPU ones."""
-    return "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-
-def _any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on at least one; ranks must agree on stopping or they deadlock."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
-def all_finite(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every rank."""
-    bad = not bool(torch.isfinite(loss.detach()).all())
-    return not _any_rank(bad)
-
-
 class CheckpointCallback(TrainerCallback):
     """Marks each saved checkpoint complete (after all ranks wrote their part) and keeps the newest ``keep``."""
 
@@ -211,7 +176,7 @@ class CheckpointCallback(TrainerCallback):
                         source.name, self.run_dir, BEST)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        _barrier()  # ZeRO shards and per-rank RNG files are written by every rank
+        barrier()  # ZeRO shards and per-rank RNG files are written by every rank
         path = self.run_dir / f"checkpoint-{state.global_step}"
         best = state.best_global_step if self.keep_best else None
         if state.is_world_process_zero:
@@ -222,7 +187,7 @@ class CheckpointCallback(TrainerCallback):
                 copy_best(path, self.run_dir, step=best, note=_best_note(args, state), processor=self.processor)
             prune(self.run_dir, keep=self.keep, best_step=best)
         self.saved.append(path)
-        _barrier()
+        barrier()
 
 
 def _best_note(args: TrainingArguments, state: TrainerState) -> str:
@@ -249,7 +214,7 @@ class PreemptionCallback(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if _any_rank(self.requested):
+        if any_rank(self.requested):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True

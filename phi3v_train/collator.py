@@ -27,6 +27,7 @@ from phi3v_data.io import resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, IGNORE_INDEX, Encoded, PromptFormat, encode_record
 from phi3v_data.tokens import CROP
 from phi3v_train.data import Sample
+from phi3v_train.model.processing_phi3v import TextEncoder  # noqa: F401 - imported from here by the data tests
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,6 @@ SKIPPED_KEY = "skipped_samples"
 
 class BadSample(Exception):
     """A sample that measured fine at start-up but cannot be built now (an undecodable image, a changed file)."""
-
-
-class TextEncoder:
-    """Text → ids without special tokens (``encode`` of :func:`encode_record`); a class, so workers can unpickle it."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def batch(self, texts: list[str]) -> list[list[int]]:
-        """``[self(text) for text in texts]`` in one tokenizer call (measuring a million records at start-up)."""
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 class Collator:

@@ -18,6 +18,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from schemas.layout import manifest_path, split_file_name
+
 console = Console()
 
 
@@ -66,11 +68,11 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
           "--clips-per-class", str(clips_per_class)], log=log)
     _step("2. convert", [data_cli, "convert", "video", str(raw), "--out", str(data), "--frames", "8"], log=log)
     for split in ("train", "val", "test"):
-        path = data / f"ucf101_{split}.jsonl"
+        path = data / split_file_name("ucf101", split)
         if path.exists():
             _step(f"3. validate {split}", [data_cli, "validate", str(path), "--report", str(out / f"validate_{split}.json")], log=log)
     _step("4. tiny model", [train_cli, "init-tiny", str(model), "--overwrite"], log=log)  # the demo's own model
-    eval_split = "test" if (data / "ucf101_test.jsonl").exists() else "val"
+    eval_split = "test" if (data / split_file_name("ucf101", "test")).exists() else "val"
     common_eval = ["--data", str(data), "--split", eval_split, "--num-crops", "1", "--batch-size", "8"]
     _step("5. evaluate before training", [train_cli, "eval", "--model", str(model), *common_eval, "--output", str(out / "eval_before")], log=log)
     _step("6. finetune with LoRA", [train_cli, "run", "--data", str(data), "--model", str(model), "--strategy", "lora",
@@ -79,7 +81,7 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
           "--lora.rank", "16", "--lora.alpha", "32", "--overwrite"], log=log)  # the demo's own run: a rerun replaces it
     _step("7. evaluate after training", [train_cli, "eval", "--model", str(run / "final"), *common_eval, "--output", str(out / "eval_after")], log=log)
 
-    manifest = _read_json(data / "manifest.json")
+    manifest = _read_json(manifest_path(data))
     before, after = _read_json(out / "eval_before" / "metrics.json"), _read_json(out / "eval_after" / "metrics.json")
     log_lines = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").exists() else []
     losses = [json.loads(line)["loss"] for line in log_lines if "loss" in json.loads(line)]

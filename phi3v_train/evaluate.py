@@ -4,7 +4,9 @@ Every turn of every record is answered once. Prompts come from :func:`phi3v_data
 ``upto=turn``, so the model sees exactly what training showed it; earlier turns carry their reference answers (for
 unlabeled records, the model's own earlier answers). Metrics follow each record's ``task`` (see
 :mod:`phi3v_train.metrics`). Batches are left-padded and sorted by prompt length; a batch of many gives the same
-answers as one-by-one (probabilities agree to float rounding, ~1e-7).
+answers as one-by-one (probabilities agree to float rounding, ~1e-7). The prompts and the batched generation are
+:mod:`phi3v_train.generate`'s; :func:`evaluate_datasets` scores one dataset or each of a mixture (``phi3v-train eval``
+and a run's ``--eval-before``/``--eval-after``).
 """
 
 from __future__ import annotations
@@ -20,17 +22,13 @@ from pydantic import ValidationError
 from rich.progress import Progress
 from rich.table import Table
 
-from phi3v_data.images import ImageProblem, check_image, load_rgb
-from phi3v_data.io import iter_jsonl, resolve_inside, write_json, write_jsonl
-from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
-from phi3v_data.tokens import num_image_tokens
-from phi3v_train.data import images_dir, split_files
+from phi3v_data.io import iter_jsonl, write_json, write_jsonl
+from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
+from phi3v_train.data import split_files
+from phi3v_train.generate import Generator, PreparedTurn
 from phi3v_train.metrics import score_turn, summarize
-from phi3v_train.model import bos_id, text_encoder
 from schemas import Record
-
-STOP_TOKENS = ("<|end|>", "<|endoftext|>")
-"""An answer ends at ``<|end|>``; ``<|endoftext|>`` closes the conversation (both end generation)."""
+from schemas.layout import images_dir
 
 
 @dataclass
@@ -71,14 +69,21 @@ def evaluate_datasets(
     output_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     dataset_meta: dict[str, dict[str, Any]] | None = None,
+    mixture: bool | None = None,
     **settings: Any,
 ) -> dict[str, EvalResult]:
-    """:func:`evaluate` each dataset of a mixture on its own: ``{name: (records, images_root)}`` → ``{name: result}``.
+    """:func:`evaluate` one dataset, or each dataset of a mixture on its own: ``{name: (records, images_root)}`` →
+    ``{name: result}``.
 
-    Each dataset's predictions and metrics go to ``output_dir/<name>/``; ``output_dir/metrics.json`` gathers the
-    metrics by dataset, so one mixture's score never hides another's. ``dataset_meta[name]`` adds to that
-    dataset's metrics only (its files, its skipped lines).
+    One dataset's predictions and metrics go to ``output_dir`` itself. A mixture's go to ``output_dir/<name>/``, and
+    ``output_dir/metrics.json`` gathers the metrics by dataset, so one dataset's score never hides another's.
+    ``dataset_meta[name]`` adds to that dataset's metrics only (its files, its skipped lines). ``mixture`` (default:
+    more than one dataset) says which layout: a mixture of which only one dataset has the split keeps a mixture's.
     """
+    if not (len(datasets) > 1 if mixture is None else mixture):
+        [(name, (records, images_root))] = datasets.items()
+        return {name: evaluate(model, processor, records, images_root=images_root, output_dir=output_dir,
+                               meta={**(meta or {}), **(dataset_meta or {}).get(name, {})}, **settings)}
     results = {}
     for name, (records, images_root) in datasets.items():
         results[name] = evaluate(model, processor, records, images_root=images_root,
@@ -91,8 +96,11 @@ def evaluate_datasets(
     return results
 
 
-def datasets_table(results: dict[str, EvalResult], *, title: str = "Evaluation") -> Table:
-    """One row per dataset and task (the columns of :meth:`EvalResult.table`, a dataset column first)."""
+def results_table(results: dict[str, EvalResult], *, title: str = "Evaluation", mixture: bool | None = None) -> Table:
+    """The table of :func:`evaluate_datasets`' results: one dataset's own (:meth:`EvalResult.table`), else one row
+    per dataset and task (the same columns, a dataset column first); ``mixture`` as there."""
+    if not (len(results) > 1 if mixture is None else mixture):
+        return next(iter(results.values())).table(title=title)
     table = Table(title=title)
     for column in ("dataset", "task", "turns", "scored", "accuracy", "ANLS", "AUROC"):
         table.add_column(column, justify="left" if column in ("dataset", "task") else "right")
@@ -160,10 +168,20 @@ def evaluate(
     generator = Generator(model, processor, images_root=Path(images_root), num_crops=num_crops,
                           max_new_tokens=max_new_tokens, generation=generation, fmt=fmt)
     state = _State(records, score=score)
-    total = sum(len(record.conversations) for record in records)
+    _answer_all(state, generator, batch_size=batch_size, progress=progress)
+    settings = {"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                "image_tags": fmt.image_tags, "turns": fmt.turns}
+    result = _result(state, settings=settings, meta=meta)
+    if output_dir is not None:
+        result.write(output_dir)
+    return result
+
+
+def _answer_all(state: _State, generator: Generator, *, batch_size: int, progress: bool) -> None:
+    """Every turn into ``state.rows``, round by round: turn t of an unlabeled record needs the answer to turn t-1."""
+    records = state.records
     with Progress(disable=not progress, transient=True) as bar:
-        task_id = bar.add_task("evaluating", total=total)
-        # Turn t of an unlabeled record needs the model's answer to turn t-1, so turns go round by round.
+        task_id = bar.add_task("evaluating", total=sum(len(record.conversations) for record in records))
         for turn in range(max((len(r.conversations) for r in records), default=0)):
             pending = [_prepare(state, generator, index, turn) for index, r in enumerate(records) if turn < len(r.conversations)]
             for item in pending:
@@ -174,15 +192,9 @@ def evaluate(
             for batch in _chunks(ready, batch_size):
                 _answer_batch(state, generator, batch)
                 bar.advance(task_id, len(batch))
-    settings = {"num_crops": num_crops, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                "image_tags": fmt.image_tags, "turns": fmt.turns}
-    result = _result(state, settings=settings, meta=meta)
-    if output_dir is not None:
-        result.write(output_dir)
-    return result
 
 
-def _prepare(state: _State, generator: "Generator", record_index: int, turn: int) -> _Pending:
+def _prepare(state: _State, generator: Generator, record_index: int, turn: int) -> _Pending:
     item = _Pending(record_index, turn)
     record = state.records[record_index]
     if not record.labeled and turn > 0:
@@ -197,7 +209,7 @@ def _prepare(state: _State, generator: "Generator", record_index: int, turn: int
     return item
 
 
-def _answer_batch(state: _State, generator: "Generator", batch: list[_Pending]) -> None:
+def _answer_batch(state: _State, generator: Generator, batch: list[_Pending]) -> None:
     """Generate for the turns whose images decode; the others get their decode error as the row."""
     loaded: list[tuple[_Pending, list[Image.Image]]] = []
     for item in batch:
@@ -289,126 +301,7 @@ def load_records(
     return records
 
 
-# ---- prompts and batched generation ------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedTurn:
-    """A turn's prompt as training would build it, and the images it needs (paths inside the images root)."""
-
-    input_ids: torch.Tensor  # int32: a split's prompts are held at once, image placeholders included
-    image_paths: list[Path]
-    image_tokens: list[int]
-
-
-class Generator:
-    """Builds prompts and answers them in left-padded batches; also reads P(yes) at the first answer position."""
-
-    def __init__(
-        self, model: torch.nn.Module, processor: Any, *, images_root: Path, num_crops: int, max_new_tokens: int,
-        generation: dict[str, Any] | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
-    ) -> None:
-        self.model, self.processor = model, processor
-        self.fmt = fmt
-        self.generation = generation or {"do_sample": False}
-        self.tokenizer = processor.tokenizer
-        self.images_root, self.num_crops, self.max_new_tokens = images_root, num_crops, max_new_tokens
-        self.encode = text_encoder(self.tokenizer)
-        self.bos_id = bos_id(self.tokenizer)
-        self.stop_ids = [self.tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[-1]
-        # Training encodes an answer as its own chunk, so its first token is the first token of encode("yes").
-        self.yes_id, self.no_id = (self.encode(word)[0] for word in ("yes", "no"))
-        self.max_length: int | None = getattr(model.config, "max_position_embeddings", None)
-
-    def prepare(self, record: Record, *, turn: int, image_paths: Sequence[Path] | None = None) -> PreparedTurn:
-        """The prompt for answering ``turn``; ``ValueError`` naming the image or tag when it cannot be built.
-
-        ``image_paths`` (files anywhere, e.g. from the command line) stand in for the record's paths under the
-        images root.
-        """
-        paths = [path for earlier in record.conversations[: turn + 1] for path in earlier.images]
-        given = list(image_paths) if image_paths is not None else None
-        if given is not None and len(given) != len(paths):
-            raise ValueError(f"{len(given)} image files given for {len(paths)} images in the record")
-        resolved, tokens = [], []
-        for index, rel in enumerate(paths):
-            path = given[index] if given is not None else resolve_inside(self.images_root, rel)
-            rel = str(path) if given is not None else rel
-            try:
-                width, height = check_image(path)
-            except ImageProblem as exc:
-                raise ValueError(f"image {rel}: {exc}") from None
-            resolved.append(path)
-            tokens.append(num_image_tokens(width, height, self.num_crops))
-        encoded = encode_record(record, encode=self.encode, image_tokens=tokens, bos_id=self.bos_id, upto=turn,
-                                fmt=self.fmt)
-        if self.max_length is not None and len(encoded) + self.max_new_tokens > self.max_length:
-            raise ValueError(
-                f"prompt of {len(encoded)} tokens + {self.max_new_tokens} new ones exceeds the model's "
-                f"{self.max_length} positions (fewer --num-crops or --max-new-tokens would fit)"
-            )
-        return PreparedTurn(torch.tensor(encoded.input_ids, dtype=torch.int32), resolved, tokens)
-
-    def load_images(self, prepared: PreparedTurn) -> list[Image.Image]:
-        """Decoded RGB images of one turn; ``ValueError`` when one does not decode."""
-        images = []
-        for path in prepared.image_paths:
-            try:
-                images.append(load_rgb(path))  # upright, as training read it
-            except (OSError, SyntaxError, ValueError, ImageProblem) as exc:
-                shown = path.relative_to(self.images_root) if path.is_relative_to(self.images_root) else path
-                raise ValueError(f"image {shown} does not decode: {exc}") from None
-        return images
-
-    @torch.inference_mode()
-    def generate(self, batch: Sequence[PreparedTurn], images: Sequence[list[Image.Image]]) -> list[tuple[str, float]]:
-        """(answer text, P(yes) among yes/no at the first answer token) for each prompt, greedy."""
-        inputs = self._inputs(batch, [image for turn_images in images for image in turn_images])
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=self.max_new_tokens,
-            **self.generation,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        first = out.logits[0].float()  # batch x vocab, the distribution of each answer's first token
-        p_yes = torch.softmax(first[:, [self.yes_id, self.no_id]], dim=-1)[:, 0].tolist()
-        answers = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-        return [(self._decode(ids), p) for ids, p in zip(answers, p_yes)]
-
-    def _inputs(self, batch: Sequence[PreparedTurn], images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Left-padded ids and mask (generation appends on the right) plus the batch's images in sample order."""
-        device = next(self.model.parameters()).device
-        length = max(len(turn.input_ids) for turn in batch)
-        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, turn in enumerate(batch):
-            ids[row, length - len(turn.input_ids) :] = turn.input_ids
-            mask[row, length - len(turn.input_ids) :] = 1
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        if images:
-            features = self.processor.image_processor(images, return_tensors="pt", num_crops=self.num_crops)
-            expected = [count for turn in batch for count in turn.image_tokens]
-            if list(map(int, features["num_img_tokens"])) != expected:  # the prompt and the features would disagree
-                raise RuntimeError(f"image processor gives {list(features['num_img_tokens'])} tokens, prompts hold {expected}")
-            inputs["pixel_values"] = features["pixel_values"].to(device, self.model.dtype)
-            inputs["image_sizes"] = features["image_sizes"].to(device)
-        return inputs
-
-    def _decode(self, ids: list[int]) -> str:
-        for position, token in enumerate(ids):
-            if token in self.stop_ids:
-                ids = ids[:position]
-                break
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
 def find_split(data: str | Path, split: str) -> tuple[list[Path], Path]:
     """(records ``.jsonl`` files, ``images/`` root) of a converted dataset directory and split, or of one ``.jsonl``."""
     data = Path(data)
-    if data.is_file():
-        return [data], data.parent / "images"
-    return split_files(data, split), images_dir(data)
+    return ([data] if data.is_file() else split_files(data, split)), images_dir(data)

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from phi3v_train.parts import LANGUAGE, PROJECTOR, VISION, part_of
+
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense tensor-core peaks
 VISION_PART, PROJECTOR_PART, LM_PART = "vision", "projector", "language model"
+_LABELS = {VISION: VISION_PART, PROJECTOR: PROJECTOR_PART, LANGUAGE: LM_PART}  # parts.part_of → the FLOP table's
 
 
 @dataclass(frozen=True)
@@ -65,15 +68,6 @@ def device_peak_flops(device_name: str) -> float | None:
     return next((peak for key, peak in PEAK_FLOPS.items() if key in device_name.upper()), None)
 
 
-def part_of(name: str) -> str:
-    """Which part an (official, possibly peft-prefixed) parameter name belongs to."""
-    if "img_processor" in name:
-        return VISION_PART
-    if "img_projection" in name or "glb_GN" in name or "sub_GN" in name:
-        return PROJECTOR_PART
-    return LM_PART
-
-
 def count_params(model: object, *, trainable_only: bool = False) -> dict[str, int]:
     """Parameters per part, embedding lookups excluded (a lookup does no multiply-adds).
 
@@ -86,7 +80,7 @@ def count_params(model: object, *, trainable_only: bool = False) -> dict[str, in
     for name, param in model.named_parameters():
         if id(param) in lookups or (trainable_only and not param.requires_grad):
             continue
-        counts[part_of(name)] += param.numel()
+        counts[_LABELS[part_of(name)]] += param.numel()
     return counts
 
 

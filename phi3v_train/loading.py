@@ -156,11 +156,51 @@ def load_for_inference(
     device: str = "cpu",
     num_crops: int | None = None,
 ) -> tuple["Phi3VForCausalLM", "Phi3VProcessor"]:
-    """(model in eval mode on ``device``, processor) for a full checkpoint, an adapter dir or a run dir.
+    """(model in eval mode on ``device``, processor) for a full checkpoint, an adapter dir, a run dir or a Hub id.
+
+    ``flash_attention_2`` falls back to sdpa, with a warning, where flash-attn cannot run.
 
     >>> model, processor = load_for_inference("runs/docvqa-lora/final", dtype="bf16", device="cuda")  # doctest: +SKIP
     """
+    from phi3v_train.strategies import resolve_attention
+
+    attn_implementation = resolve_attention(attn_implementation)
+    if not Path(path).is_dir():
+        model, processor = _load_hub_model(str(path), dtype=dtype, attn_implementation=attn_implementation,
+                                           num_crops=num_crops)
+        return model.to(device).eval(), processor
     model_dir = resolve_model_dir(path)
     model, base_source = load_model(model_dir, base=base, dtype=dtype, attn_implementation=attn_implementation)
     processor = load_processor(model_dir, base_source, num_crops=num_crops)
     return model.to(device).eval(), processor
+
+
+def _load_hub_model(
+    source: str, *, dtype: str, attn_implementation: str, num_crops: int | None
+) -> tuple["Phi3VForCausalLM", "Phi3VProcessor"]:
+    """A model and processor by Hub id, from the local cache when offline; LoadError for anything else."""
+    if not _HUB_ID.fullmatch(source):
+        raise LoadError(f"{source}: no such model directory, and not a Hub id (org/name)")
+    from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
+
+    try:
+        model = Phi3VForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
+        processor = Phi3VProcessor.from_pretrained(source, **({} if num_crops is None else {"num_crops": num_crops}))
+    except OSError as exc:
+        raise LoadError(f"{source}: cannot load this Hub model ({str(exc).splitlines()[0]}); without network it must "
+                        "be in the local Hugging Face cache, or pass a local directory") from None
+    return model, processor
+
+
+def device_and_precision(device: str | None, precision: str | None, attention: str) -> tuple[str, str]:
+    """The device and precision inference runs with: cuda when available, bf16 there and fp32 on CPU.
+
+    Raises ValueError when ``attention`` is flash attention and the precision is not bf16 (a usage error).
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    if attention == "flash_attention_2" and precision != "bf16":
+        raise ValueError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
+    return device, precision

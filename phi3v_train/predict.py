@@ -1,6 +1,6 @@
 """Answers from a trained model: one question about a few images, or every record of a file, without scoring.
 
-The prompt is built by :class:`phi3v_train.evaluate.Generator`, the same code evaluation uses, so an answer here is
+The prompt is built by :class:`phi3v_train.generate.Generator`, the same code evaluation uses, so an answer here is
 the answer ``phi3v-train eval`` would score. Any model ``eval`` reads works: a run's ``final/`` (full checkpoint or
 LoRA adapter over its base), a merged export, or a Hub id (from the local cache when offline). Every answer comes with
 ``p_yes``: P("yes") against P("no") at the first answer token, the score binary tasks (Hateful Memes, NLVR2) are
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phi3v_train.loading import _HUB_ID, LoadError, load_for_inference, torch_dtype
+from phi3v_train.loading import device_and_precision, load_for_inference
 from schemas import Record
 
 
@@ -48,57 +48,13 @@ def generation_settings(*, do_sample: bool = False, temperature: float | None = 
     return settings
 
 
-def device_and_precision(device: str | None, precision: str | None, attention: str) -> tuple[str, str]:
-    """The device and precision inference runs with: cuda when available, bf16 there and fp32 on CPU.
-
-    Raises ValueError when ``attention`` is flash attention and the precision is not bf16 (a usage error).
-    """
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
-    if attention == "flash_attention_2" and precision != "bf16":
-        raise ValueError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
-    return device, precision
-
-
-def load_model(
-    source: str | Path, *, base: str | None = None, device: str | None = None, precision: str | None = None,
-    attention: str = "sdpa", num_crops: int | None = None,
-) -> tuple[Any, Any]:
-    """(model in eval mode, processor) from a model directory (run, final/, export) or a Hub id.
-
-    Defaults as :func:`device_and_precision`. Raises LoadError with what to pass instead.
-    """
-    from phi3v_train.strategies import resolve_attention
-
-    device, precision = device_and_precision(device, precision, attention)
-    attention = resolve_attention(attention)
-    if Path(source).is_dir():
-        return load_for_inference(source, base=base, dtype=precision, attn_implementation=attention, device=device,
-                                  num_crops=num_crops)
-    if not _HUB_ID.fullmatch(str(source)):
-        raise LoadError(f"{source}: no such model directory, and not a Hub id (org/name)")
-    from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
-
-    try:
-        model = Phi3VForCausalLM.from_pretrained(str(source), dtype=torch_dtype(precision),
-                                                 attn_implementation=attention)
-        processor = Phi3VProcessor.from_pretrained(str(source), **({} if num_crops is None else {"num_crops": num_crops}))
-    except OSError as exc:
-        raise LoadError(f"{source}: cannot load this Hub model ({str(exc).splitlines()[0]}); without network it must "
-                        "be in the local Hugging Face cache, or pass a local directory") from None
-    return model.to(device).eval(), processor
-
-
 class Predictor:
     """A loaded model and processor that answer questions about images (greedy unless ``generation`` says so)."""
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 64,
                  generation: dict[str, Any] | None = None, fmt: Any = None) -> None:
-        from phi3v_train.evaluate import Generator
-
         from phi3v_data.prompt import DEFAULT_FORMAT
+        from phi3v_train.generate import Generator
 
         self.model, self.processor, self.fmt = model, processor, fmt or DEFAULT_FORMAT
         self.num_crops = processor.image_processor.num_crops
@@ -107,13 +63,18 @@ class Predictor:
                                    max_new_tokens=max_new_tokens, generation=generation, fmt=self.fmt)
 
     @classmethod
-    def load(cls, source: str | Path, *, max_new_tokens: int = 64, generation: dict[str, Any] | None = None,
-             image_tags: str | None = None, turns: str | None = None, **load_options: Any) -> "Predictor":
-        """Load ``source`` with :func:`load_model` (``base``, ``device``, ``precision``, ``attention``, ``num_crops``);
-        ``image_tags``/``turns`` default to the training run's (:func:`phi3v_train.loading.recorded_prompt_format`)."""
+    def load(cls, source: str | Path, *, base: str | None = None, device: str | None = None,
+             precision: str | None = None, attention: str = "sdpa", num_crops: int | None = None,
+             max_new_tokens: int = 64, generation: dict[str, Any] | None = None, image_tags: str | None = None,
+             turns: str | None = None) -> "Predictor":
+        """Load ``source`` with :func:`phi3v_train.loading.load_for_inference` (device and precision defaults as
+        :func:`phi3v_train.loading.device_and_precision`); ``image_tags``/``turns`` default to the training run's
+        (:func:`phi3v_train.loading.recorded_prompt_format`). Raises LoadError with what to pass instead."""
         from phi3v_train.loading import recorded_prompt_format
 
-        model, processor = load_model(source, **load_options)
+        device, precision = device_and_precision(device, precision, attention)
+        model, processor = load_for_inference(source, base=base, dtype=precision, attn_implementation=attention,
+                                              device=device, num_crops=num_crops)
         return cls(model, processor, max_new_tokens=max_new_tokens, generation=generation,
                    fmt=recorded_prompt_format(source, image_tags=image_tags, turns=turns))
 

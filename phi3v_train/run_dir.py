@@ -23,6 +23,7 @@ from typing import Any
 from phi3v_data.io import OutputLock
 from phi3v_train.config import CONFIG_HEADER, TrainConfig, flag_name
 from schemas.errors import UserError
+from schemas.layout import split_files
 
 
 class RunError(UserError, RuntimeError):
@@ -137,7 +138,7 @@ def data_digest(config: TrainConfig) -> list[dict[str, Any]]:
     digests = []
     for source in config.sources:
         hasher = hashlib.sha256()
-        for path in sorted(source.path.glob(f"*_{config.train_split}.jsonl")):
+        for path in split_files(source.path, config.train_split):
             with path.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
                     hasher.update(chunk)

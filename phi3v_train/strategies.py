@@ -28,27 +28,11 @@ import torch
 from torch import nn
 
 from phi3v_train.config import LoraSettings, TrainConfig
+from phi3v_train.parts import LANGUAGE, PROJECTOR, TOKEN_EMBEDDINGS, VISION, VISION_TOWER, part_of
 
 log = logging.getLogger(__name__)
 
-VISION_TOWER = "vision_embed_tokens.img_processor."
-PROJECTOR = ("vision_embed_tokens.img_projection.", "vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")
-TOKEN_EMBEDDINGS = ".embed_tokens."  # the language model's; "vision_embed_tokens." does not contain it
-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def part_of(name: str) -> str:
-    """``"vision"``, ``"projector"`` or ``"language"`` for a parameter or module name.
-
-    >>> part_of("model.vision_embed_tokens.img_projection.0.weight"), part_of("lm_head.weight")
-    ('projector', 'language')
-    """
-    if VISION_TOWER in name:
-        return "vision"
-    if any(prefix in name for prefix in PROJECTOR):
-        return "projector"
-    return "language"
 
 
 def unused_vision_prefixes(config: object) -> list[str]:
@@ -125,11 +109,11 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
         part = part_of(name)
         last = name.rsplit(".", 1)[-1]
         head = last == "lm_head" and (settings.lm_head or "lm_head" in wanted)
-        if head or (part == "language" and last in wanted and last != "lm_head") or (
-            part == "vision" and settings.vision
-        ) or (part == "projector" and settings.projector):
+        if head or (part == LANGUAGE and last in wanted and last != "lm_head") or (
+            part == VISION and settings.vision
+        ) or (part == PROJECTOR and settings.projector):
             names.append(name)
-    if not any(part_of(n) == "language" for n in names):
+    if not any(part_of(n) == LANGUAGE for n in names):
         raise ValueError(f"--lora.targets {','.join(settings.targets)}: no such linear layer in the language model")
     return names
 
@@ -151,9 +135,9 @@ def apply_strategy(model: nn.Module, config: TrainConfig) -> nn.Module:
         for name, param in model.named_parameters():
             part = part_of(name)
             if original:  # the original froze its whole vision_embed_tokens module, shared token embeddings included
-                param.requires_grad_(part == "language" and TOKEN_EMBEDDINGS not in "." + name)
+                param.requires_grad_(part == LANGUAGE and TOKEN_EMBEDDINGS not in "." + name)
             else:
-                param.requires_grad_(part == "language" or (part == "projector" and config.train_projector))
+                param.requires_grad_(part == LANGUAGE or (part == PROJECTOR and config.train_projector))
         return model
     return _wrap_lora(model, config)
 
@@ -178,7 +162,7 @@ def _wrap_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 def trainable_summary(model: nn.Module) -> dict[str, tuple[int, int]]:
     """(trainable, total) parameter counts per part, for the start-up log."""
-    summary: dict[str, list[int]] = {"vision": [0, 0], "projector": [0, 0], "language": [0, 0], "adapters": [0, 0]}
+    summary: dict[str, list[int]] = {VISION: [0, 0], PROJECTOR: [0, 0], LANGUAGE: [0, 0], "adapters": [0, 0]}
     for name, param in model.named_parameters():
         part = "adapters" if "lora_" in name else part_of(name)
         summary[part][1] += param.numel()

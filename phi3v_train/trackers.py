@@ -16,6 +16,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.integrations import MLflowCallback, WandbCallback
 
+from schemas.layout import manifest_path
+
 MODULES = {"wandb": "wandb", "mlflow": "mlflow"}
 """--report-to name → the module it needs (phi3v_data.cli.errors.EXTRAS names the extra that installs it)."""
 
@@ -24,9 +26,8 @@ def run_config(config: Any) -> dict[str, Any]:
     """The settings (as RUN/config.yaml holds them) and, per dataset, its path, weight and manifest."""
     datasets = []
     for source in config.sources:
-        manifest_path = Path(source.path) / "manifest.json"
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_path(source.path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = None  # a hand-made dataset has none
         datasets.append({"path": str(source.path), "weight": source.weight, "manifest": manifest})

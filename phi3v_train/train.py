@@ -20,7 +20,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -32,19 +31,24 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.markup import escape
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.integrations import TensorBoardCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
-from phi3v_train.collator import Collator, TextEncoder
+from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
-from phi3v_train.data import SampleDataset, SplitSummary, images_dir, load_mixture, preflight, source_names
+from phi3v_train.data import SampleDataset, SplitSummary, load_mixture, preflight, source_names
+from phi3v_train.distributed import barrier, is_distributed, is_main, world
+from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
-from phi3v_train.trainer import LOG_FILE, LogEnds, Phi3VTrainer, ProgressLog, forget_log_after, skipped_before
+from schemas.layout import images_dir
+from phi3v_train.trainer import (
+    LOG_FILE, NonFiniteLossError, Patience, Phi3VTrainer, ProgressLog, close_callbacks, forget_log_after, load_checkpoint,
+    run_callbacks, skipped_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +77,6 @@ class Setup:
     resume_from: Path | None
     preemption: ckpt.PreemptionCallback
     console: Console
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) as torchrun / the deepspeed launcher announce them."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def accumulation_steps(config: TrainConfig, world_size: int) -> int:
@@ -345,7 +344,7 @@ def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
                     for path, name in zip(dirs, names)]
         verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
                              for path, problem in zip(dirs, problems) if problem) or None]
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise RunError(verdict[0])
@@ -396,27 +395,6 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
     return model
 
 
-def _callbacks(config: TrainConfig, console: Console, *, is_main: bool, quiet: bool = False,
-               settings: dict[str, Any] | None = None, processor: Any = None) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [
-        ckpt.CheckpointCallback(config.output, keep=config.keep_last, settings=settings,
-                                keep_best=bool(config.keep_best), processor=processor),
-        ckpt.PreemptionCallback(), LogEnds()]
-    if config.patience:
-        callbacks.append(Patience(early_stopping_patience=config.patience))
-    if is_main:
-        callbacks.append(ProgressLog(console, config.output, quiet=quiet))
-        if config.tensorboard or "tensorboard" in config.report_to:
-            from torch.utils.tensorboard import SummaryWriter
-
-            callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
-        if set(config.report_to) - {"tensorboard"}:
-            from phi3v_train.trackers import tracker_callbacks
-
-            callbacks += tracker_callbacks(config)
-    return callbacks
-
-
 def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0,
           allow_changed_settings: bool = False, fresh_optimizer: bool = False) -> Setup:
     """Everything up to the first step. Raises RunError for problems a user can fix.
@@ -425,7 +403,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     change run-changing settings; ``fresh_optimizer`` lets it continue a checkpoint without optimizer/scheduler
     state. Both are logged in log.jsonl.
     """
-    from phi3v_train.model import Phi3VProcessor, bos_id
+    from phi3v_train.model import Phi3VProcessor
 
     rank, world_size = world()
     is_main = rank == 0
@@ -456,29 +434,43 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     sampler = _sampler(config, dataset, summaries, global_batch=global_batch)
     _describe_data(console, summaries, sampler, config)
     _warn_small_data(warn, summaries, config, global_batch=global_batch)
-    dirs = [source.path for source in config.sources]
-    collator = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
-                        bos_id=bos_id(processor.tokenizer), pad_id=processor.tokenizer.pad_token_id,
-                        images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]),
-                        fmt=config.prompt_format)
+    collator = _collator(config, processor)
     validator = _validator(config, processor, collator, args) if config.eval_every else None  # before the model
     model = _model(config, args, dataset, console)
     if is_main:  # every input is checked: only now may an --overwrite delete the earlier run
         _start_run_dir(config, plan, warn)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    own = _callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings, processor=processor)
+    barrier()
+    own = run_callbacks(config, warn, is_main=is_main, quiet=verbosity < 0, settings=plan.settings, processor=processor)
+    trainer = _trainer(config, args, model=model, dataset=dataset, collator=collator, sampler=sampler,
+                       validator=validator, callbacks=[*own, *callbacks], resume_from=resume_from)
+    preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
+    return Setup(config, args, trainer, processor, resume_from, preemption, console)
+
+
+def _collator(config: TrainConfig, processor: Any) -> Collator:
+    """Batches built as the lengths were measured: the run's encoder and BOS, image roots and prompt format."""
+    dirs = [source.path for source in config.sources]
+    encode, bos = text_encoding(processor.tokenizer)
+    return Collator(image_processor=processor.image_processor, encode=encode, bos_id=bos,
+                    pad_id=processor.tokenizer.pad_token_id, fmt=config.prompt_format,
+                    images_root=[images_dir(path) for path in dirs] if len(dirs) > 1 else images_dir(dirs[0]))
+
+
+def _trainer(config: TrainConfig, args: TrainingArguments, *, model: Any, dataset: SampleDataset, collator: Collator,
+             sampler: LengthGroupedSampler, validator: Any, callbacks: list[TrainerCallback],
+             resume_from: Path | None) -> Phi3VTrainer:
+    """The Trainer with our callbacks instead of its printer and progress bar; a resume's stand-in count goes on."""
+    dirs = [source.path for source in config.sources]
     trainer = Phi3VTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, sampler=sampler,
-                           source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=[*own, *callbacks],
+                           source_names=source_names(dirs) if len(dirs) > 1 else (), callbacks=callbacks,
                            eval_dataset=validator.samples if validator else None,
                            loss_norm=config.loss_norm, decay_exempt=config.decay_exempt)
     trainer.validator = validator
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
     if resume_from is not None:  # the count of stand-in samples goes on from the checkpoint's
         trainer.skipped.total = trainer.skipped_logged = skipped_before(resume_from)
-    return Setup(config, args, trainer, processor, resume_from, preemption, console)
+    return trainer
 
 
 def _validator(config: TrainConfig, processor: Any, collator: Collator, args: TrainingArguments) -> Any:
@@ -490,51 +482,34 @@ def _validator(config: TrainConfig, processor: Any, collator: Collator, args: Tr
         raise RunError(f"--eval-every: {exc}") from None
 
 
-class Patience(EarlyStoppingCallback):
-    """--patience: transformers' early stopping, without its warning about load_best_model_at_end (final/ is the last
-    step's model on purpose, RUN/best the best one). Its count is saved in each checkpoint and taken back on resume
-    here (transformers would restore every stateful callback, replacing our own, only when asked to)."""
-
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        saved = state.stateful_callbacks.get(type(self).__name__)
-        if isinstance(saved, dict):
-            self.early_stopping_patience_counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
-
-    def stopped(self) -> bool:
-        return self.early_stopping_patience_counter >= self.early_stopping_patience
-
-
 def _evaluate(state: Setup, *, label: str) -> None:
-    """--eval-before/--eval-after on rank 0 (imported lazily: evaluation is the eval module's job)."""
+    """--eval-before/--eval-after on rank 0: RUN/eval-<label>/, each dataset of a mixture in its own folder."""
     config = state.config
-    if world()[0] == 0:
-        from phi3v_train.evaluate import evaluate, find_split, load_records
+    if is_main():
+        from phi3v_train.evaluate import evaluate_datasets, results_table
 
         model = state.trainer.accelerator.unwrap_model(state.trainer.model)
         was_training = model.training
         model.eval()
+        mixture = len(config.sources) > 1
         with torch.no_grad():
-            if len(config.sources) > 1:
-                _evaluate_mixture(state, model, label=label)
-            else:
-                records_path, images_root = find_split(config.data, config.eval_split)
-                records = load_records(records_path, limit=config.eval_limit)
-                result = evaluate(model, state.processor, records, images_root=images_root,
-                                  num_crops=config.num_crops, batch_size=config.batch_size, fmt=config.prompt_format,
-                                  output_dir=config.output / f"eval-{label}", meta={"when": label})
-                state.console.print(result.table(title=f"Evaluation {label} training ({config.eval_split})"))
+            results = evaluate_datasets(model, state.processor, _eval_datasets(state), mixture=mixture,
+                                        output_dir=config.output / f"eval-{label}", meta={"when": label},
+                                        num_crops=config.num_crops, batch_size=config.batch_size,
+                                        fmt=config.prompt_format)
+        state.console.print(results_table(results, mixture=mixture,
+                                          title=f"Evaluation {label} training ({config.eval_split})"))
         where = config.output / f"eval-{label}"
-        state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if len(config.sources) > 1 else ""),
+        state.console.print(f"predictions and metrics in {where}" + ("/<dataset>/" if mixture else ""),
                             highlight=False)
         model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
-def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
-    """Each dataset of a mixture scored on its own eval split (RUN/eval-<label>/<dataset>/); one without it is named."""
+def _eval_datasets(state: Setup) -> dict[str, tuple[list, Path]]:
+    """Each dataset's eval split (``--eval-limit`` records); a mixture's dataset without it is named and left out."""
     from phi3v_train.data import DataError
-    from phi3v_train.evaluate import datasets_table, evaluate_datasets, find_split, load_records
+    from phi3v_train.evaluate import find_split, load_records
 
     config = state.config
     datasets = {}
@@ -542,13 +517,12 @@ def _evaluate_mixture(state: Setup, model: Any, *, label: str) -> None:
         try:
             records_path, images_root = find_split(source.path, config.eval_split)
         except DataError as exc:
+            if len(config.sources) == 1:
+                raise
             state.console.print(f"not evaluated: {name}: {exc}")
             continue
         datasets[name] = (load_records(records_path, limit=config.eval_limit), images_root)
-    results = evaluate_datasets(model, state.processor, datasets, output_dir=config.output / f"eval-{label}",
-                                meta={"when": label}, num_crops=config.num_crops, batch_size=config.batch_size,
-                                fmt=config.prompt_format)
-    state.console.print(datasets_table(results, title=f"Evaluation {label} training ({config.eval_split})"))
+    return datasets
 
 
 def save_final(state: Setup) -> Path:
@@ -576,8 +550,7 @@ def save_final(state: Setup) -> Path:
         plain_permissions(staging, *staging.rglob("*"))  # peft's safetensors adapter is 0600: 0644 as a full model
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     return final
 
 
@@ -590,13 +563,13 @@ def fit(state: Setup) -> RunResult:
         _evaluate(state, label="before")
     try:
         trainer.train(resume_from_checkpoint=str(state.resume_from) if state.resume_from else None)
-    except ckpt.NonFiniteLossError as exc:
+    except NonFiniteLossError as exc:
         good = ckpt.latest_complete(config.output)
         where = f"the last good checkpoint is {good.path} (--resume {good.path})" if good else "no checkpoint was saved yet"
         raise RunError(f"training stopped: {exc}; {where}. Lower --lr, use --precision bf16 instead of fp16, "
                        "or check the data around that step") from None
     finally:
-        _close_callbacks(trainer)
+        close_callbacks(trainer)
     losses = next((cb.losses for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressLog)), [])
     last = ckpt.latest_complete(config.output)
     result = RunResult(config.output, "finished", trainer.state.global_step, last_checkpoint=last and last.path,
@@ -621,15 +594,6 @@ def _planned_steps(trainer: Trainer) -> int:
     return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
-class _Loaded(Exception):
-    """Raised at train begin to leave ``Trainer.train`` once the checkpoint is loaded, before any step."""
-
-
-class _StopAfterLoading(TrainerCallback):
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        raise _Loaded
-
-
 def _finish(state: Setup) -> RunResult:
     """--resume of a run whose last checkpoint is its last step: train nothing.
 
@@ -646,28 +610,11 @@ def _finish(state: Setup) -> RunResult:
         result.already_finished = True
         return result
     state.console.print(f"{state.resume_from.name} is the run's last step; writing final/ from it (nothing to train)")
-    # First in line, so no other callback starts anything (SIGTERM handler, progress bar) that train_end would stop.
-    trainer.callback_handler.callbacks.insert(0, _StopAfterLoading())
-    try:
-        trainer.train(resume_from_checkpoint=str(state.resume_from))
-    except _Loaded:
-        pass
-    finally:
-        trainer.callback_handler.callbacks = [cb for cb in trainer.callback_handler.callbacks
-                                              if not isinstance(cb, _StopAfterLoading)]
-        _close_callbacks(trainer)
+    load_checkpoint(trainer, state.resume_from)
     result.final_dir = save_final(state)
     if config.eval_after:
         _evaluate(state, label="after")
     return result
-
-
-def _close_callbacks(trainer: Trainer) -> None:
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, ProgressLog):
-            callback.close()
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-            callback.tb_writer.flush()
 
 
 def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0,
@@ -680,5 +627,5 @@ def run(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbo
                           allow_changed_settings=allow_changed_settings, fresh_optimizer=fresh_optimizer)
             return fit(state)
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             dist.destroy_process_group()  # an open gloo group can abort the interpreter at exit

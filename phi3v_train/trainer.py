@@ -21,18 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from rich.console import Console
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import get_parameter_names
 from transformers.trainer_callback import ExportableState
 
 from phi3v_data.io import atomic_write
 from phi3v_train import checkpointing as ckpt
-from phi3v_train.bench import peak_memory_gb
 from phi3v_train.collator import SKIPPED_KEY
+from phi3v_train.distributed import all_finite, count_over_ranks, peak_memory_gb, sum_over_ranks
 from phi3v_train.sampler import LengthGroupedSampler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the optimizer applied it."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at optimizer step {step + 1}")
+        self.step = step
+        self.value = value
 
 
 class Phi3VTrainer(Trainer):
@@ -96,13 +105,13 @@ class Phi3VTrainer(Trainer):
         if sources is not None and self.source_names:
             self.counts[3:] += torch.bincount(sources.cpu(), minlength=len(self.source_names)).double()
         stood_in = inputs.pop(SKIPPED_KEY, None)  # samples the collator could not build (undecodable images)
-        self.skipped.total += _sum_over_ranks(int(stood_in) if stood_in is not None else 0)
+        self.skipped.total += count_over_ranks(int(stood_in) if stood_in is not None else 0)
         if torch.is_tensor(num_items_in_batch):  # a global batch of stand-ins only: loss 0, not 0/0
             num_items_in_batch = num_items_in_batch.clamp(min=1)
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
-        if not ckpt.all_finite(loss):
-            raise ckpt.NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
+        if not all_finite(loss):
+            raise NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
         return result
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -111,10 +120,7 @@ class Phi3VTrainer(Trainer):
         super().log(logs, start_time)
 
     def _throughput(self) -> dict[str, float]:
-        counts = self.counts.clone()
-        if dist.is_available() and dist.is_initialized():
-            counts = counts.to(ckpt.collective_device())
-            dist.all_reduce(counts)
+        counts = sum_over_ranks(self.counts)
         images, real, slots, *per_source = counts.tolist()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         now = time.perf_counter()
@@ -132,14 +138,6 @@ def decay_names_layernorm_only(model: nn.Module) -> list[str]:
     """Parameters that get weight decay under transformers 4.4x's Trainer: all but biases and ``nn.LayerNorm``
     weights (RMSNorm weights included)."""
     return [name for name in get_parameter_names(model, [nn.LayerNorm]) if "bias" not in name]
-
-
-def _sum_over_ranks(value: int) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.long, device=ckpt.collective_device())
-    dist.all_reduce(tensor)
-    return int(tensor.item())
 
 
 class SkippedSamples(TrainerCallback, ExportableState):
@@ -301,3 +299,72 @@ class ProgressLog(TrainerCallback):
             span = f"steps {self.first_step + 1}-{state.global_step}"
         self.console.print(f"trained {span} in {duration(elapsed)}: {loss}, "
                            f"{throughput(samples, steps, elapsed)}")
+
+
+class Patience(EarlyStoppingCallback):
+    """--patience: transformers' early stopping, without its warning about load_best_model_at_end (final/ is the last
+    step's model on purpose, RUN/best the best one). Its count is saved in each checkpoint and taken back on resume
+    here (transformers would restore every stateful callback, replacing our own, only when asked to)."""
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.early_stopping_patience_counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
+
+    def stopped(self) -> bool:
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
+
+
+def run_callbacks(config: Any, console: Console, *, is_main: bool, quiet: bool = False,
+                  settings: dict[str, Any] | None = None, processor: Any = None) -> list[TrainerCallback]:
+    """The run's own callbacks: checkpoints, SIGTERM, log ends and --patience on every rank; the progress log,
+    TensorBoard and the --report-to trackers on the main process."""
+    callbacks: list[TrainerCallback] = [
+        ckpt.CheckpointCallback(config.output, keep=config.keep_last, settings=settings,
+                                keep_best=bool(config.keep_best), processor=processor),
+        ckpt.PreemptionCallback(), LogEnds()]
+    if config.patience:
+        callbacks.append(Patience(early_stopping_patience=config.patience))
+    if is_main:
+        callbacks.append(ProgressLog(console, config.output, quiet=quiet))
+        if config.tensorboard or "tensorboard" in config.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(config.output / "tensorboard"))))
+        if set(config.report_to) - {"tensorboard"}:
+            from phi3v_train.trackers import tracker_callbacks
+
+            callbacks += tracker_callbacks(config)
+    return callbacks
+
+
+class _Loaded(Exception):
+    """Raised at train begin to leave ``Trainer.train`` once the checkpoint is loaded, before any step."""
+
+
+class _StopAfterLoading(TrainerCallback):
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        raise _Loaded
+
+
+def load_checkpoint(trainer: Trainer, checkpoint: Path) -> None:
+    """Load ``checkpoint`` the way training would (adapters, ZeRO shards) and train no step."""
+    # First in line, so no other callback starts anything (SIGTERM handler, progress bar) that train_end would stop.
+    trainer.callback_handler.callbacks.insert(0, _StopAfterLoading())
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    except _Loaded:
+        pass
+    finally:
+        trainer.callback_handler.callbacks = [cb for cb in trainer.callback_handler.callbacks
+                                              if not isinstance(cb, _StopAfterLoading)]
+        close_callbacks(trainer)
+
+
+def close_callbacks(trainer: Trainer) -> None:
+    """Flush what the callbacks hold open (the progress bar, TensorBoard's writer) once training returns."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressLog):
+            callback.close()
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+            callback.tb_writer.flush()

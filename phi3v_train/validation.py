@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
+from phi3v_train.distributed import gather_over_ranks, sum_over_ranks, world
 from phi3v_train.data import Sample, load_mixture, source_names
 from phi3v_train.evaluate import EvalResult, combine, evaluate, find_split, load_records
 from phi3v_train.metrics import SCORED_TASKS
@@ -37,12 +37,6 @@ class EvalSplit:
     name: str | None
     records: list[Record]
     images_root: Path
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _slice(items: Sequence[Any], rank: int, world: int) -> Sequence[Any]:
@@ -76,8 +70,8 @@ class Validator:
 
     def loss(self, model: torch.nn.Module) -> float | None:
         """Cross-entropy per label token over the whole split (not a mean of batch means), as training counts it."""
-        rank, world = _world()
-        mine = sorted(_slice(range(len(self.samples)), rank, world), key=lambda i: -self.samples[i].length)
+        rank, size = world()
+        mine = sorted(_slice(range(len(self.samples)), rank, size), key=lambda i: -self.samples[i].length)
         device = next(model.parameters()).device
         totals = torch.zeros(2, dtype=torch.float64)
         for start in range(0, len(mine), self.batch_size):
@@ -93,25 +87,16 @@ class Validator:
             summed = torch.nn.functional.cross_entropy(logits.flatten(0, 1), wanted.flatten(), reduction="sum",
                                                        ignore_index=-100)
             totals += torch.tensor([summed.item(), float((wanted != -100).sum())], dtype=torch.float64)
-        if world > 1:
-            from phi3v_train.checkpointing import collective_device
-
-            totals = totals.to(collective_device())
-            dist.all_reduce(totals)
-        summed, tokens = totals.tolist()
+        summed, tokens = sum_over_ranks(totals).tolist()
         return summed / tokens if tokens else None
 
     def generate(self, model: torch.nn.Module, split: EvalSplit) -> EvalResult:
         """``evaluate`` on this rank's records, then every rank's rows joined in record order and scored."""
-        rank, world = _world()
-        part = evaluate(model, self.processor, list(_slice(split.records, rank, world)), images_root=split.images_root,
+        rank, size = world()
+        part = evaluate(model, self.processor, list(_slice(split.records, rank, size)), images_root=split.images_root,
                         num_crops=self.num_crops, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                         progress=False, fmt=self.fmt)
-        parts: list[Any] = [part]
-        if world > 1:
-            parts = [None] * world
-            dist.all_gather_object(parts, part)
-        return combine(parts)
+        return combine(gather_over_ranks(part))
 
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
@@ -136,8 +121,7 @@ def flat_metrics(result: EvalResult) -> dict[str, float | None]:
 
 def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_json: str | None) -> Validator:
     """The eval split of every dataset of the run (``--eval-limit`` records each); ValueError says what is wrong."""
-    from phi3v_train.collator import TextEncoder
-    from phi3v_train.model import bos_id
+    from phi3v_train.model import text_encoding
 
     if deepspeed_json and json.loads(Path(deepspeed_json).read_text()).get("zero_optimization", {}).get("stage") == 3:
         raise ValueError("--eval-every with DeepSpeed ZeRO-3: generation needs every rank's weight shards in each "
@@ -148,8 +132,8 @@ def build_validator(config: Any, processor: Any, collator: Any, *, deepspeed_jso
     for name, data_dir in zip(names, dirs):
         files, images_root = find_split(data_dir, config.eval_split)
         splits.append(EvalSplit(name, load_records(files, limit=config.eval_limit), images_root))
-    dataset, _ = load_mixture(dirs, config.eval_split, encode=TextEncoder(processor.tokenizer),
-                              bos_id=bos_id(processor.tokenizer), num_crops=config.num_crops,
+    encode, bos = text_encoding(processor.tokenizer)
+    dataset, _ = load_mixture(dirs, config.eval_split, encode=encode, bos_id=bos, num_crops=config.num_crops,
                               max_length=config.max_length, fmt=config.prompt_format)
     samples = dataset.samples
     if config.eval_limit is not None:  # the labeled ones among the first --eval-limit records of each dataset

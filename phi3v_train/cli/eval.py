@@ -8,9 +8,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
+from phi3v_data.cli.errors import check_apart, check_writable, is_verbose
+from phi3v_train.cli.inputs import data_inputs, load_failures, model_inputs, read_split
 from phi3v_train.cli.options import attention_option, precision_option, prompt_options
-from phi3v_train.cli.run_checks import quiet_libraries
+from phi3v_train.cli.quiet import quiet_libraries
 
 
 
@@ -65,112 +66,54 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     """
     check_writable("--out", output, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
-    from phi3v_train.data import source_names
-    from phi3v_train.evaluate import datasets_table, evaluate, evaluate_datasets
-    from phi3v_train.loading import LoadError, recorded_prompt_format
-    from phi3v_train.predict import device_and_precision, load_model
+    from phi3v_train.evaluate import evaluate_datasets, results_table
+    from phi3v_train.loading import LoadError, device_and_precision, load_for_inference, recorded_prompt_format
 
     console = Console(stderr=True, soft_wrap=True)
-    if len(set(datas)) != len(datas):
-        raise click.UsageError("--data: the same dataset was given twice")
-    problems: list[str] = []
-    datasets = {}  # name → (files, records, images root, skipped lines), every one checked before the model loads
-    inputs, may_hold = model_inputs(model_path, base)
-    check_apart("--out", output, inputs, may_hold=may_hold)
-    for name, data in zip(source_names(datas), datas):
-        files, records, images_root, skipped = read_split(data, split, limit, console, purpose="evaluate")
-        check_apart("--out", output, data_inputs(data, files, images_root))
-        problems += skipped
-        datasets[name] = (files, records, images_root, len(skipped))
+    datasets = _read_datasets(datas, split, limit, console, output=output, model_path=model_path, base=base)
     try:
         device, precision = device_and_precision(device, precision, attn)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        model, processor = load_model(model_path, base=base, device=device, precision=precision, attention=attn,
-                                      num_crops=num_crops)
-    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        problem = weights_problem(exc)
-        if problem is None:
-            raise
-        raise click.ClickException(f"--model {model_path}: {problem}") from None
-    settings = {"num_crops": processor.image_processor.num_crops, "batch_size": batch_size,
-                "max_new_tokens": max_new_tokens, "progress": not quiet,
-                "fmt": recorded_prompt_format(model_path, image_tags=image_tags, turns=turns)}
-    if len(datasets) == 1:
-        [(files, records, images_root, _)] = datasets.values()
-        result = evaluate(model, processor, records, images_root=images_root, output_dir=output, **settings,
-                          meta={"model": str(model_path), "data": [str(f) for f in files], "skipped_lines": len(problems)})
-        if not quiet:
-            Console().print(result.table(title=escape(f"{datas[0]} [{split}] · {model_path}")))
-        console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
-        failed = result.metrics["failed"]
-    else:
-        results = evaluate_datasets(
-            model, processor, {name: (records, root) for name, (_, records, root, _) in datasets.items()},
-            output_dir=output, meta={"model": str(model_path), "split": split},
-            dataset_meta={name: {"data": [str(f) for f in files], "skipped_lines": skipped}
-                          for name, (files, _, _, skipped) in datasets.items()}, **settings)
-        if not quiet:
-            Console().print(datasets_table(results, title=escape(f"[{split}] · {model_path}")))
+    with load_failures(f"--model {model_path}", LoadError, OSError):  # OSError: a file transformers could not read
+        model, processor = load_for_inference(model_path, base=base, dtype=precision, attn_implementation=attn,
+                                              device=device, num_crops=num_crops)
+    mixture = len(datasets) > 1
+    results = evaluate_datasets(
+        model, processor, {name: (records, root) for name, (_, records, root, _) in datasets.items()},
+        output_dir=output, meta={"model": str(model_path), **({"split": split} if mixture else {})},
+        dataset_meta={name: {"data": [str(f) for f in files], "skipped_lines": len(skipped)}
+                      for name, (files, _, _, skipped) in datasets.items()},
+        num_crops=processor.image_processor.num_crops, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        progress=not quiet, fmt=recorded_prompt_format(model_path, image_tags=image_tags, turns=turns))
+    if not quiet:
+        shown = f"[{split}] · {model_path}" if mixture else f"{datas[0]} [{split}] · {model_path}"
+        Console().print(results_table(results, title=escape(shown)))
+    if mixture:
         console.print(f"wrote {output}/<dataset>/predictions.jsonl and metrics.json for "
                       f"{', '.join(results)}, and {output / 'metrics.json'} by dataset")
-        failed = sum(result.metrics["failed"] for result in results.values())
-    if problems or failed:
+    else:
+        console.print(f"wrote {output / 'predictions.jsonl'} and {output / 'metrics.json'}")
+    failed = sum(result.metrics["failed"] for result in results.values())
+    if failed or any(skipped for *_, skipped in datasets.values()):
         raise SystemExit(1)
 
 
-def read_split(
-    data: Path, split: str, limit: int | None, console: Console, *, purpose: str
-) -> tuple[list[Path], list, Path, list[str]]:
-    """(files, records, images root, skipped lines) of one dataset's split for eval and predict: the lines that
-    cannot be read are printed and returned, a missing split or no usable record is a message naming the files."""
-    from phi3v_train.evaluate import find_split, load_records
+def _read_datasets(
+    datas: tuple[Path, ...], split: str, limit: int | None, console: Console, *, output: Path, model_path: Path,
+    base: str | None,
+) -> dict[str, tuple[list[Path], list, Path, list[str]]]:
+    """name → (files, records, images root, skipped lines) of every --data, each checked against --out before the
+    model loads (minutes)."""
+    from phi3v_train.data import source_names
 
-    try:
-        files, images_root = find_split(data, split)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    skipped: list[str] = []
-    records = load_records(files, limit=limit, on_error=skipped.append)
-    for problem in skipped:
-        console.print(f"[yellow]skipped[/] {escape(problem)}")
-    if not records:
-        names = " ".join(map(str, files))
-        raise click.ClickException(f"{names}: no valid records to {purpose}; run `phi3v-data validate {names}`")
-    return files, records, images_root, skipped
-
-
-def data_inputs(data: Path, files: list[Path], images_root: Path) -> list[tuple[str, Path]]:
-    """What eval and predict read of one --data, for the output rule (the split files named first: the likeliest
-    mistake is an --out that is one of them)."""
-    return [*(("the split file", file) for file in files), ("--data", data), ("the images folder", images_root)]
-
-
-def model_inputs(model: str | Path, base: str | None) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """(inputs, may_hold) of --model and --base for the output rule: the checkpoint or adapter read and a local
-    base; a run directory given as --model may hold the output (RUN/eval beside RUN/final), never be or contain it.
-    A Hub id is no local input."""
-    from phi3v_train.loading import LoadError, adapter_base, is_adapter, resolve_model_dir
-
-    path = Path(model)
-    if not path.exists():
-        return [], []
-    try:
-        model_dir = resolve_model_dir(path)
-    except LoadError:
-        return [("--model", path)], []
-    if model_dir == path:
-        inputs, may_hold = [("--model", path)], []
-    else:
-        inputs, may_hold = [("the checkpoint", model_dir)], [("--model", path)]
-    if base is not None or is_adapter(model_dir):
-        try:
-            base_path = Path(adapter_base(model_dir, base=base))
-        except LoadError:
-            return inputs, may_hold  # loading reports it
-        if base_path.exists():
-            inputs.append(("the base model directory", base_path))
-    return inputs, may_hold
+    if len(set(datas)) != len(datas):
+        raise click.UsageError("--data: the same dataset was given twice")
+    inputs, may_hold = model_inputs(model_path, base)
+    check_apart("--out", output, inputs, may_hold=may_hold)
+    datasets = {}
+    for name, data in zip(source_names(datas), datas):
+        files, records, images_root, skipped = read_split(data, split, limit, console, purpose="evaluate")
+        check_apart("--out", output, data_inputs(data, files, images_root))
+        datasets[name] = (files, records, images_root, skipped)
+    return datasets

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from phi3v_data.cli.errors import check_apart, check_writable, is_verbose, weights_problem
+from phi3v_data.cli.errors import check_apart, check_writable, is_verbose
+from phi3v_train.cli.inputs import load_failures
 from phi3v_train.cli.options import precision_option
-from phi3v_train.cli.run_checks import quiet_libraries
+from phi3v_train.cli.quiet import quiet_libraries
 
 
 @click.command("export")
@@ -35,15 +36,9 @@ def export(adapter: Path, base: str | None, out: Path, precision: str | None, ov
     from phi3v_train.merge import merge_adapter
     from phi3v_train.model.modeling_phi3v import MissingWeightsError
 
-    try:
+    # OSError: a checkpoint file transformers could not read
+    with load_failures(f"--adapter {adapter} (or its base)", LoadError, MissingWeightsError, OSError):
         merged = merge_adapter(adapter, out=out, base=base, dtype=precision, overwrite=overwrite)
-    except (LoadError, MissingWeightsError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        problem = weights_problem(exc)
-        if problem is None:
-            raise
-        raise click.ClickException(f"--adapter {adapter} (or its base): {problem}") from None
     click.echo(f"merged checkpoint written to {merged}")
 
 

@@ -29,7 +29,7 @@ def init_tiny(out: Path, preset: str, seed: int, num_crops: int, overwrite: bool
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.UsageError(f"{out} is not empty; choose another directory or pass --overwrite")
     from phi3v_data.cli.errors import is_verbose
-    from phi3v_train.cli.run_checks import quiet_libraries
+    from phi3v_train.cli.quiet import quiet_libraries
 
     quiet_libraries(verbose=is_verbose(click.get_current_context()))  # no deprecation or accelerator chatter
     from phi3v_train.model import create_tiny_checkpoint

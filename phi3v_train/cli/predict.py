@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
+from phi3v_train.cli.inputs import data_inputs, load_failures, model_inputs, read_split
 from phi3v_train.cli.options import attention_option, precision_option, prompt_options
 
 
@@ -54,48 +56,62 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
     if data is not None and (images or output is None):
         raise click.UsageError("--data answers the records' own images into --out: drop --image, give --out")
     from phi3v_data.cli.errors import is_verbose
-    from phi3v_train.cli.run_checks import quiet_libraries
+    from phi3v_train.cli.quiet import quiet_libraries
 
     quiet_libraries(verbose=is_verbose(click.get_current_context()))  # the answer, not loading bars and deprecations
     import torch  # not transformers.set_seed: its module imports peft, and so bitsandbytes (3 s)
 
-    from phi3v_train.loading import LoadError
-    from phi3v_train.predict import Predictor, device_and_precision, generation_settings
+    from phi3v_train.loading import LoadError, device_and_precision
+    from phi3v_train.predict import Predictor, generation_settings
 
     try:  # the defaults first: flash attention with the GPU's default bf16 is fine
         device, precision = device_and_precision(device, precision, attention)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console(stderr=True, soft_wrap=True)
-    records, images_root, problems = [], None, []
     if data is not None:
-        from phi3v_data.cli.errors import check_apart
-        from phi3v_train.cli.eval import data_inputs, model_inputs, read_split
-
-        files, records, images_root, problems = read_split(data, split, limit, console, purpose="answer")
-        inputs, may_hold = model_inputs(model_source, base)
-        check_apart("--out", output, [*data_inputs(data, files, images_root), *inputs], may_hold=may_hold)
-    try:
+        records, images_root, problems = _read_records(data, split, limit, console, output=output, model=model_source,
+                                                       base=base)
+    with load_failures(f"--model {model_source}", LoadError, OSError):  # OSError: a file transformers could not read
         predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
                                    num_crops=num_crops, max_new_tokens=max_new_tokens, image_tags=image_tags, turns=turns,
                                    generation=generation_settings(do_sample=do_sample, temperature=temperature,
                                                                   top_p=top_p))
-    except (LoadError, OSError) as exc:  # OSError: a checkpoint file transformers could not read
-        raise click.ClickException(str(exc)) from None
     torch.manual_seed(seed)  # sampling draws from torch's generator only (every device)
     if data is None:
-        try:
-            answer = predictor.answer(question, images=images)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(json.dumps({"answer": answer.text, "p_yes": answer.p_yes}) if as_json else answer.text)
+        _answer_question(predictor, question, images, as_json=as_json)
         return
+    rows = predictor.predict_records(records, images_root=images_root, batch_size=batch_size, progress=not quiet)
+    _write_rows(rows, output, console)
+    if problems:
+        raise SystemExit(1)
+
+
+def _answer_question(predictor: Any, question: str, images: tuple[Path, ...], *, as_json: bool) -> None:
+    try:
+        answer = predictor.answer(question, images=images)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"answer": answer.text, "p_yes": answer.p_yes}) if as_json else answer.text)
+
+
+def _write_rows(rows: list[dict[str, Any]], output: Path, console: Console) -> None:
+    """--out, atomically; exit 1 when a record could not be answered (its row holds the error)."""
     from phi3v_data.io import write_jsonl
 
-    rows = predictor.predict_records(records, images_root=images_root, batch_size=batch_size, progress=not quiet)
     write_jsonl(output, rows)
     failed = sum("error" in row for row in rows)
     console.print(f"wrote {len(rows)} predictions to {output}" + (f" ({failed} failed: see 'error')" if failed else ""))
-    if failed or problems:
+    if failed:
         raise SystemExit(1)
 
+
+def _read_records(data: Path, split: str, limit: int | None, console: Console, *, output: Path, model: str,
+                  base: str | None) -> tuple[list, Path, list[str]]:
+    """(records, images root, skipped lines) of --data, with --out checked apart from everything read."""
+    from phi3v_data.cli.errors import check_apart
+
+    files, records, images_root, problems = read_split(data, split, limit, console, purpose="answer")
+    inputs, may_hold = model_inputs(model, base)
+    check_apart("--out", output, [*data_inputs(data, files, images_root), *inputs], may_hold=may_hold)
+    return records, images_root, problems

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from phi3v_data.cli.errors import GuardedCommand, set_verbose, weights_problem
+from phi3v_data.cli.errors import GuardedCommand, set_verbose
+from phi3v_train.cli.inputs import load_failures
 from phi3v_train.cli.options import attention_option, precision_option
 
 HELP = """Finetune Phi-3.5-vision on a converted dataset.
@@ -132,18 +133,37 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--verbose", "-v", is_flag=True, callback=set_verbose, help="Show library warnings and tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the closing lines.")
 def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> None:
-    from phi3v_train.cli.run_checks import absolute_paths, check_inputs, quiet_libraries  # noqa: PLC0415 - keep --help fast
-    from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415
+    from phi3v_train.cli.quiet import quiet_libraries  # noqa: PLC0415 - keep --help fast
+    from phi3v_train.cli.run_checks import check_inputs  # noqa: PLC0415
 
     dry_run = given.pop("dry_run")
     resume_flags = {"allow_changed_settings": given.pop("allow_changed_settings"),
                     "fresh_optimizer": given.pop("fresh_optimizer")}
+    config = _settings(config_path, given, dry_run=dry_run)
+    if dry_run:
+        _write_dry_run(config)
+        return
+    config, notes = check_inputs(config)  # milliseconds, before torch is imported (seconds)
+    for note in notes:
+        click.echo(note, err=True)
+    quiet_libraries(verbose=verbose)
+    from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
+
+    with load_failures(f"--model {config.model} (or the checkpoint resumed from)", RunError):
+        result = run_training(config, verbosity=-1 if quiet else 1 if verbose else 0, **resume_flags)
+    _report(result, config)
+
+
+def _settings(config_path: Path | None, given: dict[str, Any], *, dry_run: bool) -> Any:
+    """The resolved TrainConfig: YAML, flags, a run's own config.yaml followed; a recipe's settings described."""
+    from phi3v_train.cli.run_checks import absolute_paths  # noqa: PLC0415
+    from phi3v_train.config import ConfigError, load_config  # noqa: PLC0415
+    from phi3v_train.run_dir import follow_run_config  # noqa: PLC0415
+
     try:
         config = load_config(config_path, flags=_flags(**given))
     except ConfigError as exc:
         raise click.UsageError("\n".join(exc.problems)) from None
-    from phi3v_train.run_dir import dry_run_config_path, follow_run_config  # noqa: PLC0415
-
     config, note = follow_run_config(config_path, config, out_given=given.get("output") is not None)
     if note:
         click.echo(note, err=True)
@@ -153,29 +173,21 @@ def run(config_path: Path | None, verbose: bool, quiet: bool, **given: Any) -> N
         from phi3v_train.recipes import describe_settings  # noqa: PLC0415
 
         click.echo(describe_settings(config), err=not dry_run)
-    if dry_run:
-        from phi3v_train.config import write_config  # noqa: PLC0415
+    return config
 
-        target = dry_run_config_path(config.output)
-        write_config(config, target)
-        kept = f" ({config.output} holds a run: its config.yaml is left as it is)" if target.name != "config.yaml" else ""
-        click.echo(f"dry run: settings written to {target}{kept}; nothing loaded or trained")
-        return
-    config, notes = check_inputs(config)  # milliseconds, before torch is imported (seconds)
-    for note in notes:
-        click.echo(note, err=True)
-    quiet_libraries(verbose=verbose)
-    from phi3v_train.train import RunError, run as run_training  # noqa: PLC0415 - imports torch
 
-    try:
-        result = run_training(config, verbosity=-1 if quiet else 1 if verbose else 0, **resume_flags)
-    except RunError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        problem = weights_problem(exc)
-        if problem is None:
-            raise
-        raise click.ClickException(f"--model {config.model} (or the checkpoint resumed from): {problem}") from None
+def _write_dry_run(config: Any) -> None:
+    from phi3v_train.config import write_config  # noqa: PLC0415
+    from phi3v_train.run_dir import dry_run_config_path  # noqa: PLC0415
+
+    target = dry_run_config_path(config.output)
+    write_config(config, target)
+    kept = f" ({config.output} holds a run: its config.yaml is left as it is)" if target.name != "config.yaml" else ""
+    click.echo(f"dry run: settings written to {target}{kept}; nothing loaded or trained")
+
+
+def _report(result: Any, config: Any) -> None:
+    """The closing lines (the main process's), and exit 1 when pre-empted."""
     if result.status == "preempted":
         if result.main_process:
             click.echo(f"stopped by SIGTERM at step {result.global_step}; checkpoint {result.last_checkpoint}. "

@@ -1,54 +1,39 @@
 """What ``phi3v-train run`` checks before importing torch (seconds) and loading a model (minutes).
 
 Every dataset directory, every split the run will read (the train split, and the eval split when it evaluates) and
-the run directory are checked in milliseconds, and all problems are reported together. Library chatter
-(transformers/DeepSpeed info and warnings, torch's UserWarnings) is hidden unless ``-v``: a user should see only
-what they can act on.
+the run directory are checked in milliseconds, and all problems are reported together.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
 from phi3v_train.config import TrainConfig
-
-
-def splits_in(directory: Path) -> list[str]:
-    """Split names of a converted dataset, ``<name>_<split>.jsonl`` → ``split``, for messages.
-
-    Names and splits may both hold ``_`` (``hateful_memes_dev_unseen``): the prefix all files share is the name.
-    """
-    stems = sorted(path.stem for path in directory.glob("*_*.jsonl"))
-    shared = os.path.commonprefix(stems) if len(stems) > 1 else ""
-    prefix = shared[: shared.rfind("_") + 1]
-    return sorted({stem[len(prefix):] if prefix else stem.rsplit("_", 1)[1] for stem in stems})
+from schemas.layout import IMAGES_DIR, split_file_name, split_files, split_glob, split_of, splits_in
 
 
 def has_split(directory: Path, split: str) -> bool:
-    """What training will find: any ``*_<split>.jsonl`` (the glob :func:`phi3v_train.data.split_files` uses)."""
-    return any(directory.glob(f"*_{split}.jsonl"))
+    """What training will find: any ``*_<split>.jsonl`` (the files :func:`phi3v_train.data.split_files` reads)."""
+    return bool(split_files(directory, split))
 
 
 def _data_file(config: TrainConfig, notes: list[str]) -> TrainConfig:
     """``--data DIR/name_split.jsonl`` (what ``eval`` accepts) → ``--data DIR --train-split split`` when unambiguous."""
     path = Path(config.data)  # type: ignore[arg-type]
-    if path.suffix != ".jsonl" or "_" not in path.stem:
+    split = split_of(path)
+    if split is None:
         raise click.UsageError(f"--data {path}: a file; give the converted dataset directory (the folder that holds "
-                               "<name>_train.jsonl and images/)")
-    split = path.stem.rsplit("_", 1)[1]
-    others = [p.name for p in sorted(path.parent.glob(f"*_{split}.jsonl")) if p.resolve() != path.resolve()]
+                               f"{split_file_name('<name>', 'train')} and {IMAGES_DIR}/)")
+    others = [p.name for p in split_files(path.parent, split) if p.resolve() != path.resolve()]
     if others:
-        raise click.UsageError(f"--data {path}: training reads every *_{split}.jsonl of a dataset directory, and "
+        raise click.UsageError(f"--data {path}: training reads every {split_glob(split)} of a dataset directory, and "
                                f"{path.parent} also has {', '.join(others)}; put the file in a directory of its own "
-                               "(with its images/) or pass --data DIR --train-split SPLIT")
+                               f"(with its {IMAGES_DIR}/) or pass --data DIR --train-split SPLIT")
     notes.append(f"--data {path}: training on dataset {path.parent}, split {split!r}")
     return config.model_copy(update={"data": path.parent, "train_split": split})
 
@@ -70,10 +55,10 @@ def _check_sources(config: TrainConfig) -> list[str]:
             problems.append(f"--data {path}: not a directory; give the converted dataset directory")
             continue
         have = splits_in(path)
-        listed = ", ".join(have) or "none (no <name>_<split>.jsonl files)"
+        listed = ", ".join(have) or f"none (no {split_file_name('<name>', '<split>')} files)"
         for flag, split in needed:
             if not has_split(path, split):
-                problems.append(f"--data {path}: no {split!r} split for {flag} (no *_{split}.jsonl); "
+                problems.append(f"--data {path}: no {split!r} split for {flag} (no {split_glob(split)}); "
                                 f"splits there: {listed}")
         if evaluates:
             has_eval.append((path, has_split(path, config.eval_split), listed))
@@ -137,40 +122,3 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     data = data.resolve() if isinstance(data, Path) else [s.model_copy(update={"path": s.path.resolve()}) for s in data]
     model = str(Path(config.model).resolve()) if Path(config.model).is_dir() else config.model
     return config.model_copy(update={"data": data, "output": config.output.resolve(), "model": model})
-
-
-# Loggers that speak at INFO/WARNING about things a user cannot change (deprecations inside libraries, DeepSpeed's
-# start-up report); errors still come through.
-_CHATTY = ("transformers", "DeepSpeed", "deepspeed", "accelerate", "torch.distributed", "peft", "bitsandbytes")
-
-
-class _ErrorsOnly(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
-def quiet_libraries(*, verbose: bool) -> None:
-    """Hide library warnings and info unless ``verbose``; our own warnings (``phi3v_train.*``) stay visible.
-
-    A filter, not a level: DeepSpeed sets its logger's level itself when imported, after this runs.
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in _CHATTY:
-        logger = logging.getLogger(name)
-        # The level reaches child loggers (bitsandbytes.backends.cpu.ops warns at import on AVX512-BF16 CPUs); a
-        # filter on this logger does not, but it survives a library that resets its own logger's level.
-        logger.setLevel(logging.ERROR)
-        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
-            logger.addFilter(_ErrorsOnly())
-    for category in (UserWarning, FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    if "transformers" in sys.modules:  # already imported: the environment variables above came too late
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, A
 from .configuration_phi3v import Phi3VConfig
 from .image_processing_phi3v import Phi3VImageProcessor
 from .modeling_phi3v import QUANT_SKIP_MODULES, Phi3VForCausalLM, Phi3VModel
-from .processing_phi3v import Phi3VProcessor, bos_id, text_encoder
+from .processing_phi3v import Phi3VProcessor, TextEncoder, bos_id, text_encoding
 from .tiny import count_parameters, create_tiny_checkpoint, preset_config
 
 AutoConfig.register("phi3_v", Phi3VConfig, exist_ok=True)
@@ -27,8 +27,9 @@ __all__ = [
     "QUANT_SKIP_MODULES",
     "Phi3VImageProcessor",
     "Phi3VProcessor",
+    "TextEncoder",
     "bos_id",
-    "text_encoder",
+    "text_encoding",
     "create_tiny_checkpoint",
     "count_parameters",
     "preset_config",

@@ -7,7 +7,7 @@ each piece starts with BOS when the tokenizer adds one: a BOS follows every imag
 
 :func:`phi3v_data.prompt.encode_segments` implements exactly this rule (BOS at the start and after every image), and
 the processor calls it, so training, validation and inference share one encoder. :func:`bos_id` and
-:func:`text_encoder` give the arguments that training code passes to ``encode_record``.
+:class:`TextEncoder` (both: :func:`text_encoding`) give the arguments that training code passes to ``encode_record``.
 
 Batched calls pad every sample to the longest with the tokenizer's pad id; the side is ``padding_side`` (default:
 the tokenizer's, ``"right"`` for training; use ``"left"`` for batched ``generate``).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,24 @@ def bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     return bos if bos is not None and ids and ids[0] == bos else None
 
 
-def text_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]]:
-    """Text → ids without special tokens, the ``encode`` argument of :func:`phi3v_data.prompt.encode_record`."""
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+class TextEncoder:
+    """Text → ids without special tokens, the ``encode`` argument of :func:`phi3v_data.prompt.encode_record` (BOS
+    comes from :func:`bos_id`); a class, so data loader and measuring workers can unpickle it."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def batch(self, texts: list[str]) -> list[list[int]]:
+        """``[self(text) for text in texts]`` in one tokenizer call (measuring a million records at start-up)."""
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def text_encoding(tokenizer: PreTrainedTokenizerBase) -> tuple[TextEncoder, int | None]:
+    """(``encode``, ``bos_id``): the two arguments every caller of ``encode_record`` passes for this tokenizer."""
+    return TextEncoder(tokenizer), bos_id(tokenizer)
 
 
 class Phi3VProcessor:
@@ -153,7 +168,7 @@ class Phi3VProcessor:
             )
         segment = Segment(text, train=False)
         encoded = encode_segments(
-            [segment], encode=text_encoder(self.tokenizer), image_tokens=num_tokens, bos_id=bos_id(self.tokenizer)
+            [segment], encode=TextEncoder(self.tokenizer), image_tokens=num_tokens, bos_id=bos_id(self.tokenizer)
         )
         return encoded.input_ids
 

@@ -12,14 +12,14 @@ from click.testing import CliRunner
 
 from phi3v_train.cli import main
 from phi3v_train.config import ConfigError, load_config, suggest_setting
-from train_fixtures import dataset, tiny_model  # noqa: F401 - fixtures
+
 
 FAST = ["--strategy", "full", "--precision", "fp32", "--num-crops", "1", "--lr", "1e-3", "--warmup", "0",
         "--scheduler", "constant", "--workers", "0", "--no-tensorboard", "--seed", "0", "--no-gradient-checkpointing"]
 
 
 def test_short_run_logs_first_and_last_step_with_eta_and_a_closing_line(
-    tmp_path: Path, dataset: Path, tiny_model: Path, monkeypatch  # noqa: F811
+    tmp_path: Path, dataset: Path, tiny_model: Path, monkeypatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     data_file = dataset / "colors_train.jsonl"  # a file, as eval accepts it: trains on its directory's split
@@ -66,7 +66,7 @@ def test_flash_is_accepted_as_bench_spells_it(tmp_path: Path) -> None:
     assert "--attention flash_attention_2 with --precision fp16" in result.output
 
 
-def test_eval_and_predict_spell_attention_as_run_does(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_eval_and_predict_spell_attention_as_run_does(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:
     """One set of choices (phi3v_train.cli.options): `flash` reaches eval and predict as flash_attention_2."""
     for command in (["eval", "--data", str(dataset), "--split", "train", "--output", str(tmp_path / "out")],
                     ["predict", "--image", str(tiny_model / "config.json"), "What?"]):

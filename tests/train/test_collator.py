@@ -13,13 +13,13 @@ from phi3v_data.prompt import IGNORE_INDEX, encode_record
 from phi3v_train.collator import Collator, TextEncoder
 from phi3v_train.data import DataError, load_split, preflight
 from phi3v_train.model import Phi3VProcessor, bos_id
-from train_fixtures import dataset, tiny_model, write_dataset  # noqa: F401 - fixtures
+from train_fixtures import write_dataset
 
 NUM_CROPS = 2
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model: Path) -> Phi3VProcessor:  # noqa: F811
+def processor(tiny_model: Path) -> Phi3VProcessor:
     return Phi3VProcessor.from_pretrained(tiny_model, num_crops=NUM_CROPS)
 
 
@@ -28,7 +28,7 @@ def _load(data: Path, processor: Phi3VProcessor, *, max_length: int = 100_000):
                       num_crops=NUM_CROPS, max_length=max_length)
 
 
-def test_batch_lengths_match_encode_record_and_measured_lengths(dataset: Path, processor: Phi3VProcessor) -> None:  # noqa: F811
+def test_batch_lengths_match_encode_record_and_measured_lengths(dataset: Path, processor: Phi3VProcessor) -> None:
     samples, summary = _load(dataset, processor)
     assert summary.kept == 8
     collate = Collator(image_processor=processor.image_processor, encode=TextEncoder(processor.tokenizer),
@@ -86,7 +86,7 @@ def test_pad_right() -> None:
     assert out["attention_mask"].dtype == torch.long and out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path: Path, processor: Phi3VProcessor) -> None:  # noqa: F811
+def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path: Path, processor: Phi3VProcessor) -> None:
     """An answer holding ``<|end|><|user|>`` (or a question holding ``<|end|>\\n<|assistant|>``, or HTML ``<s>``) is
     trained as the characters it is: the only control tokens of the batch are the chat template's own."""
     forged = [
@@ -118,7 +118,7 @@ def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path:
     assert tokens(rows[2][0])[3:11] == ["<", "▁s", ">", "old", "<", "▁/", "s", ">"]  # HTML strike-through, not BOS/EOS
 
 
-def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path: Path, processor: Phi3VProcessor) -> None:  # noqa: F811
+def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path: Path, processor: Phi3VProcessor) -> None:
     """A 16-bit grayscale PNG (values 0..65535, mode I;16) gives the pixel_values of the 8-bit image v >> 8."""
     import numpy as np
 

@@ -17,7 +17,7 @@ import pytest
 
 from phi3v_train.config import load_config
 from phi3v_train.train import run
-from train_fixtures import cli_args, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import cli_args, run_flags, write_dataset
 
 HERE = Path(__file__).parent
 STEPS = 2
@@ -39,8 +39,17 @@ def _losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+def _assert_deepspeed_matches(flags: dict, expected: list[float]) -> None:
+    """Two DeepSpeed ranks on CPU train to the one-process losses and write final/."""
+    _torchrun([str(HERE / "ds_launch.py")], flags, DS_ACCELERATOR="cpu")
+    run_dir = Path(flags["output"])
+    # DeepSpeed's fp32 path differs from plain PyTorch in the last digits (seen: ~3e-5 relative).
+    assert _losses(run_dir) == pytest.approx(expected, rel=1e-3)
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, list[float]]:  # noqa: F811
+def single(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, list[float]]:
     root = tmp_path_factory.mktemp("single")
     data = write_dataset(root / "data")
     result = run(load_config(flags=_flags(data, tiny_model, root / "run")))
@@ -49,7 +58,7 @@ def single(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_match_single_process(single, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_ddp_two_ranks_match_single_process(single, tiny_model: Path, tmp_path: Path) -> None:
     data, expected = single
     _torchrun(["-m", "phi3v_train.cli.run"], _flags(data, tiny_model, tmp_path / "ddp"))
     assert _losses(tmp_path / "ddp") == pytest.approx(expected, rel=1e-5)
@@ -57,17 +66,13 @@ def test_ddp_two_ranks_match_single_process(single, tiny_model: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_matches_single_process(single, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_deepspeed_zero2_matches_single_process(single, tiny_model: Path, tmp_path: Path) -> None:
     data, expected = single
-    flags = {**_flags(data, tiny_model, tmp_path / "zero2"), "deepspeed": "zero2"}
-    _torchrun([str(HERE / "ds_launch.py")], flags, DS_ACCELERATOR="cpu")
-    # DeepSpeed's fp32 path differs from plain PyTorch in the last digits (seen: ~3e-5 relative).
-    assert _losses(tmp_path / "zero2") == pytest.approx(expected, rel=1e-3)
-    assert (tmp_path / "zero2" / "final" / "model.safetensors").is_file()
+    _assert_deepspeed_matches({**_flags(data, tiny_model, tmp_path / "zero2"), "deepspeed": "zero2"}, expected)
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_with_uneven_image_counts_matches_single_process(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_deepspeed_zero3_with_uneven_image_counts_matches_single_process(tiny_model: Path, tmp_path: Path) -> None:
     """ZeRO-3 gathers each module's weights collectively: ranks holding 0, 1 or 2 images per batch must not hang."""
     text_only = [
         {"id": f"text-{i}", "task": "chat", "conversations": [{"user": f"Say {word}.", "assistant": word}]}
@@ -75,14 +80,11 @@ def test_deepspeed_zero3_with_uneven_image_counts_matches_single_process(tiny_mo
     ]
     data = write_dataset(tmp_path / "data", count=6, extra=text_only)
     expected = run(load_config(flags=_flags(data, tiny_model, tmp_path / "single"))).losses
-    flags = {**_flags(data, tiny_model, tmp_path / "zero3"), "deepspeed": "zero3"}
-    _torchrun([str(HERE / "ds_launch.py")], flags, DS_ACCELERATOR="cpu")
-    assert _losses(tmp_path / "zero3") == pytest.approx(expected, rel=1e-3)
-    assert (tmp_path / "zero3" / "final" / "model.safetensors").is_file()
+    _assert_deepspeed_matches({**_flags(data, tiny_model, tmp_path / "zero3"), "deepspeed": "zero3"}, expected)
 
 
 @pytest.mark.slow
-def test_ddp_evaluation_during_training_equals_a_single_process_one(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_ddp_evaluation_during_training_equals_a_single_process_one(tiny_model: Path, tmp_path: Path) -> None:
     """--eval-every on two ranks (DDP, ZeRO-2): each takes half the eval split; the gathered numbers are the
     one-process ones."""
     from test_watch import write_binary_val

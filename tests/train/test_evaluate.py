@@ -14,7 +14,8 @@ from PIL import Image
 
 import phi3v_train.evaluate as evaluate_module
 from phi3v_train.cli import main
-from phi3v_train.evaluate import Generator, evaluate, find_split, load_records
+from phi3v_train.evaluate import evaluate, find_split, load_records
+from phi3v_train.generate import Generator
 from phi3v_train.loading import load_for_inference
 from phi3v_train.model import create_tiny_checkpoint
 from schemas import Record
@@ -118,6 +119,40 @@ def test_multi_turn_history_is_reference_or_own_answer(monkeypatch: pytest.Monke
     evaluate(None, None, SCRIPTED_RECORDS, images_root=tmp_path, num_crops=4, progress=False)
     assert ScriptedGenerator.histories[("c1", 1)] == ["cat"]  # labeled: the reference, not the prediction "kitten"
     assert ScriptedGenerator.histories[("u1", 1)] == ["alpha"]  # unlabeled: the model's own first answer
+
+
+def test_evaluate_datasets_writes_one_dataset_in_place_and_a_mixture_by_dataset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The one function eval and a run's --eval-after share: one dataset in OUTPUT/, a mixture in OUTPUT/<name>/
+    (also when only one of its datasets has the split), with OUTPUT/metrics.json by dataset."""
+    from phi3v_train.evaluate import evaluate_datasets, results_table
+
+    monkeypatch.setattr(evaluate_module, "Generator", ScriptedGenerator)
+    binary, vqa = SCRIPTED_RECORDS[:4], SCRIPTED_RECORDS[4:6]
+    single = evaluate_datasets(None, None, {"memes": (binary, tmp_path)}, output_dir=tmp_path / "one",
+                               meta={"when": "after"}, dataset_meta={"memes": {"skipped_lines": 2}}, num_crops=4,
+                               progress=False)
+    written = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert (list(single), written["when"], written["skipped_lines"], written["tasks"]["binary"]["auroc"]) == (
+        ["memes"], "after", 2, 0.875)
+    assert "dataset" not in written and sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "metrics.json", "predictions.jsonl"]
+    assert [c.header for c in results_table(single).columns][0] == "task"
+
+    lone = evaluate_datasets(None, None, {"memes": (binary, tmp_path)}, output_dir=tmp_path / "lone", mixture=True,
+                             meta={"when": "after"}, num_crops=4, progress=False)
+    assert json.loads((tmp_path / "lone" / "memes" / "metrics.json").read_text())["dataset"] == "memes"
+    assert list(json.loads((tmp_path / "lone" / "metrics.json").read_text())["datasets"]) == ["memes"]
+    assert [c.header for c in results_table(lone, mixture=True).columns][:2] == ["dataset", "task"]
+
+    mixed = evaluate_datasets(None, None, {"memes": (binary, tmp_path), "docvqa": (vqa, tmp_path)},
+                              output_dir=tmp_path / "mix", meta={"when": "after"}, num_crops=4, progress=False)
+    by_dataset = json.loads((tmp_path / "mix" / "metrics.json").read_text())
+    assert (by_dataset["when"], list(by_dataset["datasets"])) == ("after", ["memes", "docvqa"])
+    assert by_dataset["datasets"]["docvqa"]["tasks"]["vqa"]["accuracy"] == 0.5
+    assert len(results_table(mixed).rows) == 2  # one row per dataset and task
+    assert mixed["memes"].metrics["tasks"] == single["memes"].metrics["tasks"]
 
 
 def test_batches_never_exceed_batch_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

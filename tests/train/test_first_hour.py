@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from phi3v_train.cli import main
 from phi3v_train.trainer import throughput
-from train_fixtures import tiny_model, write_dataset  # noqa: F401 - fixtures
+from train_fixtures import write_dataset
 
 
 def test_throughput_keeps_significant_digits_for_slow_runs() -> None:

@@ -17,7 +17,7 @@ from phi3v_train.config import ConfigError, DataSource, load_config, parse_data_
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.train import RunError, run
 from test_resume import Interrupt
-from train_fixtures import cli_args, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import run_flags, write_dataset
 
 BASE = {"model": "m", "output": "o"}
 
@@ -135,7 +135,7 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 def test_mixture_trains_by_weight_logs_per_dataset_and_resumes_exactly(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture  # noqa: F811
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture
 ) -> None:
     colors, paints = _two_datasets(tmp_path)
     # Weights 1:2 over 4 + 2 samples: an epoch of 6 draws 2 colors and 4 paints (paints twice over); global batch 2
@@ -175,7 +175,7 @@ def test_mixture_trains_by_weight_logs_per_dataset_and_resumes_exactly(
 TIMING = ("images_per_s", "tokens_per_s", "peak_memory_gb")
 
 
-def test_each_dataset_of_a_mixture_is_validated(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_each_dataset_of_a_mixture_is_validated(tmp_path: Path, tiny_model: Path) -> None:
     colors, paints = _two_datasets(tmp_path)
     bad = {"id": "x", "conversations": [{"images": ["nope.png"], "user": "q", "assistant": "a"}]}
     write_dataset(paints, name="paints", count=1, extra=[bad])

@@ -21,7 +21,7 @@ from phi3v_train.model import Phi3VForCausalLM
 from phi3v_train.model.tiny import preset_config
 from phi3v_train.plan import GPUS, make_plan
 from phi3v_train.strategies import apply_strategy
-from train_fixtures import tiny_model  # noqa: F401 - fixture
+
 
 OFFICIAL_CONFIG = Path(__file__).parents[1] / "fixtures" / "phi-3.5-vision-instruct" / "config.json"
 
@@ -42,7 +42,7 @@ def test_official_config_gives_the_default_architecture() -> None:
                              "vision": 290_909_184, "vision_unused": 12_598_272, "projector": 22_034_432}
 
 
-def test_lora_size_matches_peft(tiny_model: Path) -> None:  # noqa: F811
+def test_lora_size_matches_peft(tiny_model: Path) -> None:
     config = load_config(flags={"data": "d", "model": str(tiny_model), "output": "o", "strategy": "lora",
                                 "precision": "fp32", "lora": {"rank": 4, "lm_head": True, "vision": True,
                                                               "projector": True}})

@@ -16,13 +16,13 @@ from phi3v_train.loading import load_for_inference
 from phi3v_train.merge import merge_adapter
 from phi3v_train.predict import Answer, Predictor, generation_settings
 from phi3v_train.train import run
-from train_fixtures import COLORS, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import COLORS, run_flags, write_dataset
 
 QUESTION = "What color is the image?"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:  # noqa: F811
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
     """A LoRA run's final/ (adapter), its merged export, and a full-finetuning run directory (final/ inside)."""
     root = tmp_path_factory.mktemp("predict")
     data = write_dataset(root / "data", count=4)
@@ -68,7 +68,7 @@ def test_predict_answers_one_image_as_eval_would(kind: str, models: dict[str, Pa
 
 
 def test_adapter_and_its_export_agree_and_differ_from_the_base(models: dict[str, Path], page: Path,
-                                                                tiny_model: Path) -> None:  # noqa: F811
+                                                                tiny_model: Path) -> None:
     adapter = Predictor.load(models["lora"], num_crops=1, max_new_tokens=8).answer(QUESTION, images=[page])
     merged = Predictor.load(models["export"], num_crops=1, max_new_tokens=8).answer(QUESTION, images=[page])
     base = Predictor.load(tiny_model, num_crops=1, max_new_tokens=8).answer(QUESTION, images=[page])
@@ -136,7 +136,7 @@ def test_predict_refuses_unclear_requests_with_a_message(page: Path, tmp_path: P
 
 
 def test_device_and_precision_defaults_and_the_flash_attention_rule() -> None:
-    from phi3v_train.predict import device_and_precision
+    from phi3v_train.loading import device_and_precision
 
     # a GPU's default precision is bf16, which flash attention needs: no refusal (predict used to refuse this)
     assert device_and_precision("cuda", None, "flash_attention_2") == ("cuda", "bf16")

@@ -15,7 +15,7 @@ from phi3v_train.checkpointing import (
 )
 from phi3v_train.config import load_config
 from phi3v_train.train import run
-from train_fixtures import run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import run_flags, write_dataset
 
 
 def _make(run_dir: Path, *steps: int, complete: bool = True) -> None:
@@ -62,7 +62,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())}
 
 
-def test_interrupted_runs_resume_to_the_same_losses(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_interrupted_runs_resume_to_the_same_losses(tmp_path: Path, tiny_model: Path) -> None:
     # LoRA dropout makes every step depend on the restored RNG; 4 records, global batch 2 of per-device 1 means
     # accumulation over 2 micro-batches, 2 steps per epoch, and resumes landing mid-epoch and on an epoch start.
     data = write_dataset(tmp_path / "data", count=4)

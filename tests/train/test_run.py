@@ -20,10 +20,10 @@ from phi3v_train.cli.run import run as run_command
 from phi3v_train.config import load_config
 from phi3v_train.model import Phi3VForCausalLM
 from phi3v_train.train import RunError, run
-from train_fixtures import cli_args, dataset, run_flags, tiny_model, write_dataset  # noqa: F401 - fixtures
+from train_fixtures import cli_args, run_flags, write_dataset
 
 
-def test_cli_run_writes_the_documented_layout(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_cli_run_writes_the_documented_layout(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:
     write_dataset(dataset, split="val", count=2)
     flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=2, save_every=1, keep_last=1,
                       tensorboard=True, workers=1, eval_after=True, eval_limit=2)
@@ -52,7 +52,7 @@ def test_cli_refuses_flash_attention_with_fp16_before_loading_anything(tmp_path:
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_refuses_a_broken_dataset_pointing_at_the_report(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_cli_refuses_a_broken_dataset_pointing_at_the_report(tmp_path: Path, tiny_model: Path) -> None:
     bad = {"id": "x", "conversations": [{"images": ["nope.png"], "user": "q", "assistant": "a"}]}
     data = write_dataset(tmp_path / "data", extra=[bad])
     result = CliRunner().invoke(run_command, cli_args(run_flags(data, tiny_model, tmp_path / "run")))
@@ -61,7 +61,7 @@ def test_cli_refuses_a_broken_dataset_pointing_at_the_report(tmp_path: Path, tin
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
-def test_existing_checkpoints_need_resume_or_overwrite(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:
     (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
     with pytest.raises(RunError, match="already has checkpoints .*--resume latest.*--overwrite"):
         run(load_config(flags=run_flags(dataset, tiny_model, tmp_path / "run")))
@@ -70,7 +70,7 @@ def test_existing_checkpoints_need_resume_or_overwrite(tmp_path: Path, dataset: 
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
-    tmp_path: Path, dataset: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, dataset: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     forward = Phi3VForCausalLM.forward
     calls = []
@@ -95,7 +95,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
     assert not (tmp_path / "run" / "final").exists()
 
 
-def test_sigterm_to_the_command_saves_a_checkpoint_then_exits(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_sigterm_to_the_command_saves_a_checkpoint_then_exits(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:
     flags = run_flags(dataset, tiny_model, tmp_path / "run", max_steps=200, save_every=1000)
     command = [sys.executable, "-m", "phi3v_train.cli.run", *cli_args(flags)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -22,7 +22,7 @@ from phi3v_train.cli.run import run as run_command
 from phi3v_train.config import load_config
 from phi3v_train.run_dir import SETTINGS_FILE, RunError, changed_settings, refuse_existing, run_lock
 from phi3v_train.train import run
-from train_fixtures import cli_args, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import cli_args, run_flags, write_dataset
 
 
 def _files(path: Path) -> dict[str, bytes]:
@@ -37,7 +37,7 @@ def _invoke(*args: str | Path):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, Path]:  # noqa: F811
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, Path]:
     """(dataset, run): a LoRA run of 2 steps with checkpoints 1 and 2, made once under umask 022; tests copy it."""
     root = tmp_path_factory.mktemp("lifecycle")
     data = write_dataset(root / "data", count=4)
@@ -59,7 +59,7 @@ def _copy(finished: tuple[Path, Path], tmp_path: Path, name: str = "run") -> Pat
 
 
 def test_a_second_run_is_refused_naming_the_holder_and_a_crashed_holders_lock_is_taken_over(
-    tmp_path: Path, tiny_model: Path,  # noqa: F811
+    tmp_path: Path, tiny_model: Path,
 ) -> None:
     data, out = write_dataset(tmp_path / "data", count=2), tmp_path / "run"
     holder = subprocess.Popen(  # a training run in progress, as far as the lock goes: our own lock code
@@ -96,7 +96,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_crashed_holders_lock_is
 
 
 def test_a_finished_run_is_not_replaced_and_overwrite_deletes_it_only_once_the_inputs_pass(
-    finished: tuple[Path, Path], tmp_path: Path, tiny_model: Path,  # noqa: F811
+    finished: tuple[Path, Path], tmp_path: Path, tiny_model: Path,
 ) -> None:
     data, run_dir = finished[0], _copy(finished, tmp_path)
     (run_dir / "notes.txt").write_text("mine\n")  # a user's own file in the run directory

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from phi3v_train.cli import main
 from phi3v_train.model import Phi3VForCausalLM
-from train_fixtures import cli_args, dataset, run_flags, tiny_model  # noqa: F401 - fixtures
+from train_fixtures import cli_args, run_flags
 
 
 @pytest.fixture(scope="module")
-def bf16_base(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:  # noqa: F811
+def bf16_base(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """The tiny checkpoint saved in bf16, as the official checkpoints are."""
     out = tmp_path_factory.mktemp("bf16-base")
     model = Phi3VForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
@@ -36,7 +36,7 @@ def saved_dtypes(folder: Path) -> set[torch.dtype]:
 
 @pytest.mark.parametrize(("flag", "expected"), [(None, torch.bfloat16), ("fp32", torch.float32)])
 def test_full_run_releases_the_base_dtype_unless_asked(
-    tmp_path: Path, dataset: Path, bf16_base: Path, flag: str | None, expected: torch.dtype  # noqa: F811
+    tmp_path: Path, dataset: Path, bf16_base: Path, flag: str | None, expected: torch.dtype
 ) -> None:
     flags = run_flags(dataset, bf16_base, tmp_path / "run", max_steps=1)
     if flag:
@@ -47,7 +47,7 @@ def test_full_run_releases_the_base_dtype_unless_asked(
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["torch_dtype"] == str(expected)[6:]
 
 
-def test_a_base_with_a_missing_weight_is_refused_by_name(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_a_base_with_a_missing_weight_is_refused_by_name(tmp_path: Path, dataset: Path, tiny_model: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     for item in tiny_model.iterdir():

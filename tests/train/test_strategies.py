@@ -12,7 +12,7 @@ from phi3v_train.config import LoraSettings, load_config
 from phi3v_train.model import Phi3VForCausalLM
 from phi3v_train.strategies import apply_strategy, lora_targets, part_of, resolve_attention, unused_vision_prefixes
 from phi3v_train.train import fit, setup
-from train_fixtures import run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import run_flags, write_dataset
 
 
 def _train(tmp_path: Path, model: Path, **overrides) -> tuple[list[float], nn.Module]:
@@ -39,7 +39,7 @@ def _changed_parts(trained: nn.Module, base: dict[str, torch.Tensor]) -> dict[st
     return parts
 
 
-def test_full_trains_everything_but_the_unused_clip_tail(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_full_trains_everything_but_the_unused_clip_tail(tmp_path: Path, tiny_model: Path) -> None:
     base = _base_parameters(tiny_model)
     losses, model = _train(tmp_path, tiny_model, strategy="full")
     assert losses[-1] < losses[0] - 0.1, losses
@@ -51,7 +51,7 @@ def test_full_trains_everything_but_the_unused_clip_tail(tmp_path: Path, tiny_mo
 
 
 @pytest.mark.parametrize("train_projector", [True, False])
-def test_frozen_vision_keeps_the_tower_bit_identical(tmp_path: Path, tiny_model: Path, train_projector: bool) -> None:  # noqa: F811
+def test_frozen_vision_keeps_the_tower_bit_identical(tmp_path: Path, tiny_model: Path, train_projector: bool) -> None:
     base = _base_parameters(tiny_model)
     losses, model = _train(tmp_path, tiny_model, strategy="frozen-vision", train_projector=train_projector)
     assert losses[-1] < losses[0] - 0.1, losses
@@ -61,7 +61,7 @@ def test_frozen_vision_keeps_the_tower_bit_identical(tmp_path: Path, tiny_model:
     assert True in changed["language"]
 
 
-def test_lora_leaves_the_base_untouched(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_lora_leaves_the_base_untouched(tmp_path: Path, tiny_model: Path) -> None:
     base = _base_parameters(tiny_model)
     losses, model = _train(tmp_path, tiny_model, strategy="lora", lr=1e-2, lora={"dropout": 0.0})
     assert losses[-1] < losses[0] - 0.1, losses
@@ -73,7 +73,7 @@ def test_lora_leaves_the_base_untouched(tmp_path: Path, tiny_model: Path) -> Non
 
 
 @pytest.mark.slow  # bf16 autocast and 4-bit matmuls are slow on CPU (~20 s)
-def test_qlora_trains_adapters_on_a_4bit_base(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_qlora_trains_adapters_on_a_4bit_base(tmp_path: Path, tiny_model: Path) -> None:
     losses, model = _train(tmp_path, tiny_model, strategy="qlora", precision="bf16", lr=1e-2, max_steps=3)
     assert losses[-1] < losses[0], losses
     kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("qkv_proj.base_layer")}
@@ -165,7 +165,7 @@ def test_lora_on_lm_head() -> None:
     assert lora_targets(model, LoraSettings(targets=["lm_head"])) == ["lm_head"]  # was refused as "no such layer"
 
 
-def test_gaussian_init_and_lm_head_adapter_on_the_model(tiny_model: Path) -> None:  # noqa: F811
+def test_gaussian_init_and_lm_head_adapter_on_the_model(tiny_model: Path) -> None:
     torch.manual_seed(0)
     config = load_config(flags={"data": "d", "model": str(tiny_model), "output": "o", "strategy": "lora",
                                 "precision": "fp32", "lora": {"rank": 8, "init": "gaussian", "lm_head": True}})

@@ -15,7 +15,7 @@ from phi3v_train.cli.run import run as run_command
 from phi3v_train.config import load_config
 from phi3v_train.train import run
 from test_watch import write_binary_val
-from train_fixtures import cli_args, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import cli_args, run_flags, write_dataset
 
 
 def wandb_records(path: Path) -> list[Any]:
@@ -47,7 +47,7 @@ def _value(item: Any) -> Any:
 
 
 def test_wandb_and_mlflow_offline_hold_the_logged_numbers(
-    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = write_binary_val(write_dataset(tmp_path / "data"))
     (data / "manifest.json").write_text(json.dumps({"name": "colors", "splits": {"train": 8, "val": 6}}))

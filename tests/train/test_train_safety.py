@@ -25,7 +25,7 @@ from phi3v_train.config import ConfigError, load_config
 from phi3v_train.data import load_split
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.train import RunError, run
-from train_fixtures import run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import run_flags, write_dataset
 
 
 def _record(rid: str, image: str, text: str = "What color is the image?") -> dict:
@@ -66,7 +66,7 @@ def _hostile(root: Path, kind: str) -> Path:
     ("surrogate", "colors_train.jsonl:9: invalid JSON text"),
 ])
 def test_preflight_refuses_what_the_loader_would_choke_on_by_line(
-    tmp_path: Path, tiny_model: Path, kind: str, why: str,  # noqa: F811
+    tmp_path: Path, tiny_model: Path, kind: str, why: str,
 ) -> None:
     data = _hostile(tmp_path / "data", kind)
     with pytest.raises(RunError) as caught:
@@ -76,7 +76,7 @@ def test_preflight_refuses_what_the_loader_would_choke_on_by_line(
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model: Path) -> Phi3VProcessor:  # noqa: F811
+def processor(tiny_model: Path) -> Phi3VProcessor:
     return Phi3VProcessor.from_pretrained(tiny_model, num_crops=1)
 
 
@@ -98,7 +98,7 @@ def test_collator_stands_in_for_an_image_that_no_longer_decodes(tmp_path: Path, 
     assert (batch["labels"][1] == -100).all()  # the stand-in teaches nothing
 
 
-def test_run_without_preflight_skips_and_counts_bad_samples_and_finishes(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_run_without_preflight_skips_and_counts_bad_samples_and_finishes(tmp_path: Path, tiny_model: Path) -> None:
     data = _hostile(tmp_path / "data", "truncated")
     (data / "images" / "train" / "wide.png").parent.mkdir(exist_ok=True)
     Image.new("RGB", (10000, 1)).save(data / "images" / "train" / "wide.png")
@@ -124,7 +124,7 @@ def _files(path: Path) -> dict[str, bytes]:
 
 
 def test_resume_of_a_finished_run_is_a_no_op_and_a_killed_final_save_is_finished(
-    tmp_path: Path, tiny_model: Path,  # noqa: F811
+    tmp_path: Path, tiny_model: Path,
 ) -> None:
     data = write_dataset(tmp_path / "data", count=4)
     run_dir = tmp_path / "run"
@@ -239,7 +239,7 @@ def test_predict_and_eval_never_write_over_or_into_the_data_or_the_model(tmp_pat
 
 def test_a_run_dir_given_as_model_may_hold_the_eval_output_but_not_be_it(tmp_path: Path) -> None:
     from phi3v_data.io import OutputOverlapError, check_output_apart
-    from phi3v_train.cli.eval import model_inputs
+    from phi3v_train.cli.inputs import model_inputs
 
     run_dir = tmp_path / "run"
     final = _model_dir(run_dir / "final")

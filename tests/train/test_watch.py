@@ -20,7 +20,7 @@ from phi3v_train.cli import main
 from phi3v_train.config import ConfigError, load_config
 from phi3v_train.evaluate import combine, evaluate
 from phi3v_train.train import run
-from train_fixtures import COLORS, run_flags, tiny_model, write_dataset  # noqa: F401 - fixture
+from train_fixtures import COLORS, run_flags, write_dataset
 
 
 def write_binary_val(root: Path, *, count: int = 6) -> Path:
@@ -50,7 +50,7 @@ def _cli_eval(model: Path, data: Path, out: Path) -> dict[str, Any]:
     return json.loads((out / "metrics.json").read_text())["tasks"]["binary"]
 
 
-def test_eval_every_numbers_equal_phi3v_train_eval_of_the_checkpoints(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_eval_every_numbers_equal_phi3v_train_eval_of_the_checkpoints(tmp_path: Path, tiny_model: Path) -> None:
     data = write_binary_val(write_dataset(tmp_path / "data"), count=4)
     run_dir = tmp_path / "run"
     run(load_config(flags=run_flags(data, tiny_model, run_dir, strategy="lora", lr=1e-2, max_steps=4, eval_every=2,
@@ -95,7 +95,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_keep_best_val_loss_prunes_others_and_resume_keeps_the_best(
-    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
     flags = run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=6, eval_every=2, keep_best="val_loss",
@@ -121,7 +121,7 @@ def test_keep_best_val_loss_prunes_others_and_resume_keeps_the_best(
 
 
 def test_patience_stops_after_evaluations_without_improvement_counting_across_resume(
-    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, data: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
     flags = run_flags(data, tiny_model, run_dir, batch_size=4, max_steps=3, eval_every=1, keep_best="accuracy",
@@ -157,7 +157,7 @@ def test_settings_that_need_another(tmp_path: Path) -> None:
     assert load_config(flags={**base, "report_to": "wandb, mlflow"}).report_to == ["wandb", "mlflow"]
 
 
-def test_keep_best_a_metric_no_task_has_is_refused(tmp_path: Path, tiny_model: Path) -> None:  # noqa: F811
+def test_keep_best_a_metric_no_task_has_is_refused(tmp_path: Path, tiny_model: Path) -> None:
     from phi3v_train.train import RunError
 
     data = write_dataset(tmp_path / "data")
@@ -206,7 +206,7 @@ def test_cli_flags_reach_the_settings(tmp_path: Path) -> None:
 
 
 def test_validator_on_a_mixture_scores_each_dataset_and_the_loss_per_answer_token(
-    tmp_path: Path, tiny_model: Path  # noqa: F811
+    tmp_path: Path, tiny_model: Path
 ) -> None:
     import torch
 

@@ -1,4 +1,5 @@
-"""Shared builders for the training tests: the tiny model and a tiny memorisable dataset, made in tmp dirs."""
+"""Plain builders for the training tests (the tiny model, a tiny memorisable dataset, run settings); the fixtures
+that use them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
@@ -35,20 +35,18 @@ def write_dataset(
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model helper's tiny random checkpoint (created once per test session)."""
+def make_tiny_model(path: Path) -> Path:
+    """The model helper's tiny random checkpoint at ``path``, created unless it is already there."""
     from phi3v_train.model import create_tiny_checkpoint
 
-    path = tmp_path_factory.getbasetemp() / "tiny-model"
     if not (path / "config.json").is_file():
         create_tiny_checkpoint(path, preset="tiny", seed=0)
     return path
 
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "data")
+tiny_model = make_tiny_model
+"""A plain function, not the fixture (pytest ignores it): test_lengths.py still imports this name; the fixture
+``tiny_model`` is conftest.py's. Remove once that import is gone."""
 
 
 def run_flags(data: Path, model: Path, output: Path, **overrides: Any) -> dict[str, Any]:

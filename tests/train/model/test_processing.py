@@ -11,14 +11,14 @@ from PIL import Image
 
 from phi3v_data.prompt import Segment, encode_segments
 from phi3v_data.tokens import num_image_tokens
-from phi3v_train.model import Phi3VProcessor, bos_id, text_encoder
+from phi3v_train.model import Phi3VProcessor, TextEncoder, bos_id
 
 
 def test_text_without_images_equals_encode_segments(processor) -> None:
     text = "<|user|>\nHow many cats?<|end|>\n<|assistant|>\n"
     tokenizer = processor.tokenizer
     expected = encode_segments(
-        [Segment(text, train=False)], encode=text_encoder(tokenizer), image_tokens=[], bos_id=bos_id(tokenizer)
+        [Segment(text, train=False)], encode=TextEncoder(tokenizer), image_tokens=[], bos_id=bos_id(tokenizer)
     )
     assert processor(text)["input_ids"][0].tolist() == expected.input_ids
     assert expected.input_ids[0] == tokenizer.convert_tokens_to_ids("<s>")
