@@ -28,6 +28,7 @@ from phi3v_train.data import split_files
 from phi3v_train.generate import Generator, PreparedTurn
 from phi3v_train.metrics import score_turn, summarize
 from schemas import Record
+from schemas.errors import first_validation_line
 from schemas.layout import images_dir
 
 
@@ -294,8 +295,7 @@ def load_records(
                     records.append(Record.model_validate(line.value))
                     continue
                 except ValidationError as exc:
-                    first = exc.errors()[0]
-                    message = f"{'.'.join(map(str, first['loc'])) or 'record'}: {first['msg']}"
+                    message = first_validation_line(exc)
             if on_error is not None:
                 on_error(f"{path}:{line.lineno}: {message}")
     return records

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3v_data.io import atomic_write
-from schemas.errors import UserError
+from schemas.errors import UserError, json_error
 
 LOG_FILE = "log.jsonl"  # phi3v_train.trainer.LOG_FILE; not imported from there, which would import torch
 
@@ -47,7 +47,7 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            raise ReportError(f"{path}:{lineno}: {json_error(exc)}") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise ReportError(f"{path}:{lineno}: expected an object with an integer 'step'")
         rows.append(row)

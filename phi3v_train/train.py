@@ -44,11 +44,12 @@ from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
-from schemas.layout import images_dir
 from phi3v_train.trainer import (
     LOG_FILE, NonFiniteLossError, Patience, Phi3VTrainer, ProgressLog, close_callbacks, forget_log_after, load_checkpoint,
     run_callbacks, skipped_before,
 )
+from schemas.errors import json_file_error
+from schemas.layout import images_dir
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def deepspeed_config(value: str | None) -> str | None:
     try:
         json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise RunError(f"--deepspeed {value}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise RunError(f"--deepspeed {json_file_error(path, exc)}") from None
     return str(path)
 
 

@@ -8,6 +8,7 @@ import click
 from pydantic import ValidationError
 
 from phi3v_data.cli.errors import check_writable
+from schemas.errors import validation_lines
 
 STRATEGY_CHOICES = ("full", "frozen-vision", "lora", "qlora")
 ATTENTION_CHOICES = {"sdpa": "sdpa", "flash": "flash_attention_2", "flash_attention_2": "flash_attention_2"}
@@ -64,7 +65,7 @@ def bench(preset: str | None, model: Path | None, strategies: tuple[str, ...], a
             **({"attention": list(dict.fromkeys(ATTENTION_CHOICES[a] for a in attention))} if attention else {}),
         )
     except ValidationError as exc:
-        raise click.UsageError("; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise click.UsageError("; ".join(f"--{line}" for line in validation_lines(exc))) from None
     try:
         with console.status("building the model and the synthetic workload…") as status:
             report = run_bench(options, on_row=lambda row: status.update(

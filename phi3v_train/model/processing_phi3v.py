@@ -97,7 +97,8 @@ class Phi3VProcessor:
         try:
             settings = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path}: line {error.lineno}: invalid JSON ({error.msg})") from error
+            # worded as schemas.errors.json_file_error words it (the model files import nothing of the project)
+            raise ValueError(f"{config_path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from error
         keep = ("num_crops", "image_mean", "image_std", "do_convert_rgb")
         image_kwargs = {key: settings[key] for key in keep if key in settings}
         if num_crops is not None:

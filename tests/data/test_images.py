@@ -81,7 +81,7 @@ def test_preview_shows_a_sixteen_bit_scan_as_training_sees_it(tmp_path: Path) ->
 
 
 def test_predict_and_eval_load_scaled_pixels(tmp_path: Path) -> None:
-    from phi3v_train.evaluate import Generator, PreparedTurn
+    from phi3v_train.generate import Generator, PreparedTurn
 
     path = _png16(tmp_path / "images" / "scan.png")
     prepared = PreparedTurn(input_ids=None, image_paths=[path], image_tokens=[1])  # type: ignore[arg-type]

@@ -51,7 +51,7 @@ def test_cli_names_the_bad_line(run_dir: Path) -> None:
         handle.write("{not json\n")
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 1
-    assert f"{run_dir / 'log.jsonl'}:7: not JSON" in result.output and "Traceback" not in result.output
+    assert f"{run_dir / 'log.jsonl'}:7: invalid JSON: " in result.output and "Traceback" not in result.output
     empty = CliRunner().invoke(main, ["report", str(run_dir.parent)])
     assert empty.exit_code == 1 and "log.jsonl: no such file" in empty.output
 
