@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from phi3v_data.convert import FAILURES_REPORT, Converter, ConvertUsageError, run_converter, summary_table
+from phi3v_data.convert import Converter, ConvertUsageError, run_converter, summary_table
 from phi3v_data.plugins import PluginError, converter_entry_points, load_converter
+from schemas.layout import FAILURES_REPORT
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
