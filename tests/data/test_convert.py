@@ -2,6 +2,7 @@
 
 import json
 import sys
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,3 +272,121 @@ def test_worker_tasks_shrink_to_single_items_at_the_end() -> None:
     assert [item for chunk in chunks for item in chunk] == items
     long_run = [len(c) for c in _chunks([Item(f"k{i}", "train") for i in range(13_320)], workers=2)]
     assert long_run[0] == CHUNK_MAX and long_run[-16:] == [1] * 16 and sum(long_run) == 13_320
+
+
+# -- flat memory at any size (issue 20) ----------------------------------------------------------------------------
+
+SEEN: list[int] = []
+
+
+def _journal_lines(out: Path) -> int:
+    journal = out / ".partial" / "journal.jsonl"
+    return journal.read_text().count("\n") if journal.is_file() else 0
+
+
+class Watching(ToyConverter):
+    """Notes, as it plans each item from the third on, how many items the journal of ``OUT`` already holds."""
+
+    out: Path
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        for k, entry in enumerate(super().plan(source)):
+            if k >= 2:
+                SEEN.append(_journal_lines(self.out))
+            yield entry
+
+
+def test_the_plan_is_consumed_while_items_convert(tmp_path: Path) -> None:
+    """One worker: the k-th item is planned only after k - 1 are journaled (two are read ahead)."""
+    src = _source(tmp_path)
+    Watching.out = tmp_path / "out"
+    SEEN.clear()
+    result = run_converter(Watching(), src, tmp_path / "out", workers=1)
+    assert SEEN == [2, 3, 4] and result.counts == {"train": 4, "val": 1}
+
+
+class ManyItems(Converter):
+    """``count`` text-only items of ``size`` characters each; notes the journal's length when planning the last."""
+
+    name = "many"
+    output_name = "many"
+    count, size = 300, 10
+    out: Path | None = None
+
+    def plan(self, source: Path) -> Iterator[Item]:
+        for k in range(self.count):
+            if k == self.count - 1 and self.out is not None:
+                SEEN.append(_journal_lines(self.out))
+            yield Item(f"item-{k:04d}", "train")
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        return [{"task": "chat", "conversations": [{"images": [], "user": item.key, "assistant": "x" * self.size}]}]
+
+
+def test_worker_pool_results_are_journaled_before_the_plan_ends(tmp_path: Path) -> None:
+    """Two workers read ahead 2 * 8 * CHUNK_MAX items and keep 8 tasks in flight: 192 items, well before 300."""
+    (tmp_path / "src").mkdir()
+    ManyItems.out = tmp_path / "out"
+    SEEN.clear()
+    try:
+        result = run_converter(ManyItems(), tmp_path / "src", tmp_path / "out", workers=2)
+    finally:
+        ManyItems.out = None
+    assert result.counts == {"train": 300} and len(SEEN) == 1 and SEEN[0] >= CHUNK_MAX
+    users = [json.loads(line)["conversations"][0]["user"] for line in (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()]
+    assert users == [f"item-{k:04d}" for k in range(300)]  # plan order, not completion order
+
+
+class BigRecords(ManyItems):
+    count, size = 400, 20_000
+
+
+def test_records_are_never_all_in_memory(tmp_path: Path) -> None:
+    """400 records of 20 kB (8 MB): converting, journaling and assembling hold a few of them at a time."""
+    import tracemalloc
+
+    (tmp_path / "src").mkdir()
+    run_converter(BigRecords(), tmp_path / "src", tmp_path / "warm", workers=1)  # imports, caches
+    tracemalloc.start()
+    try:
+        result = run_converter(BigRecords(), tmp_path / "src", tmp_path / "out", workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.counts == {"train": 400}
+    assert peak < 2_000_000, f"peak {peak:,} bytes"
+    lines = (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()
+    assert len(lines) == 400 and json.loads(lines[-1])["id"] == "train-0000000399"
+
+
+def test_a_journal_with_a_torn_tail_is_cut_before_appending(tmp_path: Path) -> None:
+    from phi3v_data.convert import Journal, key_digest
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"key": "a", "records": []}\n{"key": "b", "failure": {"file": "b", "reason": "x"}}\n{"key": "c", "rec')
+    with Journal(path) as journal:
+        assert journal.done == {key_digest("a")}  # b failed: retried
+        journal.append("c", [{"task": "chat"}], None)
+    assert path.read_text().splitlines() == [
+        '{"key": "a", "records": []}', '{"key": "b", "failure": {"file": "b", "reason": "x"}}',
+        '{"key": "c", "records": [{"task": "chat"}]}',
+    ]
+    with Journal(path) as journal:
+        assert journal.done == {key_digest("a"), key_digest("c")}
+        assert journal.offsets_of(array("q", [key_digest("c"), key_digest("a")])).tolist() == [82, 0]
+
+
+def test_a_split_file_no_run_wrote_is_refused_when_the_plan_reaches_it(tmp_path: Path) -> None:
+    """The val split appears after four train items: its file, the user's, is refused then; once moved, the rerun
+    reuses the train items."""
+    src, out = _source(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "toy_val.jsonl").write_text("mine\n")
+    CALLS.clear()
+    with pytest.raises(ConvertUsageError, match="already holds toy_val.jsonl, which no earlier conversion recorded"):
+        run_converter(ToyConverter(), src, out, workers=1)
+    assert (out / "toy_val.jsonl").read_text() == "mine\n" and CALLS == [f"train/{n}.txt" for n in "abcd"]
+    (out / "toy_val.jsonl").rename(tmp_path / "mine.jsonl")
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1)
+    assert result.reused == 4 and CALLS == ["val/e.txt"] and result.counts == {"train": 4, "val": 1}
