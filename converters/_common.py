@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from phi3v_data.convert import ConversionError, Failure, ImageWriter
+from phi3v_data.converter import ConversionError, Failure, ImageWriter
 from phi3v_data.images import MAX_PIXELS
 from phi3v_data.io import UnsafePathError, iter_jsonl, path_text_problem, resolve_inside, walk_files
 from schemas import BINARY_ANSWERS

@@ -30,7 +30,7 @@ from typing import Any
 from converters._common import (
     ESCAPES, _arrow_table, iter_table, relative_name, safe_split_name, sniff_suffix, table_split, write_image_bytes,
 )
-from phi3v_data.convert import ConversionError, ConvertUsageError, ImageWriter
+from phi3v_data.converter import ConversionError, ConvertUsageError, ImageWriter
 from phi3v_data.io import UnsafePathError, resolve_inside
 
 HUB_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

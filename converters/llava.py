@@ -41,7 +41,9 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import first_error
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
+from phi3v_data.converter import (
+    Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
+)
 from phi3v_data.export import IMAGE_TAG
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, stream_json_array
 from phi3v_data.splits import Carved, carve_groups

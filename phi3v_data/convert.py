@@ -1,6 +1,6 @@
-"""The machinery every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
+"""The run engine every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
 
-A converter (see :class:`Converter`) only knows its source layout: ``plan`` lists the work items (deterministically),
+A converter (the contract: :mod:`phi3v_data.converter`) only knows its source layout: ``plan`` lists the work items (deterministically),
 ``convert`` turns one item into records and writes that item's images. This module does the rest once for all:
 
 - **resume**: each finished item is appended to ``OUT/.partial/journal.jsonl``; a rerun with the same arguments
@@ -11,12 +11,14 @@ A converter (see :class:`Converter`) only knows its source layout: ``plan`` list
   failed items and whatever the source gained, and reuses the rest.
 - **determinism**: records are ordered by the plan, not by completion, and ids are ``<split>-<10-digit counter>``
   unless the converter sets its own.
+- **flat memory**: the plan is consumed while items convert, results go to the journal as they arrive, and the
+  outputs are streamed from the journal; per item only a key digest, its split and a journal offset stay in memory
+  (a million LLaVA rows convert in well under 500 MB).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import itertools
 import json
@@ -30,18 +32,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, ClassVar
+from typing import IO, Any, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.console import Console, Group
+from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from phi3v_data.io import OutputLock as SharedOutputLock
+from phi3v_data.converter import ConversionError, Converter, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import (
-    OutputOverlapError, UnsafePathError, atomic_write, check_output_apart, check_output_name, dumps_utf8,
-    resolve_inside, write_bytes, write_json, write_jsonl,
+    OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
 from phi3v_data.splits import Carved
 from schemas import Record
@@ -52,23 +52,6 @@ CHUNK_MAX = 8
 """Most items one worker task converts (a killed run redoes at most ``workers * 4`` tasks)."""
 
 
-class ConversionError(Exception):
-    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal.
-
-    ``file`` and ``line`` name the annotation the item came from when the report should point there rather than at
-    the item's key (a DocVQA question whose page is truncated)."""
-
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.file, self.line = file, line
-
-
-class ConvertUsageError(Exception):
-    """The run cannot start (bad source layout, conflicting earlier run); the message says what to do."""
-
-    exit_code = 1
-
-
 class OutputPathError(ConvertUsageError):
     """``--out`` overlaps an input (equals, contains or lies inside it): a usage error, exit status 2."""
 
@@ -77,152 +60,6 @@ class OutputPathError(ConvertUsageError):
 
 class OutputLockedError(ConvertUsageError):
     """Another conversion is writing into ``--out`` right now."""
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One unit of work. ``key`` is unique and stable across runs; ``payload`` must be picklable."""
-
-    key: str
-    split: str
-    payload: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A problem with one input file or annotation line."""
-
-    file: str
-    reason: str
-    split: str | None = None
-    line: int | None = None
-
-
-class ConverterOptions(BaseModel):
-    """Options every converter accepts; subclasses add their own fields (each becomes a ``--flag``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seed: int = Field(default=0, description="Seed for any random choice (split carving, answer choice).")
-
-
-class Converter:
-    """Base class of converters. Subclass, set the class attributes, implement ``plan`` and ``convert``."""
-
-    name: ClassVar[str]
-    """Name users type: ``phi3v-data convert NAME``."""
-    version: ClassVar[str] = "1"
-    """Bump when the output for the same input changes; recorded in the manifest and part of the resume key."""
-    output_name: ClassVar[str]
-    """Default prefix of the output files: ``<output_name>_<split>.jsonl``."""
-    Options: ClassVar[type[ConverterOptions]] = ConverterOptions
-    scans_source: ClassVar[bool] = False
-    """True when ``plan`` takes every file under the source as input (informative: ``--out`` may overlap no input of
-    any converter, see :func:`check_out_apart`)."""
-    accepts_names: ClassVar[bool] = False
-    """True when the source may also be a name that is not a local path (a Hugging Face Hub dataset id)."""
-
-    def __init__(self, options: ConverterOptions | None = None) -> None:
-        self.options = options if options is not None else self.Options()
-
-    def plan(self, source: Path) -> Iterator[Item | Failure]:
-        """Scan ``source`` and yield the work items in output order, or a Failure for each unusable entry.
-
-        Raise :class:`ConvertUsageError` when ``source`` is not a layout this converter reads.
-        """
-        raise NotImplementedError
-
-    def convert(self, item: Item, out: "ImageWriter") -> list[dict[str, Any]]:
-        """Turn one item into records (dicts of the record schema; ``id`` optional). Runs in a worker process.
-
-        Raise :class:`ConversionError` for a bad item; it is reported and the run goes on.
-        """
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class ImageWriter:
-    """Where converters put images: every path is relative to ``OUT/images`` and written atomically."""
-
-    root: Path
-
-    def path(self, rel: str) -> Path:
-        """``root/rel``, refused if it leaves ``root``; symlink checks cached per directory (hot path: every frame)."""
-        parent, _, name = rel.rpartition("/")
-        if not name or name in (".", "..") or rel.startswith("/"):
-            raise UnsafePathError(f"{rel!r} is not a file path")
-        return _checked_dir(self.root, parent) / name
-
-    def save(self, image: Any, rel: str, *, quality: int = 95) -> str:
-        """Save a PIL image (JPEG when ``rel`` ends in .jpg/.jpeg, else by extension). Returns ``rel``."""
-        target = self.path(rel)
-        fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
-        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            from phi3v_data.images import to_rgb  # noqa: PLC0415 - numpy and PIL only when an image is re-encoded
-
-            image = to_rgb(image)
-        with atomic_write(target, "wb", durable=False) as handle:
-            image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
-        return rel
-
-    def write(self, data: bytes, rel: str) -> str:
-        """Write already encoded image bytes as they are. Returns ``rel``."""
-        target = self.path(rel)
-        try:
-            write_bytes(target, data)
-        except FileNotFoundError:  # the first image of its folder (cheaper than a mkdir per image)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(target, data)
-        return rel
-
-    def copy(self, src: Path, rel: str) -> str:
-        """Copy an image file after checking that all of it decodes (a truncated page is a failure, not a record
-        whose image ``validate --deep`` then refuses). Returns ``rel``."""
-        from phi3v_data.images import ImageProblem, check_image
-
-        try:
-            check_image(src, deep=True, draft=True)
-        except ImageProblem as exc:
-            raise ConversionError(f"{src}: {exc}") from None
-        target = self.path(rel)
-        with open(src, "rb") as reader, atomic_write(target, "wb", durable=False) as writer:
-            shutil.copyfileobj(reader, writer)
-        return rel
-
-
-class OutputClaims:
-    """Output image paths claimed while planning, so two different inputs never silently share one output file.
-
-    ``val/cat/1.png`` from both ``val/`` and ``valid/``, ``img/a.png`` and ``img2/a.png`` both → ``train/a.png``, or
-    an image written at ``train`` where a folder ``train/`` must go: :meth:`claim` says so, the caller reports it.
-    So do ``val/Cat/1.png`` and ``val/cat/1.png``: one file on a case-insensitive file system (macOS, Windows).
-    """
-
-    def __init__(self) -> None:
-        self._files: dict[str, str] = {}
-        self._dirs: set[str] = set()
-        self._folded: dict[str, str] = {}  # casefolded path → the path claimed first under it
-
-    def claim(self, dest: str, source: str) -> str | None:
-        """None when ``dest`` (under images/) is free or already ``source``'s; otherwise why it cannot be written."""
-        owner = self._files.get(dest)
-        if owner is not None:
-            return None if owner == source else f"{source} and {owner} would both be written to images/{dest}; rename one"
-        twin = self._folded.get(dest.casefold())
-        if twin is not None and self._files[twin] != source:
-            return (f"{source} would be written to images/{dest} and {self._files[twin]} to images/{twin}: paths that "
-                    "differ only by case are one file on case-insensitive file systems (macOS, Windows); rename one")
-        if dest in self._dirs:
-            return f"{source} would be written to images/{dest}, where other images need a folder of that name"
-        parts = dest.split("/")
-        prefixes = ["/".join(parts[:k]) for k in range(1, len(parts))]
-        for prefix in prefixes:
-            if prefix in self._files:
-                return f"{source} needs a folder images/{prefix}, where the image {self._files[prefix]} is written"
-        self._files[dest] = source
-        self._folded.setdefault(dest.casefold(), dest)
-        self._dirs.update(prefixes)
-        return None
 
 
 @dataclass
@@ -237,11 +74,6 @@ class RunResult:
     carved: list[Carved] = field(default_factory=list)
     source_splits: dict[str, str] = field(default_factory=dict)
     """Output split → its name in the release, where the converter renamed it (``val`` → ``dev_seen``)."""
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_dir(root: Path, parent: str) -> Path:
-    return resolve_inside(root, parent) if parent else root
 
 
 # -- worker side -------------------------------------------------------------------------------------------------
@@ -296,6 +128,8 @@ def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
     converter, writer = _WORKER
     try:
         records = converter.convert(item, writer)
+        if item.source_split not in (None, item.split):  # the release's name of a renamed split, on each record
+            records = [{**record, "source_split": record.get("source_split", item.source_split)} for record in records]
         return item.key, records, None
     except ConversionError as exc:
         return item.key, None, {"file": exc.file or item.key, "reason": str(exc), "split": item.split, "line": exc.line}
@@ -836,21 +670,3 @@ def _manifest(converter: Converter, result: RunResult, *, params: dict[str, Any]
         # what --overwrite may delete later: everything this run wrote into `out`, and nothing else
         "outputs": [IMAGES_DIR, *(path.name for path in result.files.values()), REPORTS_DIR, MANIFEST],
     }
-
-
-def summary_table(result: RunResult) -> Table | Group:
-    """The closing table of a conversion: records and images per split (with the release's split name), failures,
-    then what ``--val-ratio`` carved."""
-    table = Table(title=f"converted → {result.out}")
-    table.add_column("split")
-    table.add_column("records", justify="right")
-    table.add_column("images", justify="right")
-    table.add_column("file")
-    for split, count in result.counts.items():
-        path = result.files.get(split)
-        label = f"{split} ({result.source_splits[split]})" if split in result.source_splits else split
-        table.add_row(label, str(count), str(result.images.get(split, "")), path.name if path else "")
-    table.caption = f"{len(result.failures)} failure(s)" + (f" — see {FAILURES_REPORT}" if result.failures else "")
-    if not result.carved:
-        return table
-    return Group(table, *(Text(f"carved {c.describe()}") for c in result.carved))  # own lines: a caption would wrap

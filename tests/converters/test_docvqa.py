@@ -12,7 +12,8 @@ from PIL import Image
 from rich.console import Console
 
 from converters.docvqa import DocVQAConverter, DocVQAOptions, choose_answer
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 QUIET = Console(file=io.StringIO())
 

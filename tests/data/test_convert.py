@@ -11,17 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from phi3v_data.cli import main
-from phi3v_data.convert import (
-    CHUNK_MAX,
-    ConversionError,
-    Converter,
-    ConverterOptions,
-    ConvertUsageError,
-    Failure,
-    ImageWriter,
-    Item,
-    _chunks,
-    run_converter,
+from phi3v_data.convert import CHUNK_MAX, _chunks, run_converter
+from phi3v_data.converter import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
 )
 from phi3v_data.plugins import GROUP, PluginError, converter_entry_points, load_converter
 
