@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from converters._common import binary_turn, first_error, read_cell
-from converters._hf_reader import columns_of, find_tables, iter_columns, write_images
+from converters._common import binary_turn, first_error
+from converters._hf_reader import columns_of, find_tables, iter_columns, read_cell, write_images
 from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
 )

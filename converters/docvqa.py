@@ -47,18 +47,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from converters._common import (
-    BasenameIndex,
-    first_error,
-    iter_table,
-    locate,
-    read_cell,
-    relative_name,
-    sniff_suffix,
-    table_files,
-    table_split,
-    write_image_bytes,
-)
+from converters._common import BasenameIndex, first_error, locate, relative_name, sniff_suffix, write_image_bytes
+from converters._hf_reader import iter_table, read_cell, table_files, table_split
 from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )

@@ -33,8 +33,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from converters._common import binary_turn, check_template, read_cell
-from converters._hf_reader import Tables, columns_of, find_tables, iter_columns, write_images
+from converters._common import binary_turn, check_template
+from converters._hf_reader import Tables, columns_of, find_tables, iter_columns, read_cell, write_images
 from converters.docvqa import choose_answer
 from phi3v_data.converter import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.splits import output_names

@@ -257,7 +257,7 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
     ],
 )
 def test_table_split_reads_the_split_where_datasets_puts_it(rel: str, split: str) -> None:
-    from converters._common import table_split
+    from converters._hf_reader import table_split
 
     assert table_split(Path("/x") / rel) == split
 
