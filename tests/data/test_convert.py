@@ -382,3 +382,48 @@ def test_a_split_file_no_run_wrote_is_refused_when_the_plan_reaches_it(tmp_path:
     CALLS.clear()
     result = run_converter(ToyConverter(), src, out, workers=1)
     assert result.reused == 4 and CALLS == ["val/e.txt"] and result.counts == {"train": 4, "val": 1}
+
+
+class Renamed(Converter):
+    """Three items of the release's ``validation`` split, written as ``val``; the third's record names its own."""
+
+    name = output_name = "renamed"
+
+    def plan(self, source: Path) -> Iterator[Item]:
+        yield Item("a", "val", source_split="validation")
+        yield Item("b", "val", source_split="val")  # the same name: nothing to keep
+        yield Item("c", "val", payload="dev", source_split="validation")
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        record = {"task": "chat", "conversations": [{"images": [], "user": item.key, "assistant": "ok"}]}
+        return [{**record, "source_split": item.payload} if item.payload else record]
+
+
+def test_the_engine_stamps_the_release_split_name_of_an_item_on_its_records(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    result = run_converter(Renamed(), tmp_path / "src", tmp_path / "out", workers=1)
+    records = [json.loads(line) for line in (tmp_path / "out" / "renamed_val.jsonl").read_text().splitlines()]
+    assert [r.get("source_split") for r in records] == ["validation", None, "dev"]
+    assert result.source_splits == {"val": "validation"}
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source_splits"] == {"val": "validation"}
+
+
+def test_a_run_killed_while_assembling_writes_its_outputs_again(tmp_path: Path) -> None:
+    """The outputs an assembly began are listed in .partial/assembling.json: the rerun may replace them."""
+    import subprocess
+
+    src, out = _source(tmp_path), tmp_path / "out"
+    run_converter(ToyConverter(), src, tmp_path / "reference", workers=1)
+    script = (
+        "import os, signal\nfrom pathlib import Path\nimport phi3v_data.convert as engine\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_convert import ToyConverter\n"
+        "def dying(path, rows):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "engine.write_jsonl = dying  # the failures report: written after the split files\n"
+        f"engine.run_converter(ToyConverter(), Path({str(src)!r}), Path({str(out)!r}), workers=1)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == -9
+    assert (out / "toy_train.jsonl").is_file() and not (out / "manifest.json").exists()
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1)
+    assert result.reused == 5 and CALLS == []
+    assert _outputs(out) == _outputs(tmp_path / "reference")
