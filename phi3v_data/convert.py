@@ -1,7 +1,8 @@
 """The run engine every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
 
-A converter (the contract: :mod:`phi3v_data.converter`) only knows its source layout: ``plan`` lists the work items (deterministically),
-``convert`` turns one item into records and writes that item's images. This module does the rest once for all:
+A converter (the contract: :mod:`phi3v_data.converter`) only knows its source layout: ``plan`` lists the work items
+(deterministically), ``convert`` turns one item into records and writes that item's images. This module does the
+rest once for all:
 
 - **resume**: each finished item is appended to ``OUT/.partial/journal.jsonl``; a rerun with the same arguments
   skips journaled items. The final ``<name>_<split>.jsonl`` files, ``reports/failures.jsonl`` and ``manifest.json``
@@ -38,8 +39,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from phi3v_data.io import OutputLock as SharedOutputLock
 from phi3v_data.converter import ConversionError, Converter, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.io import OutputLock as SharedOutputLock
 from phi3v_data.io import (
     OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
@@ -593,9 +594,9 @@ def _write_records(converter: Converter, plan: PlanStream, journal: Journal, fil
                    failures: list[Failure], result: RunResult) -> None:
     """Each planned item's journal entry, read back one at a time: its records validated, ids given, written."""
     ids_seen: set[int] = set()  # digests of the ids written
-    offsets = journal.offsets_of(plan.order).tolist()
+    offsets = journal.offsets_of(plan.order)
     with open(journal.path, "rb") as reader:
-        for position, offset in enumerate(offsets):
+        for position, offset in _positions(offsets):
             split = plan.splits[plan.split_index[position]]
             reader.seek(offset)
             entry = json.loads(reader.readline())
@@ -618,6 +619,12 @@ def _write_records(converter: Converter, plan: PlanStream, journal: Journal, fil
                 files.write(split, record)
                 if record.source_split:
                     result.source_splits.setdefault(split, record.source_split)
+
+
+def _positions(offsets: Any, block: int = 1 << 16) -> Iterator[tuple[int, int]]:
+    """(position, offset) of an int64 array as Python ints, a block at a time (no list of a million ints)."""
+    for start in range(0, len(offsets), block):
+        yield from enumerate(offsets[start : start + block].tolist(), start)
 
 
 class _SplitFiles:

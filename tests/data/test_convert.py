@@ -427,3 +427,12 @@ def test_a_run_killed_while_assembling_writes_its_outputs_again(tmp_path: Path) 
     result = run_converter(ToyConverter(), src, out, workers=1)
     assert result.reused == 5 and CALLS == []
     assert _outputs(out) == _outputs(tmp_path / "reference")
+
+
+def test_journal_offsets_are_read_a_block_at_a_time_in_order() -> None:
+    import numpy as np
+
+    from phi3v_data.convert import _positions
+
+    assert list(_positions(np.array([5, 6, 7, 8, 9]), block=2)) == [(0, 5), (1, 6), (2, 7), (3, 8), (4, 9)]
+    assert list(_positions(np.zeros(0, np.int64))) == []
