@@ -470,20 +470,19 @@ def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrit
     """
     partial = out / JOURNAL_DIR
     params_path = partial / "params.json"
-    if overwrite:  # the earlier conversion's images must not survive into this one
+    if overwrite:  # the earlier conversion's images must not survive into this one, nor its journal
         _remove_recorded(out)
         if params_path.exists():  # an interrupted run of ours made images/ (a first run refuses a foreign one)
-            shutil.rmtree(out / "images", ignore_errors=True)
+            shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
+            shutil.rmtree(partial)  # its records name the images just deleted
     if not params_path.exists():  # an interrupted run of ours made images/
         _refuse_foreign(out, [IMAGES_DIR])
     _refuse_foreign(out, targets)
     if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
-        if not overwrite:
-            raise ConvertUsageError(
-                f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
-                "or pass --overwrite to start again"
-            )
-        shutil.rmtree(partial)
+        raise ConvertUsageError(
+            f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
+            "or pass --overwrite to start again"
+        )
     partial.mkdir(parents=True, exist_ok=True)
     write_json(params_path, {"digest": digest, **params})
     return partial / "journal.jsonl"

@@ -436,3 +436,15 @@ def test_journal_offsets_are_read_a_block_at_a_time_in_order() -> None:
 
     assert list(_positions(np.array([5, 6, 7, 8, 9]), block=2)) == [(0, 5), (1, 6), (2, 7), (3, 8), (4, 9)]
     assert list(_positions(np.zeros(0, np.int64))) == []
+
+
+def test_overwrite_of_an_interrupted_run_redoes_every_item_and_its_images(tmp_path: Path) -> None:
+    """--overwrite deletes the interrupted run's images, so its journal goes too (its records name those images)."""
+    src, out = _source(tmp_path), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_converter(InterruptAfter(), src, out, workers=1)
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1, overwrite=True)
+    assert result.reused == 0 and CALLS == ["train/a.txt", "train/b.txt", "train/c.txt", "train/d.txt", "val/e.txt"]
+    for line in (out / "toy_train.jsonl").read_text().splitlines():
+        assert (out / "images" / json.loads(line)["conversations"][0]["images"][0]).is_file()
