@@ -311,7 +311,7 @@ class _Survey:
         self.rank: Any = None  # per row: -1 duplicate, 0 its own id, k ≥ 1 the k-th other row with that id
         self.first: dict[int, int] = {}  # duplicate row → the row it repeats
         self.taken: Any = None  # sorted digests of every id the file holds
-        self.assigned: set[int] = set()
+        self.last: dict[int, int] = {}  # id digest → the last number given to one of its rows (<id>-<number>)
 
     @classmethod
     def of(cls, source: Path, *, carve: bool) -> "_Survey":
@@ -376,16 +376,16 @@ class _Survey:
                            row.line)
         if rank == 0:
             return row.id
-        number = rank + 1
+        base = _digest(row.id)  # the numbers an id's rows get only grow: each starts past the last one given
+        number = max(rank + 1, self.last.get(base, 0) + 1)
         while self._taken(f"{row.id}-{number}"):
             number += 1
-        self.assigned.add(_digest(f"{row.id}-{number}"))
+        self.last[base] = number
         return f"{row.id}-{number}"
 
     def _taken(self, name: str) -> bool:
+        """True when the file holds ``name`` as an id (``<id>-<n>`` of two ids never coincide: n has no ``-``)."""
         digest = _digest(name)
-        if digest in self.assigned:
-            return True
         at = int(self.taken.searchsorted(digest))
         return at < len(self.taken) and int(self.taken[at]) == digest
 

@@ -159,20 +159,45 @@ def key_digest(key: str) -> int:
     return int.from_bytes(raw, "little", signed=True)
 
 
+class DigestSet:
+    """A set of 64-bit digests at ~8 bytes each (a Python set of ints costs ~60): a sorted array, and the digests
+    added since the last merge in a small set, merged into the array every ``merge`` additions."""
+
+    def __init__(self, digests: Any = None, *, merge: int = 1 << 16) -> None:
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
+
+        self._np, self._merge = np, merge
+        self._sorted = np.unique(np.asarray(digests if digests is not None else [], dtype=np.int64))
+        self._recent: set[int] = set()
+
+    def __contains__(self, digest: int) -> bool:
+        if digest in self._recent:
+            return True
+        at = int(self._sorted.searchsorted(digest))
+        return at < len(self._sorted) and int(self._sorted[at]) == digest
+
+    def add(self, digest: int) -> None:
+        self._recent.add(digest)
+        if len(self._recent) >= self._merge:
+            recent = self._np.fromiter(self._recent, dtype=self._np.int64, count=len(self._recent))
+            self._sorted, self._recent = self._np.union1d(self._sorted, recent), set()
+
+
 class Journal:
     """``.partial/journal.jsonl``: one line per finished item, appended as each result arrives.
 
-    In memory stay each entry's key digest and byte offset (16 bytes an entry), never its records: assembly reads
+    In memory stay each entry's key digest and byte offset (17 bytes an entry), never its records: assembly reads
     them back one at a time. A torn last line (killed mid-write) is cut off, so the next entry starts a line.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.digests, self.offsets = array("q"), array("q")
-        self.done: set[int] = set()
-        """Digests of the items an earlier run converted (a failure is retried, so it is not done)."""
+        self.digests, self.offsets, self.failed = array("q"), array("q"), bytearray()
         self._end = self._read()
         self._handle: BinaryIO | None = None
+        keys, _, failed = self._latest()
+        self.done = DigestSet(keys[~failed])
+        """Digests of the items an earlier run converted (a failure is retried, so it is not done)."""
 
     def _read(self) -> int:
         """Index the entries of an interrupted run; returns where the next one goes."""
@@ -197,10 +222,7 @@ class Journal:
     def _index(self, digest: int, offset: int, *, failed: bool) -> None:
         self.digests.append(digest)
         self.offsets.append(offset)
-        if failed:
-            self.done.discard(digest)
-        else:
-            self.done.add(digest)
+        self.failed.append(failed)
 
     def __enter__(self) -> "Journal":
         self._handle = open(self.path, "ab")
@@ -218,20 +240,26 @@ class Journal:
         line = (dumps_utf8(entry) + "\n").encode("utf-8")
         self._handle.write(line)
         self._handle.flush()
-        self.digests.append(key_digest(key))
-        self.offsets.append(self._end)
+        self._index(key_digest(key), self._end, failed=failure is not None)
         self._end += len(line)
+
+    def _latest(self) -> tuple[Any, Any, Any]:
+        """(digests, offsets, failed) of each item's latest entry, sorted by digest (numpy arrays)."""
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
+
+        def of(values: array | bytearray, dtype: Any) -> Any:
+            return np.frombuffer(values, dtype=dtype) if len(values) else np.zeros(0, dtype)
+
+        keys, offsets, failed = of(self.digests, np.int64), of(self.offsets, np.int64), of(self.failed, np.bool_)
+        order = np.lexsort((np.arange(len(keys)), keys))  # by digest, then by position: the last entry wins
+        latest = order[np.append(keys[order][1:] != keys[order][:-1], True)] if len(keys) else order
+        return keys[latest], offsets[latest], failed[latest]
 
     def offsets_of(self, digests: array) -> Any:
         """Byte offset of each digest's latest entry (an int64 array, in the order of ``digests``)."""
-        import numpy as np  # noqa: PLC0415 - only assembly needs it
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
 
-        keys = np.frombuffer(self.digests, dtype=np.int64) if len(self.digests) else np.zeros(0, np.int64)
-        offsets = np.frombuffer(self.offsets, dtype=np.int64) if len(self.offsets) else np.zeros(0, np.int64)
-        order = np.lexsort((np.arange(len(keys)), keys))  # by digest, then by position: the last entry wins
-        keys, offsets = keys[order], offsets[order]
-        latest = np.append(keys[1:] != keys[:-1], True) if len(keys) else np.zeros(0, bool)
-        keys, offsets = keys[latest], offsets[latest]
+        keys, offsets, _ = self._latest()
         wanted = np.frombuffer(digests, dtype=np.int64) if len(digests) else np.zeros(0, np.int64)
         where = np.searchsorted(keys, wanted)
         if len(wanted) and (where.max() >= len(keys) or not np.array_equal(keys[where], wanted)):
@@ -372,7 +400,7 @@ class PlanStream:
         """Per planned item: its split's index in :attr:`splits`."""
         self.exhausted = False
         self.on_new_split: Callable[[str], None] | None = None
-        self._keys: set[int] = set()
+        self._keys = DigestSet()
         self._entries = iter(converter.plan(source))
         with console.status(f"scanning {source}"):
             self._head = self._next_item()
@@ -392,7 +420,7 @@ class PlanStream:
                 self._keys.add(digest)
                 self.order.append(digest)
                 return entry
-        self.exhausted, self._keys = True, set()
+        self.exhausted, self._keys = True, DigestSet()
         return None
 
     def items(self) -> Iterator[Item]:
@@ -592,7 +620,7 @@ def _assemble(converter: Converter, plan: PlanStream, journal: Journal, *, out: 
 def _write_records(converter: Converter, plan: PlanStream, journal: Journal, files: _SplitFiles,
                    failures: list[Failure], result: RunResult) -> None:
     """Each planned item's journal entry, read back one at a time: its records validated, ids given, written."""
-    ids_seen: set[int] = set()  # digests of the ids written
+    ids_seen = DigestSet()  # digests of the ids written
     offsets = journal.offsets_of(plan.order)
     with open(journal.path, "rb") as reader:
         for position, offset in _positions(offsets):
