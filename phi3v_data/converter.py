@@ -103,7 +103,9 @@ class Converter:
     def plan(self, source: Path) -> Iterator[Item | Failure]:
         """Scan ``source`` and yield the work items in output order, or a Failure for each unusable entry.
 
-        Raise :class:`ConvertUsageError` when ``source`` is not a layout this converter reads.
+        Items convert while the plan goes on (it is not collected first), so a generator keeps memory flat at any
+        size. Raise :class:`ConvertUsageError` before the first item when ``source`` is not a layout this converter
+        reads: nothing is written then.
         """
         raise NotImplementedError
 
