@@ -215,11 +215,15 @@ class LlavaConverter(Converter):
             if isinstance(entry, Failure):
                 yield entry
                 continue
+            if ordinal >= len(survey.rank) or (ordinal % 65536 == 0 and _stamp(source) != survey.stamp):
+                raise _changed(source)
             named = survey.name(ordinal, entry, source.name, split)
             if isinstance(named, Failure):
                 yield named
                 continue
             yield self._item(entry, named, "val" if ordinal in to_val else split, folder, placed)
+        if _stamp(source) != survey.stamp:
+            raise _changed(source)
 
     def _item(self, r: _Parsed, row_id: str | None, row_split: str, folder: Path, placed: OutputClaims) -> Item | Failure:
         try:
@@ -288,6 +292,16 @@ def _parsed_rows(source: Path, split: str) -> Iterator[tuple[int, _Parsed | Fail
         ordinal += 1
 
 
+def _stamp(source: Path) -> tuple[int, int]:
+    """Size and modification time: the second pass must read the file the first one read."""
+    stat = source.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _changed(source: Path) -> ConvertUsageError:
+    return ConvertUsageError(f"{source} changed while it was read; rerun the same command once it is written")
+
+
 def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
                           signed=True)
@@ -312,10 +326,12 @@ class _Survey:
         self.first: dict[int, int] = {}  # duplicate row → the row it repeats
         self.taken: Any = None  # sorted digests of every id the file holds
         self.last: dict[int, int] = {}  # id digest → the last number given to one of its rows (<id>-<number>)
+        self.stamp: tuple[int, int] = (0, 0)  # the file's size and mtime when the first pass began
 
     @classmethod
     def of(cls, source: Path, *, carve: bool) -> "_Survey":
         survey = cls()
+        survey.stamp = _stamp(source)
         for ordinal, entry in _parsed_rows(source, ""):
             if isinstance(entry, _Parsed):
                 survey._add(entry, carve=carve)

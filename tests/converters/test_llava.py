@@ -9,6 +9,7 @@ from PIL import Image
 
 from converters.llava import LlavaConverter, LlavaOptions, ShareGPTConverter, image_destination
 from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 from phi3v_data.export import export_dataset
 
 
@@ -285,3 +286,22 @@ def test_the_plan_keeps_no_rows_in_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert result.counts == {"train": 200, "val": 200}  # two images, one group each: the smaller (equal) goes
     assert peak < 2_000_000, f"peak {peak:,} bytes"
+
+
+def test_a_file_that_changes_between_the_two_passes_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import converters.llava as llava
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"id": "a", "conversations": _human_gpt("Hi", "Hello")}) + "\n")
+    first_pass = llava._Survey.of
+
+    def then_edited(path: Path, *, carve: bool) -> llava._Survey:
+        survey = first_pass(path, carve=carve)
+        with open(path, "a") as handle:  # another row lands after the first pass
+            handle.write(json.dumps({"id": "b", "conversations": _human_gpt("Hey", "Yo")}) + "\n")
+        return survey
+
+    monkeypatch.setattr(llava._Survey, "of", then_edited)
+    with pytest.raises(ConvertUsageError, match="rows.jsonl changed while it was read"):
+        run_converter(LlavaConverter(), source, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()  # refused before the first item: nothing written
