@@ -457,3 +457,14 @@ def test_a_digest_set_answers_like_a_set_across_merges() -> None:
     for digest in (5, -7, 2**63 - 1, 0, -(2**63)):  # a merge after the third
         digests.add(digest)
     assert [d in digests for d in (9, -4, 5, -7, 2**63 - 1, 0, -(2**63), 1, -5, 6)] == [True] * 7 + [False] * 3
+
+
+def test_output_claims_name_the_first_path_claimed_under_a_case_folded_name() -> None:
+    from phi3v_data.converter import OutputClaims
+
+    for first, second in (("val/Cat/1.png", "val/cat/1.png"), ("val/cat/1.png", "val/Cat/1.png")):
+        claims = OutputClaims()
+        assert claims.claim(first, "a") is None and claims.claim(second, "a") is None  # one source: the same bytes
+        assert claims.claim("val/CAT/1.png", "b") == (
+            f"b would be written to images/val/CAT/1.png and a to images/{first}: paths that differ only by case are "
+            "one file on case-insensitive file systems (macOS, Windows); rename one")
