@@ -468,3 +468,14 @@ def test_output_claims_name_the_first_path_claimed_under_a_case_folded_name() ->
         assert claims.claim("val/CAT/1.png", "b") == (
             f"b would be written to images/val/CAT/1.png and a to images/{first}: paths that differ only by case are "
             "one file on case-insensitive file systems (macOS, Windows); rename one")
+
+
+def test_the_cli_finds_the_converter_errors_where_they_live() -> None:
+    """cli/errors.py looks its errors up by module and name: the contract's two must be found there."""
+    import importlib
+
+    from phi3v_data.cli.errors import _OWN_ERRORS
+
+    ours = [(module, name) for module, name in _OWN_ERRORS if name in ("ConvertUsageError", "ConversionError")]
+    assert ours == [("phi3v_data.converter", "ConvertUsageError"), ("phi3v_data.converter", "ConversionError")]
+    assert [getattr(importlib.import_module(m), n) for m, n in ours] == [ConvertUsageError, ConversionError]
