@@ -9,6 +9,7 @@ largest rank), from ``wait4``. Training is the tiny model, ``--strategy lora --m
 with one more step. Run::
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 10000,100000 [--ranks 1,2] [--work /tmp/bench_scale]
+    .venv/bin/python benchmarks/bench_scale.py --sizes 100000,1000000 --convert-only   # convert time and memory
 """
 
 from __future__ import annotations
@@ -130,17 +131,19 @@ def main() -> None:
     parser.add_argument("--ranks", default="1", help="Training ranks to time, comma-separated (2: torchrun on CPU).")
     parser.add_argument("--workers", type=int, default=2, help="Converter workers.")
     parser.add_argument("--skip-train", action="store_true", help="Only convert, validate and preview.")
+    parser.add_argument("--convert-only", action="store_true", help="Only time `convert llava` (implies --skip-train).")
     parser.add_argument("--train-only", action="store_true",
                         help="Write the converted dataset directly and time only training (no convert/validate/preview).")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (kept; the sources are reused).")
     args = parser.parse_args()
+    args.skip_train = args.skip_train or args.convert_only
     sizes = [int(s) for s in args.sizes.split(",")]
     ranks = [int(r) for r in args.ranks.split(",")]
     work = args.work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale-"))
     console = Console()
     image_pool(work / "src" / "pool", args.pool)
     tiny = work / "tiny"
-    if not (tiny / "config.json").is_file():
+    if not args.convert_only and not (tiny / "config.json").is_file():
         subprocess.run([str(BIN / "phi3v-train"), "init-tiny", str(tiny), "--num-crops", "1"], check=True,
                        capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     rows: dict[str, dict[int, str]] = {}
@@ -207,6 +210,9 @@ def _convert_validate_preview(args: argparse.Namespace, base: Path, out: Path, s
     convert = timed([str(BIN / "phi3v-data"), "convert", "llava", str(source), "--image-folder", str(source.parent),
                      "--out", str(out), "--workers", str(args.workers)], log=base / "convert.log")
     rows.setdefault("`convert llava`", {})[size] = cell(convert)
+    if args.convert_only:
+        console.print(f"  convert {cell(convert)}")
+        return
     jsonl = out / "llava_train.jsonl"
     validate = timed([str(BIN / "phi3v-data"), "validate", str(jsonl), "-q"], log=base / "validate.log")
     rows.setdefault("`validate` (header)", {})[size] = cell(validate)

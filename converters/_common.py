@@ -1,5 +1,6 @@
 """What the document and image-pair converters share: finding annotation files, reading JSON lines into Failures,
-finding images by basename, safe paths, and reading Hugging Face parquet/arrow exports with embedded images.
+finding images by basename, safe paths, and checking embedded image bytes (reading Hugging Face parquet/arrow
+exports is :mod:`converters._hf_reader`).
 
 Kept here so each converter module is only its source layout and its prompt.
 """
@@ -7,19 +8,16 @@ Kept here so each converter module is only its source layout and its prompt.
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from phi3v_data.convert import ConversionError, Failure, ImageWriter
+from phi3v_data.converter import ConversionError, Failure, ImageWriter
 from phi3v_data.images import MAX_PIXELS
 from phi3v_data.io import UnsafePathError, iter_jsonl, path_text_problem, resolve_inside, walk_files
 from schemas import BINARY_ANSWERS
@@ -139,107 +137,6 @@ def locate(root: Path, rel: str, index: BasenameIndex, *, bases: Sequence[Path] 
         if resolve_inside(base, rel).is_file():
             return resolve_inside(base, rel)
     return index.find(rel.replace("\\", "/").rsplit("/", 1)[-1])
-
-
-# -- Hugging Face exports: parquet files and save_to_disk arrow shards ------------------------------------------------
-
-
-def table_files(source: Path) -> list[Path]:
-    """Parquet/arrow files of a Hugging Face export: ``source`` itself or those up to two folders down."""
-    if source.is_file():
-        return [source] if source.suffix in (".parquet", ".arrow") else []
-    found: list[Path] = []
-    for pattern in ("*", "*/*", "*/*/*"):
-        found += [p for p in source.glob(pattern) if p.suffix in (".parquet", ".arrow") and p.is_file()]
-    found = [p for p in found if not p.name.startswith("cache-")]  # datasets' caches of .map() results, not splits
-    return sorted(set(found))
-
-
-_SHARD_RE = re.compile(r"-\d{5}-of-\d{5}(?:-[0-9a-f]+)?$")
-
-
-def table_split(path: Path) -> str:
-    """Split of an export file as ``datasets`` lays them out (the release's name: ``validation`` stays ``validation``).
-
-    - Hub data files: ``train-00000-of-00002.parquet``, ``train-00000-of-00001-2ce3….parquet``, ``test.parquet``;
-    - the Hub's parquet converter (``refs/convert/parquet``): ``<config>/<split>/0000.parquet`` (``partial-<split>``);
-    - the ``load_dataset`` cache: ``<builder>-<split>.arrow``, ``<builder>-<split>-00000-of-00003.arrow``
-      (``parquet-train.arrow``; split names never hold ``-``);
-    - ``save_to_disk``: ``<split>/data-00000-of-00001.arrow`` (a lone Dataset: ``state.json``'s ``_split``).
-    """
-    base = _SHARD_RE.sub("", path.stem)
-    if base == "data":
-        split = _saved_split(path.parent) or path.parent.name
-    elif base.isdigit():
-        split = path.parent.name.removeprefix("partial-")
-    elif path.suffix == ".arrow" and "-" in base:
-        split = base.rsplit("-", 1)[1]
-    else:
-        split = base
-    return safe_split_name(split) or "train"
-
-
-def safe_split_name(split: str) -> str:
-    """A split name fit to name output files and folders (``partial train`` → ``partial_train``)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", split)
-
-
-def _saved_split(folder: Path) -> str | None:
-    try:
-        split = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("_split")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return split if isinstance(split, str) and split else None
-
-
-@lru_cache(maxsize=4)
-def _arrow_table(path: str) -> Any:
-    import pyarrow as pa
-
-    source = pa.memory_map(path)  # zero-copy: random access costs no reading of other rows
-    try:
-        return pa.ipc.open_stream(source).read_all()
-    except pa.ArrowInvalid:
-        return pa.ipc.open_file(pa.memory_map(path)).read_all()
-
-
-def iter_table(
-    path: Path, *, batch_size: int = 64, columns: Sequence[str] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Rows of a parquet/arrow file as Python dicts, streamed in batches (memory stays bounded); only ``columns``
-    when given (image bytes then stay on disk until a worker needs them)."""
-    if path.suffix == ".arrow":
-        table = _arrow_table(str(path))
-        batches = (table if columns is None else table.select(list(columns))).to_batches(max_chunksize=batch_size)
-    else:
-        import pyarrow.parquet as pq
-
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size,
-                                                    columns=None if columns is None else list(columns))
-    for batch in batches:
-        yield from batch.to_pylist()
-
-
-@lru_cache(maxsize=2)
-def _parquet_group(path: str, group: int, column: str) -> list[Any]:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column).to_pylist()
-
-
-def read_cell(path: Path, row: int, column: str) -> Any:
-    """One cell of a parquet/arrow file; reading is cached per row group, so rows in order are cheap."""
-    if path.suffix == ".arrow":
-        return _arrow_table(str(path)).column(column)[row].as_py()
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    for group in range(meta.num_row_groups):
-        rows = meta.row_group(group).num_rows
-        if row < rows:
-            return _parquet_group(str(path), group, column)[row]
-        row -= rows
-    raise ConversionError(f"{path}: row {row} does not exist")
 
 
 _MAGIC = (

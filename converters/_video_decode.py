@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy  # imported here, before the worker pool forks, so workers inherit it
 from PIL import Image
 
-from phi3v_data.convert import ConversionError
+from phi3v_data.converter import ConversionError
 
 try:  # at import time for the same reason: each worker importing PyAV itself cost ~0.1 s of a ~0.6 s benchmark
     import av

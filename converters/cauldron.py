@@ -35,9 +35,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from converters._common import binary_turn, first_error, read_cell
-from converters._hf_reader import columns_of, find_tables, iter_columns, write_images
-from phi3v_data.convert import (
+from converters._common import binary_turn, first_error
+from converters._hf_reader import columns_of, find_tables, iter_columns, read_cell, write_images
+from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
 )
 from phi3v_data.splits import output_names
@@ -117,8 +117,8 @@ class CauldronConverter(Converter):
                         yield Failure(file, f"row {row}: {parsed}", split)
                         continue
                     job = {"table": str(path), "file": file, "row": row, "root": str(tables.root),
-                           "stem": f"{ordinal:07d}", "official": official, **parsed}
-                    yield Item(f"{split}/{file}#{row}", split, job)
+                           "stem": f"{ordinal:07d}", **parsed}
+                    yield Item(f"{split}/{file}#{row}", split, job, source_split=official)
                     ordinal += 1
 
     def _parse(self, raw: Any, subset: str | None) -> dict[str, Any] | str:
@@ -159,7 +159,4 @@ class CauldronConverter(Converter):
                 conversations.append(binary_turn(shown, user, label if assistant is not None else None))
             else:
                 conversations.append({"images": shown, "user": user, "assistant": assistant})
-        record: dict[str, Any] = {"task": job["task"], "conversations": conversations}
-        if job["official"] != item.split:
-            record["source_split"] = job["official"]
-        return [record]
+        return [{"task": job["task"], "conversations": conversations}]

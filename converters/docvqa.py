@@ -47,27 +47,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from converters._common import (
-    BasenameIndex,
-    first_error,
-    iter_table,
-    locate,
-    read_cell,
-    relative_name,
-    sniff_suffix,
-    table_files,
-    table_split,
-    write_image_bytes,
-)
-from phi3v_data.convert import (
-    ConversionError,
-    Converter,
-    ConverterOptions,
-    ConvertUsageError,
-    Failure,
-    ImageWriter,
-    Item,
-    OutputClaims,
+from converters._common import BasenameIndex, first_error, locate, relative_name, sniff_suffix, write_image_bytes
+from converters._hf_reader import iter_table, read_cell, table_files, table_split
+from phi3v_data.converter import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
 from phi3v_data.io import UnsafePathError, iter_json_array, json_object_members, parse_json
 from phi3v_data.splits import canonical_split, output_names
@@ -242,9 +225,8 @@ class DocVQAConverter(Converter):
             if clash is not None:  # two pages of one name in different folders
                 yield Failure(file, f"{questions[0]['at']}: {clash}", split)
                 continue
-            payload = {"src": str(found), "name": found.name, "questions": questions, "official": official,
-                       "file": file}
-            yield Item(f"{split}/{found.name}", split, payload)
+            payload = {"src": str(found), "name": found.name, "questions": questions, "file": file}
+            yield Item(f"{split}/{found.name}", split, payload, source_split=official)
 
     @staticmethod
     def _labeled_only(
@@ -285,9 +267,8 @@ class DocVQAConverter(Converter):
                 continue
             digest, questions = entry
             first = questions[0]
-            payload = {"table": first["table"], "row": first["row"], "name": names[digest], "questions": questions,
-                       "official": official}
-            yield Item(f"{split}/{names[digest]}", split, payload)
+            payload = {"table": first["table"], "row": first["row"], "name": names[digest], "questions": questions}
+            yield Item(f"{split}/{names[digest]}", split, payload, source_split=official)
 
     @staticmethod
     def _page_name(stored_path: str | None, data: bytes, digest: str, taken: set[str]) -> str:
@@ -335,12 +316,11 @@ class DocVQAConverter(Converter):
                                       f"{len(page['questions'])} question(s): {exc}", file=page["file"],
                                       line=first["line"]) from None
         turns = [self._turn(q, [rel]) for q in page["questions"]]
-        renamed = {"source_split": page["official"]} if page["official"] != item.split else {}
         if self.options.group_pages:
             for turn in turns[1:]:
                 turn["images"] = []
-            return [{"id": f"{item.split}-{Path(rel).stem}", **renamed, "task": "vqa", "conversations": turns}]
-        return [{**self._record(item.split, q, turn), **renamed} for q, turn in zip(page["questions"], turns)]
+            return [{"id": f"{item.split}-{Path(rel).stem}", "task": "vqa", "conversations": turns}]
+        return [self._record(item.split, q, turn) for q, turn in zip(page["questions"], turns)]
 
     def _turn(self, question: dict[str, Any], images: list[str]) -> dict[str, Any]:
         user = question["question"] + (f"\n{self.options.instruction}" if self.options.instruction else "")

@@ -43,8 +43,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import IMAGE_SUFFIXES, NOT_UTF8, first_error, undecodable_name
-from phi3v_data.convert import (ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
-                                OutputClaims)
+from phi3v_data.converter import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
+)
 from phi3v_data.io import (
     UnsafePathError, check_file_link, iter_jsonl, resolve_inside, special_file_problem, walk_files,
 )

@@ -37,7 +37,9 @@ from converters._common import (
     read_json_lines,
     relative_name,
 )
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
+from phi3v_data.converter import (
+    Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
+)
 from phi3v_data.io import UnsafePathError
 from phi3v_data.splits import output_names
 
@@ -119,13 +121,12 @@ class HatefulMemesConverter(Converter):
             if clash is not None:  # img/a.png and img2/a.png: one meme would show the other's picture
                 yield Failure(file, clash, split, lineno)
                 continue
-            payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label, "official": path.stem}
-            yield Item(f"{split}/{row.id}", split, payload)
+            payload = {"id": str(row.id), "image": str(image), "text": row.text, "label": row.label}
+            yield Item(f"{split}/{row.id}", split, payload, source_split=path.stem)
 
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         meme = item.payload
         image = out.copy(Path(meme["image"]), f"{item.split}/{Path(meme['image']).name}")
         user = self.options.prompt.format(text=meme["text"])
         turn = binary_turn([image], user, meme["label"])
-        renamed = {"source_split": meme["official"]} if meme["official"] != item.split else {}
-        return [{"id": f"{item.split}-{meme['id']}", **renamed, "task": "binary", "conversations": [turn]}]
+        return [{"id": f"{item.split}-{meme['id']}", "task": "binary", "conversations": [turn]}]

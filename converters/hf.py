@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from converters._common import binary_turn, check_template, read_cell
-from converters._hf_reader import Tables, columns_of, find_tables, iter_columns, write_images
+from converters._common import binary_turn, check_template
+from converters._hf_reader import Tables, columns_of, find_tables, iter_columns, read_cell, write_images
 from converters.docvqa import choose_answer
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.converter import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.splits import output_names
 from schemas import Task
 
@@ -152,8 +152,8 @@ class HFConverter(Converter):
             if labeled and not row["answers"]:
                 yield Failure(file, f"row {where[1:]}: no answer in {self.options.answer_column!r} (other rows of {split} have one)", split)
                 continue
-            job = {**row, "root": str(tables.root), "stem": f"{ordinal:07d}", "official": official}
-            yield Item(f"{split}/{file}{where}", split, job)
+            job = {**row, "root": str(tables.root), "stem": f"{ordinal:07d}"}
+            yield Item(f"{split}/{file}{where}", split, job, source_split=official)
             ordinal += 1
 
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
@@ -171,6 +171,4 @@ class HFConverter(Converter):
         record: dict[str, Any] = {"task": self.options.task, "conversations": [turn]}
         if job["id"] is not None:
             record["id"] = f"{item.split}-{job['id']}"
-        if job["official"] != item.split:
-            record["source_split"] = job["official"]
         return [record]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -40,7 +41,9 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from converters._common import first_error
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims
+from phi3v_data.converter import (
+    Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
+)
 from phi3v_data.export import IMAGE_TAG
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, stream_json_array
 from phi3v_data.splits import Carved, carve_groups
@@ -192,51 +195,47 @@ class LlavaConverter(Converter):
     options: LlavaOptions
 
     def plan(self, source: Path) -> Iterator[Item | Failure | Carved]:
+        """Two streamed passes over the file: the first learns which rows repeat an id (and the val carve), the
+        second yields the items, so no more than a few integers per row stay in memory (millions of rows)."""
         if not source.is_file():
             raise ConvertUsageError(f"{source} is not a file: give the {self.name} .json or .jsonl file itself")
         folder = self.options.image_folder or source.parent
         if not folder.is_dir():
             raise ConvertUsageError(f"--image-folder {folder} is not a directory")
         split = self.options.split
-        entries: list[_Parsed | Failure] = []  # in file order, so failures are reported in row order
-        for where, line, raw, error in _rows(source):
-            try:
-                if error:
-                    raise RowError(error)
-                row = parse_row(raw)
-                turns, paths = map_row(row)
-            except RowError as exc:
-                entries.append(Failure(where, str(exc), split, line))
-                continue
-            entries.append(_Parsed(where, line, None if row.id is None else str(row.id), turns, paths))
-        rows = [entry for entry in entries if isinstance(entry, _Parsed)]
-        _distinct_ids(rows, split)
-        splits: dict[str, str] = {}
+        survey = _Survey.of(source, carve=self.options.val_ratio > 0)
+        to_val: set[int] = set()
         if self.options.val_ratio > 0:
-            groups: dict[tuple[str, str], list[str]] = {}
-            for r in rows:  # rows about the same images stay together: a val image never also trains
-                if r.duplicate is None:
-                    groups.setdefault(("", "\n".join(r.paths) or f"row {r.key}"), []).append(r.key)
-            moved, carved = carve_groups(groups, self.options.val_ratio, seed=self.options.seed, split="val", source=split)
-            splits = dict.fromkeys(moved, "val")
+            to_val, carved = carve_groups(survey.groups(), self.options.val_ratio, seed=self.options.seed,
+                                          split="val", source=split)
             yield carved
+        survey.forget_groups()
         placed = OutputClaims()  # two different files never land on one path
-        for r in entries:
-            if isinstance(r, Failure) or r.duplicate is not None:
-                yield r if isinstance(r, Failure) else r.duplicate
+        for ordinal, entry in _parsed_rows(source, split):
+            if isinstance(entry, Failure):
+                yield entry
                 continue
-            row_split = splits.get(r.key, split)
-            try:
-                copies = tuple(_placement(folder, p, row_split, placed) for p in r.paths)
-            except (RowError, UnsafePathError) as exc:
-                yield Failure(r.where, str(exc), row_split, r.line)
+            if ordinal >= len(survey.rank) or (ordinal % 65536 == 0 and _stamp(source) != survey.stamp):
+                raise _changed(source)
+            named = survey.name(ordinal, entry, source.name, split)
+            if isinstance(named, Failure):
+                yield named
                 continue
-            for turn in r.turns:  # the turn's own paths → their places under images/
-                turn["images"] = [image_destination(p, row_split) for p in turn["images"]]
-            record: dict[str, Any] = {"task": self.options.task, "conversations": r.turns}
-            if r.id is not None:
-                record["id"] = r.id
-            yield Item(key=r.key, split=row_split, payload=_Job(record, copies))
+            yield self._item(entry, named, "val" if ordinal in to_val else split, folder, placed)
+        if _stamp(source) != survey.stamp:
+            raise _changed(source)
+
+    def _item(self, r: _Parsed, row_id: str | None, row_split: str, folder: Path, placed: OutputClaims) -> Item | Failure:
+        try:
+            copies = tuple(_placement(folder, p, row_split, placed) for p in r.paths)
+        except (RowError, UnsafePathError) as exc:
+            return Failure(r.where, str(exc), row_split, r.line)
+        for turn in r.turns:  # the turn's own paths → their places under images/
+            turn["images"] = [image_destination(p, row_split) for p in turn["images"]]
+        record: dict[str, Any] = {"task": self.options.task, "conversations": r.turns}
+        if row_id is not None:
+            record["id"] = row_id
+        return Item(key=r.key, split=row_split, payload=_Job(record, copies))
 
     def convert(self, item: Item, out: ImageWriter) -> list[dict[str, Any]]:
         job: _Job = item.payload
@@ -264,46 +263,147 @@ class ShareGPTConverter(LlavaConverter):
 
 @dataclass(slots=True)
 class _Parsed:
-    """A row that parsed: where it is, its id (made distinct), its turns and image paths (as the row names them)."""
+    """A row that parsed: where it is, its id (as the row gives it), its turns and image paths (as the row names them)."""
 
     where: str
     line: int | None
     id: str | None
     turns: list[dict[str, Any]]
     paths: list[str]
-    duplicate: Failure | None = None
-    """Set when the row repeats an earlier one (same id, same conversation): reported, not converted."""
 
     @property
     def key(self) -> str:
         return self.where if self.line is None else f"{self.where}:{self.line}"
 
 
-def _distinct_ids(rows: list[_Parsed], split: str) -> None:
-    """Give rows that share an id distinct ids (``<id>-2``, ``<id>-3`` …) unless they repeat an earlier row exactly.
+def _parsed_rows(source: Path, split: str) -> Iterator[tuple[int, _Parsed | Failure]]:
+    """Every row of ``source`` in file order: (ordinal among the rows that parse, the row), or (-1, why not)."""
+    ordinal = 0
+    for where, line, raw, error in _rows(source):
+        try:
+            if error:
+                raise RowError(error)
+            row = parse_row(raw)
+            turns, paths = map_row(row)
+        except RowError as exc:
+            yield -1, Failure(where, str(exc), split, line)
+            continue
+        yield ordinal, _Parsed(where, line, None if row.id is None else str(row.id), turns, paths)
+        ordinal += 1
+
+
+def _stamp(source: Path) -> tuple[int, int]:
+    """Size and modification time: the second pass must read the file the first one read."""
+    stat = source.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _changed(source: Path) -> ConvertUsageError:
+    return ConvertUsageError(f"{source} changed while it was read; rerun the same command once it is written")
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+class _Survey:
+    """What the first pass learns, in a few integers per row: which rows repeat an earlier row (same id, same
+    conversation), each other row's rank among the distinct rows sharing its id, and (for ``--val-ratio``) the
+    image group of each row.
 
     llava_instruct_150k's ids are COCO image ids: 157,712 rows about at most 118,287 images share them, and each is
-    its own conversation. Only a row whose conversation and images equal an earlier row with its id is a duplicate.
+    its own conversation. Only a row whose conversation and images equal an earlier row with its id is a duplicate;
+    the others get distinct ids (``<id>-2``, ``<id>-3`` …, skipping ids the file already holds).
     """
-    taken = {row.id for row in rows if row.id is not None}
-    seen: dict[str, list[tuple[bytes, _Parsed]]] = {}  # a digest of each conversation, not its text
-    for row in rows:
-        if row.id is None:
-            continue
-        content = hashlib.blake2b(json.dumps([row.turns, row.paths], sort_keys=True).encode(), digest_size=16).digest()
-        earlier = seen.setdefault(row.id, [])
-        same = next((first for text, first in earlier if text == content), None)
-        if same is not None:
-            where = same.where if same.line is None else f"line {same.line}"
-            row.duplicate = Failure(row.where, f"duplicate of {where}: same id {row.id!r} and the same conversation", split, row.line)
-            continue
-        earlier.append((content, row))
-        if len(earlier) > 1:
-            number = len(earlier)
-            while f"{row.id}-{number}" in taken:
-                number += 1
-            row.id = f"{row.id}-{number}"
-            taken.add(row.id)
+
+    def __init__(self) -> None:
+        self.ids, self.pairs, self.locators = array("q"), array("q"), array("q")
+        self.has_id = bytearray()
+        self.group_names: dict[str, int] = {}
+        self.group_of = array("q")
+        self.rank: Any = None  # per row: -1 duplicate, 0 its own id, k ≥ 1 the k-th other row with that id
+        self.first: dict[int, int] = {}  # duplicate row → the row it repeats
+        self.taken: Any = None  # sorted digests of every id the file holds
+        self.last: dict[int, int] = {}  # id digest → the last number given to one of its rows (<id>-<number>)
+        self.stamp: tuple[int, int] = (0, 0)  # the file's size and mtime when the first pass began
+
+    @classmethod
+    def of(cls, source: Path, *, carve: bool) -> "_Survey":
+        survey = cls()
+        survey.stamp = _stamp(source)
+        for ordinal, entry in _parsed_rows(source, ""):
+            if isinstance(entry, _Parsed):
+                survey._add(entry, carve=carve)
+        survey._rank()
+        return survey
+
+    def _add(self, row: _Parsed, *, carve: bool) -> None:
+        content = json.dumps([row.turns, row.paths], sort_keys=True)
+        self.has_id.append(row.id is not None)
+        self.ids.append(_digest(row.id) if row.id is not None else 0)
+        self.pairs.append(_digest(f"{row.id}\x00{content}") if row.id is not None else 0)
+        self.locators.append(row.line if row.line is not None else int(row.where.rpartition("[")[2][:-1]))
+        if carve:  # rows about the same images stay together: a val image never also trains
+            name = "\n".join(row.paths) or f"row {row.key}"
+            self.group_of.append(self.group_names.setdefault(name, len(self.group_names)))
+
+    def _rank(self) -> None:
+        import numpy as np  # noqa: PLC0415 - only this pass needs it
+
+        count = len(self.has_id)
+        with_id = np.flatnonzero(np.frombuffer(bytes(self.has_id), dtype=np.uint8)) if count else np.zeros(0, np.int64)
+        ids = np.frombuffer(self.ids, dtype=np.int64)[with_id] if count else np.zeros(0, np.int64)
+        pairs = np.frombuffer(self.pairs, dtype=np.int64)[with_id] if count else np.zeros(0, np.int64)
+        _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
+        first_row = with_id[first[inverse]]
+        repeats = first_row != with_id
+        self.first = dict(zip(with_id[repeats].tolist(), first_row[repeats].tolist(), strict=True))
+        rank = np.zeros(count, dtype=np.int32)
+        rank[with_id[repeats]] = -1
+        kept, kept_ids = with_id[~repeats], ids[~repeats]
+        order = np.argsort(kept_ids, kind="stable")  # rows of one id together, in file order
+        sorted_ids = kept_ids[order]
+        starts = np.flatnonzero(np.append(True, sorted_ids[1:] != sorted_ids[:-1])) if len(order) else order
+        runs = np.diff(np.append(starts, len(order)))
+        rank[kept[order]] = np.arange(len(order)) - np.repeat(starts, runs)
+        self.rank, self.taken = rank, np.unique(ids)
+        self.ids = self.pairs = array("q")
+
+    def groups(self) -> dict[tuple[str, str], list[int]]:
+        """Image group → its rows (duplicates left out), for :func:`carve_groups`."""
+        names = list(self.group_names)
+        members: dict[tuple[str, str], list[int]] = {}
+        for ordinal, group in enumerate(self.group_of):
+            if self.rank[ordinal] >= 0:
+                members.setdefault(("", names[group]), []).append(ordinal)
+        return members
+
+    def forget_groups(self) -> None:
+        self.group_names, self.group_of = {}, array("q")
+
+    def name(self, ordinal: int, row: _Parsed, file: str, split: str) -> str | None | Failure:
+        """The row's record id (None: numbered by the engine), or the Failure of a duplicate row."""
+        rank = int(self.rank[ordinal])
+        if rank < 0:
+            first = self.locators[self.first[ordinal]]
+            where = f"line {first}" if row.line is not None else f"{file}[{first}]"
+            return Failure(row.where, f"duplicate of {where}: same id {row.id!r} and the same conversation", split,
+                           row.line)
+        if rank == 0:
+            return row.id
+        base = _digest(row.id)  # the numbers an id's rows get only grow: each starts past the last one given
+        number = max(rank + 1, self.last.get(base, 0) + 1)
+        while self._taken(f"{row.id}-{number}"):
+            number += 1
+        self.last[base] = number
+        return f"{row.id}-{number}"
+
+    def _taken(self, name: str) -> bool:
+        """True when the file holds ``name`` as an id (``<id>-<n>`` of two ids never coincide: n has no ``-``)."""
+        digest = _digest(name)
+        at = int(self.taken.searchsorted(digest))
+        return at < len(self.taken) and int(self.taken[at]) == digest
 
 
 def _placement(folder: Path, rel: str, split: str, placed: OutputClaims) -> tuple[str, str]:

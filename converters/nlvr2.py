@@ -43,7 +43,7 @@ from converters._common import (
     read_json_lines,
     relative_name,
 )
-from phi3v_data.convert import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
+from phi3v_data.converter import Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import UnsafePathError
 from phi3v_data.splits import output_names
 
@@ -158,7 +158,7 @@ class NLVR2Converter(Converter):
                 else:
                     sentences.append({"id": line.identifier, "sentence": line.sentence, "label": line.label})
             if sentences:
-                yield Item(f"{split}/{pair}", split, {"images": pair_images, "sentences": sentences, "official": official})
+                yield Item(f"{split}/{pair}", split, {"images": pair_images, "sentences": sentences}, source_split=official)
 
     @staticmethod
     def _image(root: Path, index: BasenameIndex, split: str, directory: str | None, name: str) -> str:
@@ -175,6 +175,5 @@ class NLVR2Converter(Converter):
         records = []
         for entry in item.payload["sentences"]:
             turn = binary_turn(images, self.options.prompt.format(sentence=entry["sentence"]), entry["label"])
-            renamed = {"source_split": item.payload["official"]} if item.payload["official"] != item.split else {}
-            records.append({"id": entry["id"], **renamed, "task": "binary", "conversations": [turn]})
+            records.append({"id": entry["id"], "task": "binary", "conversations": [turn]})
         return records

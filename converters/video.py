@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 from converters import _video_decode
 from converters._common import NOT_UTF8, undecodable_name
 from converters._video_decode import decode_frames, to_jpeg
-from phi3v_data.convert import (
+from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
 from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside, special_file_problem

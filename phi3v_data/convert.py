@@ -1,7 +1,8 @@
-"""The machinery every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
+"""The run engine every converter shares: plan → convert items in a worker pool → journal → assemble outputs.
 
-A converter (see :class:`Converter`) only knows its source layout: ``plan`` lists the work items (deterministically),
-``convert`` turns one item into records and writes that item's images. This module does the rest once for all:
+A converter (the contract: :mod:`phi3v_data.converter`) only knows its source layout: ``plan`` lists the work items
+(deterministically), ``convert`` turns one item into records and writes that item's images. This module does the
+rest once for all:
 
 - **resume**: each finished item is appended to ``OUT/.partial/journal.jsonl``; a rerun with the same arguments
   skips journaled items. The final ``<name>_<split>.jsonl`` files, ``reports/failures.jsonl`` and ``manifest.json``
@@ -11,60 +12,45 @@ A converter (see :class:`Converter`) only knows its source layout: ``plan`` list
   failed items and whatever the source gained, and reuses the rest.
 - **determinism**: records are ordered by the plan, not by completion, and ids are ``<split>-<10-digit counter>``
   unless the converter sets its own.
+- **flat memory**: the plan is consumed while items convert, results go to the journal as they arrive, and the
+  outputs are streamed from the journal; per item only a key digest, its split and a journal offset stay in memory
+  (a million LLaVA rows convert in well under 500 MB).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
 import traceback
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.console import Console, Group
+from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
+from phi3v_data.converter import ConversionError, Converter, ConvertUsageError, Failure, ImageWriter, Item
 from phi3v_data.io import OutputLock as SharedOutputLock
 from phi3v_data.io import (
-    OutputOverlapError, UnsafePathError, atomic_write, check_output_apart, check_output_name, dumps_utf8,
-    resolve_inside, write_bytes, write_json, write_jsonl,
+    OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
 from phi3v_data.splits import Carved
 from schemas import Record
+from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, split_file_name
 
 JOURNAL_DIR = ".partial"
-FAILURES_REPORT = "reports/failures.jsonl"
-"""Under ``reports/``, so ``phi3v-data validate OUT/*.jsonl`` sees only data files."""
 CHUNK_MAX = 8
 """Most items one worker task converts (a killed run redoes at most ``workers * 4`` tasks)."""
-
-
-class ConversionError(Exception):
-    """An expected problem with one item (corrupt video, missing image): reported and skipped, never fatal.
-
-    ``file`` and ``line`` name the annotation the item came from when the report should point there rather than at
-    the item's key (a DocVQA question whose page is truncated)."""
-
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.file, self.line = file, line
-
-
-class ConvertUsageError(Exception):
-    """The run cannot start (bad source layout, conflicting earlier run); the message says what to do."""
-
-    exit_code = 1
 
 
 class OutputPathError(ConvertUsageError):
@@ -75,152 +61,6 @@ class OutputPathError(ConvertUsageError):
 
 class OutputLockedError(ConvertUsageError):
     """Another conversion is writing into ``--out`` right now."""
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One unit of work. ``key`` is unique and stable across runs; ``payload`` must be picklable."""
-
-    key: str
-    split: str
-    payload: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A problem with one input file or annotation line."""
-
-    file: str
-    reason: str
-    split: str | None = None
-    line: int | None = None
-
-
-class ConverterOptions(BaseModel):
-    """Options every converter accepts; subclasses add their own fields (each becomes a ``--flag``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seed: int = Field(default=0, description="Seed for any random choice (split carving, answer choice).")
-
-
-class Converter:
-    """Base class of converters. Subclass, set the class attributes, implement ``plan`` and ``convert``."""
-
-    name: ClassVar[str]
-    """Name users type: ``phi3v-data convert NAME``."""
-    version: ClassVar[str] = "1"
-    """Bump when the output for the same input changes; recorded in the manifest and part of the resume key."""
-    output_name: ClassVar[str]
-    """Default prefix of the output files: ``<output_name>_<split>.jsonl``."""
-    Options: ClassVar[type[ConverterOptions]] = ConverterOptions
-    scans_source: ClassVar[bool] = False
-    """True when ``plan`` takes every file under the source as input (informative: ``--out`` may overlap no input of
-    any converter, see :func:`check_out_apart`)."""
-    accepts_names: ClassVar[bool] = False
-    """True when the source may also be a name that is not a local path (a Hugging Face Hub dataset id)."""
-
-    def __init__(self, options: ConverterOptions | None = None) -> None:
-        self.options = options if options is not None else self.Options()
-
-    def plan(self, source: Path) -> Iterator[Item | Failure]:
-        """Scan ``source`` and yield the work items in output order, or a Failure for each unusable entry.
-
-        Raise :class:`ConvertUsageError` when ``source`` is not a layout this converter reads.
-        """
-        raise NotImplementedError
-
-    def convert(self, item: Item, out: "ImageWriter") -> list[dict[str, Any]]:
-        """Turn one item into records (dicts of the record schema; ``id`` optional). Runs in a worker process.
-
-        Raise :class:`ConversionError` for a bad item; it is reported and the run goes on.
-        """
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class ImageWriter:
-    """Where converters put images: every path is relative to ``OUT/images`` and written atomically."""
-
-    root: Path
-
-    def path(self, rel: str) -> Path:
-        """``root/rel``, refused if it leaves ``root``; symlink checks cached per directory (hot path: every frame)."""
-        parent, _, name = rel.rpartition("/")
-        if not name or name in (".", "..") or rel.startswith("/"):
-            raise UnsafePathError(f"{rel!r} is not a file path")
-        return _checked_dir(self.root, parent) / name
-
-    def save(self, image: Any, rel: str, *, quality: int = 95) -> str:
-        """Save a PIL image (JPEG when ``rel`` ends in .jpg/.jpeg, else by extension). Returns ``rel``."""
-        target = self.path(rel)
-        fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else None
-        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            from phi3v_data.images import to_rgb  # noqa: PLC0415 - numpy and PIL only when an image is re-encoded
-
-            image = to_rgb(image)
-        with atomic_write(target, "wb", durable=False) as handle:
-            image.save(handle, format=fmt or target.suffix.lstrip(".").upper(), quality=quality)
-        return rel
-
-    def write(self, data: bytes, rel: str) -> str:
-        """Write already encoded image bytes as they are. Returns ``rel``."""
-        target = self.path(rel)
-        try:
-            write_bytes(target, data)
-        except FileNotFoundError:  # the first image of its folder (cheaper than a mkdir per image)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(target, data)
-        return rel
-
-    def copy(self, src: Path, rel: str) -> str:
-        """Copy an image file after checking that all of it decodes (a truncated page is a failure, not a record
-        whose image ``validate --deep`` then refuses). Returns ``rel``."""
-        from phi3v_data.images import ImageProblem, check_image
-
-        try:
-            check_image(src, deep=True, draft=True)
-        except ImageProblem as exc:
-            raise ConversionError(f"{src}: {exc}") from None
-        target = self.path(rel)
-        with open(src, "rb") as reader, atomic_write(target, "wb", durable=False) as writer:
-            shutil.copyfileobj(reader, writer)
-        return rel
-
-
-class OutputClaims:
-    """Output image paths claimed while planning, so two different inputs never silently share one output file.
-
-    ``val/cat/1.png`` from both ``val/`` and ``valid/``, ``img/a.png`` and ``img2/a.png`` both → ``train/a.png``, or
-    an image written at ``train`` where a folder ``train/`` must go: :meth:`claim` says so, the caller reports it.
-    So do ``val/Cat/1.png`` and ``val/cat/1.png``: one file on a case-insensitive file system (macOS, Windows).
-    """
-
-    def __init__(self) -> None:
-        self._files: dict[str, str] = {}
-        self._dirs: set[str] = set()
-        self._folded: dict[str, str] = {}  # casefolded path → the path claimed first under it
-
-    def claim(self, dest: str, source: str) -> str | None:
-        """None when ``dest`` (under images/) is free or already ``source``'s; otherwise why it cannot be written."""
-        owner = self._files.get(dest)
-        if owner is not None:
-            return None if owner == source else f"{source} and {owner} would both be written to images/{dest}; rename one"
-        twin = self._folded.get(dest.casefold())
-        if twin is not None and self._files[twin] != source:
-            return (f"{source} would be written to images/{dest} and {self._files[twin]} to images/{twin}: paths that "
-                    "differ only by case are one file on case-insensitive file systems (macOS, Windows); rename one")
-        if dest in self._dirs:
-            return f"{source} would be written to images/{dest}, where other images need a folder of that name"
-        parts = dest.split("/")
-        prefixes = ["/".join(parts[:k]) for k in range(1, len(parts))]
-        for prefix in prefixes:
-            if prefix in self._files:
-                return f"{source} needs a folder images/{prefix}, where the image {self._files[prefix]} is written"
-        self._files[dest] = source
-        self._folded.setdefault(dest.casefold(), dest)
-        self._dirs.update(prefixes)
-        return None
 
 
 @dataclass
@@ -235,11 +75,6 @@ class RunResult:
     carved: list[Carved] = field(default_factory=list)
     source_splits: dict[str, str] = field(default_factory=dict)
     """Output split → its name in the release, where the converter renamed it (``val`` → ``dev_seen``)."""
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_dir(root: Path, parent: str) -> Path:
-    return resolve_inside(root, parent) if parent else root
 
 
 # -- worker side -------------------------------------------------------------------------------------------------
@@ -294,6 +129,8 @@ def _run_item(item: Item) -> tuple[str, list[dict] | None, dict | None]:
     converter, writer = _WORKER
     try:
         records = converter.convert(item, writer)
+        if item.source_split not in (None, item.split):  # the release's name of a renamed split, on each record
+            records = [{**record, "source_split": record.get("source_split", item.source_split)} for record in records]
         return item.key, records, None
     except ConversionError as exc:
         return item.key, None, {"file": exc.file or item.key, "reason": str(exc), "split": item.split, "line": exc.line}
@@ -316,19 +153,118 @@ def _params(converter: Converter, source: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _read_journal(path: Path) -> dict[str, dict]:
-    """Finished items of an interrupted run. A torn last line (killed mid-write) is ignored."""
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    with open(path, encoding="utf-8", errors="replace") as handle:  # a torn last line may end mid-character
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[entry["key"]] = entry
-    return done
+def key_digest(key: str) -> int:
+    """A 64-bit digest of an item key: what the engine keeps per item instead of the key (16x less memory at 1M)."""
+    raw = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
+
+class DigestSet:
+    """A set of 64-bit digests at ~8 bytes each (a Python set of ints costs ~60): a sorted array, and the digests
+    added since the last merge in a small set, merged into the array every ``merge`` additions."""
+
+    def __init__(self, digests: Any = None, *, merge: int = 1 << 16) -> None:
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
+
+        self._np, self._merge = np, merge
+        self._sorted = np.unique(np.asarray(digests if digests is not None else [], dtype=np.int64))
+        self._recent: set[int] = set()
+
+    def __contains__(self, digest: int) -> bool:
+        if digest in self._recent:
+            return True
+        at = int(self._sorted.searchsorted(digest))
+        return at < len(self._sorted) and int(self._sorted[at]) == digest
+
+    def add(self, digest: int) -> None:
+        self._recent.add(digest)
+        if len(self._recent) >= self._merge:
+            recent = self._np.fromiter(self._recent, dtype=self._np.int64, count=len(self._recent))
+            self._sorted, self._recent = self._np.union1d(self._sorted, recent), set()
+
+
+class Journal:
+    """``.partial/journal.jsonl``: one line per finished item, appended as each result arrives.
+
+    In memory stay each entry's key digest and byte offset (17 bytes an entry), never its records: assembly reads
+    them back one at a time. A torn last line (killed mid-write) is cut off, so the next entry starts a line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.digests, self.offsets, self.failed = array("q"), array("q"), bytearray()
+        self._end = self._read()
+        self._handle: BinaryIO | None = None
+        keys, _, failed = self._latest()
+        self.done = DigestSet(keys[~failed])
+        """Digests of the items an earlier run converted (a failure is retried, so it is not done)."""
+
+    def _read(self) -> int:
+        """Index the entries of an interrupted run; returns where the next one goes."""
+        if not self.path.exists():
+            return 0
+        offset = good = 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                start, offset = offset, offset + len(line)
+                if not line.endswith(b"\n"):
+                    break  # killed mid-write
+                good = offset
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                self._index(key_digest(entry["key"]), start, failed="failure" in entry)
+        if good < offset:
+            os.truncate(self.path, good)
+        return good
+
+    def _index(self, digest: int, offset: int, *, failed: bool) -> None:
+        self.digests.append(digest)
+        self.offsets.append(offset)
+        self.failed.append(failed)
+
+    def __enter__(self) -> "Journal":
+        self._handle = open(self.path, "ab")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def append(self, key: str, records: list[dict] | None, failure: dict | None) -> None:
+        """Journal one finished item (flushed: a kill right after loses nothing)."""
+        assert self._handle is not None
+        entry = {"key": key, "records": records} if failure is None else {"key": key, "failure": failure}
+        line = (dumps_utf8(entry) + "\n").encode("utf-8")
+        self._handle.write(line)
+        self._handle.flush()
+        self._index(key_digest(key), self._end, failed=failure is not None)
+        self._end += len(line)
+
+    def _latest(self) -> tuple[Any, Any, Any]:
+        """(digests, offsets, failed) of each item's latest entry, sorted by digest (numpy arrays)."""
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
+
+        def of(values: array | bytearray, dtype: Any) -> Any:
+            return np.frombuffer(values, dtype=dtype) if len(values) else np.zeros(0, dtype)
+
+        keys, offsets, failed = of(self.digests, np.int64), of(self.offsets, np.int64), of(self.failed, np.bool_)
+        order = np.lexsort((np.arange(len(keys)), keys))  # by digest, then by position: the last entry wins
+        latest = order[np.append(keys[order][1:] != keys[order][:-1], True)] if len(keys) else order
+        return keys[latest], offsets[latest], failed[latest]
+
+    def offsets_of(self, digests: array) -> Any:
+        """Byte offset of each digest's latest entry (an int64 array, in the order of ``digests``)."""
+        import numpy as np  # noqa: PLC0415 - not for every CLI start
+
+        keys, offsets, _ = self._latest()
+        wanted = np.frombuffer(digests, dtype=np.int64) if len(digests) else np.zeros(0, np.int64)
+        where = np.searchsorted(keys, wanted)
+        if len(wanted) and (where.max() >= len(keys) or not np.array_equal(keys[where], wanted)):
+            raise RuntimeError(f"{self.path}: planned items missing from the journal")  # a bug, never a user mistake
+        return offsets[where]
 
 
 def run_converter(
@@ -356,34 +292,47 @@ def run_converter(
     params = _params(converter, source, name)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     if not overwrite and _up_to_date(out, digest):
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = json.loads((out / MANIFEST).read_text())
         if not manifest.get("failures"):
             console.print(f"[green]{out} is up to date[/] (same converter, source and options); --overwrite redoes it")
             return RunResult(out=out, counts=manifest.get("splits", {}), up_to_date=True)
         console.print(f"retrying the {manifest['failures']} failure(s) of the last run; finished items are kept")
 
-    items, failures, carved = _plan(converter, source, console)  # before touching `out`: a wrong layout leaves nothing behind
+    plan = PlanStream(converter, source, console)  # its first item before touching `out`: a wrong layout leaves nothing
     with OutputLock(out):
-        return _run_locked(converter, items, failures, out=out, name=name, params=params, digest=digest,
-                           overwrite=overwrite, workers=workers, console=console, carved=carved)
+        return _run_locked(converter, plan, out=out, name=name, params=params, digest=digest,
+                           overwrite=overwrite, workers=workers, console=console)
 
 
-def _run_locked(converter: Converter, items: list[Item], failures: list[Failure], *, out: Path, name: str,
-                params: dict[str, Any], digest: str, overwrite: bool, workers: int | None, console: Console,
-                carved: list[Carved] | None = None) -> RunResult:
-    targets = sorted({f"{name}_{item.split}.jsonl" for item in items} | {"reports", "manifest.json"})
-    journal_path = _prepare_partial(out, digest, params, overwrite=overwrite, targets=targets)
-    done = {key: entry for key, entry in _read_journal(journal_path).items() if "failure" not in entry}  # retried
-    todo = [item for item in items if item.key not in done]
-    writer = ImageWriter(out / "images")
+def _run_locked(converter: Converter, plan: PlanStream, *, out: Path, name: str, params: dict[str, Any], digest: str,
+                overwrite: bool, workers: int | None, console: Console) -> RunResult:
+    first = [split_file_name(name, plan.first_split)] if plan.first_split is not None else []
+    journal_path = _prepare_partial(out, digest, params, overwrite=overwrite, targets=[*first, REPORTS_DIR, MANIFEST])
+    plan.on_new_split = lambda split: _refuse_foreign(out, [split_file_name(name, split)])
+    writer = ImageWriter(out / IMAGES_DIR)
     writer.root.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    reused = len(items) - len(todo)
-    _convert_all(converter, writer, todo, journal_path, done, workers=workers, console=console, reused=reused)
-    result = _assemble(converter, items, done, failures, out=out, name=name, params=params, digest=digest,
-                       carved=carved or [])
-    result.reused = reused
+    with Journal(journal_path) as journal:
+        todo = _Todo(plan, journal)
+        _convert_all(converter, writer, todo, journal, workers=workers, console=console, plan=plan)
+    result = _assemble(converter, plan, journal, out=out, name=name, params=params, digest=digest)
+    result.reused = todo.reused
     return result
+
+
+class _Todo:
+    """The planned items not journaled as done, counting those reused."""
+
+    def __init__(self, plan: PlanStream, journal: Journal) -> None:
+        self.plan, self.journal, self.reused, self.queued = plan, journal, 0, 0
+
+    def __iter__(self) -> Iterator[Item]:
+        for item in self.plan.items():
+            if self.plan.order[-1] in self.journal.done:
+                self.reused += 1
+            else:
+                self.queued += 1
+                yield item
 
 
 def _inputs(converter: Converter, source: Path) -> list[tuple[str, Path]]:
@@ -433,25 +382,60 @@ def _up_to_date(out: Path, digest: str) -> bool:
     )
 
 
-def _plan(converter: Converter, source: Path, console: Console) -> tuple[list[Item], list[Failure], list[Carved]]:
-    items: list[Item] = []
-    failures: list[Failure] = []
-    carved: list[Carved] = []
-    keys: set[str] = set()
-    with console.status(f"scanning {source}"):
-        for entry in converter.plan(source):
+class PlanStream:
+    """A converter's plan, consumed while the items convert: per item only its key digest and split stay in memory.
+
+    The first item is pulled on construction, before ``out`` is touched, so a wrong source layout (which ``plan``
+    raises on its first step) leaves nothing behind. Failures, carve reports and duplicate keys are collected.
+    """
+
+    def __init__(self, converter: Converter, source: Path, console: Console) -> None:
+        self.failures: list[Failure] = []
+        self.carved: list[Carved] = []
+        self.splits: list[str] = []
+        """Output splits in order of their first item."""
+        self.order = array("q")
+        """Key digest of every planned item, in plan order (the order records are written in)."""
+        self.split_index = array("H")
+        """Per planned item: its split's index in :attr:`splits`."""
+        self.exhausted = False
+        self.on_new_split: Callable[[str], None] | None = None
+        self._keys = DigestSet()
+        self._entries = iter(converter.plan(source))
+        with console.status(f"scanning {source}"):
+            self._head = self._next_item()
+        if self._head is None and not self.failures:
+            raise ConvertUsageError(f"found nothing to convert in {source}: is this a {converter.name} dataset?")
+        self.first_split = self._head.split if self._head is not None else None
+
+    def _next_item(self) -> Item | None:
+        for entry in self._entries:
             if isinstance(entry, Failure):
-                failures.append(entry)
+                self.failures.append(entry)
             elif isinstance(entry, Carved):  # what --val-ratio took: reported in the closing table and manifest
-                carved.append(entry)
-            elif entry.key in keys:
-                failures.append(Failure(entry.key, "duplicate item (listed twice in the source)", entry.split))
+                self.carved.append(entry)
+            elif (digest := key_digest(entry.key)) in self._keys:
+                self.failures.append(Failure(entry.key, "duplicate item (listed twice in the source)", entry.split))
             else:
-                keys.add(entry.key)
-                items.append(entry)
-    if not items and not failures:
-        raise ConvertUsageError(f"found nothing to convert in {source}: is this a {converter.name} dataset?")
-    return items, failures, carved
+                self._keys.add(digest)
+                self.order.append(digest)
+                return entry
+        self.exhausted, self._keys = True, DigestSet()
+        return None
+
+    def items(self) -> Iterator[Item]:
+        """The planned items, each registered (split, order) as it is handed out."""
+        item, self._head = self._head, None
+        index = {split: k for k, split in enumerate(self.splits)}
+        while item is not None:
+            if item.split not in index:
+                if self.on_new_split is not None:
+                    self.on_new_split(item.split)
+                index[item.split] = len(self.splits)
+                self.splits.append(item.split)
+            self.split_index.append(index[item.split])
+            yield item
+            item = self._next_item()
 
 
 def recorded_outputs(out: Path) -> list[str]:
@@ -482,6 +466,30 @@ def _remove_recorded(out: Path) -> None:
             path.unlink()
 
 
+def _refuse_foreign(out: Path, names: Sequence[str]) -> None:
+    """Refuse to write over entries of ``out`` that no conversion recorded as its own (nor this run began writing:
+    see :data:`ASSEMBLING`). Checked for each split as the plan reaches it, before any of its records is written."""
+    ours = {*recorded_outputs(out), *_assembling(out)}
+    foreign = [n for n in names if (out / n).exists() and n not in ours]
+    if foreign:
+        raise ConvertUsageError(
+            f"{out} already holds {', '.join(foreign)}, which no earlier conversion recorded as its output; "
+            "nothing was deleted or written there: choose another --out, or move those away"
+        )
+
+
+ASSEMBLING = "assembling.json"
+"""Under ``.partial/``: the outputs an assembly is writing, so a run killed halfway may write them again."""
+
+
+def _assembling(out: Path) -> list[str]:
+    try:
+        names = json.loads((out / JOURNAL_DIR / ASSEMBLING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
 def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool, targets: Sequence[str] = ()) -> Path:
     """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``.
 
@@ -490,174 +498,209 @@ def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrit
     """
     partial = out / JOURNAL_DIR
     params_path = partial / "params.json"
-    if overwrite:  # the earlier conversion's images must not survive into this one
+    if overwrite:  # the earlier conversion's images must not survive into this one, nor its journal
         _remove_recorded(out)
         if params_path.exists():  # an interrupted run of ours made images/ (a first run refuses a foreign one)
-            shutil.rmtree(out / "images", ignore_errors=True)
-    interrupted, recorded = params_path.exists(), recorded_outputs(out)
-    foreign = [n for n in ("images", *targets) if (out / n).exists() and n not in recorded and not interrupted]
-    if foreign:
-        raise ConvertUsageError(
-            f"{out} already holds {', '.join(foreign)}, which no earlier conversion recorded as its output; "
-            "nothing was deleted or written: choose another --out, or move those away"
-        )
+            shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)
+            shutil.rmtree(partial)  # its records name the images just deleted
+    if not params_path.exists():  # an interrupted run of ours made images/
+        _refuse_foreign(out, [IMAGES_DIR])
+    _refuse_foreign(out, targets)
     if params_path.exists() and json.loads(params_path.read_text()).get("digest") != digest:
-        if not overwrite:
-            raise ConvertUsageError(
-                f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
-                "or pass --overwrite to start again"
-            )
-        shutil.rmtree(partial)
+        raise ConvertUsageError(
+            f"{out} holds an interrupted run with other arguments; rerun it with the same arguments, "
+            "or pass --overwrite to start again"
+        )
     partial.mkdir(parents=True, exist_ok=True)
     write_json(params_path, {"digest": digest, **params})
     return partial / "journal.jsonl"
 
 
-def _convert_all(
-    converter: Converter,
-    writer: ImageWriter,
-    todo: list[Item],
-    journal_path: Path,
-    done: dict[str, dict],
-    *,
-    workers: int,
-    console: Console,
-    reused: int,
-) -> None:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with open(journal_path, "a", encoding="utf-8") as journal, Progress(*columns, console=console, transient=False) as progress:
-        label = f"{converter.name}" + (f" (resumed, {reused} done before)" if reused else "")
-        task = progress.add_task(label, total=len(todo))
+def _convert_all(converter: Converter, writer: ImageWriter, todo: _Todo, journal: Journal, *, workers: int,
+                 console: Console, plan: PlanStream) -> None:
+    """Convert every item of ``todo`` as the plan yields it, journaling each result as it arrives."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(converter.name, total=None)  # known once the plan is exhausted
+        shown = [0, False]  # the reused count and whether the total are on the bar
 
         def record(result: tuple[str, list[dict] | None, dict | None]) -> None:
-            key, records, failure = result
-            entry = {"key": key, "records": records} if failure is None else {"key": key, "failure": failure}
-            journal.write(dumps_utf8(entry) + "\n")
-            journal.flush()
-            done[key] = entry
+            journal.append(*result)
             progress.advance(task)
+            if todo.reused != shown[0] or plan.exhausted != shown[1]:
+                shown[:] = todo.reused, plan.exhausted
+                progress.update(task, total=todo.queued if plan.exhausted else None, description=_label(converter, todo))
 
-        if workers == 1 or len(todo) <= 1:
+        items = iter(todo)
+        head = list(itertools.islice(items, 2))
+        if workers == 1 or len(head) <= 1:
             _init_worker(converter, writer)
-            for item in todo:
+            for item in itertools.chain(head, items):
                 record(_run_item(item))
-            return
-        chunks = _chunks(todo, workers)
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(converter, writer, os.getpid()))
-        try:
-            pending: set[Future] = set()
-            for chunk in chunks:  # keep a bounded number of tasks in flight
-                pending.add(pool.submit(_run_items, chunk))
-                if len(pending) >= workers * 4:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        for result in future.result():
-                            record(result)
-            for future in pending:
-                for result in future.result():
-                    record(result)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        else:
+            _pool_run(converter, writer, itertools.chain(head, items), record, workers=workers)
+        progress.update(task, total=todo.queued, description=_label(converter, todo))
 
 
-def _chunks(todo: list[Item], workers: int) -> list[list[Item]]:
+def _label(converter: Converter, todo: _Todo) -> str:
+    return converter.name + (f" (resumed, {todo.reused} done before)" if todo.reused else "")
+
+
+def _pool_run(converter: Converter, writer: ImageWriter, items: Iterator[Item],
+              record: Callable[[tuple[str, list[dict] | None, dict | None]], None], *, workers: int) -> None:
+    """Worker processes convert chunks of items; a bounded number of tasks is in flight (memory stays flat)."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
+                               initargs=(converter, writer, os.getpid()))
+    try:
+        pending: set[Future] = set()
+        for chunk in _stream_chunks(items, workers):
+            pending.add(pool.submit(_run_items, chunk))
+            if len(pending) >= workers * 4:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    for result in future.result():
+                        record(result)
+        for future in pending:
+            for result in future.result():
+                record(result)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _stream_chunks(items: Iterator[Item], workers: int) -> Iterator[list[Item]]:
     """Worker tasks: up to CHUNK_MAX items while much work remains, one item each at the end.
 
     Each task costs the main process ~0.5 ms of pickling and bookkeeping, CPU the workers want on a small machine;
-    shrinking tasks towards the end keeps every worker busy until the last item (guided scheduling).
+    shrinking tasks towards the end keeps every worker busy until the last item (guided scheduling: size =
+    remaining // (workers * 8)). Only ``workers * 8 * CHUNK_MAX`` items are read ahead of the plan: enough to know
+    that a task may be full while the plan goes on.
     """
-    chunks, start = [], 0
-    while start < len(todo):
-        size = max(1, min(CHUNK_MAX, (len(todo) - start) // (workers * 8)))
-        chunks.append(todo[start : start + size])
-        start += size
-    return chunks
+    window = workers * 8 * CHUNK_MAX
+    buffer: deque[Item] = deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(buffer) < window:
+            item = next(items, None)
+            if item is None:
+                exhausted = True
+            else:
+                buffer.append(item)
+        if not buffer:
+            return
+        size = max(1, min(CHUNK_MAX, len(buffer) // (workers * 8)))
+        yield [buffer.popleft() for _ in range(size)]
 
 
-def _assemble(
-    converter: Converter,
-    items: list[Item],
-    done: dict[str, dict],
-    failures: list[Failure],
-    *,
-    out: Path,
-    name: str,
-    params: dict[str, Any],
-    digest: str,
-    carved: list[Carved],
-) -> RunResult:
-    result = RunResult(out=out, carved=carved)
-    per_split: dict[str, list[Record]] = {}
-    ids_seen: set[str] = set()
-    for item in items:
-        entry = done[item.key]
-        if "failure" in entry:
-            failures.append(Failure(**entry["failure"]))
-            continue
-        bucket = per_split.setdefault(item.split, [])
-        for raw in entry["records"]:
-            raw = dict(raw)
-            raw.setdefault("id", f"{item.split}-{len(bucket):010d}")
-            raw.setdefault("source", converter.name)
-            try:
-                record = Record.model_validate(raw)
-            except ValidationError as exc:  # a converter bug; never write a record the validator would reject
-                failures.append(Failure(item.key, f"converter produced an invalid record: {exc.errors()[0]['msg']}", item.split))
-                continue
-            if record.id in ids_seen:
-                failures.append(Failure(item.key, f"duplicate record id {record.id!r}", item.split))
-                continue
-            ids_seen.add(record.id)
-            bucket.append(record)
-            if record.source_split:
-                result.source_splits.setdefault(item.split, record.source_split)
+def _chunks(todo: Sequence[Item], workers: int) -> list[list[Item]]:
+    """:func:`_stream_chunks` of a list."""
+    return list(_stream_chunks(iter(todo), workers))
 
-    for split, records in per_split.items():
-        path = out / f"{name}_{split}.jsonl"
-        result.files[split] = path
-        result.counts[split] = write_jsonl(path, records)
-        result.images[split] = sum(len(r.images) for r in records)
+
+def _assemble(converter: Converter, plan: PlanStream, journal: Journal, *, out: Path, name: str,
+              params: dict[str, Any], digest: str) -> RunResult:
+    """Write the outputs from the journal, streamed in plan order, then the failures report and the manifest."""
+    result = RunResult(out=out, carved=plan.carved)
+    failures = list(plan.failures)
+    targets = [split_file_name(name, split) for split in plan.splits]
+    write_json(out / JOURNAL_DIR / ASSEMBLING, [*targets, REPORTS_DIR, MANIFEST])
+    with _SplitFiles(out, name) as files:
+        _write_records(converter, plan, journal, files, failures, result)
+    result.files, result.counts, result.images = files.paths, files.counts, files.images
     write_jsonl(out / FAILURES_REPORT, [asdict(f) for f in failures])
     result.failures = failures
-    write_json(
-        out / "manifest.json",
-        {
-            "converter": converter.name,
-            "version": converter.version,
-            "params": params,
-            "params_digest": digest,
-            "splits": result.counts,
-            "images": result.images,
-            "failures": len(failures),
-            "failures_by_split": dict(Counter(f.split or "-" for f in failures)),
-            "files": {split: path.name for split, path in result.files.items()},
-            "source_splits": result.source_splits,
-            "carved": [asdict(c) for c in carved],
-            "failures_file": FAILURES_REPORT,
-            # what --overwrite may delete later: everything this run wrote into `out`, and nothing else
-            "outputs": ["images", *(path.name for path in result.files.values()), "reports", "manifest.json"],
-        },
-    )
+    write_json(out / MANIFEST, _manifest(converter, result, params=params, digest=digest))
     if not failures:  # while failures remain, the journal stays: a rerun retries them and reuses the rest
         shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)
     return result
 
 
-def summary_table(result: RunResult) -> Table | Group:
-    """The closing table of a conversion: records and images per split (with the release's split name), failures,
-    then what ``--val-ratio`` carved."""
-    table = Table(title=f"converted → {result.out}")
-    table.add_column("split")
-    table.add_column("records", justify="right")
-    table.add_column("images", justify="right")
-    table.add_column("file")
-    for split, count in result.counts.items():
-        path = result.files.get(split)
-        label = f"{split} ({result.source_splits[split]})" if split in result.source_splits else split
-        table.add_row(label, str(count), str(result.images.get(split, "")), path.name if path else "")
-    table.caption = f"{len(result.failures)} failure(s)" + (f" — see {FAILURES_REPORT}" if result.failures else "")
-    if not result.carved:
-        return table
-    return Group(table, *(Text(f"carved {c.describe()}") for c in result.carved))  # own lines: a caption would wrap
+def _write_records(converter: Converter, plan: PlanStream, journal: Journal, files: _SplitFiles,
+                   failures: list[Failure], result: RunResult) -> None:
+    """Each planned item's journal entry, read back one at a time: its records validated, ids given, written."""
+    ids_seen = DigestSet()  # digests of the ids written
+    offsets = journal.offsets_of(plan.order)
+    with open(journal.path, "rb") as reader:
+        for position, offset in _positions(offsets):
+            split = plan.splits[plan.split_index[position]]
+            reader.seek(offset)
+            entry = json.loads(reader.readline())
+            if "failure" in entry:
+                failures.append(Failure(**entry["failure"]))
+                continue
+            for raw in entry["records"]:
+                raw.setdefault("id", f"{split}-{files.counts.get(split, 0):010d}")
+                raw.setdefault("source", converter.name)
+                try:
+                    record = Record.model_validate(raw)
+                except ValidationError as exc:  # a converter bug; never write a record the validator would reject
+                    failures.append(Failure(entry["key"], f"converter produced an invalid record: "
+                                            f"{exc.errors()[0]['msg']}", split))
+                    continue
+                if (id_digest := key_digest(record.id)) in ids_seen:
+                    failures.append(Failure(entry["key"], f"duplicate record id {record.id!r}", split))
+                    continue
+                ids_seen.add(id_digest)
+                files.write(split, record)
+                if record.source_split:
+                    result.source_splits.setdefault(split, record.source_split)
+
+
+def _positions(offsets: Any, block: int = 1 << 16) -> Iterator[tuple[int, int]]:
+    """(position, offset) of an int64 array as Python ints, a block at a time (no list of a million ints)."""
+    for start in range(0, len(offsets), block):
+        yield from enumerate(offsets[start : start + block].tolist(), start)
+
+
+class _SplitFiles:
+    """The ``<name>_<split>.jsonl`` files being written, each a temp file renamed into place when all succeeded."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.out, self.name = out, name
+        self.paths: dict[str, Path] = {}
+        self.counts: dict[str, int] = {}
+        self.images: dict[str, int] = {}
+        self._stack = contextlib.ExitStack()
+        self._handles: dict[str, IO[str]] = {}
+
+    def __enter__(self) -> "_SplitFiles":
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def write(self, split: str, record: Record) -> None:
+        handle = self._handles.get(split)
+        if handle is None:  # a split's file exists once it has a record
+            path = self.paths[split] = self.out / split_file_name(self.name, split)
+            handle = self._handles[split] = self._stack.enter_context(atomic_write(path, "w", encoding="utf-8"))
+            self.counts[split] = self.images[split] = 0
+        row = record.model_dump(mode="json", exclude_none=True)
+        try:  # TextIOWrapper encodes in write(): a failed write leaves nothing behind
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        except UnicodeEncodeError:  # a lone surrogate: the escaped form (see dumps_utf8)
+            handle.write(json.dumps(row) + "\n")
+        self.counts[split] += 1
+        self.images[split] += len(record.images)
+
+
+def _manifest(converter: Converter, result: RunResult, *, params: dict[str, Any], digest: str) -> dict[str, Any]:
+    return {
+        "converter": converter.name,
+        "version": converter.version,
+        "params": params,
+        "params_digest": digest,
+        "splits": result.counts,
+        "images": result.images,
+        "failures": len(result.failures),
+        "failures_by_split": dict(Counter(f.split or "-" for f in result.failures)),
+        "files": {split: path.name for split, path in result.files.items()},
+        "source_splits": result.source_splits,
+        "carved": [asdict(c) for c in result.carved],
+        "failures_file": FAILURES_REPORT,
+        # what --overwrite may delete later: everything this run wrote into `out`, and nothing else
+        "outputs": [IMAGES_DIR, *(path.name for path in result.files.values()), REPORTS_DIR, MANIFEST],
+    }

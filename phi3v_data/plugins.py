@@ -5,14 +5,14 @@ A plugin package adds to its ``pyproject.toml``::
     [project.entry-points."phi3v.converters"]
     mysource = "my_package.converter:MySourceConverter"
 
-where ``MySourceConverter`` subclasses :class:`phi3v_data.convert.Converter`.
+where ``MySourceConverter`` subclasses :class:`phi3v_data.converter.Converter`.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
-from phi3v_data.convert import Converter
+from phi3v_data.converter import Converter
 from schemas.errors import UserError
 
 GROUP = "phi3v.converters"
@@ -41,5 +41,5 @@ def load_converter(name: str) -> type[Converter]:
     except Exception as exc:  # a broken third-party plugin must not take the CLI down
         raise PluginError(f"converter {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Converter)):
-        raise PluginError(f"converter {name!r} ({eps[name].value}) is not a phi3v_data.convert.Converter subclass")
+        raise PluginError(f"converter {name!r} ({eps[name].value}) is not a phi3v_data.converter.Converter subclass")
     return cls

@@ -10,12 +10,15 @@ from typing import Any, Literal, get_args, get_origin
 import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from phi3v_data.convert import FAILURES_REPORT, Converter, ConvertUsageError, run_converter, summary_table
+from phi3v_data.convert import RunResult, run_converter
+from phi3v_data.converter import Converter, ConvertUsageError
 from phi3v_data.plugins import PluginError, converter_entry_points, load_converter
+from schemas.layout import FAILURES_REPORT
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
@@ -95,6 +98,24 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
 
     doc = (cls.__doc__ or name).strip()
     return click.Command(name, params=params, callback=callback, help=doc, short_help=_first_doc_line(cls))
+
+
+def summary_table(result: RunResult) -> Table | Group:
+    """The closing table of a conversion: records and images per split (with the release's split name), failures,
+    then what ``--val-ratio`` carved."""
+    table = Table(title=f"converted → {result.out}")
+    table.add_column("split")
+    table.add_column("records", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("file")
+    for split, count in result.counts.items():
+        path = result.files.get(split)
+        label = f"{split} ({result.source_splits[split]})" if split in result.source_splits else split
+        table.add_row(label, str(count), str(result.images.get(split, "")), path.name if path else "")
+    table.caption = f"{len(result.failures)} failure(s)" + (f" — see {FAILURES_REPORT}" if result.failures else "")
+    if not result.carved:
+        return table
+    return Group(table, *(Text(f"carved {c.describe()}") for c in result.carved))  # own lines: a caption would wrap
 
 
 class ConverterGroup(click.Group):

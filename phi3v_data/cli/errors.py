@@ -30,10 +30,8 @@ EXTRAS = {
 
 # What the user can fix: schemas.errors.UserError, the base of every such error. Looked up in sys.modules rather than
 # imported: importing schemas needs pydantic, and this edge must still run to say that pydantic is missing (no
-# UserError exists before its module is imported). Then convert.py's errors, until they derive from UserError
-# (their module has another owner): delete those two entries once they do.
-_USER_ERRORS = [("schemas.errors", "UserError"),
-                ("phi3v_data.convert", "ConvertUsageError"), ("phi3v_data.convert", "ConversionError")]
+# UserError exists before its module is imported).
+_USER_ERRORS = [("schemas.errors", "UserError")]
 
 
 class CliError(click.ClickException):

@@ -17,7 +17,8 @@ from PIL import Image
 from rich.console import Console
 
 from converters.cauldron import CauldronConverter, CauldronOptions
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 datasets = pytest.importorskip("datasets")
 

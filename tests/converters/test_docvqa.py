@@ -12,7 +12,8 @@ from PIL import Image
 from rich.console import Console
 
 from converters.docvqa import DocVQAConverter, DocVQAOptions, choose_answer
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 QUIET = Console(file=io.StringIO())
 
@@ -256,7 +257,7 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
     ],
 )
 def test_table_split_reads_the_split_where_datasets_puts_it(rel: str, split: str) -> None:
-    from converters._common import table_split
+    from converters._hf_reader import table_split
 
     assert table_split(Path("/x") / rel) == split
 

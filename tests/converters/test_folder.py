@@ -11,7 +11,8 @@ from PIL import Image
 
 from converters.folder import FolderConverter, FolderOptions, ratio_split
 from phi3v_data.cli import main
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 PROMPT = "Classify the image into one of the following classes: cat, dog."
 

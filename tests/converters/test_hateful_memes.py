@@ -11,7 +11,8 @@ from PIL import Image
 from rich.console import Console
 
 from converters.hateful_memes import HatefulMemesConverter, HatefulMemesOptions
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 QUIET = Console(file=io.StringIO())
 

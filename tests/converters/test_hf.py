@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from converters.hf import HFConverter, HFOptions
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 datasets = pytest.importorskip("datasets")
 

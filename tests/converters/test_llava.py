@@ -9,6 +9,7 @@ from PIL import Image
 
 from converters.llava import LlavaConverter, LlavaOptions, ShareGPTConverter, image_destination
 from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 from phi3v_data.export import export_dataset
 
 
@@ -250,3 +251,57 @@ def test_a_malformed_row_in_the_middle_of_a_big_array_is_one_failure(tmp_path: P
     assert got[0]["conversations"][0] == {"images": ["train/coco/x.png"], "user": "<|image_1|>\nQuestion 0?",
                                           "assistant": "Answer 0."}
     assert got[-1]["conversations"] == [{"images": [], "user": "Question 1999?", "assistant": "Answer 1999."}]
+
+
+def test_repeated_ids_skip_ids_the_file_holds_and_duplicates_name_the_line_they_repeat(tmp_path: Path) -> None:
+    rows = [("x", "A"), ("x-2", "B"), ("x", "C"), ("x", "A"), ("x", "D"), ("x-2", "B")]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "conversations": _human_gpt(text, "ok")}) + "\n" for i, text in rows))
+    result = run_converter(LlavaConverter(), source, tmp_path / "out", workers=1)
+    records = _records(tmp_path / "out" / "llava_train.jsonl")
+    assert [(r["id"], r["conversations"][0]["user"]) for r in records] == [("x", "A"), ("x-2", "B"), ("x-3", "C"),
+                                                                           ("x-4", "D")]
+    assert [(f.file, f.line, f.reason) for f in result.failures] == [
+        ("rows.jsonl", 4, "duplicate of line 1: same id 'x' and the same conversation"),
+        ("rows.jsonl", 6, "duplicate of line 2: same id 'x-2' and the same conversation"),
+    ]
+
+
+def test_the_plan_keeps_no_rows_in_memory(tmp_path: Path) -> None:
+    """400 rows of 20 kB (8 MB of json): planning reads the file twice and holds a few integers per row."""
+    import tracemalloc
+
+    _images(tmp_path)
+    source = tmp_path / "big.json"
+    rows = [{"id": f"r{k}", "image": ["coco/x.png", "coco/y.jpg"][k % 2],
+             "conversations": _human_gpt("<image>\nSay.", f"{k} " + "x" * 20_000)} for k in range(400)]
+    source.write_text(json.dumps(rows))
+    del rows
+    run_converter(LlavaConverter(LlavaOptions(val_ratio=0.1)), source, tmp_path / "warm", workers=1)
+    tracemalloc.start()
+    try:
+        result = run_converter(LlavaConverter(LlavaOptions(val_ratio=0.1)), source, tmp_path / "out", workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.counts == {"train": 200, "val": 200}  # two images, one group each: the smaller (equal) goes
+    assert peak < 2_000_000, f"peak {peak:,} bytes"
+
+
+def test_a_file_that_changes_between_the_two_passes_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import converters.llava as llava
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"id": "a", "conversations": _human_gpt("Hi", "Hello")}) + "\n")
+    first_pass = llava._Survey.of
+
+    def then_edited(path: Path, *, carve: bool) -> llava._Survey:
+        survey = first_pass(path, carve=carve)
+        with open(path, "a") as handle:  # another row lands after the first pass
+            handle.write(json.dumps({"id": "b", "conversations": _human_gpt("Hey", "Yo")}) + "\n")
+        return survey
+
+    monkeypatch.setattr(llava._Survey, "of", then_edited)
+    with pytest.raises(ConvertUsageError, match="rows.jsonl changed while it was read"):
+        run_converter(LlavaConverter(), source, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()  # refused before the first item: nothing written

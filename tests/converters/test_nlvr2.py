@@ -11,7 +11,8 @@ from PIL import Image
 from rich.console import Console
 
 from converters.nlvr2 import NLVR2Converter, NLVR2Options
-from phi3v_data.convert import ConvertUsageError, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConvertUsageError
 
 QUIET = Console(file=io.StringIO())
 PROMPT = 'The first image is the left one, the second the right one. Is this statement about the pair true? "{}"\nAnswer yes or no.'

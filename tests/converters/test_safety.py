@@ -28,8 +28,8 @@ from converters.llava import LlavaConverter, LlavaOptions
 from converters.nlvr2 import NLVR2Converter
 from converters.video import VideoConverter
 from phi3v_data.cli import main
-from phi3v_data.convert import (Converter, ConvertUsageError, ImageWriter, Item, OutputLock, OutputLockedError,
-                                run_converter)
+from phi3v_data.convert import OutputLock, OutputLockedError, run_converter
+from phi3v_data.converter import Converter, ConvertUsageError, ImageWriter, Item
 
 QUIET = Console(file=io.StringIO())
 DEEP = "[" * 50_000 + "]" * 50_000  # json.loads raises RecursionError on it

@@ -17,7 +17,8 @@ from converters import _video_decode
 from converters._video_decode import Probe, read_frames, sample_indices
 from converters.video import VideoConverter, VideoOptions
 from phi3v_data.cli import main
-from phi3v_data.convert import ConversionError, ImageWriter, Item, run_converter
+from phi3v_data.convert import run_converter
+from phi3v_data.converter import ConversionError, ImageWriter, Item
 
 W, H = 64, 48
 PROMPT3 = "Classify the video into one of the following classes: ApplyEyeMakeup, HandstandPushups, YoYo."
@@ -479,7 +480,7 @@ def test_carving_a_sampled_subset_stays_near_the_requested_ratio_and_says_what_i
 
 def test_two_clips_that_would_write_the_same_frames_are_reported(tmp_path: Path) -> None:
     """clip.avi beside clip.mp4 (or Clip.avi: one file on macOS/Windows) would write the same frame files."""
-    from phi3v_data.convert import Failure
+    from phi3v_data.converter import Failure
 
     src = tmp_path / "src"
     for name in ("train/Cat/clip.avi", "train/Cat/clip.mp4", "train/Dog/Run.avi", "train/Dog/run.avi"):
@@ -502,7 +503,7 @@ def test_latin1_class_folders_and_clip_names_are_failures_not_records(tmp_path: 
     holds a lone surrogate."""
     import os
 
-    from phi3v_data.convert import Failure
+    from phi3v_data.converter import Failure
 
     src = tmp_path / "src"
     write_clip(src / "train" / "Cat" / "a.avi", 4)

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,17 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from phi3v_data.cli import main
-from phi3v_data.convert import (
-    CHUNK_MAX,
-    ConversionError,
-    Converter,
-    ConverterOptions,
-    ConvertUsageError,
-    Failure,
-    ImageWriter,
-    Item,
-    _chunks,
-    run_converter,
+from phi3v_data.convert import CHUNK_MAX, _chunks, run_converter
+from phi3v_data.converter import (
+    ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
 )
 from phi3v_data.plugins import GROUP, PluginError, converter_entry_points, load_converter
 
@@ -271,3 +264,217 @@ def test_worker_tasks_shrink_to_single_items_at_the_end() -> None:
     assert [item for chunk in chunks for item in chunk] == items
     long_run = [len(c) for c in _chunks([Item(f"k{i}", "train") for i in range(13_320)], workers=2)]
     assert long_run[0] == CHUNK_MAX and long_run[-16:] == [1] * 16 and sum(long_run) == 13_320
+
+
+# -- flat memory at any size (issue 20) ----------------------------------------------------------------------------
+
+SEEN: list[int] = []
+
+
+def _journal_lines(out: Path) -> int:
+    journal = out / ".partial" / "journal.jsonl"
+    return journal.read_text().count("\n") if journal.is_file() else 0
+
+
+class Watching(ToyConverter):
+    """Notes, as it plans each item from the third on, how many items the journal of ``OUT`` already holds."""
+
+    out: Path
+
+    def plan(self, source: Path) -> Iterator[Item | Failure]:
+        for k, entry in enumerate(super().plan(source)):
+            if k >= 2:
+                SEEN.append(_journal_lines(self.out))
+            yield entry
+
+
+def test_the_plan_is_consumed_while_items_convert(tmp_path: Path) -> None:
+    """One worker: the k-th item is planned only after k - 1 are journaled (two are read ahead)."""
+    src = _source(tmp_path)
+    Watching.out = tmp_path / "out"
+    SEEN.clear()
+    result = run_converter(Watching(), src, tmp_path / "out", workers=1)
+    assert SEEN == [2, 3, 4] and result.counts == {"train": 4, "val": 1}
+
+
+class ManyItems(Converter):
+    """``count`` text-only items of ``size`` characters each; notes the journal's length when planning the last."""
+
+    name = "many"
+    output_name = "many"
+    count, size = 300, 10
+    out: Path | None = None
+
+    def plan(self, source: Path) -> Iterator[Item]:
+        for k in range(self.count):
+            if k == self.count - 1 and self.out is not None:
+                SEEN.append(_journal_lines(self.out))
+            yield Item(f"item-{k:04d}", "train")
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        return [{"task": "chat", "conversations": [{"images": [], "user": item.key, "assistant": "x" * self.size}]}]
+
+
+def test_worker_pool_results_are_journaled_before_the_plan_ends(tmp_path: Path) -> None:
+    """Two workers read ahead 2 * 8 * CHUNK_MAX items and keep 8 tasks in flight: 192 items, well before 300."""
+    (tmp_path / "src").mkdir()
+    ManyItems.out = tmp_path / "out"
+    SEEN.clear()
+    try:
+        result = run_converter(ManyItems(), tmp_path / "src", tmp_path / "out", workers=2)
+    finally:
+        ManyItems.out = None
+    assert result.counts == {"train": 300} and len(SEEN) == 1 and SEEN[0] >= CHUNK_MAX
+    users = [json.loads(line)["conversations"][0]["user"] for line in (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()]
+    assert users == [f"item-{k:04d}" for k in range(300)]  # plan order, not completion order
+
+
+class BigRecords(ManyItems):
+    count, size = 400, 20_000
+
+
+def test_records_are_never_all_in_memory(tmp_path: Path) -> None:
+    """400 records of 20 kB (8 MB): converting, journaling and assembling hold a few of them at a time."""
+    import tracemalloc
+
+    (tmp_path / "src").mkdir()
+    run_converter(BigRecords(), tmp_path / "src", tmp_path / "warm", workers=1)  # imports, caches
+    tracemalloc.start()
+    try:
+        result = run_converter(BigRecords(), tmp_path / "src", tmp_path / "out", workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.counts == {"train": 400}
+    assert peak < 2_000_000, f"peak {peak:,} bytes"
+    lines = (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()
+    assert len(lines) == 400 and json.loads(lines[-1])["id"] == "train-0000000399"
+
+
+def test_a_journal_with_a_torn_tail_is_cut_before_appending(tmp_path: Path) -> None:
+    from phi3v_data.convert import Journal, key_digest
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"key": "a", "records": []}\n{"key": "b", "failure": {"file": "b", "reason": "x"}}\n{"key": "c", "rec')
+    with Journal(path) as journal:
+        assert [key_digest(k) in journal.done for k in "abc"] == [True, False, False]  # b failed: retried
+        journal.append("c", [{"task": "chat"}], None)
+    assert path.read_text().splitlines() == [
+        '{"key": "a", "records": []}', '{"key": "b", "failure": {"file": "b", "reason": "x"}}',
+        '{"key": "c", "records": [{"task": "chat"}]}',
+    ]
+    with Journal(path) as journal:
+        assert [key_digest(k) in journal.done for k in "abc"] == [True, False, True]
+        assert journal.offsets_of(array("q", [key_digest("c"), key_digest("a")])).tolist() == [82, 0]
+
+
+def test_a_split_file_no_run_wrote_is_refused_when_the_plan_reaches_it(tmp_path: Path) -> None:
+    """The val split appears after four train items: its file, the user's, is refused then; once moved, the rerun
+    reuses the train items."""
+    src, out = _source(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "toy_val.jsonl").write_text("mine\n")
+    CALLS.clear()
+    with pytest.raises(ConvertUsageError, match="already holds toy_val.jsonl, which no earlier conversion recorded"):
+        run_converter(ToyConverter(), src, out, workers=1)
+    assert (out / "toy_val.jsonl").read_text() == "mine\n" and CALLS == [f"train/{n}.txt" for n in "abcd"]
+    (out / "toy_val.jsonl").rename(tmp_path / "mine.jsonl")
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1)
+    assert result.reused == 4 and CALLS == ["val/e.txt"] and result.counts == {"train": 4, "val": 1}
+
+
+class Renamed(Converter):
+    """Three items of the release's ``validation`` split, written as ``val``; the third's record names its own."""
+
+    name = output_name = "renamed"
+
+    def plan(self, source: Path) -> Iterator[Item]:
+        yield Item("a", "val", source_split="validation")
+        yield Item("b", "val", source_split="val")  # the same name: nothing to keep
+        yield Item("c", "val", payload="dev", source_split="validation")
+
+    def convert(self, item: Item, out: ImageWriter) -> list[dict]:
+        record = {"task": "chat", "conversations": [{"images": [], "user": item.key, "assistant": "ok"}]}
+        return [{**record, "source_split": item.payload} if item.payload else record]
+
+
+def test_the_engine_stamps_the_release_split_name_of_an_item_on_its_records(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    result = run_converter(Renamed(), tmp_path / "src", tmp_path / "out", workers=1)
+    records = [json.loads(line) for line in (tmp_path / "out" / "renamed_val.jsonl").read_text().splitlines()]
+    assert [r.get("source_split") for r in records] == ["validation", None, "dev"]
+    assert result.source_splits == {"val": "validation"}
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source_splits"] == {"val": "validation"}
+
+
+def test_a_run_killed_while_assembling_writes_its_outputs_again(tmp_path: Path) -> None:
+    """The outputs an assembly began are listed in .partial/assembling.json: the rerun may replace them."""
+    import subprocess
+
+    src, out = _source(tmp_path), tmp_path / "out"
+    run_converter(ToyConverter(), src, tmp_path / "reference", workers=1)
+    script = (
+        "import os, signal\nfrom pathlib import Path\nimport phi3v_data.convert as engine\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_convert import ToyConverter\n"
+        "def dying(path, rows):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "engine.write_jsonl = dying  # the failures report: written after the split files\n"
+        f"engine.run_converter(ToyConverter(), Path({str(src)!r}), Path({str(out)!r}), workers=1)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == -9
+    assert (out / "toy_train.jsonl").is_file() and not (out / "manifest.json").exists()
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1)
+    assert result.reused == 5 and CALLS == []
+    assert _outputs(out) == _outputs(tmp_path / "reference")
+
+
+def test_journal_offsets_are_read_a_block_at_a_time_in_order() -> None:
+    import numpy as np
+
+    from phi3v_data.convert import _positions
+
+    assert list(_positions(np.array([5, 6, 7, 8, 9]), block=2)) == [(0, 5), (1, 6), (2, 7), (3, 8), (4, 9)]
+    assert list(_positions(np.zeros(0, np.int64))) == []
+
+
+def test_overwrite_of_an_interrupted_run_redoes_every_item_and_its_images(tmp_path: Path) -> None:
+    """--overwrite deletes the interrupted run's images, so its journal goes too (its records name those images)."""
+    src, out = _source(tmp_path), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_converter(InterruptAfter(), src, out, workers=1)
+    CALLS.clear()
+    result = run_converter(ToyConverter(), src, out, workers=1, overwrite=True)
+    assert result.reused == 0 and CALLS == ["train/a.txt", "train/b.txt", "train/c.txt", "train/d.txt", "val/e.txt"]
+    for line in (out / "toy_train.jsonl").read_text().splitlines():
+        assert (out / "images" / json.loads(line)["conversations"][0]["images"][0]).is_file()
+
+
+def test_a_digest_set_answers_like_a_set_across_merges() -> None:
+    from phi3v_data.convert import DigestSet
+
+    digests = DigestSet([9, -4, 9], merge=3)
+    for digest in (5, -7, 2**63 - 1, 0, -(2**63)):  # a merge after the third
+        digests.add(digest)
+    assert [d in digests for d in (9, -4, 5, -7, 2**63 - 1, 0, -(2**63), 1, -5, 6)] == [True] * 7 + [False] * 3
+
+
+def test_output_claims_name_the_first_path_claimed_under_a_case_folded_name() -> None:
+    from phi3v_data.converter import OutputClaims
+
+    for first, second in (("val/Cat/1.png", "val/cat/1.png"), ("val/cat/1.png", "val/Cat/1.png")):
+        claims = OutputClaims()
+        assert claims.claim(first, "a") is None and claims.claim(second, "a") is None  # one source: the same bytes
+        assert claims.claim("val/CAT/1.png", "b") == (
+            f"b would be written to images/val/CAT/1.png and a to images/{first}: paths that differ only by case are "
+            "one file on case-insensitive file systems (macOS, Windows); rename one")
+
+
+def test_the_converter_errors_are_user_errors_at_the_cli_edge() -> None:
+    """The contract's two errors derive from schemas.errors.UserError, so the CLI edge shows them as messages."""
+    from phi3v_data.cli.errors import describe
+    from schemas.errors import UserError
+
+    assert issubclass(ConvertUsageError, UserError) and issubclass(ConversionError, UserError)
+    shown = describe(ConvertUsageError("data/x: not a DocVQA folder"))
+    assert shown is not None and (shown.message, shown.exit_code) == ("data/x: not a DocVQA folder", 1)

@@ -14,7 +14,9 @@ from rich.console import Console
 from converters.hateful_memes import HatefulMemesConverter
 from converters.nlvr2 import NLVR2Converter
 from phi3v_data.cli import main
-from phi3v_data.convert import FAILURES_REPORT, run_converter, summary_table
+from phi3v_data.convert import run_converter
+from schemas.layout import FAILURES_REPORT
+from phi3v_data.cli.convert import summary_table
 from phi3v_data.splits import Carved, canonical_split, carve_groups, output_names
 
 QUIET = Console(file=io.StringIO())
