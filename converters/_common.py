@@ -21,6 +21,7 @@ from phi3v_data.converter import ConversionError, Failure, ImageWriter
 from phi3v_data.images import MAX_PIXELS
 from phi3v_data.io import UnsafePathError, iter_jsonl, path_text_problem, resolve_inside, walk_files
 from schemas import BINARY_ANSWERS
+from schemas.errors import first_validation_line
 
 ESCAPES = "refused: escapes the dataset root"
 MISSING_LABEL = "field 'label' is missing (other lines of this file have labels)"
@@ -61,13 +62,6 @@ def undecodable_name(rel: str) -> str | None:
     return None
 
 
-def first_error(exc: ValidationError) -> str:
-    """One readable line for a pydantic error: ``field 'label': Input should be 0 or 1``."""
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"])
-    return f"field {where!r}: {err['msg']}" if where else err["msg"]
-
-
 def read_json_lines(path: Path, model: type[M], *, file: str) -> Iterator[tuple[int, M] | Failure]:
     """Each line of a JSON-lines annotation file parsed into ``model``, or a Failure naming file and line."""
     for line in iter_jsonl(path):
@@ -77,7 +71,7 @@ def read_json_lines(path: Path, model: type[M], *, file: str) -> Iterator[tuple[
         try:
             yield line.lineno, model.model_validate(line.value)
         except ValidationError as exc:
-            yield Failure(file, f"malformed line: {first_error(exc)}", line=line.lineno)
+            yield Failure(file, f"malformed line: {first_validation_line(exc)}", line=line.lineno)
 
 
 def binary_turn(images: list[str], user: str, label: int | None) -> dict[str, Any]:

@@ -35,13 +35,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from converters._common import binary_turn, first_error
+from converters._common import binary_turn
 from converters._hf_reader import columns_of, find_tables, iter_columns, read_cell, write_images
 from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item,
 )
 from phi3v_data.splits import output_names
 from schemas import Task
+from schemas.errors import first_validation_line
 
 COLUMNS = ("images", "texts")
 SUBSET_TASKS: dict[str, Task] = {
@@ -126,7 +127,7 @@ class CauldronConverter(Converter):
         try:
             turns = TURNS.validate_python(raw)
         except ValidationError as exc:
-            return f"malformed 'texts': {first_error(exc)}"
+            return f"malformed 'texts': {first_validation_line(exc)}"
         if not turns:
             return "'texts' holds no turn"
         answered = [turn.assistant is not None for turn in turns]

@@ -47,13 +47,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from converters._common import BasenameIndex, first_error, locate, relative_name, sniff_suffix, write_image_bytes
+from converters._common import BasenameIndex, locate, relative_name, sniff_suffix, write_image_bytes
 from converters._hf_reader import iter_table, read_cell, table_files, table_split
 from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
 from phi3v_data.io import UnsafePathError, iter_json_array, json_object_members, parse_json
 from phi3v_data.splits import canonical_split, output_names
+from schemas.errors import first_validation_line
 
 ANNOTATION_RE = re.compile(r"^(?P<split>train|val|validation|test)(?:[_-].*)?\.json$", re.IGNORECASE)
 SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -204,7 +205,7 @@ class DocVQAConverter(Converter):
             try:
                 entry = Question.model_validate(raw)
             except ValidationError as exc:
-                yield Failure(file, f"data[{number}]: malformed entry: {first_error(exc)}", split)
+                yield Failure(file, f"data[{number}]: malformed entry: {first_validation_line(exc)}", split)
                 continue
             question = {"qid": entry.questionId, "question": entry.question, "answers": entry.answers}
             pages.setdefault(entry.image, []).append({**question, "at": f"data[{number}]", "line": line})

@@ -42,15 +42,16 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from converters._common import IMAGE_SUFFIXES, NOT_UTF8, first_error, undecodable_name
+from converters._common import IMAGE_SUFFIXES, NOT_UTF8, undecodable_name
 from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
 from phi3v_data.io import (
     UnsafePathError, check_file_link, iter_jsonl, resolve_inside, special_file_problem, walk_files,
 )
-from phi3v_data.splits import Carved, carve_groups
+from phi3v_data.splits import Carved, carve_splits
 from schemas import Task
+from schemas.errors import first_validation_line
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -118,14 +119,9 @@ def ratio_split(
 ) -> tuple[dict[str, str], list[Carved]]:
     """Split of each key of ``pools`` (class → keys) and what was carved: ``round(n·val)`` keys → val, then
     ``round(n·test)`` → test, over all ``n`` keys, spread over the classes (:func:`phi3v_data.splits.carve_groups`)."""
-    chosen = {key: "train" for keys in pools.values() for key in keys}
-    carved: list[Carved] = []
-    for split, ratio in (("val", val_ratio), ("test", test_ratio)):
-        if ratio > 0:
-            groups = {(cls, key): [key] for cls, keys in pools.items() for key in keys if chosen[key] == "train"}
-            moved, info = carve_groups(groups, ratio, seed=seed, split=split, total=len(chosen))
-            chosen.update(dict.fromkeys(moved, split))
-            carved.append(info)
+    groups = {(cls, key): [key] for cls, keys in pools.items() for key in keys}
+    moved, carved = carve_splits(groups, {"val": val_ratio, "test": test_ratio}, seed=seed)
+    chosen = {key: moved.get(key, "train") for keys in pools.values() for key in keys}
     return chosen, carved
 
 
@@ -262,7 +258,7 @@ class FolderConverter(Converter):
                 row = ManifestRow.model_validate(raw)
                 images = [(str(resolve_inside(path.parent, p)), _normalised(p)) for p in row.image]
             except ValidationError as exc:
-                yield Failure(path.name, f"malformed row: {first_error(exc)}", line=line)
+                yield Failure(path.name, f"malformed row: {first_validation_line(exc)}", line=line)
                 continue
             except UnsafePathError as exc:
                 yield Failure(path.name, f"image refused: {exc}", line=line)

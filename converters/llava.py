@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from converters._common import first_error
 from phi3v_data.converter import (
     Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
@@ -48,6 +47,7 @@ from phi3v_data.export import IMAGE_TAG
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, stream_json_array
 from phi3v_data.splits import Carved, carve_groups
 from schemas import IMAGE_TAG_RE, Task
+from schemas.errors import first_validation_line
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -110,7 +110,7 @@ def parse_row(raw: Any) -> _Row:
     try:
         return (_MessagesRow if "messages" in raw else _Row).model_validate(raw)
     except ValidationError as exc:
-        raise RowError(first_error(exc)) from None
+        raise RowError(first_validation_line(exc)) from None
 
 
 def _pairs(row: _Row) -> tuple[str | None, list[tuple[str, str | None]]]:

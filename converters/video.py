@@ -47,7 +47,7 @@ from phi3v_data.converter import (
     ConversionError, Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
 from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside, special_file_problem
-from phi3v_data.splits import Carved, carve_groups
+from phi3v_data.splits import Carved, carve_splits
 
 VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
 PROMPT = "Classify the video into one of the following classes: {classes}."
@@ -289,18 +289,10 @@ def _carve(
     (see :func:`phi3v_data.splits.carve_groups`); one group of each class always stays in ``source``.
     """
     pool = list({entry.key: entry for entry in entries if entry.split == source}.values())  # a clip listed twice counts once
-    moved: dict[str, str] = {}
-    carved: list[Carved] = []
-    for split, ratio in ratios.items():
-        if ratio <= 0:
-            continue
-        groups: dict[tuple[str, str], list[str]] = {}
-        for entry in pool:
-            if entry.key not in moved:
-                groups.setdefault((entry.label, _group(entry)), []).append(entry.key)
-        keys, info = carve_groups(groups, ratio, seed=seed, split=split, total=len(pool), source=source)
-        moved.update(dict.fromkeys(keys, split))
-        carved.append(info)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for entry in pool:
+        groups.setdefault((entry.label, _group(entry)), []).append(entry.key)
+    moved, carved = carve_splits(groups, ratios, seed=seed, source=source)
     return [_Entry(moved.get(e.key, e.split), e.label, e.key, e.path) for e in entries], carved
 
 

@@ -46,6 +46,7 @@ from phi3v_data.io import (
 )
 from phi3v_data.splits import Carved
 from schemas import Record
+from schemas.errors import first_validation_line
 from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, split_file_name
 
 JOURNAL_DIR = ".partial"
@@ -637,7 +638,7 @@ def _write_records(converter: Converter, plan: PlanStream, journal: Journal, fil
                     record = Record.model_validate(raw)
                 except ValidationError as exc:  # a converter bug; never write a record the validator would reject
                     failures.append(Failure(entry["key"], f"converter produced an invalid record: "
-                                            f"{exc.errors()[0]['msg']}", split))
+                                            f"{first_validation_line(exc)}", split))
                     continue
                 if (id_digest := key_digest(record.id)) in ids_seen:
                     failures.append(Failure(entry["key"], f"duplicate record id {record.id!r}", split))

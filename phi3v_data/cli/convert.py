@@ -18,6 +18,7 @@ from rich.text import Text
 from phi3v_data.convert import RunResult, run_converter
 from phi3v_data.converter import Converter, ConvertUsageError
 from phi3v_data.plugins import PluginError, converter_entry_points, load_converter
+from schemas.errors import validation_problems
 from schemas.layout import FAILURES_REPORT
 
 
@@ -68,7 +69,7 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
         try:
             opts = cls.Options(**{k: v for k, v in options.items() if v is not None})
         except ValidationError as exc:
-            lines = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+            lines = [f"--{field.replace('_', '-')}: {message}" for field, message in validation_problems(exc)]
             raise click.UsageError("; ".join(lines)) from None
         try:
             result = run_converter(cls(opts), source, out, name=name, workers=workers, overwrite=overwrite, console=console)

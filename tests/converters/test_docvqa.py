@@ -95,7 +95,7 @@ def test_official_layout_exact_records_failures_and_unlabeled_test(official: Pat
     ]
     reasons = sorted(f.reason for f in result.failures)
     assert len(reasons) == 4 and all(f.file == "spdocvqa_qas/train_v1.0_withQT.json" for f in result.failures)
-    assert reasons[0].startswith("data[3]: malformed entry: field 'question'")
+    assert reasons[0].startswith("data[3]: malformed entry: question")
     assert reasons[1] == "data[4]: refused: '../outside.png' climbs out with '..'"
     assert reasons[2].startswith("data[5]: image 'documents/missing_1.png' not found under")
     assert reasons[3] == "data[6]: question 52218 has no answers (others do)"

@@ -182,7 +182,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert _read(out, "test") == [vqa("q3", ["test/photos/a.png"], "What is it?", None)]
     assert [(f.file, f.line, f.reason) for f in result.failures] == [
         ("manifest.csv", 5, "image refused: '../outside.png' climbs out with '..'"),
-        ("manifest.csv", 6, "malformed row: field 'question': String should have at least 1 character"),
+        ("manifest.csv", 6, "malformed row: question: String should have at least 1 character (got \"\")"),
         ("manifest.csv:7", None, f"{root / 'photos' / 'missing.png'}: file does not exist"),
     ]
 
@@ -205,7 +205,7 @@ def test_jsonl_manifest_with_image_lists_and_a_prompt_template(tmp_path: Path) -
     # the two rows without a split: seed 0 sends line 2 to val, line 1 to train
     assert _read(tmp_path / "out", "train") == [chat("10", ["train/a.png", "train/b.png"], "Answer briefly. How many are red?", "1")]
     assert _read(tmp_path / "out", "val") == [chat("val-0000000000", ["val/a.png"], "Answer briefly. Colour?", "red")]
-    assert [(f.line, f.reason) for f in result.failures] == [(3, "malformed row: field 'image': List should have at least 1 item after validation, not 0")]
+    assert [(f.line, f.reason) for f in result.failures] == [(3, "malformed row: image: List should have at least 1 item after validation, not 0")]
 
 
 @pytest.mark.parametrize(

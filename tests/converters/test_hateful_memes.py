@@ -89,7 +89,7 @@ def test_bad_lines_are_reported_with_file_and_line_and_the_rest_continues(releas
     assert found[("train.jsonl", 3, "train")].startswith("invalid JSON")
     assert found[("train.jsonl", 4, "train")] == "refused: '../secret.png' climbs out with '..'"
     assert found[("train.jsonl", 5, "train")].startswith("image 'img/00007.png' not found under")
-    assert found[("train.jsonl", 6, "train")].startswith("malformed line: field 'label'")
+    assert found[("train.jsonl", 6, "train")].startswith("malformed line: label")
     assert found[("train.jsonl", 7, "train")].startswith("refused: img/evil.png is a symlink to a file outside the dataset")
     failures = jsonl(tmp_path / "out" / "reports" / "failures.jsonl")
     assert {(f["file"], f["line"]) for f in failures} == {("train.jsonl", n) for n in (3, 4, 5, 6, 7)}

@@ -123,7 +123,7 @@ def test_sharegpt_messages_and_conversations_variants(tmp_path: Path) -> None:
         {"id": "c", "source": "sharegpt", "task": "chat",
          "conversations": [{"images": ["train/coco/y.jpg", "train/coco/x.png"], "user": "Short answers.\n\nTwo: <|image_1|><|image_2|>", "assistant": "ok"}]},
     ]
-    assert [(f.line, f.reason) for f in result.failures] == [(3, "field 'messages.0.content': Input should be a valid string")]
+    assert [(f.line, f.reason) for f in result.failures] == [(3, "messages[0].content: Input should be a valid string (got an array)")]
 
 
 def test_image_destination_keeps_an_existing_split_prefix() -> None:
