@@ -6,7 +6,7 @@ process as a user would start it; "peak RSS" is the largest single process of th
 largest rank), from ``wait4``. Training is the tiny model, ``--strategy lora --max-steps 1`` with the pre-flight on;
 "first step" is the wall time until ``RUN/log.jsonl`` holds step 1, "cold" measures the lengths (none cached),
 "warm" is a second run on the same data (lengths from the cache), "resume" is ``--resume latest`` of the cold run
-with one more step. Run::
+with one more step. ``--train-only`` keeps the dataset it wrote under ``--work`` and reuses it. Run::
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 10000,100000 [--ranks 1,2] [--work /tmp/bench_scale]
 """
