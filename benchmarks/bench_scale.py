@@ -6,7 +6,7 @@ process as a user would start it; "peak RSS" is the largest single process of th
 largest rank), from ``wait4``. Training is the tiny model, ``--strategy lora --max-steps 1`` with the pre-flight on;
 "first step" is the wall time until ``RUN/log.jsonl`` holds step 1, "cold" measures the lengths (none cached),
 "warm" is a second run on the same data (lengths from the cache), "resume" is ``--resume latest`` of the cold run
-with one more step. Run::
+with one more step. ``--train-only`` keeps the dataset it wrote under ``--work`` and reuses it. Run::
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 10000,100000 [--ranks 1,2] [--work /tmp/bench_scale]
     .venv/bin/python benchmarks/bench_scale.py --sizes 100000,1000000 --convert-only   # convert time and memory
@@ -83,7 +83,10 @@ def converted_dataset(data: Path, rows: int, *, pool_dir: Path, pool: int, seed:
     link = data / "images" / "train" / "pool"
     if not link.exists():
         link.symlink_to(pool_dir.resolve(), target_is_directory=True)
-    with open(data / "llava_train.jsonl", "w", encoding="utf-8") as handle:
+    target = data / "llava_train.jsonl"
+    if target.is_file():  # written before (whole: it is renamed into place) from the same seed and size
+        return
+    with open(target.with_suffix(".tmp"), "w", encoding="utf-8") as handle:
         for k in range(rows):
             image = rng.randrange(pool)
             turns = [{"images": [f"train/pool/{image:05d}.jpg"], "user": "<|image_1|>\n" + sentence(rng, 4, 20) + "?",
@@ -92,6 +95,7 @@ def converted_dataset(data: Path, rows: int, *, pool_dir: Path, pool: int, seed:
                 turns.append({"images": [], "user": sentence(rng, 3, 15) + "?", "assistant": sentence(rng, 1, 40) + "."})
             handle.write(json.dumps({"id": f"train-{k:010d}", "source": "llava", "task": "chat",
                                      "conversations": turns}) + "\n")
+    target.with_suffix(".tmp").rename(target)
 
 
 def timed(command: list[str], *, log: Path, first_step: Path | None = None, timeout: float = 3600) -> dict:
@@ -150,14 +154,16 @@ def main() -> None:
     notes = []
     for size in sizes:
         base = work / str(size)
-        shutil.rmtree(base, ignore_errors=True)
-        base.mkdir(parents=True)
         out = base / "data"
-        if args.train_only:
+        if args.train_only:  # the written dataset is kept and reused (a million rows take minutes to write)
+            for old in [*base.glob("run-*"), out / ".phi3v-cache"]:
+                shutil.rmtree(old, ignore_errors=True)
             converted_dataset(out, size, pool_dir=work / "src" / "pool", pool=args.pool)
             console.print(f"[bold]{size:,} rows[/] ({(out / 'llava_train.jsonl').stat().st_size / 1e6:,.0f} MB jsonl, "
                           "written directly)")
         else:
+            shutil.rmtree(base, ignore_errors=True)
+            base.mkdir(parents=True)
             _convert_validate_preview(args, base, out, size, rows, console)
         if args.skip_train:
             continue

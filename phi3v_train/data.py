@@ -30,10 +30,11 @@ from torch.utils.data import Dataset
 
 from phi3v_data.io import parse_json, walk_files, write_json
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
-from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, file_states, image_sizes,  # noqa: F401
-                                 measure, sample_length, unchanged)
-from schemas import Record
+from phi3v_train.lengths import (CACHE_DIR, CACHE_VERSION, LengthCache, Measured, available_cpus,  # noqa: F401
+                                 file_states, image_sizes, measure, sample_length, unchanged)
+from schemas import Record, layout
 from schemas.errors import UserError
+from schemas.layout import images_dir
 
 Encode = Callable[[str], list[int]]
 
@@ -76,15 +77,11 @@ def split_files(data_dir: Path, split: str) -> list[Path]:
     """The ``*_<split>.jsonl`` files of a converted dataset (sorted), or DataError saying what is there instead."""
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: no such dataset directory (convert one with `phi3v-data convert`)")
-    files = sorted(data_dir.glob(f"*_{split}.jsonl"))
+    files = layout.split_files(data_dir, split)
     if not files:
-        found = ", ".join(sorted(p.name for p in data_dir.glob("*.jsonl"))) or "no .jsonl files"
-        raise DataError(f"{data_dir}: no *_{split}.jsonl file (found: {found}); pick another split")
+        found = ", ".join(sorted(p.name for p in data_dir.glob(f"*{layout.SUFFIX}"))) or "no .jsonl files"
+        raise DataError(f"{data_dir}: no {layout.split_glob(split)} file (found: {found}); pick another split")
     return files
-
-
-def images_dir(data_dir: Path) -> Path:
-    return data_dir / "images"
 
 
 class SampleDataset(Dataset):
@@ -274,7 +271,7 @@ def preflight(
     from phi3v_data.validate import validate_files  # noqa: PLC0415 - the validator is only needed when asked for
 
     files = split_files(data_dir, split)
-    workers = workers or max(1, min(8, (os.cpu_count() or 1) // 2))
+    workers = workers or min(8, available_cpus())  # the run waits for it: every core this process may use
     if deep is None:
         deep = _tree_bytes(images_dir(data_dir), limit=DEEP_PREFLIGHT_BYTES) <= DEEP_PREFLIGHT_BYTES
     markers = [folder / CACHE_DIR / f"preflight-{split}-{'deep' if deep else 'header'}.json"

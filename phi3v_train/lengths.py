@@ -1,6 +1,7 @@
 """Every record's sequence length, measured once per (data, tokenizer, num_crops) and kept in a compact cache.
 
-Measuring a record means tokenizing its text and reading each image's header (for the image-token count; each
+Measuring a record means counting its text's tokens (:mod:`phi3v_train.token_count`, exact and several times cheaper than
+tokenizing) and reading each image's header (for the image-token count; each
 worker remembers the sizes of the last 65,536 images it read, as rows share images); at a
 million records that is the whole of a run's start-up, so it is done once, in a process pool, and the result is
 kept as numpy arrays — byte offset, byte count and line of each usable record in its jsonl file, its length and
@@ -16,11 +17,13 @@ image replaced after measuring is caught by the collator, which stands in for a 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -37,6 +40,7 @@ from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, atomic_write, parse_json, resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
+from phi3v_train.token_count import TokenCounter
 from schemas import Record
 
 Encode = Callable[[str], list[int]]
@@ -118,6 +122,7 @@ class _Job:
     fmt: PromptFormat = DEFAULT_FORMAT  # image-tag layout and turns: they change the length
     header: Callable[[str], tuple[int, int]] | None = None  # set in the worker: header sizes, cached per path
     counts: dict[str, int] | None = None  # set in the worker: tokens of each text seen (prompts repeat a lot)
+    count: Callable[[str], int] | None = None  # the fast, exact token counter, where the tokenizer has one
 
 
 _JOB: _Job | None = None
@@ -128,29 +133,101 @@ TEXT_CACHE = 200_000
 def _init(job: _Job) -> None:
     global _JOB
     header = functools.lru_cache(maxsize=65536)(lambda rel: check_image(resolve_inside(job.images_root, rel)))
-    _JOB = _Job(job.encode, job.bos_id, job.num_crops, job.images_root, job.fmt, header, {})
+    _JOB = dataclasses.replace(job, header=header, counts={})
 
 
-def _prepare(value: Any, error: str | None, job: _Job) -> tuple[str, Record | None, list[tuple[int, int]], str]:
-    """("ok", record, image sizes, "") or ("unlabeled" | "unusable", None, [], why)."""
+def _parse(raw: bytes) -> Record | str | None:
+    """The record on a line, why there is none, or None for a blank line.
+
+    pydantic-core parses and validates the bytes in one call (the validator's fast path); a line it refuses is
+    read again slowly for the message, and so is one with a surrogate escape (lone ones are refused as the validator
+    refuses them).
+    """
+    if not _SURROGATE_ESCAPE.search(raw):
+        try:
+            return Record.model_validate_json(raw)
+        except ValidationError:
+            pass
     try:
-        if error is not None:
-            raise ValueError(error)
-        record = Record.model_validate(value)
-        if not record.labeled:
-            return "unlabeled", None, [], ""
-        return "ok", record, image_sizes(record, images_root=job.images_root, num_crops=job.num_crops,
-                                         header=job.header), ""
-    except (ValidationError, ValueError, ImageProblem, UnsafePathError) as exc:
-        return "unusable", None, [], str(exc).splitlines()[0]
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if not text.strip():
+        return None
+    value, error = parse_json(text.strip())
+    if error is not None:
+        return error.splitlines()[0]
+    try:
+        return Record.model_validate(value)
+    except ValidationError as exc:
+        return str(exc).splitlines()[0]
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _prepare(record: Record, job: _Job) -> tuple[str, list[tuple[int, int]], str]:
+    """("ok", image sizes, "") or ("unlabeled" | "unusable", [], why)."""
+    if not record.labeled:
+        return "unlabeled", [], ""
+    try:
+        return "ok", image_sizes(record, images_root=job.images_root, num_crops=job.num_crops, header=job.header), ""
+    except (ValueError, ImageProblem, UnsafePathError) as exc:
+        return "unusable", [], str(exc).splitlines()[0]
 
 
 def _lengths(records: list[tuple[Record, list[int]]], job: _Job) -> list[int | str]:
-    """Each record's length (or why it has none), its texts tokenized in one batch call where the encoder has one.
+    """Each record's length (or why it has none).
 
-    Twice through :func:`encode_record`: first collecting the texts it asks for, then with their token counts
-    (a length depends on how many ids each text gives, never on which).
+    A length is the ids :func:`encode_record` places itself (BOS, image tokens) plus the ids of each text it asks
+    ``encode`` for, so one pass with an ``encode`` that only counts gives it exactly. The counts come from the
+    job's :class:`~phi3v_train.token_count.TokenCounter` (spot-checked against the tokenizer), else from the
+    tokenizer, all of a chunk's new texts in one batch call.
     """
+    count = _spot_checked(job.count, job.encode) if job.count is not None else _batch_counts(records, job)
+    total = 0
+
+    def counting(text: str) -> list[int]:
+        nonlocal total
+        total += count(text)
+        return []
+
+    out: list[int | str] = []
+    for record, tokens in records:
+        total = 0
+        try:
+            placed = encode_record(record, encode=counting, image_tokens=tokens, bos_id=job.bos_id, fmt=job.fmt)
+        except ValueError as exc:  # a tag naming an image the record does not have
+            out.append(str(exc).splitlines()[0])
+            continue
+        out.append(len(placed) + total)
+    return out
+
+
+class CountMismatch(RuntimeError):
+    """The fast token counter disagreed with the tokenizer on a text: measure again with the tokenizer itself."""
+
+
+SPOT_CHECK = 61
+"""One text in this many that the fast counter counts is also tokenized, and a difference stops the fast path."""
+
+
+def _spot_checked(count: Callable[[str], int], encode: Encode) -> Callable[[str], int]:
+    calls = 0
+
+    def checked(text: str) -> int:
+        nonlocal calls
+        calls += 1
+        found = count(text)
+        if calls % SPOT_CHECK == 1 and found != len(encode(text)):
+            raise CountMismatch(f"{text!r}: counted {found} tokens, the tokenizer gives {len(encode(text))}")
+        return found
+
+    return checked
+
+
+def _batch_counts(records: list[tuple[Record, list[int]]], job: _Job) -> Callable[[str], int]:
+    """Token counts of the records' texts, the new ones tokenized in one batch call where the encoder has one."""
     counts = job.counts if job.counts is not None else {}
     wanted: dict[str, None] = {}
 
@@ -163,22 +240,14 @@ def _lengths(records: list[tuple[Record, list[int]]], job: _Job) -> list[int | s
         try:
             encode_record(record, encode=collect, image_tokens=tokens, bos_id=job.bos_id, fmt=job.fmt)
         except ValueError:
-            pass  # reported in the second pass
+            pass  # reported by the caller's pass
     if len(counts) + len(wanted) > TEXT_CACHE:
         counts.clear()
     texts = list(wanted)
     batch = getattr(job.encode, "batch", None)
     for text, ids in zip(texts, batch(texts) if batch else map(job.encode, texts)):
         counts[text] = len(ids)
-    out: list[int | str] = []
-    for record, tokens in records:
-        try:
-            out.append(sample_length(record, encode=lambda text: [0] * counts[text] if text in counts
-                                     else job.encode(text), bos_id=job.bos_id, image_tokens=tokens,
-                                     fmt=job.fmt))
-        except ValueError as exc:
-            out.append(str(exc).splitlines()[0])
-    return out
+    return lambda text: counts[text] if text in counts else len(job.encode(text))
 
 
 def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
@@ -201,15 +270,10 @@ def _measure_range(path: str, start: int, end: int) -> dict[str, Any]:
         position, lineno = cut + 1, lineno + 1
         if here == 0 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (iter_jsonl drops it too)
             raw, here = raw[3:], 3
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            value, error = None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
-        else:
-            if not text.strip():
-                continue
-            value, error = parse_json(text.strip())
-        status, record, record_sizes, why = _prepare(value, error, job)
+        record = _parse(raw)
+        if record is None:
+            continue
+        status, record_sizes, why = ("unusable", [], record) if isinstance(record, str) else _prepare(record, job)
         if status == "unlabeled":
             unlabeled += 1
         elif status == "unusable":
@@ -257,8 +321,26 @@ def measure(
     workers: int | None = None, console: Console | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
 ) -> Measured:
     """Measure every record of ``files`` (a pool of ``workers`` processes for more than a few MB), with a progress
-    bar of records/s and ETA on ``console``."""
-    job = _Job(encode, bos_id, num_crops, images_root, fmt)
+    bar of records/s and ETA on ``console``.
+
+    Tokens are counted by a :class:`~phi3v_train.token_count.TokenCounter` where ``encode`` is a tokenizer's
+    (``encode.tokenizer``) it can count for; should a spot check ever find it off, everything is measured again
+    with ``encode`` itself.
+    """
+    counter = TokenCounter.of(encode.tokenizer) if hasattr(encode, "tokenizer") else None
+    job = _Job(encode, bos_id, num_crops, images_root, fmt, count=counter)
+    try:
+        return _measure(files, job, workers=workers, console=console)
+    except CountMismatch as exc:
+        if counter is None:
+            raise
+        (console or Console(stderr=True)).print(f"[yellow]warning[/]: the fast token count is off ({exc}); "
+                                                "measuring again with the tokenizer", highlight=False)
+        return _measure(files, dataclasses.replace(job, count=None), workers=workers, console=console)
+
+
+def _measure(files: Sequence[Path], job: _Job, *, workers: int | None, console: Console | None) -> Measured:
+    """:func:`measure` with the job made."""
     sizes = [path.stat().st_size for path in files]
     tasks = [(index, start, end) for index, path in enumerate(files)
              for start, end in _ranges(path, sizes[index], RANGE_BYTES)]

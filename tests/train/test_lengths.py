@@ -210,3 +210,22 @@ def test_padding_figures_of_a_big_dataset_are_estimated_on_a_subset() -> None:
                                               global_batch_size=8))
     assert (mixture.sizes, mixture.quotas, len(mixture)) == ([80_000, 20_000], [25_000, 75_000], 100_000)
     assert 0 <= mixture.padding_fraction(0) < mixture.ungrouped().padding_fraction(0)
+
+
+def test_lines_read_by_the_fast_parse_keep_the_slow_paths_verdicts(tmp_path: Path, processor: Phi3VProcessor) -> None:
+    from phi3v_data.io import LONE_SURROGATE
+
+    data = write_dataset(tmp_path / "data", count=1)
+    path = data / "colors_train.jsonl"
+    chat = {"id": "p", "task": "chat", "conversations": [{"images": [], "user": "😀 \u00e9", "assistant": "ok"}]}
+    lone = {**chat, "id": "l", "conversations": [{"images": [], "user": "\udcff", "assistant": "ok"}]}
+    with path.open("a", encoding="utf-8") as handle:  # json.dumps escapes: a surrogate pair, a lone surrogate
+        handle.write(f"{json.dumps(chat)}\n{json.dumps(lone)}\n{{\"id\": \"b\", \n\u3000\n")
+    measured = lengths.measure([path], images_root=images_dir(data), encode=TextEncoder(processor.tokenizer),
+                               bos_id=bos_id(processor.tokenizer), num_crops=2, workers=1)
+    assert measured.line.tolist() == [1, 2] and (measured.unlabeled, measured.unusable) == (0, 2)
+    assert measured.problems == [f"{path}:3: {LONE_SURROGATE}", f"{path}:4: invalid JSON: Expecting property name "
+                                 "enclosed in double quotes (column 12)"]
+    record = Record.model_validate(chat)
+    assert measured.length[1] == sample_length(record, encode=TextEncoder(processor.tokenizer),
+                                               bos_id=bos_id(processor.tokenizer), image_tokens=[])
