@@ -5,14 +5,14 @@
 (b) the baseline, what the original recipe did: for each clip, in order, PyAV decodes every frame, keeps 8 evenly
     spaced ones and saves them with PIL.
 
-Both wall time (the figure users feel; the target is the toolkit >= 4x faster) and CPU seconds (this process plus
-its finished workers) are printed. Both methods write the same 8 JPEG files per clip, and creating a file costs 40 us or 400 us
-depending on the file system's state: ext4 without a journal skips inodes deleted in the last minute (or six), so
+Both wall time (the figure users feel; the target is the toolkit >= 4x faster) and CPU seconds (this process plus its
+finished workers) are printed. Both methods write the same 8 JPEG files per clip, and creating a file costs 40 us or 400
+us depending on the file system's state: ext4 without a journal skips inodes deleted in the last minute (or six), so
 creating files right after deleting many is ~10x slower. So every run writes to a new directory (older outputs are
-deleted only after the timing), the two methods alternate for ``--rounds`` rounds (the order flips every round;
-each run's files are synced to disk before the next starts), and the speed-up is the ratio of the best rounds —
-timeit's rule: noise only ever adds time — with the ratio of the medians beside it. Clips are generated once and
-cached under ``--work``; leave a minute after deleting large outputs before timing. Run::
+deleted only after the timing), the two methods alternate for ``--rounds`` rounds (the order flips every round; each
+run's files are synced to disk before the next starts), and the speed-up is the ratio of the best rounds — timeit's
+rule: noise only ever adds time — with the ratio of the medians beside it. Clips are generated once and cached under
+``--work``; leave a minute after deleting large outputs before timing. Run::
 
     .venv/bin/python benchmarks/bench_convert_video.py --work /tmp/ucf-bench [--clips 100] [--rounds 5] [--backend auto]
 """
@@ -143,9 +143,11 @@ def main() -> None:
     for name, rs in runs.items():
         print(f"{name} rounds (s): " + "  ".join(f"{wall:.3f}" for wall, _ in rs))
     print(
-        f"toolkit {best['toolkit']:.2f}s  baseline {best['baseline']:.2f}s  ratio {best['baseline'] / best['toolkit']:.2f}x "
+        f"toolkit {best['toolkit']:.2f}s  baseline {best['baseline']:.2f}s  "
+        f"ratio {best['baseline'] / best['toolkit']:.2f}x "
         f"(best of {args.rounds}; medians {median['toolkit']:.2f}s vs {median['baseline']:.2f}s: "
-        f"{median['baseline'] / median['toolkit']:.2f}x; CPU {cpu['baseline'] / cpu['toolkit']:.2f}x; cpus={os.cpu_count()})"
+        f"{median['baseline'] / median['toolkit']:.2f}x; CPU {cpu['baseline'] / cpu['toolkit']:.2f}x; "
+        f"cpus={os.cpu_count()})"
     )
 
 

@@ -120,7 +120,8 @@ def main() -> None:
 
     table = Table(title=f"padding at per-device batch {args.batch}, {args.samples} samples per mix")
     grouped_columns = [f"grouped, global {size}" for size in global_batches]
-    for column in ("length mix", "mean len", "p95 len", "max len", "random batches", *grouped_columns, f"≤{TARGET:.0%}"):
+    for column in ("length mix", "mean len", "p95 len", "max len", "random batches", *grouped_columns,
+                   f"≤{TARGET:.0%}"):
         table.add_column(column, justify="left" if column == "length mix" else "right")
     worst = 0.0
     for name, (draw, num_crops) in MIXES.items():

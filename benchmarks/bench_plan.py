@@ -113,8 +113,9 @@ def cpu_rows(seq_len: int) -> list[list[str]]:
         arch = Architecture.from_config(result["config"])
         lora = Lora(16) if strategy == "lora" else None
         frozen = frozenset({"vision"}) if strategy == "frozen-vision" else frozenset()
-        setup = Setup(strategy, seq_len=seq_len, crops=5, precision="fp32", attention="sdpa", checkpointing=checkpointing,
-                      base_bytes=4, lora=lora, frozen=frozen, foreach_step=False)  # CPU AdamW steps tensor by tensor
+        setup = Setup(strategy, seq_len=seq_len, crops=5, precision="fp32", attention="sdpa",
+                      checkpointing=checkpointing, base_bytes=4, lora=lora, frozen=frozen,
+                      foreach_step=False)  # CPU AdamW steps tensor by tensor
         est = estimate(arch, setup)
         total = est.total - RUNTIME_GB
         rows.append([strategy, "on" if checkpointing else "off", f"{result['measured']:.2f}", f"{total:.2f}",

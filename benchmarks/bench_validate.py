@@ -85,8 +85,8 @@ def main() -> None:
         seconds, cpu, records = min(measure(path, mode, workers) for _ in range(2))
         table.add_row(mode, f"{records:,}", f"{records * FRAMES:,}", str(workers), f"{seconds:.2f}",
                       f"{records / seconds:,.0f}", f"{cpu:.2f}", f"{records / cpu:,.0f}")
-    table.caption = "load average while measuring: {:.1f} {:.1f} {:.1f} (other work on the machine slows the wall clock)".format(
-        *os.getloadavg())
+    table.caption = ("load average while measuring: {:.1f} {:.1f} {:.1f} "
+                     "(other work on the machine slows the wall clock)").format(*os.getloadavg())
     console.print(table)
 
 

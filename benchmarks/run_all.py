@@ -33,7 +33,8 @@ SMALL_FLAGS: dict[str, dict[str, str]] = {
     "bench_padding.py": {"--samples": "4000"},
     "bench_scale.py": {"--sizes": "2000", "--ranks": "1", "--pool": "100"},  # the real sizes: see RESULTS.md
 }
-"""Small sizes per benchmark (a few minutes in all on 2 cores); a flag is passed only if the script's --help lists it."""
+"""Small sizes per benchmark (a few minutes in all on 2 cores); a flag is passed only if the script's --help lists
+it."""
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

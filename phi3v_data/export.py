@@ -136,7 +136,8 @@ def to_llava_multi(record: Record, *, image_path: Callable[[str], str] = str) ->
     return to_llava(record, image_path=image_path, multi=True)
 
 
-BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {"llava": to_llava, "llava-multi": to_llava_multi, "sharegpt": to_sharegpt}
+BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {"llava": to_llava, "llava-multi": to_llava_multi,
+                                                      "sharegpt": to_sharegpt}
 
 
 def relative_to_folder(images_dir: Path, folder: Path) -> Callable[[str], str]:

@@ -2,7 +2,8 @@
 
 Stat-ing every path costs a system call each; instead each directory is listed once (``os.scandir``) and names are
 looked up in that listing. Symlinks follow :data:`phi3v_data.io.SYMLINK_RULE`: symlinked folders are followed, a
-symlinked file that leads outside the images directory is refused. Headers are read once per distinct path (bounded cache).
+symlinked file that leads outside the images directory is refused. Headers are read once per distinct path (bounded
+cache).
 """
 
 from __future__ import annotations

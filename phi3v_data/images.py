@@ -82,7 +82,8 @@ def check_image(
                     raise ImageProblem("image_empty", f"image has size {width}x{height}")
                 if width * height > max_pixels:
                     raise ImageProblem(
-                        "image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+                        "image_too_large",
+                        f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)",
                     )
                 if deep:
                     if draft:

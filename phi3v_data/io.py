@@ -86,7 +86,7 @@ def check_output_apart(
     Traceback (most recent call last):
     ...
     phi3v_data.io.OutputOverlapError: --out data/x/x_val.jsonl is the split file data/x/x_val.jsonl; writing there would replace it: choose another path
-    """
+    """  # noqa: E501
     real_out = Path(os.path.realpath(out))
     checks = [(what, path, False) for what, path in inputs] + [(what, path, True) for what, path in may_hold]
     for what, path, inside_allowed in checks:
@@ -120,7 +120,7 @@ def check_output_name(flag: str, name: str) -> None:
     Traceback (most recent call last):
     ...
     phi3v_data.io.OutputOverlapError: --name '../escaped': a name, not a path ('../escaped' climbs out with '..'); give a plain name such as 'docvqa'
-    """
+    """  # noqa: E501
     problem = path_text_problem(name)
     if problem is None and ("/" in name or "\\" in name):
         problem = f"{name!r} holds a path separator"

@@ -39,7 +39,8 @@ def load_converter(name: str) -> type[Converter]:
     try:
         cls = eps[name].load()
     except Exception as exc:  # a broken third-party plugin must not take the CLI down
-        raise PluginError(f"converter {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"converter {name!r} ({eps[name].value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Converter)):
         raise PluginError(f"converter {name!r} ({eps[name].value}) is not a phi3v_data.converter.Converter subclass")
     return cls

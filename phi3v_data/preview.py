@@ -224,7 +224,8 @@ def _esc(text: object) -> str:
 def _render_thumb(t: Thumb) -> str:
     caption = _esc(t.path) + (f" ({t.size[0]}×{t.size[1]})" if t.size else "")
     if t.data_uri is None:
-        return f'<figure><div class="missing">image unavailable<br>{_esc(t.problem.code if t.problem else "")}</div><figcaption>{caption}</figcaption></figure>'
+        return ('<figure><div class="missing">image unavailable<br>'
+                f'{_esc(t.problem.code if t.problem else "")}</div><figcaption>{caption}</figcaption></figure>')
     return (
         f'<figure><img class="thumb" src="{t.data_uri}" alt="{_esc(t.path)}" title="click to enlarge" '
         f"onclick=\"this.classList.toggle('big')\"><figcaption>{caption}</figcaption></figure>"
@@ -264,7 +265,8 @@ def _render_item(item: Item) -> str:
     if record is None:
         parts.append(f'<div class="raw">{_esc(item.raw[:2000])}</div>')
     else:
-        parts += [_render_turn(i, turn, thumbs) for i, (turn, thumbs) in enumerate(zip(record.conversations, item.thumbs))]
+        parts += [_render_turn(i, turn, thumbs)
+                  for i, (turn, thumbs) in enumerate(zip(record.conversations, item.thumbs))]
     return "".join(parts) + "</section>"
 
 

@@ -171,7 +171,8 @@ def encode_segments(
                 break
             k = int(match.group(1))
             if not 1 <= k <= len(image_tokens):
-                raise ValueError(f"<|image_{k}|> refers to an image the record does not have ({len(image_tokens)} images)")
+                raise ValueError(f"<|image_{k}|> refers to an image the record does not have "
+                                 f"({len(image_tokens)} images)")
             out.input_ids += [-k] * image_tokens[k - 1]
             out.labels += [IGNORE_INDEX] * image_tokens[k - 1]
             if bos_id is not None:

@@ -180,7 +180,8 @@ def _tag_problems(record: Record) -> list[Problem]:
         for k in own if tags else ():
             if k not in tags:
                 problems.append(("image_tag_missing", f"{where}.images[{owner[k][1]}]", f"image {k} has no "
-                                 f"<|image_{k}|> tag; this turn places tags, so it must place one for each of its images"))
+                                 f"<|image_{k}|> tag; this turn places tags, so it must place one for each of its "
+                                 "images"))
     return problems
 
 
@@ -202,7 +203,8 @@ def _text_problems(record: Record, turn: Turn, where: str) -> list[Problem]:
 
 def _binary_problems(turn: Turn, where: str) -> list[Problem]:
     if turn.assistant not in BINARY_ANSWERS:
-        return [("binary_answer", f"{where}.assistant", f"binary answers must be 'yes' or 'no', got {shown_value(turn.assistant)}")]
+        return [("binary_answer", f"{where}.assistant",
+                 f"binary answers must be 'yes' or 'no', got {shown_value(turn.assistant)}")]
     label = turn.reference.label if turn.reference else None
     if label is not None and BINARY_ANSWERS[label] != turn.assistant:
         return [("binary_answer", f"{where}.reference.label",

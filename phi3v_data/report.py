@@ -70,7 +70,8 @@ def bounded_add(counter: Counter, key: Any, n: int = 1) -> None:
 
 
 def percentile(histogram: Counter, q: float) -> int | None:
-    """Nearest-rank percentile of the values counted in ``histogram`` (value → count): smallest v with ≥ q% at or below."""
+    """Nearest-rank percentile of the values counted in ``histogram`` (value → count): smallest v with ≥ q% at or
+    below."""
     total = sum(histogram.values())
     if not total:
         return None
@@ -85,7 +86,8 @@ def percentile(histogram: Counter, q: float) -> int | None:
 
 @dataclass
 class Stats:
-    """Counts over the records of one or more files. Everything is a bounded counter: memory does not grow with lines."""
+    """Counts over the records of one or more files. Everything is a bounded counter: memory does not grow with
+    lines."""
 
     records: int = 0
     ok: int = 0
@@ -196,7 +198,8 @@ def _headline(report: ValidationReport) -> Text:
     s = report.stats
     if report.valid:
         return Text.assemble(("VALID", "bold green"), f"  {names}: {s.records:,} records, no problems")
-    return Text.assemble(("INVALID", "bold red"), f"  {names}: {s.with_problems:,} of {s.records:,} records have problems")
+    return Text.assemble(("INVALID", "bold red"),
+                         f"  {names}: {s.with_problems:,} of {s.records:,} records have problems")
 
 
 def _overview(stats: Stats) -> Table:
@@ -245,8 +248,8 @@ def _lengths(stats: Stats) -> Table:
 def finding_line(finding: Finding) -> Text:
     """One finding as ``file:line  id  field  code: message`` (a line wraps instead of squeezing a table column)."""
     where = f"{Path(finding.file).name}:{finding.line}" if finding.file else str(finding.line)
-    return Text.assemble((where, "bold"), "  ", (finding.id or "-", "magenta"), "  ", (finding.field or "(record)", "cyan"),
-                         "  ", (finding.code, "red"), ": ", finding.message)
+    return Text.assemble((where, "bold"), "  ", (finding.id or "-", "magenta"), "  ",
+                         (finding.field or "(record)", "cyan"), "  ", (finding.code, "red"), ": ", finding.message)
 
 
 def print_findings(console: Console, findings: list[Finding], *, limit: int, total: int) -> None:
@@ -254,7 +257,8 @@ def print_findings(console: Console, findings: list[Finding], *, limit: int, tot
     for finding in findings[:limit]:
         console.print(finding_line(finding))
     if total > limit:
-        console.print(f"… showing {min(limit, len(findings))} of {total:,} findings (--limit-errors N; --report FILE for all)")
+        console.print(f"… showing {min(limit, len(findings))} of {total:,} findings "
+                      "(--limit-errors N; --report FILE for all)")
 
 
 def render(report: ValidationReport, console: Console, *, limit: int = 50) -> None:

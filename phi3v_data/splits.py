@@ -68,7 +68,8 @@ class Carved:
 
     def describe(self) -> str:
         """``val: 3 of 30 train items (10.0%, asked 10%)`` plus the note."""
-        text = f"{self.split}: {self.count} of {self.total} {self.source} items ({self.ratio:.1%}, asked {self.requested:.0%})"
+        text = (f"{self.split}: {self.count} of {self.total} {self.source} items "
+                f"({self.ratio:.1%}, asked {self.requested:.0%})")
         return f"{text} — {self.note}" if self.note else text
 
 
@@ -115,7 +116,8 @@ def carve_groups(
     want = int(ratio * total + 0.5)
     note = None
     if target and not count:
-        note = f"nothing to carve: no {source} items" if not total else f"no {split}: each class has one {source} group, which stays in {source}"
+        note = (f"nothing to carve: no {source} items" if not total
+                else f"no {split}: each class has one {source} group, which stays in {source}")
     elif count and not want:
         note = f"{ratio:.0%} of {total} rounds to 0; {count} taken so that {split} is not empty"
     elif count != want:

@@ -361,7 +361,8 @@ def iter_valid_records(
     path: str | os.PathLike[str], *, images_dir: Path | None = None, image_check: ImageCheck = "header",
     lengths: LengthSpec | None = None,
 ) -> Iterator[tuple[int, Record]]:
-    """(line, record) for each record without findings, streamed (a record whose id repeats an earlier one is skipped)."""
+    """(line, record) for each record without findings, streamed (a record whose id repeats an earlier one is
+    skipped)."""
     path = Path(path)
     config = CheckConfig(Path(images_dir) if images_dir is not None else images_beside(path), image_check, lengths)
     collector = _Collector(path, lengths, max_findings=0)

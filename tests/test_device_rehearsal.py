@@ -104,5 +104,5 @@ def test_the_reason_is_the_last_line_that_is_not_a_progress_bar() -> None:
     output = ("Loading weights:   0%|          | 0/60\rLoading weights: 100%|██████████| 60/60 [00:00<00:00, 9.1it/s]\n"
               "Error: --data x: no such dataset\n"
               "Writing model shards: 100%|██████████| 1/1 [00:00<00:00, 34.30it/s]\n"
-              "[2026-12-02 14:48:17,119] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.\n\n")
+              "[2026-12-02 14:48:17,119] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.\n\n")  # noqa: E501
     assert load_driver().last_line(output) == "Error: --data x: no such dataset"

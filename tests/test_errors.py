@@ -54,12 +54,14 @@ def test_containers_are_named_only_where_their_kind_is_the_mistake() -> None:
     ]
     assert validation_lines(_error({"id": "r", "conversations": [{"user": ["a"]}]})) == [
         "conversations[0].user: Input should be a valid string (got an array)"]
-    assert validation_lines(_error([1])) == ["(record): Input should be a valid dictionary or instance of Record (got an array)"]
+    assert validation_lines(_error([1])) == [
+        "(record): Input should be a valid dictionary or instance of Record (got an array)"]
 
 
 def test_value_errors_lose_pydantics_prefix_and_keep_their_own_words() -> None:
     exc = _error({"id": "r", "conversations": [{"user": "Q", "assistant": "A"}, {"user": "Q2"}]})
-    assert validation_lines(exc) == ["(record): either every turn has an assistant reply or none does (unlabeled record)"]
+    assert validation_lines(exc) == [
+        "(record): either every turn has an assistant reply or none does (unlabeled record)"]
 
 
 def test_floats_show_as_flags_spell_them_and_a_caller_may_show_values_its_own_way() -> None:
@@ -75,7 +77,8 @@ def test_json_error_wording() -> None:
     with pytest.raises(json.JSONDecodeError) as caught:
         json.loads('{"a": 1,\n "b": }')
     assert json_error(caught.value) == "invalid JSON: Expecting value (column 7)"
-    assert json_file_error(Path("conf/x.json"), caught.value) == "conf/x.json:2: invalid JSON: Expecting value (column 7)"
+    assert (json_file_error(Path("conf/x.json"), caught.value)
+            == "conf/x.json:2: invalid JSON: Expecting value (column 7)")
     assert json_error(RecursionError()) == "invalid JSON: nested too deeply"
     with pytest.raises(ValueError) as digits:
         json.loads("1" * 5000)
@@ -129,16 +132,19 @@ def test_one_path_rule_for_the_schema_and_resolve_inside(tmp_path: Path, path: s
 
 def test_the_schema_accepts_1_colon_x_and_refuses_a_drive() -> None:
     turn = {"user": "Q", "assistant": "A"}
-    assert schemas.Record.model_validate({"id": "r", "conversations": [{**turn, "images": ["1:x.png"]}]}).images == ["1:x.png"]
+    record = schemas.Record.model_validate({"id": "r", "conversations": [{**turn, "images": ["1:x.png"]}]})
+    assert record.images == ["1:x.png"]
     assert validation_lines(_error({"id": "r", "conversations": [{**turn, "images": ["C:x.png"]}]})) == [
-        "conversations[0].images: image path 'C:x.png' starts with a drive letter; paths in data files must be relative"]
+        "conversations[0].images: image path 'C:x.png' starts with a drive letter; "
+        "paths in data files must be relative"]
 
 
 # --- one UserError -------------------------------------------------------------------------------------------------
 
 
 USER_ERRORS = [
-    ("phi3v_data.io", "UnsafePathError"), ("phi3v_data.io", "OutputOverlapError"), ("phi3v_data.io", "OutputLockedError"),
+    ("phi3v_data.io", "UnsafePathError"), ("phi3v_data.io", "OutputOverlapError"),
+    ("phi3v_data.io", "OutputLockedError"),
     ("phi3v_data.export", "ExportError"), ("phi3v_data.export", "ExportUsageError"),
     ("phi3v_data.sample", "SampleOutputError"), ("phi3v_data.plugins", "PluginError"),
     ("phi3v_data.record_checks", "LengthSpecError"), ("phi3v_data.images", "ImageProblem"),
@@ -172,4 +178,5 @@ def test_the_cli_edge_shows_any_user_error_with_its_exit_code() -> None:
     assert (describe(NewError("bad --thing")).message, describe(NewError("x")).exit_code) == ("bad --thing", 1)
     assert describe(NewUsageError("--out overlaps")).exit_code == 2
     assert describe(ValueError("a bug")) is None
-    assert translate(ValueError("a bug"), program="phi3v-data").message.startswith("unexpected error: ValueError: a bug")
+    assert translate(ValueError("a bug"), program="phi3v-data").message.startswith(
+        "unexpected error: ValueError: a bug")

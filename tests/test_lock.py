@@ -19,7 +19,8 @@ except ModuleNotFoundError:  # Python 3.10: pytest brings tomli there
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / f"lock-py{sys.version_info[0]}{sys.version_info[1]}.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
-LOCKED_EXTRAS = ("video", "hf", "train", "deepspeed", "qlora", "wandb", "mlflow", "dev")  # `all` + `dev`, what make installs
+# `all` + `dev`, what make installs
+LOCKED_EXTRAS = ("video", "hf", "train", "deepspeed", "qlora", "wandb", "mlflow", "dev")
 
 
 def pins() -> dict[str, str]:

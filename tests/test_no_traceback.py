@@ -118,11 +118,13 @@ RUN = ["run", "--model", "{w}/tiny", "--strategy", "full", "--precision", "fp32"
 
 CASES: dict[str, Case] = {
     # phi3v-data
-    "convert a video file, not a folder": Case("data", ["convert", "video", "{w}/clip.avi", "--out", "{w}/o1"], ["clip.avi"]),
+    "convert a video file, not a folder": Case(
+        "data", ["convert", "video", "{w}/clip.avi", "--out", "{w}/o1"], ["clip.avi"]),
     "convert a missing source": Case("data", ["convert", "video", "{w}/nope", "--out", "{w}/o2"], ["nope"]),
     "convert an unknown converter": Case("data", ["convert", "nosuch", "{w}/data", "--out", "{w}/o3"], ["nosuch"]),
     "convert hateful-memes with an unreadable dev.jsonl": Case(
-        "data", ["convert", "hateful-memes", "{w}/memes", "--out", "{w}/o4"], ["dev.jsonl"], prepare=_unreadable_dev_jsonl),
+        "data", ["convert", "hateful-memes", "{w}/memes", "--out", "{w}/o4"], ["dev.jsonl"],
+        prepare=_unreadable_dev_jsonl),
     "convert parquet without pyarrow": Case(
         "data", ["convert", "docvqa", "{w}/parquet", "--out", "{w}/o5"], ["pyarrow", "pip install 'phi3v[hf]'"],
         block=["pyarrow", "pyarrow.parquet", "pyarrow.ipc"]),
@@ -134,7 +136,8 @@ CASES: dict[str, Case] = {
         "data", ["validate", "{w}/data/colors_val.jsonl", "--output", "{w}/afile/c.jsonl"], ["--out /", "afile"]),
     "validate --processor without the training extra": Case(
         "data", ["validate", "{w}/data/colors_val.jsonl", "--processor", "{w}/tiny"], ["pip install 'phi3v[train]'"],
-        block=["tokenizers"], prepare=lambda w, mp: __import__("phi3v_data.record_checks").record_checks._ENCODERS.clear()),
+        block=["tokenizers"],
+        prepare=lambda w, mp: __import__("phi3v_data.record_checks").record_checks._ENCODERS.clear()),
     "validate a missing file": Case("data", ["validate", "{w}/nope.jsonl"], ["nope.jsonl"]),
     "preview into a file's child": Case("data", ["preview", "{w}/data/colors_val.jsonl", "--out", "{w}/afile/p.html"],
                                         ["afile"]),
@@ -143,18 +146,22 @@ CASES: dict[str, Case] = {
                             codes=(0,)),
     "export into a file's child": Case("data", ["export", "{w}/data/colors_val.jsonl", "--to", "llava", "--out",
                                                 "{w}/afile/x.json"], ["--out", "afile"]),
-    "export garbage": Case("data", ["export", "{w}/garbage.jsonl", "--to", "sharegpt", "--out", "{w}/x.json"], ["garbage.jsonl"]),
+    "export garbage": Case(
+        "data", ["export", "{w}/garbage.jsonl", "--to", "sharegpt", "--out", "{w}/x.json"], ["garbage.jsonl"]),
     "sample into a file": Case("data", ["sample", "video", "{w}/afile"], ["afile"]),
     # phi3v-train run
-    "run --data missing": Case("train", [*RUN, "--data", "{w}/nope", "--out", "{w}/r"], ["--data", "nope", "no such directory"]),
-    "run --data a lone file": Case("train", [*RUN, "--data", "{w}/garbage.jsonl", "--out", "{w}/r"], ["--data", "garbage.jsonl"]),
+    "run --data missing": Case(
+        "train", [*RUN, "--data", "{w}/nope", "--out", "{w}/r"], ["--data", "nope", "no such directory"]),
+    "run --data a lone file": Case(
+        "train", [*RUN, "--data", "{w}/garbage.jsonl", "--out", "{w}/r"], ["--data", "garbage.jsonl"]),
     "run --train-split unknown": Case("train", [*RUN, "--data", "{w}/data", "--train-split", "x", "--out", "{w}/r"],
                                       ["--train-split", "splits there: train, val"]),
     "run --eval-after without the split": Case(
         "train", [*RUN, "--data", "{w}/data", "--eval-after", "--eval-split", "test", "--out", "{w}/r"],
         ["--eval-after", "'test'", "splits there: train, val"]),
     "run --out is a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile"], ["--out /", "afile"]),
-    "run --out under a file": Case("train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile/run"], ["--out /", "afile"]),
+    "run --out under a file": Case(
+        "train", [*RUN, "--data", "{w}/data", "--out", "{w}/afile/run"], ["--out /", "afile"]),
     "run --config bad YAML": Case("train", ["run", "--config", "{w}/bad.yaml"], ["bad.yaml", "line"]),
     "run --config with other tools' names": Case(
         "train", ["run", "--config", "{w}/llama_factory.yaml"], ["did you mean 'lr'", "'lora.rank'", "'batch_size'"]),
@@ -162,10 +169,12 @@ CASES: dict[str, Case] = {
         "train", [*RUN, "--data", "{w}/data", "--strategy", "qlora", "--precision", "bf16", "--out", "{w}/r"],
         ["pip install 'phi3v[qlora]'"], block=["bitsandbytes"]),
     "run a corrupt model.safetensors": Case(
-        "train", [*RUN, "--data", "{w}/data", "--model", "{w}/corrupt", "--out", "{w}/r-corrupt"], ["corrupt", "safetensors"]),
+        "train", [*RUN, "--data", "{w}/data", "--model", "{w}/corrupt", "--out", "{w}/r-corrupt"],
+        ["corrupt", "safetensors"]),
     # phi3v-train eval / export / bench / init-tiny
     "eval a corrupt model.safetensors": Case(
-        "train", ["eval", "--model", "{w}/corrupt", "--data", "{w}/data", "--out", "{w}/e1"], ["--model", "safetensors"]),
+        "train", ["eval", "--model", "{w}/corrupt", "--data", "{w}/data", "--out", "{w}/e1"],
+        ["--model", "safetensors"]),
     "eval a pickle torch refuses": Case(
         "train", ["eval", "--model", "{w}/pickled", "--data", "{w}/data", "--out", "{w}/e2"], ["--model", "refused"]),
     "eval an unknown split": Case("train", ["eval", "--model", "{w}/tiny", "--data", "{w}/data", "--split", "x",

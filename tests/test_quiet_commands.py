@@ -66,7 +66,8 @@ def test_the_simulated_cpu_flag_decides_whether_bitsandbytes_warns(tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """``make demo`` at a small size (sample, convert, validate, init-tiny, eval, LoRA run, eval) on an AVX512-BF16 CPU."""
+    """``make demo`` at a small size (sample, convert, validate, init-tiny, eval, LoRA run, eval) on an AVX512-BF16
+    CPU."""
     root = tmp_path_factory.mktemp("quiet")
     out = root / "demo"
     done = subprocess.run([sys.executable, "-m", "phi3v_train.demo", "--out", str(out), "--steps", "2", "--classes",
@@ -112,7 +113,8 @@ def test_verbose_shows_what_the_quiet_default_hides(demo, tmp_path: Path) -> Non
 def test_export_of_the_demo_adapter_prints_no_library_noise(demo, tmp_path: Path, avx512bf16: bool) -> None:
     out, _ = demo
     merged = tmp_path / "merged"
-    done = subprocess.run([tool("phi3v-train"), "export", "--adapter", str(out / "run" / "final"), "--out", str(merged)],
+    done = subprocess.run([tool("phi3v-train"), "export", "--adapter", str(out / "run" / "final"),
+                           "--out", str(merged)],
                           capture_output=True, text=True, timeout=300, env=cpu_env(tmp_path, avx512bf16=avx512bf16))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (merged / "config.json").is_file()

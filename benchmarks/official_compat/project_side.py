@@ -52,12 +52,14 @@ def dump(ckpt: Path, npz: Path) -> None:
     prompt = "<|user|>\n<|image_1|>\nWhat is shown?<|end|>\n<|assistant|>\n"
     batch = processor(text=prompt, images=[img], return_tensors="pt")
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k in ("input_ids", "pixel_values", "image_sizes", "attention_mask")}).logits
+        inputs = ("input_ids", "pixel_values", "image_sizes", "attention_mask")
+        logits = model(**{k: v for k, v in batch.items() if k in inputs}).logits
     text = "What is shown?<|end|>\n<|assistant|>\n"
     np.savez(npz, input_ids=batch["input_ids"].numpy(), pixel_values=batch["pixel_values"].float().numpy(),
              image_sizes=batch["image_sizes"].numpy(), logits=logits.float().numpy(),
              text=np.array(text), text_ids=np.array(processor.tokenizer(text)["input_ids"]))
-    print("ids head", batch["input_ids"][0, :8].tolist(), "n", batch["input_ids"].shape, "images tokens", int((batch["input_ids"] < 0).sum()))
+    print("ids head", batch["input_ids"][0, :8].tolist(), "n", batch["input_ids"].shape,
+          "images tokens", int((batch["input_ids"] < 0).sum()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``phi3v-data export DATASET.jsonl --to llava|llava-multi|sharegpt --out FILE.json[l]``: hand a dataset to other tools."""
+"""``phi3v-data export DATASET.jsonl --to llava|llava-multi|sharegpt --out FILE.json[l]``: hand a dataset to other
+tools."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def export(dataset: Path, to: Format, out: Path, image_folder: Path | None) -> N
     """
     check_writable("--out", out)
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("exporting {task.fields[name]}: {task.completed:.0f} records"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("exporting {task.fields[name]}: {task.completed:.0f} records"),
+               TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("export", total=None, name=dataset.name)
         try:
-            result = export_dataset(dataset, out, to=to, image_folder=image_folder, on_record=lambda: progress.advance(task))
+            result = export_dataset(dataset, out, to=to, image_folder=image_folder,
+                                    on_record=lambda: progress.advance(task))
         except ExportUsageError as exc:
             raise click.UsageError(str(exc)) from None
         except OSError as exc:  # unreadable dataset, unwritable --out
@@ -56,7 +59,8 @@ def export(dataset: Path, to: Format, out: Path, image_folder: Path | None) -> N
     console.print(_summary(result, to=to, dataset=dataset))
     for problem in result.problems[:SHOWN_PROBLEMS]:
         record = f" (id {problem.id})" if problem.id else ""
-        console.print(f"  [red]skipped[/] {escape(f'{dataset}:{problem.line}{record}: {problem.reason}')}", soft_wrap=True)
+        console.print(f"  [red]skipped[/] {escape(f'{dataset}:{problem.line}{record}: {problem.reason}')}",
+                      soft_wrap=True)
     if len(result.problems) > SHOWN_PROBLEMS:
         console.print(f"  … and {len(result.problems) - SHOWN_PROBLEMS} more")
     if result.problems:

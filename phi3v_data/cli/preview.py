@@ -29,7 +29,8 @@ from schemas.layout import images_beside
               help="Longest side of the embedded thumbnails, in pixels.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run the validator over the file and show its problems for each sampled record.")
-def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed: int, thumb: int, validate: bool) -> None:
+def preview(dataset: Path, out: Path, images_dir: Path | None, limit: int, seed: int, thumb: int,
+            validate: bool) -> None:
     """Write an HTML gallery of a random sample of DATASET's records (images, turns, problems).
 
     \b

@@ -19,12 +19,14 @@ def sample() -> None:
 @sample.command("video")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--classes", type=click.IntRange(1, len(LOOKS)), default=4, show_default=True, help="Number of classes.")
-@click.option("--clips-per-class", type=click.IntRange(min=1), default=12, show_default=True, help="Clips per class (3 per UCF group).")
+@click.option("--clips-per-class", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Clips per class (3 per UCF group).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-clip variations.")
 @click.option("--layout", type=click.Choice(["ucf101", "presplit"]), default="ucf101", show_default=True,
               help="ucf101: UCF-101/ + ucfTrainTestlist/; presplit: {train,val,test}/<Class>/.")
 def video(out_dir: Path, classes: int, clips_per_class: int, seed: int, layout: str) -> None:
-    """Synthetic UCF-101-style clips (MPEG-4 AVI, 96x72, 25 fps, 1.6 s); each class has its own colour, shape and motion.
+    """Synthetic UCF-101-style clips (MPEG-4 AVI, 96x72, 25 fps, 1.6 s); each class has its own colour, shape and
+    motion.
 
     \b
     Example:
@@ -33,7 +35,8 @@ def video(out_dir: Path, classes: int, clips_per_class: int, seed: int, layout: 
     """
     console = Console(stderr=True)
     with console.status(f"writing {classes * clips_per_class} clips to {out_dir}"):
-        summary = write_video_sample(out_dir, classes=classes, clips_per_class=clips_per_class, seed=seed, layout=layout)  # type: ignore[arg-type]
+        summary = write_video_sample(out_dir, classes=classes, clips_per_class=clips_per_class, seed=seed,
+                                     layout=layout)  # type: ignore[arg-type]
     table = Table(title=f"sample video dataset → {summary.root} ({summary.layout} layout)")
     table.add_column("split")
     table.add_column("clips", justify="right")

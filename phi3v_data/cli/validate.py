@@ -50,7 +50,8 @@ def _saved_num_crops(processor: Path) -> int:
     try:
         return int(settings["num_crops"])
     except (KeyError, TypeError, ValueError):
-        raise click.UsageError(f"{processor} has no preprocessor_config.json with num_crops; pass --num-crops N") from None
+        raise click.UsageError(f"{processor} has no preprocessor_config.json with num_crops; "
+                               "pass --num-crops N") from None
 
 
 def _workers(requested: int, files: tuple[Path, ...]) -> int:
@@ -131,7 +132,8 @@ def validate(files: tuple[Path, ...], images_dir: Path | None, deep: bool, exist
         check_writable("--out", output)
     lengths = _length_spec(processor, num_crops, max_length)
     report = _run(files, show_progress=not (quiet or as_json), images_dir=images_dir, lengths=lengths, output=output,
-                  image_check="deep" if deep else "exists" if exists_only else "header", workers=_workers(workers, files))
+                  image_check="deep" if deep else "exists" if exists_only else "header",
+                  workers=_workers(workers, files))
     if report_path is not None:
         try:
             write_json(report_path, report.to_dict())

@@ -18,7 +18,8 @@ def _record(*turns: dict, id: str = "r1") -> Record:
 
 def test_untagged_images_go_first_and_task_and_reference_are_left_out() -> None:
     record = _record(
-        {"images": ["train/a.png", "train/b.png"], "user": "Which is larger?", "assistant": "a", "reference": {"answers": ["a", "A"]}},
+        {"images": ["train/a.png", "train/b.png"], "user": "Which is larger?", "assistant": "a",
+         "reference": {"answers": ["a", "A"]}},
         {"images": ["train/c.png"], "user": "And this?", "assistant": "c"},
     )
     assert to_llava(record, multi=True) == {
@@ -37,7 +38,8 @@ def test_tags_become_image_tags_and_images_follow_their_order() -> None:
     record = _record({"images": ["a.png", "b.png"], "user": "Is <|image_2|> left of <|image_1|>?", "assistant": "yes"})
     assert to_sharegpt(record, image_path=lambda p: "imgs/" + p) == {
         "id": "r1",
-        "messages": [{"role": "user", "content": "Is <image> left of <image>?"}, {"role": "assistant", "content": "yes"}],
+        "messages": [{"role": "user", "content": "Is <image> left of <image>?"},
+                     {"role": "assistant", "content": "yes"}],
         "images": ["imgs/b.png", "imgs/a.png"],
     }
 
@@ -54,10 +56,14 @@ def test_text_only_and_unlabeled_rows() -> None:
 @pytest.mark.parametrize(
     ("turns", "reason"),
     [
-        ([{"images": ["a.png", "b.png"], "user": "only <|image_1|>", "assistant": "x"}], "image tags [1] do not place each of the record's 2 image(s) exactly once"),
-        ([{"images": ["a.png"], "user": "<|image_1|> <|image_1|>", "assistant": "x"}], "image tags [1, 1] do not place each of the record's 1 image(s) exactly once"),
-        ([{"user": "what is <image>?", "assistant": "x"}], "text holds a literal <image>, which the target format would read as an image"),
-        ([{"user": "a"}, {"user": "b"}], "an unlabeled multi-turn record has no form in this format (turns must alternate)"),
+        ([{"images": ["a.png", "b.png"], "user": "only <|image_1|>", "assistant": "x"}],
+         "image tags [1] do not place each of the record's 2 image(s) exactly once"),
+        ([{"images": ["a.png"], "user": "<|image_1|> <|image_1|>", "assistant": "x"}],
+         "image tags [1, 1] do not place each of the record's 1 image(s) exactly once"),
+        ([{"user": "what is <image>?", "assistant": "x"}],
+         "text holds a literal <image>, which the target format would read as an image"),
+        ([{"user": "a"}, {"user": "b"}],
+         "an unlabeled multi-turn record has no form in this format (turns must alternate)"),
     ],
 )
 def test_records_the_formats_cannot_express(turns: list[dict], reason: str) -> None:
@@ -76,9 +82,11 @@ def test_relative_to_folder_refuses_images_outside_it(tmp_path: Path) -> None:
 
 def _dataset(tmp_path: Path) -> Path:
     lines = [
-        json.dumps({"id": "a", "task": "caption", "conversations": [{"images": ["train/x.png"], "user": "Describe.", "assistant": "Red."}]}),
+        json.dumps({"id": "a", "task": "caption",
+                    "conversations": [{"images": ["train/x.png"], "user": "Describe.", "assistant": "Red."}]}),
         "{broken",
-        json.dumps({"id": "b", "conversations": [{"images": ["val/y.png"], "user": "<|image_1|> hue?", "assistant": "Blue."}]}),
+        json.dumps({"id": "b",
+                    "conversations": [{"images": ["val/y.png"], "user": "<|image_1|> hue?", "assistant": "Blue."}]}),
         json.dumps({"id": "c", "conversations": []}),
     ]
     path = tmp_path / "ds" / "ds_train.jsonl"
@@ -89,24 +97,31 @@ def _dataset(tmp_path: Path) -> Path:
 
 def test_export_cli_writes_rows_and_lists_skipped_records(tmp_path: Path) -> None:
     dataset, out = _dataset(tmp_path), tmp_path / "out.json"
-    result = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava", "--out", str(out), "--image-folder", str(tmp_path / "ds")])
+    result = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava", "--out", str(out),
+                                       "--image-folder", str(tmp_path / "ds")])
 
     assert result.exit_code == 1, result.output
     assert json.loads(out.read_text()) == [
-        {"id": "a", "image": "images/train/x.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Red."}]},
-        {"id": "b", "image": "images/val/y.png", "conversations": [{"from": "human", "value": "<image> hue?"}, {"from": "gpt", "value": "Blue."}]},
+        {"id": "a", "image": "images/train/x.png",
+         "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Red."}]},
+        {"id": "b", "image": "images/val/y.png",
+         "conversations": [{"from": "human", "value": "<image> hue?"}, {"from": "gpt", "value": "Blue."}]},
     ]
-    assert f"skipped {dataset}:2: invalid JSON: Expecting property name enclosed in double quotes (column 2)\n" in result.output
-    assert f"skipped {dataset}:4 (id c): conversations: List should have at least 1 item after validation, not 0\n" in result.output
+    assert (f"skipped {dataset}:2: invalid JSON: Expecting property name enclosed in double quotes (column 2)\n"
+            in result.output)
+    assert (f"skipped {dataset}:4 (id c): conversations: List should have at least 1 item after validation, not 0\n"
+            in result.output)
 
 
 def test_export_cli_jsonl_sharegpt_clean_run_exits_zero(tmp_path: Path) -> None:
     dataset = tmp_path / "d.jsonl"
-    dataset.write_text(json.dumps({"id": "a", "conversations": [{"images": ["train/x.png"], "user": "Q", "assistant": "A"}]}) + "\n")
+    record = {"id": "a", "conversations": [{"images": ["train/x.png"], "user": "Q", "assistant": "A"}]}
+    dataset.write_text(json.dumps(record) + "\n")
     result = CliRunner().invoke(main, ["export", str(dataset), "--to", "sharegpt", "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o.jsonl").read_text() == (
-        '{"id": "a", "messages": [{"role": "user", "content": "<image>\\nQ"}, {"role": "assistant", "content": "A"}], "images": ["train/x.png"]}\n'
+        '{"id": "a", "messages": [{"role": "user", "content": "<image>\\nQ"}, {"role": "assistant", "content": "A"}], '
+        '"images": ["train/x.png"]}\n'
     )
 
 
@@ -151,4 +166,5 @@ def test_export_cli_llava_reports_multi_image_records_and_llava_multi_keeps_them
     assert [r["id"] for r in json.loads((tmp_path / "l.json").read_text())] == ["one"]
     multi = CliRunner().invoke(main, ["export", str(dataset), "--to", "llava-multi", "--out", str(tmp_path / "m.json")])
     assert multi.exit_code == 0, multi.output
-    assert [r["image"] for r in json.loads((tmp_path / "m.json").read_text())] == [["train/a.png"], ["train/a.png", "train/b.png"]]
+    assert ([r["image"] for r in json.loads((tmp_path / "m.json").read_text())]
+            == [["train/a.png"], ["train/a.png", "train/b.png"]])

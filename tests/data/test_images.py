@@ -58,7 +58,8 @@ def test_sixteen_bit_png_and_float_tiff_scale_to_eight_bits(tmp_path: Path) -> N
     (np.array([[0.0, np.nan]], dtype=np.float32), "(or hold NaN), outside [0, 1]"),
     (np.array([[0, 70000]], dtype=np.int32), "I pixels range 0..70000, beyond 16 bits"),
 ])
-def test_pixels_without_an_eight_bit_meaning_are_refused_by_file(tmp_path: Path, pixels: np.ndarray, shown: str) -> None:
+def test_pixels_without_an_eight_bit_meaning_are_refused_by_file(tmp_path: Path, pixels: np.ndarray,
+                                                                  shown: str) -> None:
     path = _tiff(tmp_path / "images" / "val" / "bad.tif", pixels)
     with Image.open(path) as image, pytest.raises(ImageProblem, match=shown.replace("(", r"\(").replace(")", r"\)")
                                                   .replace("[", r"\[").replace("]", r"\]")):
@@ -72,7 +73,8 @@ def test_pixels_without_an_eight_bit_meaning_are_refused_by_file(tmp_path: Path,
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "x_val.jsonl"), "--deep", "--json"])
     assert result.exit_code == 1
     [finding] = json.loads(result.output)["findings"]
-    assert (finding["code"], finding["line"], finding["field"]) == ("image_pixel_range", 1, "conversations[0].images[0]")
+    assert ((finding["code"], finding["line"], finding["field"])
+            == ("image_pixel_range", 1, "conversations[0].images[0]"))
 
 
 def test_preview_shows_a_sixteen_bit_scan_as_training_sees_it(tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ def test_resolve_inside_follows_symlinked_folders_but_not_files_leading_out(tmp_
 
 @pytest.mark.parametrize(
     ("bad", "rule"),
-    [("a\x00b.png", "NUL byte"), ("/etc/passwd", "absolute"), ("C:/x.png", "drive letter"), ("a/../../x.png", "'..'"), ("", "empty")],
+    [("a\x00b.png", "NUL byte"), ("/etc/passwd", "absolute"), ("C:/x.png", "drive letter"), ("a/../../x.png", "'..'"),
+     ("", "empty")],
 )
 def test_resolve_inside_names_the_broken_rule(tmp_path: Path, bad: str, rule: str) -> None:
     with pytest.raises(UnsafePathError, match=rule):
@@ -96,7 +97,8 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
     assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
 
 
-def test_write_bytes_replaces_atomically_and_leaves_no_temp_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_bytes_replaces_atomically_and_leaves_no_temp_on_failure(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "a.jpg"
     write_bytes(target, b"first")
     write_bytes(target, memoryview(b"second version"))
@@ -138,9 +140,11 @@ def test_iter_jsonl_fails_one_line_for_huge_numbers_lone_surrogates_and_deep_nes
 def test_iter_json_array_reads_past_a_bad_element_with_its_line() -> None:
     text = '[{"a": "]"},\n' + "[" * 50000 + "]" * 50000 + ',\n {"b": 2}, 3 ]'
     got = [(line.lineno, line.value, line.error) for line in iter_json_array(text)]
-    assert got == [(1, {"a": "]"}, None), (2, None, "invalid JSON: nested too deeply"), (3, {"b": 2}, None), (3, 3, None)]
+    assert got == [(1, {"a": "]"}, None), (2, None, "invalid JSON: nested too deeply"), (3, {"b": 2}, None),
+                   (3, 3, None)]
     members = json_object_members('{"split": "val", "data": [1, 2]}')
-    assert {key: '{"split": "val", "data": [1, 2]}'[a:b] for key, (a, b) in members.items()} == {"split": '"val"', "data": "[1, 2]"}
+    assert ({key: '{"split": "val", "data": [1, 2]}'[a:b] for key, (a, b) in members.items()}
+            == {"split": '"val"', "data": "[1, 2]"})
     with pytest.raises(ValueError):
         list(iter_json_array('[1, 2'))
 
@@ -158,7 +162,8 @@ def test_streamed_json_arrays_read_as_json_loads_across_chunk_boundaries(tmp_pat
 
     from phi3v_data.io import iter_json_array_stream, stream_json_array
 
-    rows = [{"id": k, "t": "]} \\\" [{" * (k % 3), "n": [1.5, None, True, 10 ** 30 if k == 7 else k]} for k in range(40)]
+    rows = [{"id": k, "t": "]} \\\" [{" * (k % 3), "n": [1.5, None, True, 10 ** 30 if k == 7 else k]}
+            for k in range(40)]
     text = "\ufeff[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n"
     (tmp_path / "a.json").write_text(text, encoding="utf-8")
     got = list(stream_json_array(tmp_path / "a.json"))  # 10**30 is past ijson's 64 bits: row 7 on is re-read

@@ -41,7 +41,8 @@ def test_equal_containing_and_inside_are_refused_beside_is_allowed(tmp_path: Pat
     split = _dataset(data)
     cases = {
         split: f"--out {split} is --data {split}; writing there would replace it: choose another path",
-        tmp_path / "data": f"--out {tmp_path / 'data'} contains --data {split}; writing there could replace or delete it",
+        tmp_path / "data":
+            f"--out {tmp_path / 'data'} contains --data {split}; writing there could replace or delete it",
         data / "preds.jsonl": f"--out {data / 'preds.jsonl'} is inside --data {data}; the output would mix into",
     }
     for out, message in cases.items():
@@ -85,7 +86,8 @@ def test_validate_report_and_out_never_replace_the_dataset(tmp_path: Path) -> No
         ("--report", str(split)): f"--report {split} is the input {split}",
         ("--out", str(split)): f"--out {split} is the input {split}",
         ("--report", str(tmp_path / "x" / "images" / "r.json")): "is inside the images folder",
-        ("--report", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "c.jsonl")): f"--report {tmp_path / 'c.jsonl'} is --out",
+        ("--report", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "c.jsonl")):
+            f"--report {tmp_path / 'c.jsonl'} is --out",
     }
     for args, message in runs.items():
         result = CliRunner().invoke(main, ["validate", str(split), *args])
@@ -112,7 +114,8 @@ def test_convert_name_never_leaves_out(tmp_path: Path) -> None:
     for cls in ("cat", "dog"):
         (src / cls).mkdir(parents=True)
         Image.new("RGB", (8, 8), (0, 0, 200)).save(src / cls / "0.png")
-    result = CliRunner().invoke(main, ["convert", "folder", str(src), "--out", str(tmp_path / "out"), "--name", "../escaped"])
+    result = CliRunner().invoke(main, ["convert", "folder", str(src), "--out", str(tmp_path / "out"),
+                                       "--name", "../escaped"])
     assert result.exit_code == 2, result.output
     assert "--name '../escaped': a name, not a path ('../escaped' climbs out with '..')" in _said(result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]  # no escaped_train.jsonl, not even an empty --out

@@ -40,7 +40,8 @@ def _dataset(root: Path) -> Path:
     broken = {"id": "val-2", "conversations": [{"images": ["val/missing.jpg", "val/corrupt.jpg"], "user": "q"}]}
     path = root / "data_val.jsonl"
     path.write_text(
-        json.dumps(good) + "\n" + json.dumps(broken) + "\n{not json\n" + json.dumps({"id": "", "conversations": []}) + "\n"
+        json.dumps(good) + "\n" + json.dumps(broken) + "\n{not json\n"
+        + json.dumps({"id": "", "conversations": []}) + "\n"
     )
     return path
 

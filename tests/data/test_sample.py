@@ -38,9 +38,11 @@ def test_ucf101_layout_and_crlf_lists(tmp_path: Path) -> None:
         b"",
     ]
     assert sorted(p.name for p in lists.iterdir()) == [
-        "classInd.txt", "testlist01.txt", "testlist02.txt", "testlist03.txt", "trainlist01.txt", "trainlist02.txt", "trainlist03.txt"
+        "classInd.txt", "testlist01.txt", "testlist02.txt", "testlist03.txt",
+        "trainlist01.txt", "trainlist02.txt", "trainlist03.txt",
     ]
-    assert sorted(p.name for p in (tmp_path / "UCF-101/HandstandPushups").iterdir())[0] == "v_HandStandPushups_g01_c01.avi"
+    assert (sorted(p.name for p in (tmp_path / "UCF-101/HandstandPushups").iterdir())[0]
+            == "v_HandStandPushups_g01_c01.avi")
     with av.open(str(tmp_path / "UCF-101/Basketball/v_Basketball_g01_c01.avi")) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.width, stream.height, stream.frames) == ("mpeg4", 96, 72, 40)
@@ -52,7 +54,8 @@ def test_same_seed_same_bytes_other_seed_other_clips(tmp_path: Path) -> None:
     write_video_sample(tmp_path / "c", classes=2, clips_per_class=2, seed=4)
     a, b, c = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
     assert a == b
-    assert a.keys() == c.keys() and a["UCF-101/Basketball/v_Basketball_g01_c02.avi"] != c["UCF-101/Basketball/v_Basketball_g01_c02.avi"]
+    clip = "UCF-101/Basketball/v_Basketball_g01_c02.avi"
+    assert a.keys() == c.keys() and a[clip] != c[clip]
 
 
 def test_classes_differ_in_dominant_colour(tmp_path: Path) -> None:
@@ -78,9 +81,11 @@ def test_presplit_layout_converts(tmp_path: Path) -> None:
 
 def test_cli_writes_a_sample_that_converts(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["sample", "video", str(tmp_path / "src"), "--classes", "2", "--clips-per-class", "12", "--seed", "1"])
+    result = runner.invoke(main, ["sample", "video", str(tmp_path / "src"), "--classes", "2", "--clips-per-class", "12",
+                                  "--seed", "1"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["convert", "video", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--frames", "2", "-j", "1"])
+    result = runner.invoke(main, ["convert", "video", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                                  "--frames", "2", "-j", "1"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
     # 18 train clips in groups of 3: 10% is 2 clips, one group (3) the closest; a group per class made 33%
@@ -100,7 +105,8 @@ def test_a_folder_holding_a_real_dataset_is_refused_and_left_byte_for_byte(tmp_p
     for layout in ("ucf101", "presplit"):
         result = CliRunner().invoke(main, ["sample", "video", str(real), "--layout", layout])
         assert result.exit_code == 2, result.output
-        assert f"{real} already holds files that no sample wrote (UCF-101, ucfTrainTestlist)" in " ".join(result.output.split())
+        assert (f"{real} already holds files that no sample wrote (UCF-101, ucfTrainTestlist)"
+                in " ".join(result.output.split()))
     assert _tree(real) == before
 
 

@@ -65,24 +65,28 @@ def findings(path: Path, **options) -> list[tuple[str, int, str | None, str, str
 
 def test_not_utf8(data: Path) -> None:
     path = write(data / "d.jsonl", b'{"id": "\xff"}')
-    assert findings(path) == [("not_utf8", 1, None, "", "not valid UTF-8 at byte 8 (invalid start byte); save the file as UTF-8")]
+    assert findings(path) == [("not_utf8", 1, None, "",
+                               "not valid UTF-8 at byte 8 (invalid start byte); save the file as UTF-8")]
 
 
 def test_invalid_json(data: Path) -> None:
     path = write(data / "d.jsonl", record("ok", images=["a/x.png"]), "", '{"id": "r2", ')
-    assert findings(path) == [("invalid_json", 3, None, "", "invalid JSON: Expecting property name enclosed in double quotes (column 14)")]
+    assert findings(path) == [("invalid_json", 3, None, "",
+                               "invalid JSON: Expecting property name enclosed in double quotes (column 14)")]
 
 
 def test_byte_order_mark_and_crlf_are_accepted(data: Path) -> None:
     path = data / "d.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record("a")).encode() + b"\r\n" + json.dumps(record("b")).encode() + b"\r\n")
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record("a")).encode() + b"\r\n"
+                     + json.dumps(record("b")).encode() + b"\r\n")
     assert findings(path) == []
 
 
 def test_schema_reports_every_error_with_field_path(data: Path) -> None:
     bad = {"id": "r1", "task": "poem", "conversations": [{"images": ["a/x.png", 7], "assistant": "x"}], "extra": 1}
     assert findings(write(data / "d.jsonl", bad)) == [
-        ("schema", 1, "r1", "task", "Input should be 'classification', 'vqa', 'binary', 'caption' or 'chat' (got \"poem\")"),
+        ("schema", 1, "r1", "task",
+         "Input should be 'classification', 'vqa', 'binary', 'caption' or 'chat' (got \"poem\")"),
         ("schema", 1, "r1", "conversations[0].images[1]", "Input should be a valid string (got 7)"),
         ("schema", 1, "r1", "conversations[0].user", "required field is missing"),
         ("schema", 1, "r1", "extra", "is not a known field (misspelt?)"),
@@ -115,14 +119,16 @@ def test_empty_texts_whitespace_counts_as_empty(data: Path) -> None:
     path = write(data / "d.jsonl", record("u", user=" \n\t"), record("a", assistant="  "))
     assert findings(path) == [
         ("empty_text", 1, "u", "conversations[0].user", "user text is empty"),
-        ("empty_text", 2, "a", "conversations[0].assistant", "assistant text is empty (use null for unlabeled records)"),
+        ("empty_text", 2, "a", "conversations[0].assistant",
+         "assistant text is empty (use null for unlabeled records)"),
     ]
 
 
 def test_image_tag_missing(data: Path) -> None:
     path = write(data / "d.jsonl", record(images=["a/x.png", "a/y.jpg"], user="<|image_2|> and this"))
     assert findings(path) == [("image_tag_missing", 1, "r1", "conversations[0].images[0]",
-                               "image 1 has no <|image_1|> tag; this turn places tags, so it must place one for each of its images")]
+                               "image 1 has no <|image_1|> tag; this turn places tags, so it must place one for each "
+                               "of its images")]
 
 
 def test_image_tag_unknown(data: Path) -> None:
@@ -132,15 +138,18 @@ def test_image_tag_unknown(data: Path) -> None:
 
 
 def test_image_tag_wrong_turn(data: Path) -> None:
-    rec = {"id": "t", "conversations": [{"images": ["a/x.png"], "user": "first", "assistant": "ok"},
-                                        {"images": ["a/y.jpg"], "user": "<|image_1|> <|image_2|> again", "assistant": "ok"}]}
-    assert findings(write(data / "d.jsonl", rec)) == [("image_tag_wrong_turn", 1, "t", "conversations[1].user",
-                                                       "<|image_1|> is placed in turn 1 but image 1 belongs to turn 0 (conversations[0].images[0])")]
+    rec = {"id": "t", "conversations": [
+        {"images": ["a/x.png"], "user": "first", "assistant": "ok"},
+        {"images": ["a/y.jpg"], "user": "<|image_1|> <|image_2|> again", "assistant": "ok"}]}
+    assert findings(write(data / "d.jsonl", rec)) == [
+        ("image_tag_wrong_turn", 1, "t", "conversations[1].user",
+         "<|image_1|> is placed in turn 1 but image 1 belongs to turn 0 (conversations[0].images[0])")]
 
 
 def test_image_tag_duplicate(data: Path) -> None:
     path = write(data / "d.jsonl", record(images=["a/x.png"], user="<|image_1|> twice <|image_1|>"))
-    assert findings(path) == [("image_tag_duplicate", 1, "r1", "conversations[0].user", "<|image_1|> appears more than once")]
+    assert findings(path) == [("image_tag_duplicate", 1, "r1", "conversations[0].user",
+                               "<|image_1|> appears more than once")]
 
 
 def test_image_tag_in_answer(data: Path) -> None:
@@ -184,14 +193,16 @@ def test_image_missing(data: Path) -> None:
 
 def test_images_root_missing_says_to_point_images_at_it(data: Path) -> None:
     path = write(data / "d.jsonl", record(images=["a/x.png"]))
-    assert findings(path, images_dir=data / "imgs") == [("image_missing", 1, "r1", "conversations[0].images[0]",
-                                                         f"the images directory {data / 'imgs'} does not exist (point --images at it)")]
+    assert findings(path, images_dir=data / "imgs") == [
+        ("image_missing", 1, "r1", "conversations[0].images[0]",
+         f"the images directory {data / 'imgs'} does not exist (point --images at it)")]
 
 
 def test_image_undecodable_header(data: Path) -> None:
     (data / "images/a/text.png").write_text("not an image")
     path = write(data / "d.jsonl", record(images=["a/text.png"]))
-    assert findings(path) == [("image_undecodable", 1, "r1", "conversations[0].images[0]", "not a recognised image format")]
+    assert findings(path) == [("image_undecodable", 1, "r1", "conversations[0].images[0]",
+                               "not a recognised image format")]
 
 
 def test_truncated_image_passes_header_check_and_fails_deep(data: Path) -> None:
@@ -215,7 +226,8 @@ def test_decompression_bomb_is_refused_by_its_header(data: Path) -> None:
 def test_binary_answers(data: Path) -> None:
     yes = {"id": "y", "task": "binary", "conversations": [{"user": "q", "assistant": "yes", "reference": {"label": 1}}]}
     maybe = {"id": "m", "task": "binary", "conversations": [{"user": "q", "assistant": "Maybe"}]}
-    wrong = {"id": "w", "task": "binary", "conversations": [{"user": "q", "assistant": "no", "reference": {"label": 1}}]}
+    wrong = {"id": "w", "task": "binary",
+             "conversations": [{"user": "q", "assistant": "no", "reference": {"label": 1}}]}
     assert findings(write(data / "d.jsonl", yes, maybe, wrong)) == [
         ("binary_answer", 2, "m", "conversations[0].assistant", "binary answers must be 'yes' or 'no', got \"Maybe\""),
         ("binary_answer", 3, "w", "conversations[0].reference.label", "label 1 means 'yes' but the answer is 'no'"),
@@ -244,7 +256,8 @@ def clean_file(data: Path) -> Path:
         record("c2", images=["a/x.png", "a/y.jpg"], assistant="dog", task="classification", source="ucf"),
         record("c3", images=["a/y.jpg"], assistant="cat", task="classification", source="ucf"),
         {"id": "b1", "source": "memes", "task": "binary",
-         "conversations": [{"images": ["a/x.png"], "user": "<|image_1|>\nhateful?", "assistant": "no", "reference": {"label": 0}}]},
+         "conversations": [{"images": ["a/x.png"], "user": "<|image_1|>\nhateful?", "assistant": "no",
+                            "reference": {"label": 0}}]},
         record("u1", assistant=None, source="memes"),
     )
 
@@ -285,7 +298,8 @@ def test_cli_problems_exit_1_and_list_findings(data: Path) -> None:
         "processor-without-tokenizer", "exists-only-and-processor"])
 def test_cli_usage_errors_exit_2(data: Path, args: list[str]) -> None:
     path = clean_file(data)
-    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", *(a.format(d=path, dir=data / "images") for a in args)])
+    argv = [a.format(d=path, dir=data / "images") for a in args]
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", *argv])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
 
@@ -300,7 +314,8 @@ def test_cli_processor_with_broken_config_names_file_line_and_column(data: Path)
     processor = data / "proc"
     processor.mkdir()
     (processor / "preprocessor_config.json").write_text('{\n  "num_crops": 4,\n}\n')
-    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", str(clean_file(data)), "--processor", str(processor)])
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["validate", str(clean_file(data)),
+                                                             "--processor", str(processor)])
     assert result.exit_code == 2
     expected = (f"--processor: {processor / 'preprocessor_config.json'}:3: invalid JSON: Expecting property name "
                 "enclosed in double quotes (column 1); fix it or pass --num-crops N")
@@ -412,7 +427,8 @@ def test_too_long_through_image_tokens_via_cli(data: Path, processor: Path) -> N
     png(data / "images/sq.png", (336, 336))
     path = write(data / "d.jsonl", record(images=["sq.png"]))
     out = data / "r.json"
-    args = ["validate", str(path), "--processor", str(processor), "--num-crops", "1", "--max-length", "100", "--report", str(out)]
+    args = ["validate", str(path), "--processor", str(processor), "--num-crops", "1", "--max-length", "100",
+            "--report", str(out)]
     result = CliRunner(env={"COLUMNS": "300"}).invoke(main, args)
     assert result.exit_code == 1
     [finding] = json.loads(out.read_text())["findings"]
