@@ -27,7 +27,6 @@ from phi3v_data.io import resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, IGNORE_INDEX, Encoded, PromptFormat, encode_record
 from phi3v_data.tokens import CROP
 from phi3v_train.data import Sample
-from phi3v_train.model.processing_phi3v import TextEncoder  # noqa: F401 - imported from here by the data tests
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object; ``value`` itself without a process group)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def collective_device() -> str:
     """Where tensors for a collective must live: NCCL only reduces GPU tensors, gloo CPU ones."""
     return "cuda" if dist.get_backend() == "nccl" else "cpu"

@@ -39,7 +39,7 @@ from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
 from phi3v_train.data import SampleDataset, SplitSummary, load_mixture, preflight, source_names
-from phi3v_train.distributed import barrier, is_distributed, is_main, world
+from phi3v_train.distributed import barrier, from_main, is_distributed, is_main, world
 from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
@@ -307,14 +307,14 @@ def _measure_data(config: TrainConfig, processor: Any, console: Console) -> tupl
 
     rank, _ = world()
     try:
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return load(write=True)
         if rank == 0:
             try:
                 return load(write=True)
             finally:
-                dist.barrier()  # reached even when the data is refused: the others then refuse it themselves
-        dist.barrier()
+                barrier()  # reached even when the data is refused: the others then refuse it themselves
+        barrier()
         dataset, summaries = load(write=False)
         if not all(summary.cached for summary in summaries):  # every rank says so: it is not the log's main process
             Console(stderr=True, soft_wrap=True).print(
@@ -337,18 +337,17 @@ def _refuse_unusable(config: TrainConfig, summaries: list[SplitSummary]) -> None
 
 def _run_preflight(config: TrainConfig, *, is_main: bool) -> None:
     """Rank 0 validates; every rank learns the verdict, so all refuse together."""
-    verdict: list[str | None] = [None]
+    verdict: str | None = None
     if is_main:
         dirs = [source.path for source in config.sources]
         names = source_names(dirs) if len(dirs) > 1 else [None]
         problems = [preflight(path, config.train_split, report_dir=config.output, name=name, remember=True)
                     for path, name in zip(dirs, names)]
-        verdict = ["\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
-                             for path, problem in zip(dirs, problems) if problem) or None]
-    if is_distributed():
-        dist.broadcast_object_list(verdict, src=0)
-    if verdict[0]:
-        raise RunError(verdict[0])
+        verdict = "\n".join(f"{path}: {problem}" if len(dirs) > 1 else problem
+                            for path, problem in zip(dirs, problems) if problem) or None
+    verdict = from_main(verdict)
+    if verdict:
+        raise RunError(verdict)
 
 
 def _start_run_dir(config: TrainConfig, plan: OutputPlan, warn: Console) -> None:

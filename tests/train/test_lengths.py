@@ -15,14 +15,14 @@ import phi3v_train.data
 from phi3v_data.images import ImageProblem
 from phi3v_data.tokens import num_image_tokens
 from phi3v_train import lengths
-from phi3v_train.collator import TextEncoder
+from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.config import load_config
 from phi3v_train.data import image_sizes, images_dir, load_split, sample_length
 from phi3v_train.lengths import LengthCache, tokenizer_digest
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.train import run
 from schemas import Record
-from train_fixtures import run_flags, tiny_model, write_dataset  # noqa: F401 - fixtures
+from train_fixtures import run_flags, write_dataset
 
 EXTRA = [
     {"id": "u", "task": "chat", "conversations": [{"images": [], "user": "hi", "assistant": None}]},  # unlabeled

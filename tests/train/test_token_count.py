@@ -11,11 +11,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from phi3v_train import lengths
-from phi3v_train.collator import TextEncoder
+from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.data import images_dir
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.token_count import TokenCounter
-from train_fixtures import tiny_model, write_dataset  # noqa: F401 - fixtures
+from train_fixtures import write_dataset
 
 TRICKY = [
     "", " ", "   ", "  two  spaces", " lead", "trail ", "a\n\nb", "\t tab", "x" * 300, "ünïcode 😀 emoji",

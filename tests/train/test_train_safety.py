@@ -20,7 +20,8 @@ from safetensors.torch import load, load_file
 from phi3v_train.checkpointing import COMPLETE, final_step, list_checkpoints
 from phi3v_train.cli.export import export
 from phi3v_train.cli.run import run as run_command
-from phi3v_train.collator import SKIPPED_KEY, Collator, TextEncoder
+from phi3v_train.collator import SKIPPED_KEY, Collator
+from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.config import ConfigError, load_config
 from phi3v_train.data import load_split
 from phi3v_train.model import Phi3VProcessor, bos_id

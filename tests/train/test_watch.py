@@ -210,7 +210,8 @@ def test_validator_on_a_mixture_scores_each_dataset_and_the_loss_per_answer_toke
 ) -> None:
     import torch
 
-    from phi3v_train.collator import Collator, TextEncoder
+    from phi3v_train.collator import Collator
+    from phi3v_train.model.processing_phi3v import TextEncoder
     from phi3v_train.data import images_dir
     from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor, bos_id
 

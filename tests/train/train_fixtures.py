@@ -44,11 +44,6 @@ def make_tiny_model(path: Path) -> Path:
     return path
 
 
-tiny_model = make_tiny_model
-"""A plain function, not the fixture (pytest ignores it): test_lengths.py still imports this name; the fixture
-``tiny_model`` is conftest.py's. Remove once that import is gone."""
-
-
 def run_flags(data: Path, model: Path, output: Path, **overrides: Any) -> dict[str, Any]:
     """Settings for a few fast CPU steps; tests override what they exercise."""
     flags: dict[str, Any] = {
