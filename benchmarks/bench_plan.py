@@ -29,7 +29,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phi3v_train.memory import (  # noqa: E402
-    ORIGINAL_PEAKS_A100, ORIGINAL_PEAKS_V100, RUNTIME_GB, Architecture, Lora, Setup, estimate, original_setup,
+    ORIGINAL_PEAKS_A100, ORIGINAL_PEAKS_V100, RUNTIME_GB, Architecture, Lora, MemorySetup, estimate, original_setup,
 )
 
 MID = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 8,
@@ -113,7 +113,7 @@ def cpu_rows(seq_len: int) -> list[list[str]]:
         arch = Architecture.from_config(result["config"])
         lora = Lora(16) if strategy == "lora" else None
         frozen = frozenset({"vision"}) if strategy == "frozen-vision" else frozenset()
-        setup = Setup(strategy, seq_len=seq_len, crops=5, precision="fp32", attention="sdpa",
+        setup = MemorySetup(strategy, seq_len=seq_len, crops=5, precision="fp32", attention="sdpa",
                       checkpointing=checkpointing, base_bytes=4, lora=lora, frozen=frozen,
                       foreach_step=False)  # CPU AdamW steps tensor by tensor
         est = estimate(arch, setup)

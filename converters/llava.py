@@ -43,7 +43,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from phi3v_data.converter import (
     Converter, ConverterOptions, ConvertUsageError, Failure, ImageWriter, Item, OutputClaims,
 )
-from phi3v_data.export import IMAGE_TAG
+from phi3v_data.export import LLAVA_IMAGE_TAG
 from phi3v_data.io import UnsafePathError, iter_jsonl, resolve_inside, stream_json_array
 from phi3v_data.splits import Carved, carve_groups
 from schemas import IMAGE_TAG_RE, Task
@@ -142,18 +142,18 @@ def map_row(row: _Row) -> tuple[list[dict[str, Any]], list[str]]:
     for human, gpt in pairs:
         if IMAGE_TAG_RE.search(human):
             raise RowError("text already holds <|image_k|> tags; only <image> tags are understood")
-        if gpt is not None and IMAGE_TAG in gpt:
+        if gpt is not None and LLAVA_IMAGE_TAG in gpt:
             raise RowError("a gpt turn holds an <image> tag")
     if system:
         pairs[0] = (f"{system}\n\n{pairs[0][0]}", pairs[0][1])
-    tags = sum(human.count(IMAGE_TAG) for human, _ in pairs)
+    tags = sum(human.count(LLAVA_IMAGE_TAG) for human, _ in pairs)
     if tags == 0 and row.images:
-        pairs[0] = ((IMAGE_TAG + "\n") * len(row.images) + pairs[0][0], pairs[0][1])
+        pairs[0] = ((LLAVA_IMAGE_TAG + "\n") * len(row.images) + pairs[0][0], pairs[0][1])
     elif tags != len(row.images):
         raise RowError(f"{tags} <image> tag(s) but {len(row.images)} image(s)")
     turns, next_image = [], 0
     for human, gpt in pairs:
-        pieces = human.split(IMAGE_TAG)
+        pieces = human.split(LLAVA_IMAGE_TAG)
         text = pieces[0]
         for offset, piece in enumerate(pieces[1:], start=next_image + 1):
             text += f"<|image_{offset}|>{piece}"

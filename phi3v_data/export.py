@@ -49,7 +49,7 @@ from schemas.errors import UserError, first_validation_line
 from schemas.layout import images_beside
 
 Format = Literal["llava", "llava-multi", "sharegpt"]
-IMAGE_TAG = "<image>"
+LLAVA_IMAGE_TAG = "<image>"
 
 
 class ExportError(UserError, ValueError):
@@ -80,14 +80,14 @@ def tagged_turns(record: Record) -> tuple[list[tuple[str, str | None]], list[int
     order: list[int] = []
     first = 1
     for turn in record.conversations:
-        if IMAGE_TAG in turn.user or IMAGE_TAG in (turn.assistant or ""):
-            raise ExportError(f"text holds a literal {IMAGE_TAG}, which the target format would read as an image")
+        if LLAVA_IMAGE_TAG in turn.user or LLAVA_IMAGE_TAG in (turn.assistant or ""):
+            raise ExportError(f"text holds a literal {LLAVA_IMAGE_TAG}, which the target format would read as an image")
         if IMAGE_TAG_RE.search(turn.user):
             order += [int(match.group(1)) for match in IMAGE_TAG_RE.finditer(turn.user)]
-            text = IMAGE_TAG_RE.sub(IMAGE_TAG, turn.user)
+            text = IMAGE_TAG_RE.sub(LLAVA_IMAGE_TAG, turn.user)
         else:
             order += range(first, first + len(turn.images))
-            text = f"{IMAGE_TAG}\n" * len(turn.images) + turn.user
+            text = f"{LLAVA_IMAGE_TAG}\n" * len(turn.images) + turn.user
         first += len(turn.images)
         turns.append((text, turn.assistant))
     if sorted(order) != list(range(1, first)):

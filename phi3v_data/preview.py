@@ -31,14 +31,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Problem:
+class LineProblem:
     """Something wrong with a record: a stable code (the validator's codes) and a sentence for people."""
 
     code: str
     text: str
 
 
-Findings = dict[int, list[Problem]]
+Findings = dict[int, list[LineProblem]]
 """Validator problems per 1-based jsonl line number."""
 
 
@@ -49,17 +49,17 @@ class Thumb:
     path: str
     data_uri: str | None = None
     size: tuple[int, int] | None = None
-    problem: Problem | None = None
+    problem: LineProblem | None = None
 
 
 @dataclass
-class Item:
+class PreviewLine:
     """One sampled line, parsed as far as it goes."""
 
     lineno: int
     raw: str
     record: Record | None = None
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[LineProblem] = field(default_factory=list)
     thumbs: list[list[Thumb]] = field(default_factory=list)  # per turn
 
 
@@ -68,7 +68,7 @@ class Preview:
     source: Path
     total_lines: int
     seed: int
-    items: list[Item]
+    items: list[PreviewLine]
 
 
 def reservoir_sample(values: Iterable[T], k: int, *, seed: int = 0) -> tuple[list[T], int]:
@@ -123,22 +123,22 @@ def _make_thumb(images_dir: Path, rel: str, size: int) -> Thumb:
     try:
         data_uri, dims = thumbnail_data_uri(resolve_inside(images_dir, rel), size=size)
     except UnsafePathError as exc:
-        return Thumb(rel, problem=Problem("image_path_unsafe", f"image {rel!r}: unsafe path: {exc}"))
+        return Thumb(rel, problem=LineProblem("image_path_unsafe", f"image {rel!r}: unsafe path: {exc}"))
     except ImageProblem as exc:
-        return Thumb(rel, problem=Problem(exc.code, f"image {rel!r}: {exc} ({exc.code})"))
+        return Thumb(rel, problem=LineProblem(exc.code, f"image {rel!r}: {exc} ({exc.code})"))
     return Thumb(rel, data_uri=data_uri, size=dims)
 
 
-def build_item(line: JsonlLine, *, images_dir: Path, thumb: int = 256) -> Item:
+def build_item(line: JsonlLine, *, images_dir: Path, thumb: int = 256) -> PreviewLine:
     """Parse one sampled line and make its thumbnails; every failure becomes a listed problem."""
-    item = Item(line.lineno, line.text)
+    item = PreviewLine(line.lineno, line.text)
     if line.error:
-        item.problems.append(Problem("not_utf8" if "UTF-8" in line.error else "invalid_json", line.error))
+        item.problems.append(LineProblem("not_utf8" if "UTF-8" in line.error else "invalid_json", line.error))
         return item
     try:
         item.record = Record.model_validate(line.value)
     except ValidationError as exc:
-        item.problems += [Problem("schema", line) for line in validation_lines(exc)]
+        item.problems += [LineProblem("schema", line) for line in validation_lines(exc)]
         return item
     for turn in item.record.conversations:
         thumbs = [_make_thumb(images_dir, rel, thumb) for rel in turn.images]
@@ -189,7 +189,7 @@ def findings_from_report(report: object) -> Findings:
         if not finding.line:  # file-level findings (e.g. no records) belong to no record
             continue
         where = f" ({finding.field})" if getattr(finding, "field", "") else ""
-        out.setdefault(int(finding.line), []).append(Problem(finding.code, f"{finding.code}{where}: {finding.message}"))
+        out.setdefault(int(finding.line), []).append(LineProblem(finding.code, f"{finding.code}{where}: {finding.message}"))
     return out
 
 
@@ -252,7 +252,7 @@ def _render_turn(index: int, turn: Turn, thumbs: list[Thumb]) -> str:
     return "".join(parts) + "</div>"
 
 
-def _render_item(item: Item) -> str:
+def _render_item(item: PreviewLine) -> str:
     record = item.record
     title = _esc(record.id) if record else f"line {item.lineno}"
     meta = f"line {item.lineno}"

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from phi3v_data.image_index import ImageCheck, ImageChecker
+from phi3v_data.image_paths import ImageCheck, ImageChecker
 from phi3v_data.images import ImageProblem
 from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspect_problems, content_problems,
                                       length_problem, raw_text_problems, schema_problems)

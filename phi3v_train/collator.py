@@ -26,7 +26,7 @@ from phi3v_data.images import load_rgb
 from phi3v_data.io import resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, IGNORE_INDEX, Encoded, PromptFormat, encode_record
 from phi3v_data.tokens import CROP
-from phi3v_train.data import Sample
+from phi3v_train.dataset import Sample
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from phi3v_data.io import iter_jsonl, write_json, write_jsonl
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
-from phi3v_train.data import split_files
+from phi3v_train.dataset import split_files
 from phi3v_train.generate import Generator, PreparedTurn
 from phi3v_train.metrics import score_turn, summarize
 from schemas import Record

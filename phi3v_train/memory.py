@@ -116,7 +116,7 @@ def lora_params(arch: Architecture, lora: Lora) -> int:
 
 
 @dataclass(frozen=True)
-class Setup:
+class MemorySetup:
     """Everything about a run that moves its memory."""
 
     strategy: Strategy
@@ -150,7 +150,7 @@ class Estimate:
         return sum(self.parts.values())
 
 
-def estimate(arch: Architecture, setup: Setup) -> Estimate:
+def estimate(arch: Architecture, setup: MemorySetup) -> Estimate:
     """Peak memory per GPU of ``setup`` (see the module docstring for every term)."""
     params = arch.params()
     g = setup.gpus if setup.zero >= 2 else 1
@@ -179,14 +179,14 @@ def estimate(arch: Architecture, setup: Setup) -> Estimate:
     })
 
 
-def _trainable(arch: Architecture, params: dict[str, int], setup: Setup) -> float:
+def _trainable(arch: Architecture, params: dict[str, int], setup: MemorySetup) -> float:
     if setup.lora:
         return lora_params(arch, setup.lora)
     used = sum(count for part, count in params.items() if part != "vision_unused")
     return used - sum(params[part] for part in setup.frozen)
 
 
-def _weights(arch: Architecture, params: dict[str, int], setup: Setup) -> float:
+def _weights(arch: Architecture, params: dict[str, int], setup: MemorySetup) -> float:
     total = sum(params.values()) * setup.base_bytes
     if setup.quantize:
         per_param = 0.5 + (1 / 256 if setup.double_quant else 1 / 64)
@@ -198,7 +198,7 @@ def _weights(arch: Architecture, params: dict[str, int], setup: Setup) -> float:
     return total
 
 
-def _activations(arch: Architecture, setup: Setup) -> float:
+def _activations(arch: Architecture, setup: MemorySetup) -> float:
     b, s = setup.micro_batch, setup.seq_len
     # fp32 weights keep an fp32 residual stream under bf16 autocast (the embedding output is fp32)
     residual = 4 if setup.base_bytes == 4 and setup.precision != "fp16" else 2
@@ -217,7 +217,7 @@ def _activations(arch: Architecture, setup: Setup) -> float:
     return lm + logits + vision
 
 
-def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq: int, sequences: int, setup: Setup,
+def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq: int, sequences: int, setup: MemorySetup,
            residual: int) -> float:
     wide = 2 if setup.precision == "fp32" else 1  # the 24·H + 8·I count is for 2-byte activations
     per_layer = wide * tokens * (24 * hidden + 8 * inter) + _scores(heads, seq, sequences, setup)
@@ -226,12 +226,12 @@ def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq
     return layers * tokens * hidden * residual + 1.5 * per_layer
 
 
-def _scores(heads: int, seq: int, sequences: int, setup: Setup) -> float:
+def _scores(heads: int, seq: int, sequences: int, setup: MemorySetup) -> float:
     return 8.0 * heads * seq * seq * sequences if setup.attention == "eager" else 0.0
 
 
-def setup_for(config: object, *, gpus: int, seq_len: int, crops: int) -> Setup:
-    """The Setup of a phi3v TrainConfig: how phi3v loads and wraps the model for each strategy."""
+def setup_for(config: object, *, gpus: int, seq_len: int, crops: int) -> MemorySetup:
+    """The MemorySetup of a phi3v TrainConfig: how phi3v loads and wraps the model for each strategy."""
     from phi3v_train.config import TrainConfig  # noqa: PLC0415
 
     assert isinstance(config, TrainConfig)
@@ -255,14 +255,14 @@ def setup_for(config: object, *, gpus: int, seq_len: int, crops: int) -> Setup:
             elif not config.train_projector:
                 frozen.add("projector")
         # fp32 weights under autocast; DeepSpeed casts the module to bf16/fp16 and keeps fp32 masters itself
-        return Setup(config.strategy, base_bytes=2 if (zero and half) else 4, frozen=frozenset(frozen), **common)
+        return MemorySetup(config.strategy, base_bytes=2 if (zero and half) else 4, frozen=frozenset(frozen), **common)
     lora = Lora(config.lora.rank, lm_head=config.lora.lm_head or "lm_head" in config.lora.targets,
                 vision=config.lora.vision, projector=config.lora.projector)
     if config.strategy == "lora":
-        return Setup("lora", base_bytes=2 if half else 4, lora=lora, **common)
+        return MemorySetup("lora", base_bytes=2 if half else 4, lora=lora, **common)
     quantize = {"language", "vision", "projector"} if config.lora.quantize_vision else {"language"}
     # prepare_model_for_kbit_training casts every unquantized parameter to fp32
-    return Setup("qlora", base_bytes=2, lora=lora, quantize=frozenset(quantize), double_quant=config.lora.double_quant,
+    return MemorySetup("qlora", base_bytes=2, lora=lora, quantize=frozenset(quantize), double_quant=config.lora.double_quant,
                  other_bytes=4, **common)
 
 
@@ -279,7 +279,7 @@ ORIGINAL_PEAKS_V100 = {  # 8x V100-32GB (Volta: fp16, no flash attention)
 }
 
 
-def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: int = 2443, crops: int = 17) -> Setup:
+def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: int = 2443, crops: int = 17) -> MemorySetup:
     """How the original scripts held the model in that benchmark.
 
     ``--use_flash_attention`` loads the weights in bf16 and trains in bf16; without it they load in fp32 and train
@@ -292,10 +292,10 @@ def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: i
                   attention="flash" if flash else "eager")
     if strategy in ("full", "frozen-vision"):
         frozen = frozenset({"vision", "projector", "embeddings"} if strategy == "frozen-vision" else ())
-        return Setup(strategy, zero=2, reduce_bucket=5e8, allgather_bucket=5e8, base_bytes=2, frozen=frozen, **common)
+        return MemorySetup(strategy, zero=2, reduce_bucket=5e8, allgather_bucket=5e8, base_bytes=2, frozen=frozen, **common)
     load = 2 if flash else 4
     lora = Lora(64, lm_head=True, vision=True, projector=True)
     if strategy == "lora":
-        return Setup("lora", base_bytes=load, lora=lora, adapter_bytes=load, **common)
-    return Setup("qlora", base_bytes=load, lora=lora, adapter_bytes=load, other_bytes=load, double_quant=False,
+        return MemorySetup("lora", base_bytes=load, lora=lora, adapter_bytes=load, **common)
+    return MemorySetup("qlora", base_bytes=load, lora=lora, adapter_bytes=load, other_bytes=load, double_quant=False,
                  quantize=frozenset({"language", "vision", "projector"}), **common)

@@ -1,7 +1,7 @@
 """Length-grouped sample order: batches of similar real length, so little compute is spent on padding.
 
 A sample's length is what the model sees — text tokens plus image tokens from each image's size (see
-:func:`phi3v_train.data.sample_length`) — so a short question about a 16-crop document is known to be long.
+:func:`phi3v_train.dataset.sample_length`) — so a short question about a 16-crop document is known to be long.
 
 The order is a pure function of (seed, epoch): shuffle everything, cut into mega-batches, sort each mega-batch by
 length and cut it into *groups* of one global batch (the samples of one optimizer step), then shuffle the groups.

@@ -38,7 +38,7 @@ from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
-from phi3v_train.data import SampleDataset, SplitSummary, load_mixture, preflight, source_names
+from phi3v_train.dataset import SampleDataset, SplitSummary, load_mixture, preflight, source_names
 from phi3v_train.distributed import barrier, from_main, is_distributed, is_main, world
 from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.run_dir import RunError
@@ -70,7 +70,7 @@ class RunResult:
 
 
 @dataclass
-class Setup:
+class TrainingSetup:
     config: TrainConfig
     args: TrainingArguments
     trainer: "Phi3VTrainer"
@@ -396,7 +396,7 @@ def _model(config: TrainConfig, args: TrainingArguments, dataset: SampleDataset,
 
 
 def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), verbosity: int = 0,
-          allow_changed_settings: bool = False, fresh_optimizer: bool = False) -> Setup:
+          allow_changed_settings: bool = False, fresh_optimizer: bool = False) -> TrainingSetup:
     """Everything up to the first step. Raises RunError for problems a user can fix.
 
     ``verbosity`` -1 (``-q``) prints only warnings and the closing line. ``allow_changed_settings`` lets a resume
@@ -444,7 +444,7 @@ def setup(config: TrainConfig, *, callbacks: Sequence[TrainerCallback] = (), ver
     trainer = _trainer(config, args, model=model, dataset=dataset, collator=collator, sampler=sampler,
                        validator=validator, callbacks=[*own, *callbacks], resume_from=resume_from)
     preemption = next(cb for cb in own if isinstance(cb, ckpt.PreemptionCallback))
-    return Setup(config, args, trainer, processor, resume_from, preemption, console)
+    return TrainingSetup(config, args, trainer, processor, resume_from, preemption, console)
 
 
 def _collator(config: TrainConfig, processor: Any) -> Collator:
@@ -482,7 +482,7 @@ def _validator(config: TrainConfig, processor: Any, collator: Collator, args: Tr
         raise RunError(f"--eval-every: {exc}") from None
 
 
-def _evaluate(state: Setup, *, label: str) -> None:
+def _evaluate(state: TrainingSetup, *, label: str) -> None:
     """--eval-before/--eval-after on rank 0: RUN/eval-<label>/, each dataset of a mixture in its own folder."""
     config = state.config
     if is_main():
@@ -506,9 +506,9 @@ def _evaluate(state: Setup, *, label: str) -> None:
     barrier()
 
 
-def _eval_datasets(state: Setup) -> dict[str, tuple[list, Path]]:
+def _eval_datasets(state: TrainingSetup) -> dict[str, tuple[list, Path]]:
     """Each dataset's eval split (``--eval-limit`` records); a mixture's dataset without it is named and left out."""
-    from phi3v_train.data import DataError
+    from phi3v_train.dataset import DataError
     from phi3v_train.evaluate import find_split, load_records
 
     config = state.config
@@ -525,7 +525,7 @@ def _eval_datasets(state: Setup) -> dict[str, tuple[list, Path]]:
     return datasets
 
 
-def save_final(state: Setup) -> Path:
+def save_final(state: TrainingSetup) -> Path:
     """RUN/final: the full checkpoint (full/frozen-vision) or the adapter (lora/qlora), plus the processor files.
 
     Written to a temporary directory and renamed, so ``final/`` is never half there; its ``COMPLETE`` marker names
@@ -554,7 +554,7 @@ def save_final(state: Setup) -> Path:
     return final
 
 
-def fit(state: Setup) -> RunResult:
+def fit(state: TrainingSetup) -> RunResult:
     """Train until done, pre-empted (SIGTERM) or a non-finite loss; returns how the run ended."""
     config, trainer = state.config, state.trainer
     if state.resume_from is not None and ckpt.checkpoint_step(state.resume_from) >= _planned_steps(trainer):
@@ -594,7 +594,7 @@ def _planned_steps(trainer: Trainer) -> int:
     return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
-def _finish(state: Setup) -> RunResult:
+def _finish(state: TrainingSetup) -> RunResult:
     """--resume of a run whose last checkpoint is its last step: train nothing.
 
     With ``final/`` marked at that step the run is done and stays untouched. Otherwise the process was stopped

@@ -19,7 +19,7 @@ import torch
 
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat
 from phi3v_train.distributed import gather_over_ranks, sum_over_ranks, world
-from phi3v_train.data import Sample, load_mixture, source_names
+from phi3v_train.dataset import Sample, load_mixture, source_names
 from phi3v_train.evaluate import EvalResult, combine, evaluate, find_split, load_records
 from phi3v_train.metrics import SCORED_TASKS
 from schemas import Record

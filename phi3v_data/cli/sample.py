@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from phi3v_data.sample import LOOKS, write_video_sample
+from phi3v_data.synthetic import LOOKS, write_video_sample
 
 
 @click.group()

@@ -105,7 +105,7 @@ def _read_datasets(
 ) -> dict[str, tuple[list[Path], list, Path, list[str]]]:
     """name → (files, records, images root, skipped lines) of every --data, each checked against --out before the
     model loads (minutes)."""
-    from phi3v_train.data import source_names
+    from phi3v_train.dataset import source_names
 
     if len(set(datas)) != len(datas):
         raise click.UsageError("--data: the same dataset was given twice")

@@ -18,7 +18,7 @@ from schemas.layout import IMAGES_DIR, split_file_name, split_files, split_glob,
 
 
 def has_split(directory: Path, split: str) -> bool:
-    """What training will find: any ``*_<split>.jsonl`` (the files :func:`phi3v_train.data.split_files` reads)."""
+    """What training will find: any ``*_<split>.jsonl`` (the files :func:`phi3v_train.dataset.split_files` reads)."""
     return bool(split_files(directory, split))
 
 

@@ -40,7 +40,8 @@ from .files import (
 )
 from .image_processing_phi3v import Phi3VImageProcessor
 
-IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
+IMAGE_PLACEHOLDER_RE = re.compile(r"<\|image_\d+\|>")
+"""``<|image_N|>`` in a prompt (schemas.IMAGE_TAG_RE's pattern; the model files import nothing of the project)."""
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 ImageList = Sequence[Image.Image]
 
@@ -162,7 +163,7 @@ class Phi3VProcessor:
         """Official ids of one prompt whose images have ``num_tokens`` tokens each (see module docstring)."""
         if not num_tokens:
             return list(self.tokenizer(text)["input_ids"])
-        tags = [int(tag[8:-2]) for tag in IMAGE_TAG.findall(text)]
+        tags = [int(tag[8:-2]) for tag in IMAGE_PLACEHOLDER_RE.findall(text)]
         if sorted(set(tags)) != list(range(1, len(num_tokens) + 1)):
             raise ValueError(
                 f"image tags {sorted(set(tags))} must be exactly 1..{len(num_tokens)} for {len(num_tokens)} images"

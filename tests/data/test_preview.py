@@ -14,7 +14,7 @@ from PIL import Image
 from phi3v_data.cli.preview import preview as preview_cmd
 from phi3v_data.preview import (
     build_preview,
-    Problem,
+    LineProblem,
     findings_from_report,
     output_path,
     render_html,
@@ -101,8 +101,8 @@ def test_validator_findings_come_first_and_replace_own_problems_of_the_same_code
     ])
     findings = findings_from_report(report)
     assert findings == {
-        2: [Problem("image_missing", "image_missing (conversations.0.images.0): no such file")],
-        1: [Problem("too_long", "too_long: 5000 tokens > 4096")],
+        2: [LineProblem("image_missing", "image_missing (conversations.0.images.0): no such file")],
+        1: [LineProblem("too_long", "too_long: 5000 tokens > 4096")],
     }
     items = build_preview(_dataset(tmp_path), thumb=32, findings=findings).items
     assert [p.text for p in items[0].problems] == ["too_long: 5000 tokens > 4096"]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from converters.video import VideoConverter, VideoOptions
 from phi3v_data.cli import main
 from phi3v_data.convert import run_converter
-from phi3v_data.sample import write_video_sample
+from phi3v_data.synthetic import write_video_sample
 
 
 def _tree(root: Path) -> dict[str, bytes]:

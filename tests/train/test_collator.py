@@ -12,7 +12,7 @@ from PIL import Image
 from phi3v_data.prompt import IGNORE_INDEX, encode_record
 from phi3v_train.collator import Collator
 from phi3v_train.model.processing_phi3v import TextEncoder
-from phi3v_train.data import DataError, load_split, preflight
+from phi3v_train.dataset import DataError, load_split, preflight
 from phi3v_train.model import Phi3VProcessor, bos_id
 from train_fixtures import write_dataset
 

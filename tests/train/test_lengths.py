@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import phi3v_train.data
+import phi3v_train.dataset
 from phi3v_data.images import ImageProblem
 from phi3v_data.tokens import num_image_tokens
 from phi3v_train import lengths
 from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.config import load_config
-from phi3v_train.data import image_sizes, images_dir, load_split, sample_length
+from phi3v_train.dataset import image_sizes, images_dir, load_split, sample_length
 from phi3v_train.lengths import LengthCache, tokenizer_digest
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.train import run
@@ -46,7 +46,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(phi3v_train.data, "measure", measure)
+    monkeypatch.setattr(phi3v_train.dataset, "measure", measure)
     return calls
 
 
@@ -174,7 +174,7 @@ def test_an_unwritable_dataset_caches_in_the_run_and_resumes_and_later_runs_meas
 
 def test_a_clean_preflight_is_remembered_until_the_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import phi3v_data.validate
-    from phi3v_train.data import preflight
+    from phi3v_train.dataset import preflight
 
     data = write_dataset(tmp_path / "data")
     checked: list[int] = []

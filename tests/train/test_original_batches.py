@@ -27,7 +27,7 @@ from PIL import Image
 from phi3v_data.prompt import IGNORE_INDEX, PromptFormat
 from phi3v_train.collator import Collator
 from phi3v_train.model.processing_phi3v import TextEncoder
-from phi3v_train.data import load_split
+from phi3v_train.dataset import load_split
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.recipes import get_recipe
 

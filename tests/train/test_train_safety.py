@@ -23,7 +23,7 @@ from phi3v_train.cli.run import run as run_command
 from phi3v_train.collator import SKIPPED_KEY, Collator
 from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.config import ConfigError, load_config
-from phi3v_train.data import load_split
+from phi3v_train.dataset import load_split
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.train import RunError, run
 from train_fixtures import run_flags, write_dataset
