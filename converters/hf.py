@@ -8,7 +8,8 @@ for several images, or a path inside the dataset folder), ``--question-column`` 
 them, or from ``--split-column``; ``validation`` is written as ``val``, the records keeping ``"source_split"``. Rows of
 a split that has answers but lack one are reported; a split without any answer is unlabeled. ``--prompt`` is the
 user text, ``{question}`` standing for the question. With ``--task binary`` the answers must be yes/no, true/false or
-0/1 and become ``yes``/``no`` with the label in ``reference``. Images are written as they are, to ``images/<split>/<row number in split>.<format>``.
+0/1 and become ``yes``/``no`` with the label in ``reference``. Images are written as they are, to
+``images/<split>/<row number in split>.<format>``.
 
 One row of ``lmms-lab/DocVQA`` (``validation-00000-of-00006.parquet``)::
 
