@@ -86,7 +86,9 @@ def find_tables(source: Path | str, *, subset: str | None = None) -> Tables:
         if not chosen:
             raise ConvertUsageError(f"{path} has no subset {subset!r} (it has: {', '.join(sorted(names.values()))})")
     elif len(groups) > 1:
-        raise ConvertUsageError(f"{path} holds several subsets ({', '.join(sorted(names.values()))}): choose one with --subset")
+        raise ConvertUsageError(
+            f"{path} holds several subsets ({', '.join(sorted(names.values()))}): choose one with --subset"
+        )
     else:
         chosen = list(groups)
     tables = Tables(root=root, subset=names[chosen[0]])
@@ -136,7 +138,11 @@ def _subset_name(folder: Path) -> str:
 
 def _newest_cache(files: list[Path]) -> list[Path]:
     """Files of a cached subset prepared more than once: only the newest ``<hash>`` folder's, as ``datasets`` picks."""
-    cache_dirs = {f.parent for f in files if (f.parent / "dataset_info.json").is_file() and not (f.parent / "state.json").is_file()}
+    cache_dirs = {
+        f.parent
+        for f in files
+        if (f.parent / "dataset_info.json").is_file() and not (f.parent / "state.json").is_file()
+    }
     if len(cache_dirs) <= 1:
         return files
     newest = max(cache_dirs, key=lambda d: ((d / "dataset_info.json").stat().st_mtime, str(d)))
@@ -153,12 +159,16 @@ def _from_hub(name: str, subset: str | None) -> Tables:
             hint = " (HF_HUB_OFFLINE is set: only the local cache is used)"
         else:
             hint = " (without network, set HF_HUB_OFFLINE=1 to read only the local cache)"
-        raise ConvertUsageError(f"datasets could not load {name}{f' subset {subset}' if subset else ''}{hint}: {exc}") from None
+        raise ConvertUsageError(
+            f"datasets could not load {name}{f' subset {subset}' if subset else ''}{hint}: {exc}"
+        ) from None
     tables = Tables(root=Path(name), subset=subset)
     for split, dataset in loaded.items():
         files = [Path(entry["filename"]) for entry in dataset.cache_files]
         if not files:
-            raise ConvertUsageError(f"{name} split {split} is held in memory, not in cache files: save_to_disk it and convert the folder")
+            raise ConvertUsageError(
+                f"{name} split {split} is held in memory, not in cache files: save_to_disk it and convert the folder"
+            )
         tables.splits[safe_split_name(split)] = files
     first = next(iter(tables.splits.values()), [])
     if first:  # paths stored in rows are relative to the cached files, never to the working directory

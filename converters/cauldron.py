@@ -74,8 +74,12 @@ def yes_no(answer: str | None) -> int | None:
 
 
 class CauldronOptions(ConverterOptions):
-    subset: str | None = Field(default=None, description="Subset to convert when SOURCE holds several (e.g. hateful_memes, nlvr2).")
-    task: Task | None = Field(default=None, description="Task of every record [default: the subset's, binary for yes/no answers, else chat].")
+    subset: str | None = Field(
+        default=None, description="Subset to convert when SOURCE holds several (e.g. hateful_memes, nlvr2)."
+    )
+    task: Task | None = Field(
+        default=None, description="Task of every record [default: the subset's, binary for yes/no answers, else chat]."
+    )
 
 
 class CauldronConverter(Converter):

@@ -9,10 +9,11 @@ Reads either
   of a source file (its parent when that folder is ``*_qas``); ``--images`` names another one.
 - a Hugging Face export as parquet files or ``save_to_disk`` arrow shards, e.g. ``nielsr/docvqa_1200_examples``
   (``query`` {"en": ...}, ``answers``, ``image``) or ``HuggingFaceM4/DocumentVQA`` (``question``, ``answers``,
-  ``image``, ``questionId``). The split comes from the path as ``datasets`` lays it out (``train-00000-of-00002.parquet``,
-  ``default/validation/0000.parquet``, ``parquet-test.arrow``, ``train/data-00000-of-00001.arrow``); ``validation``
-  is written as ``val``, the records keeping ``"source_split": "validation"``. Embedded images are written out as
-  they are; pages are recognised by content, so each is stored once.
+  ``image``, ``questionId``). The split comes from the path as ``datasets`` lays it out
+  (``train-00000-of-00002.parquet``, ``default/validation/0000.parquet``, ``parquet-test.arrow``,
+  ``train/data-00000-of-00001.arrow``); ``validation`` is written as ``val``, the records keeping
+  ``"source_split": "validation"``. Embedded images are written out as they are; pages are recognised by content, so
+  each is stored once.
 
 The user text is the question followed by ``--instruction`` on a new line, as the original Phi-3 cookbook DocVQA
 finetune did (``{question}\\nAnswer briefly.``). The assistant text is the most frequent answer after normalising

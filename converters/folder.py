@@ -61,18 +61,31 @@ PROMPTS: dict[Mode, str] = {
     "captions": "Describe the image.",
     "manifest": "{question}",
 }
-PLACEHOLDERS: dict[Mode, frozenset[str]] = {"classes": frozenset({"classes"}), "captions": frozenset(), "manifest": frozenset({"question"})}
+PLACEHOLDERS: dict[Mode, frozenset[str]] = {
+    "classes": frozenset({"classes"}), "captions": frozenset(), "manifest": frozenset({"question"})
+}
 TASKS: dict[Mode, Task] = {"classes": "classification", "captions": "caption", "manifest": "vqa"}
 Entry = tuple[str | None, Path, Path]
 """(split of a pre-split folder or None, the folder the image's path is taken from, the image file)."""
 
 
 class FolderOptions(ConverterOptions):
-    mode: Literal["auto", "classes", "captions", "manifest"] = Field(default="auto", description="Layout of the source (auto detects it).")
-    prompt: str | None = Field(default=None, description="User text template: {classes} (classes mode), {question} (manifest mode) [default: per mode].")
-    task: Task | None = Field(default=None, description="Task of the records [default: classification, caption or vqa by mode].")
-    val_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share carved into val when the source is not pre-split.")
-    test_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share carved into test when the source is not pre-split.")
+    mode: Literal["auto", "classes", "captions", "manifest"] = Field(
+        default="auto", description="Layout of the source (auto detects it)."
+    )
+    prompt: str | None = Field(
+        default=None,
+        description="User text template: {classes} (classes mode), {question} (manifest mode) [default: per mode].",
+    )
+    task: Task | None = Field(
+        default=None, description="Task of the records [default: classification, caption or vqa by mode]."
+    )
+    val_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share carved into val when the source is not pre-split."
+    )
+    test_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Share carved into test when the source is not pre-split."
+    )
 
     @model_validator(mode="after")
     def _ratios_leave_train(self) -> "FolderOptions":
@@ -152,7 +165,9 @@ class FolderConverter(Converter):
         manifests = [source] if source.is_file() else _top_level_manifests(source)
         if mode == "manifest" or (mode == "auto" and len(manifests) == 1):
             if len(manifests) != 1:
-                raise ConvertUsageError(f"{source} holds {len(manifests)} .csv/.jsonl files: give the manifest file itself")
+                raise ConvertUsageError(
+                    f"{source} holds {len(manifests)} .csv/.jsonl files: give the manifest file itself"
+                )
             yield from self._plan_manifest(manifests[0], self._template("manifest"))
             return
         entries = _entries(source)
@@ -164,7 +179,9 @@ class FolderConverter(Converter):
         job: _Job = item.payload
         assistant = _read_caption(Path(job.caption)) if job.caption else job.assistant
         images = [out.copy(Path(src), rel) for src, rel in job.images]
-        record: dict[str, Any] = {"task": job.task, "conversations": [{"images": images, "user": job.user, "assistant": assistant}]}
+        record: dict[str, Any] = {
+            "task": job.task, "conversations": [{"images": images, "user": job.user, "assistant": assistant}]
+        }
         if job.id is not None:
             record["id"] = job.id
         return [record]
@@ -179,7 +196,9 @@ class FolderConverter(Converter):
         unknown = sorted(names - PLACEHOLDERS[mode])
         if unknown:
             known = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS[mode])) or "none"
-            raise ConvertUsageError(f"--prompt uses {{{unknown[0]}}}, which {mode} mode does not fill (it fills: {known})")
+            raise ConvertUsageError(
+                f"--prompt uses {{{unknown[0]}}}, which {mode} mode does not fill (it fills: {known})"
+            )
         return template
 
     def _plan_folder(self, root: Path, entries: list[Entry], mode: Mode) -> Iterator[Item | Failure | Carved]:
@@ -245,7 +264,9 @@ class FolderConverter(Converter):
         if not pools:
             return chosen, []
         test_ratio = 0.0 if presplit else self.options.test_ratio
-        split_of, carved = ratio_split(pools, seed=self.options.seed, val_ratio=self.options.val_ratio, test_ratio=test_ratio)
+        split_of, carved = ratio_split(
+            pools, seed=self.options.seed, val_ratio=self.options.val_ratio, test_ratio=test_ratio
+        )
         return chosen | split_of, carved
 
     def _plan_manifest(self, path: Path, template: str) -> Iterator[Item | Failure | Carved]:
@@ -317,7 +338,8 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             missing = sorted({"image", "question", "answer"} - set(reader.fieldnames or []))
             if missing:
                 raise ConvertUsageError(
-                    f"{path}: the header line has no column {', '.join(missing)} (it has {', '.join(reader.fieldnames or [])}); "
+                    f"{path}: the header line has no column {', '.join(missing)} "
+                    f"(it has {', '.join(reader.fieldnames or [])}); "
                     "a manifest needs image, question, answer and may add split, id"
                 )
             for row in reader:

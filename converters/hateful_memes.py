@@ -3,9 +3,9 @@
 
 Splits get the names training and evaluation look for: ``train``; ``dev_seen`` (older releases: ``dev``) → ``val``;
 ``test_unseen`` (older: ``test``) → ``test``. ``dev_unseen`` and ``test_seen`` stay extra splits of their own name.
-Renamed records keep the release's name in ``source_split``. The image comes from the ``img`` field, never the ``id`` (ids lose
-leading zeros: id 1235 is ``img/01235.png``); an image missing at that path is looked up by file name under the
-dataset root. A file in which no line has a ``label`` (the original test sets) becomes an unlabeled split.
+Renamed records keep the release's name in ``source_split``. The image comes from the ``img`` field, never the ``id``
+(ids lose leading zeros: id 1235 is ``img/01235.png``); an image missing at that path is looked up by file name under
+the dataset root. A file in which no line has a ``label`` (the original test sets) becomes an unlabeled split.
 
 One line of ``dev_seen.jsonl``::
 
@@ -17,7 +17,7 @@ becomes, in ``hateful_memes_val.jsonl``::
      "conversations": [{"images": ["val/08291.png"],
                         "user": "The text on this meme reads: \\"white people is this a shooting range\\"\\nIs this meme hateful? Answer yes or no.",
                         "assistant": "yes", "reference": {"label": 1}}]}
-"""
+"""  # noqa: E501 (the example record's user text is one JSON string)
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ from phi3v_data.splits import output_names
 
 SPLIT_FILES = ("train", "dev", "dev_seen", "dev_unseen", "test", "test_seen", "test_unseen")
 OUTPUT_SPLITS = {"dev_seen": "val", "dev": "val", "test_unseen": "test", "test": "test"}
-"""Release file → output split; the first of this order present takes the name (a dev.jsonl beside dev_seen stays dev)."""
+"""Release file → output split; the first of this order present takes the name (a dev.jsonl beside dev_seen stays
+dev)."""
 DEFAULT_PROMPT = 'The text on this meme reads: "{text}"\nIs this meme hateful? Answer yes or no.'
 
 

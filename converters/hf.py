@@ -5,10 +5,11 @@ You name the columns: ``--image-column`` (an image ``{"bytes", "path"}`` as ``da
 for several images, or a path inside the dataset folder), ``--question-column`` (text, or ``{"en": …}``) and
 ``--answer-column`` (text; a list of accepted answers, the most frequent one becoming the reply and all kept in
 ``reference.answers``; a bool; ``--answer-column ''`` for none). Splits come from the files as ``datasets`` names
-them, or from ``--split-column``; ``validation`` is written as ``val``, the records keeping ``"source_split"``. Rows of a split that has answers but lack one are reported; a split without any
-answer is unlabeled. ``--prompt`` is the user text, ``{question}`` standing for the question. With ``--task
-binary`` the answers must be yes/no, true/false or 0/1 and become ``yes``/``no`` with the label in ``reference``.
-Images are written as they are, to ``images/<split>/<row number in split>.<format>``.
+them, or from ``--split-column``; ``validation`` is written as ``val``, the records keeping ``"source_split"``. Rows of
+a split that has answers but lack one are reported; a split without any answer is unlabeled. ``--prompt`` is the
+user text, ``{question}`` standing for the question. With ``--task binary`` the answers must be yes/no, true/false or
+0/1 and become ``yes``/``no`` with the label in ``reference``. Images are written as they are, to
+``images/<split>/<row number in split>.<format>``.
 
 One row of ``lmms-lab/DocVQA`` (``validation-00000-of-00006.parquet``)::
 
@@ -46,8 +47,12 @@ _LABELS = {"yes": 1, "no": 0, "true": 1, "false": 0, "1": 1, "0": 0}
 class HFOptions(ConverterOptions):
     image_column: str = Field(default="image", description="Column of the image(s).")
     question_column: str = Field(default="question", description="Column of the question.")
-    answer_column: str = Field(default="answer", description="Column of the answer or answers ('' for an unlabeled dataset).")
-    split_column: str | None = Field(default=None, description="Column naming each row's split [default: the split of its file].")
+    answer_column: str = Field(
+        default="answer", description="Column of the answer or answers ('' for an unlabeled dataset)."
+    )
+    split_column: str | None = Field(
+        default=None, description="Column naming each row's split [default: the split of its file]."
+    )
     id_column: str | None = Field(default=None, description="Column whose value makes the record id (<split>-<value>).")
     prompt: str = Field(default="{question}", description="User text; {question} is replaced by the question.")
     task: Task = Field(default="vqa", description="Task of the records (binary: answers yes/no, true/false or 0/1).")
@@ -97,28 +102,36 @@ class HFConverter(Converter):
 
     def plan(self, source: Path) -> Iterator[Item | Failure]:
         tables = find_tables(source, subset=self.options.subset)
-        wanted = [self.options.question_column, self.options.answer_column, self.options.split_column, self.options.id_column]
+        opts = self.options
+        wanted = [opts.question_column, opts.answer_column, opts.split_column, opts.id_column]
         light = list(dict.fromkeys(c for c in wanted if c))
         files = [(split, path) for split, paths in tables.splits.items() for path in paths]
-        lacking = {path: [c for c in [self.options.image_column, *light] if c not in columns_of(path)] for _, path in files}
+        lacking = {
+            path: [c for c in [self.options.image_column, *light] if c not in columns_of(path)] for _, path in files
+        }
         if all(lacking.values()):
             _, first = files[0]
             raise ConvertUsageError(
-                f"{tables.name(first)} has no column {', '.join(lacking[first])} (it has: {', '.join(columns_of(first))}); "
+                f"{tables.name(first)} has no column {', '.join(lacking[first])} "
+                f"(it has: {', '.join(columns_of(first))}); "
                 "name the columns with --image-column, --question-column, --answer-column"
             )
         rows: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}  # split → (file, where, row)
         for split, path in files:
             file = tables.name(path)
             if lacking[path]:
-                yield Failure(file, f"no column {', '.join(lacking[path])} (it has: {', '.join(columns_of(path))})", split)
+                yield Failure(
+                    file, f"no column {', '.join(lacking[path])} (it has: {', '.join(columns_of(path))})", split
+                )
                 continue
             for number, values in enumerate(iter_columns(path, light)):
                 parsed = self._parse(values, split)
                 if isinstance(parsed, str):
                     yield Failure(file, f"row {number}: {parsed}", split)
                     continue
-                rows.setdefault(parsed.pop("split"), []).append((file, f"#{number}", {**parsed, "table": str(path), "row": number}))
+                rows.setdefault(parsed.pop("split"), []).append(
+                    (file, f"#{number}", {**parsed, "table": str(path), "row": number})
+                )
         names = output_names(list(rows))
         for official, entries in rows.items():
             yield from self._items(names[official], official, entries, tables)
@@ -150,7 +163,11 @@ class HFConverter(Converter):
         ordinal = 0
         for file, where, row in entries:
             if labeled and not row["answers"]:
-                yield Failure(file, f"row {where[1:]}: no answer in {self.options.answer_column!r} (other rows of {split} have one)", split)
+                yield Failure(
+                    file,
+                    f"row {where[1:]}: no answer in {self.options.answer_column!r} (other rows of {split} have one)",
+                    split,
+                )
                 continue
             job = {**row, "root": str(tables.root), "stem": f"{ordinal:07d}"}
             yield Item(f"{split}/{file}{where}", split, job, source_split=official)
@@ -165,7 +182,8 @@ class HFConverter(Converter):
         if self.options.task == "binary":
             turn = binary_turn(images, user, _LABELS[answers[0].strip().lower()] if answers else None)
         else:
-            turn = {"images": images, "user": user, "assistant": choose_answer(answers, "majority") if answers else None}
+            assistant = choose_answer(answers, "majority") if answers else None
+            turn = {"images": images, "user": user, "assistant": assistant}
             if len(answers) > 1:
                 turn["reference"] = {"answers": answers}
         record: dict[str, Any] = {"task": self.options.task, "conversations": [turn]}

@@ -57,11 +57,17 @@ class RowError(ValueError):
 
 
 class LlavaOptions(ConverterOptions):
-    image_folder: Path | None = Field(default=None, description="Folder the rows' image paths are relative to [default: the file's folder].")
-    split: str = Field(default="train", pattern=r"^[A-Za-z0-9_-]+$", description="Split the file becomes (images/<split>/, <name>_<split>.jsonl).")
+    image_folder: Path | None = Field(
+        default=None, description="Folder the rows' image paths are relative to [default: the file's folder]."
+    )
+    split: str = Field(
+        default="train", pattern=r"^[A-Za-z0-9_-]+$",
+        description="Split the file becomes (images/<split>/, <name>_<split>.jsonl).",
+    )
     task: Task = Field(default="chat", description="Task of every record (picks evaluation metrics).")
     val_ratio: float = Field(
-        default=0.0, ge=0, lt=1, description="Share of rows carved into val (rows about one image stay together), with --seed."
+        default=0.0, ge=0, lt=1,
+        description="Share of rows carved into val (rows about one image stay together), with --seed.",
     )
 
     @model_validator(mode="after")
@@ -127,7 +133,10 @@ def _pairs(row: _Row) -> tuple[str | None, list[tuple[str, str | None]]]:
         expected = ("user", "assistant")[position % 2]
         if role != expected:
             wanted = "a human" if expected == "user" else "a gpt"
-            raise RowError(f"message {skipped + position + 1} is {message.role!r} where {wanted} turn belongs: turns must alternate human, gpt")
+            raise RowError(
+                f"message {skipped + position + 1} is {message.role!r} where {wanted} turn belongs: "
+                "turns must alternate human, gpt"
+            )
     pairs = [(roles[i][1].text, roles[i + 1][1].text if i + 1 < len(roles) else None) for i in range(0, len(roles), 2)]
     if not pairs:
         raise RowError("conversation has no human turn")
@@ -225,7 +234,9 @@ class LlavaConverter(Converter):
         if _stamp(source) != survey.stamp:
             raise _changed(source)
 
-    def _item(self, r: _Parsed, row_id: str | None, row_split: str, folder: Path, placed: OutputClaims) -> Item | Failure:
+    def _item(
+        self, r: _Parsed, row_id: str | None, row_split: str, folder: Path, placed: OutputClaims
+    ) -> Item | Failure:
         try:
             copies = tuple(_placement(folder, p, row_split, placed) for p in r.paths)
         except (RowError, UnsafePathError) as exc:
@@ -263,7 +274,8 @@ class ShareGPTConverter(LlavaConverter):
 
 @dataclass(slots=True)
 class _Parsed:
-    """A row that parsed: where it is, its id (as the row gives it), its turns and image paths (as the row names them)."""
+    """A row that parsed: where it is, its id (as the row gives it), its turns and image paths (as the row names
+    them)."""
 
     where: str
     line: int | None
@@ -433,7 +445,8 @@ def _rows(source: Path) -> Iterator[tuple[str, int | None, Any, str | None]]:
         return
     try:
         for element in stream_json_array(source):
-            yield f"{source.name}[{element.index}]", element.line if element.error else None, element.value, element.error
+            where = f"{source.name}[{element.index}]"
+            yield where, element.line if element.error else None, element.value, element.error
     except UnicodeDecodeError as exc:
         raise ConvertUsageError(f"{source}: not UTF-8 ({exc.reason}); save the file as UTF-8") from None
     except ValueError as exc:

@@ -22,7 +22,7 @@ becomes, in ``nlvr2_val.jsonl``::
      "conversations": [{"images": ["val/dev-850-0-img0.png", "val/dev-850-0-img1.png"],
                         "user": "The first image is the left one, the second the right one. Is this statement about the pair true? \\"One image shows exactly two brown acorns.\\"\\nAnswer yes or no.",
                         "assistant": "no", "reference": {"label": 0}}]}
-"""
+"""  # noqa: E501 (the example record's user text is one JSON string)
 
 from __future__ import annotations
 
@@ -143,7 +143,9 @@ class NLVR2Converter(Converter):
         for pair, lines in pairs.items():
             lineno, first = lines[0]
             try:
-                pair_images = [self._image(images, index, official, first.directory, f"{pair}-img{k}.png") for k in (0, 1)]
+                pair_images = [
+                    self._image(images, index, official, first.directory, f"{pair}-img{k}.png") for k in (0, 1)
+                ]
             except UnsafePathError as exc:
                 yield Failure(file, f"refused: {exc}", split, lineno)
                 continue
@@ -158,7 +160,9 @@ class NLVR2Converter(Converter):
                 else:
                     sentences.append({"id": line.identifier, "sentence": line.sentence, "label": line.label})
             if sentences:
-                yield Item(f"{split}/{pair}", split, {"images": pair_images, "sentences": sentences}, source_split=official)
+                yield Item(
+                    f"{split}/{pair}", split, {"images": pair_images, "sentences": sentences}, source_split=official
+                )
 
     @staticmethod
     def _image(root: Path, index: BasenameIndex, split: str, directory: str | None, name: str) -> str:

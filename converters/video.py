@@ -28,7 +28,7 @@ with ``--frames 8`` becomes 8 frames ``images/train/ApplyEyeMakeup/v_ApplyEyeMak
                                    "train/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.7.jpg"],
                         "user": "Classify the video into one of the following classes: ApplyEyeMakeup, ApplyLipstick, …, YoYo.",
                         "assistant": "ApplyEyeMakeup"}]}
-"""
+"""  # noqa: E501 (the example record's user text is one JSON string)
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ from phi3v_data.converter import (
 from phi3v_data.io import UnsafePathError, check_file_link, resolve_inside, special_file_problem
 from phi3v_data.splits import Carved, carve_splits
 
-VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"})
+VIDEO_SUFFIXES = frozenset(
+    {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"}
+)
 PROMPT = "Classify the video into one of the following classes: {classes}."
 UCF_NAME = re.compile(r"^v_.+_(g\d+)_c\d+$", re.IGNORECASE)
 LISTS_DIR = "ucfTrainTestlist"
@@ -58,12 +60,18 @@ SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val
 
 class VideoOptions(ConverterOptions):
     frames: int = Field(default=8, ge=1, le=128, description="Frames per clip, at the centres of equal segments.")
-    backend: Literal["auto", "decord", "pyav"] = Field(default="auto", description="Decoder; auto tries PyAV (keyframe seeking), then decord.")
+    backend: Literal["auto", "decord", "pyav"] = Field(
+        default="auto", description="Decoder; auto tries PyAV (keyframe seeking), then decord."
+    )
     quality: int = Field(default=95, ge=1, le=100, description="JPEG quality of the saved frames.")
     max_side: int | None = Field(default=None, ge=16, description="Shrink frames whose longer side exceeds this.")
     split_list: int = Field(default=1, ge=1, le=3, description="Official UCF-101 split (trainlist0K/testlist0K).")
-    val_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of train carved out as val when the source has no val.")
-    test_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share held out as test (class-per-folder layout only).")
+    val_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of train carved out as val when the source has no val."
+    )
+    test_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share held out as test (class-per-folder layout only)."
+    )
 
     @model_validator(mode="after")
     def _ratios(self) -> "VideoOptions":
@@ -119,7 +127,9 @@ class VideoConverter(Converter):
             yield Failure(undecodable_name(entry.key) or entry.key, NOT_UTF8, entry.split)
         scan.classes = [c for c in scan.classes if undecodable_name(c) is None]
         if not scan.has_val and self.options.val_ratio > 0:
-            scan.entries, carved = _carve(scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train")
+            scan.entries, carved = _carve(
+                scan.entries, {"val": self.options.val_ratio}, seed=self.options.seed, source="train"
+            )
             scan.carved += carved
         yield from scan.carved
         prompt = PROMPT.format(classes=", ".join(scan.classes))
@@ -270,7 +280,11 @@ def _scan_presplit(root: Path, split_dirs: dict[str, Path]) -> _Scan:
 
 
 def _scan_folders(root: Path) -> _Scan:
-    entries = [_Entry("train", cls.name, video.relative_to(root).as_posix(), video) for cls in _subdirs(root) for video in _videos(cls)]
+    entries = [
+        _Entry("train", cls.name, video.relative_to(root).as_posix(), video)
+        for cls in _subdirs(root)
+        for video in _videos(cls)
+    ]
     return _Scan(classes=sorted({e.label for e in entries}), entries=entries)
 
 
@@ -288,7 +302,8 @@ def _carve(
     Each split gets the whole groups that come closest to ``ratio`` × the ``source`` clips, spread over the classes
     (see :func:`phi3v_data.splits.carve_groups`); one group of each class always stays in ``source``.
     """
-    pool = list({entry.key: entry for entry in entries if entry.split == source}.values())  # a clip listed twice counts once
+    # a clip listed twice counts once
+    pool = list({entry.key: entry for entry in entries if entry.split == source}.values())
     groups: dict[tuple[str, str], list[str]] = {}
     for entry in pool:
         groups.setdefault((entry.label, _group(entry)), []).append(entry.key)
@@ -304,4 +319,6 @@ def _require_decoder(backend: str) -> None:
         try:
             import decord  # noqa: F401
         except ImportError:
-            raise ModuleNotFoundError("--backend decord needs decord: pip install 'phi3v[video]'", name="decord") from None
+            raise ModuleNotFoundError(
+                "--backend decord needs decord: pip install 'phi3v[video]'", name="decord"
+            ) from None

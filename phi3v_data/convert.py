@@ -491,7 +491,9 @@ def _assembling(out: Path) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
-def _prepare_partial(out: Path, digest: str, params: dict[str, Any], *, overwrite: bool, targets: Sequence[str] = ()) -> Path:
+def _prepare_partial(
+    out: Path, digest: str, params: dict[str, Any], *, overwrite: bool, targets: Sequence[str] = ()
+) -> Path:
     """The journal of this run; an interrupted run with other arguments is refused unless ``overwrite``.
 
     ``overwrite`` deletes only what an earlier run recorded as its own; an ``images/`` folder in ``out`` that no run
@@ -531,7 +533,9 @@ def _convert_all(converter: Converter, writer: ImageWriter, todo: _Todo, journal
             progress.advance(task)
             if todo.reused != shown[0] or plan.exhausted != shown[1]:
                 shown[:] = todo.reused, plan.exhausted
-                progress.update(task, total=todo.queued if plan.exhausted else None, description=_label(converter, todo))
+                progress.update(
+                    task, total=todo.queued if plan.exhausted else None, description=_label(converter, todo)
+                )
 
         items = iter(todo)
         head = list(itertools.islice(items, 2))

@@ -187,7 +187,9 @@ class OutputClaims:
         """None when ``dest`` (under images/) is free or already ``source``'s; otherwise why it cannot be written."""
         owner = self._files.get(dest)
         if owner is not None:
-            return None if owner == source else f"{source} and {owner} would both be written to images/{dest}; rename one"
+            if owner == source:
+                return None
+            return f"{source} and {owner} would both be written to images/{dest}; rename one"
         folded = dest.casefold()
         twin = self._folded.get(folded, folded if folded in self._files else None)
         if twin is not None and self._files[twin] != source:

@@ -44,8 +44,13 @@ def _option(name: str, info: FieldInfo) -> click.Option:
     kind, is_flag = _click_type(info.annotation)
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     if is_flag:
-        return click.Option([f"{flag}/--no-{name.replace('_', '-')}"], default=bool(default), help=info.description, show_default=True)
-    return click.Option([flag, name], type=kind, default=default, required=info.is_required(), help=info.description, show_default=default is not None)
+        return click.Option(
+            [f"{flag}/--no-{name.replace('_', '-')}"], default=bool(default), help=info.description, show_default=True
+        )
+    return click.Option(
+        [flag, name], type=kind, default=default, required=info.is_required(), help=info.description,
+        show_default=default is not None,
+    )
 
 
 def _first_doc_line(cls: type) -> str:
@@ -58,13 +63,17 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
         click.Option(["--out", "--output", "-o", "out"], type=click.Path(path_type=Path), required=True,
                      help="Output dataset directory."),
         click.Option(["--name"], default=None, help=f"Prefix of the output jsonl files [default: {cls.output_name}]."),
-        click.Option(["--workers", "-j"], type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count]."),
+        click.Option(
+            ["--workers", "-j"], type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count]."
+        ),
         click.Option(["--strict"], is_flag=True, help="Exit non-zero when any item failed."),
         click.Option(["--overwrite"], is_flag=True, help="Redo a conversion already in --out."),
     ]
     params += [_option(field, info) for field, info in cls.Options.model_fields.items()]
 
-    def callback(source: Path, out: Path, name: str | None, workers: int | None, strict: bool, overwrite: bool, **options: Any) -> None:
+    def callback(
+        source: Path, out: Path, name: str | None, workers: int | None, strict: bool, overwrite: bool, **options: Any
+    ) -> None:
         console = Console(stderr=True)
         try:
             opts = cls.Options(**{k: v for k, v in options.items() if v is not None})
@@ -72,7 +81,9 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
             lines = [f"--{field.replace('_', '-')}: {message}" for field, message in validation_problems(exc)]
             raise click.UsageError("; ".join(lines)) from None
         try:
-            result = run_converter(cls(opts), source, out, name=name, workers=workers, overwrite=overwrite, console=console)
+            result = run_converter(
+                cls(opts), source, out, name=name, workers=workers, overwrite=overwrite, console=console
+            )
         except ConvertUsageError as exc:
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code  # 2 for an --out that overlaps an input (a usage error)
@@ -152,7 +163,10 @@ def _list_converters(ctx: click.Context, _param: click.Parameter, value: bool) -
 
 
 @click.group(cls=ConverterGroup)
-@click.option("--list", "list_", is_flag=True, expose_value=False, is_eager=True, callback=_list_converters, help="List converters and exit.")
+@click.option(
+    "--list", "list_", is_flag=True, expose_value=False, is_eager=True, callback=_list_converters,
+    help="List converters and exit.",
+)
 def convert() -> None:
     """Convert a downloaded dataset into images/ + conversation jsonl.
 

@@ -2,8 +2,9 @@
 
 Expected problems (a :class:`schemas.errors.UserError`, unreadable or unwritable paths, corrupt weights, a refused
 pickle, a missing optional dependency) are described in one line that names the file or the extra to install; exit
-the error's ``exit_code`` (1, or 2 for usage), or 2 for a missing dependency. Anything else is a bug: a short message and the hint to rerun with ``-v``, which shows the
-traceback. Library code raises; only this module decides what a person reads.
+the error's ``exit_code`` (1, or 2 for usage), or 2 for a missing dependency. Anything else is a bug: a short message
+and the hint to rerun with ``-v``, which shows the traceback. Library code raises; only this module decides what a
+person reads.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ QUIET = Console(file=io.StringIO())
 FEATURES = datasets.Features(
     {
         "images": datasets.Sequence(datasets.Image()),
-        "texts": [{"user": datasets.Value("string"), "assistant": datasets.Value("string"), "source": datasets.Value("string")}],
+        "texts": [{"user": datasets.Value("string"), "assistant": datasets.Value("string"),
+                   "source": datasets.Value("string")}],
     }
 )
 MEME = 'Is this meme hateful? The text on it reads: "look how many people love you"'
@@ -87,7 +88,9 @@ def test_hub_parquet_subset_exact_records_and_failures(hub: Path, tmp_path: Path
     records = jsonl(tmp_path / "out" / "cauldron_train.jsonl")
     assert records == [
         {"id": "train-0000000000", "source": "cauldron", "task": "binary",
-         "conversations": [{"images": ["train/0000000.png"], "user": MEME, "assistant": "no", "reference": {"label": 0}}]},
+         "conversations": [
+             {"images": ["train/0000000.png"], "user": MEME, "assistant": "no", "reference": {"label": 0}}
+         ]},
         {"id": "train-0000000001", "source": "cauldron", "task": "binary",
          "conversations": [{"images": ["train/0000001.png"], "user": "Is this meme hateful?", "assistant": "yes",
                             "reference": {"label": 1}}]},
@@ -95,9 +98,11 @@ def test_hub_parquet_subset_exact_records_and_failures(hub: Path, tmp_path: Path
     assert (tmp_path / "out" / "images" / "train" / "0000000.png").read_bytes() == encoded("white")  # bytes as stored
     reasons = sorted((f.file, f.reason) for f in result.failures)
     assert reasons == [
-        ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 0: embedded image is not in a recognised image format"),
+        ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet",
+         "row 0: embedded image is not in a recognised image format"),
         ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 1: 'texts' holds no turn"),
-        ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet", "row 2: turn 2 has no assistant reply (the others have one)"),
+        ("hateful_memes/train-00001-of-00002-6b0d10537130f0e0.parquet",
+         "row 2: turn 2 has no assistant reply (the others have one)"),
     ]
 
 
@@ -127,7 +132,8 @@ def test_several_subsets_need_subset_and_a_subset_folder_does_not(hub: Path, tmp
         run(hub, tmp_path / "b", subset="vqav2")
     run(hub / "nlvr2", tmp_path / "c")  # the subset folder itself: its name tells the subset
     [record] = jsonl(tmp_path / "c" / "cauldron_train.jsonl")
-    assert record["task"] == "binary" and record["conversations"][0]["images"] == ["train/0000000_0.png", "train/0000000_1.png"]
+    assert record["task"] == "binary"
+    assert record["conversations"][0]["images"] == ["train/0000000_0.png", "train/0000000_1.png"]
 
 
 def test_save_to_disk_dataset_dict_multi_image_multi_turn(tmp_path: Path) -> None:
@@ -136,17 +142,22 @@ def test_save_to_disk_dataset_dict_multi_image_multi_turn(tmp_path: Path) -> Non
         ([encoded("red"), b"\x89PNG broken"], [(PAIR, "Yes.")]),
     ]
     held_out = cauldron([([encoded("red")], [(PAIR, "Yes.")])], "nlvr2")  # e.g. from train_test_split
-    datasets.DatasetDict({"train": cauldron(rows, "nlvr2"), "validation": held_out}).save_to_disk(str(tmp_path / "nlvr2_saved"))
+    saved = datasets.DatasetDict({"train": cauldron(rows, "nlvr2"), "validation": held_out})
+    saved.save_to_disk(str(tmp_path / "nlvr2_saved"))
     result = run(tmp_path / "nlvr2_saved", tmp_path / "out")
     assert jsonl(tmp_path / "out" / "cauldron_train.jsonl") == [
         {"id": "train-0000000000", "source": "cauldron", "task": "binary",
          "conversations": [
-             {"images": ["train/0000000_0.png", "train/0000000_1.png"], "user": PAIR, "assistant": "no", "reference": {"label": 0}},
-             {"images": [], "user": "Is the left image red?\nAnswer yes or no.", "assistant": "yes", "reference": {"label": 1}},
+             {"images": ["train/0000000_0.png", "train/0000000_1.png"], "user": PAIR, "assistant": "no",
+              "reference": {"label": 0}},
+             {"images": [], "user": "Is the left image red?\nAnswer yes or no.", "assistant": "yes",
+              "reference": {"label": 1}},
          ]},
     ]  # fmt: skip
     [val] = jsonl(tmp_path / "out" / "cauldron_val.jsonl")
-    assert (val["id"], val["source_split"], val["conversations"][0]["images"]) == ("val-0000000000", "validation", ["val/0000000.png"])
+    assert (val["id"], val["source_split"], val["conversations"][0]["images"]) == (
+        "val-0000000000", "validation", ["val/0000000.png"]
+    )
     [failure] = result.failures
     assert failure.file == "train/data-00000-of-00001.arrow"  # the table, as the plan's own failures name it
     assert failure.reason.startswith("row 1: image 2: embedded image")
@@ -157,20 +168,25 @@ def _docvqa_cache(cache: Path) -> Path:
     rows = [([encoded("white", "JPEG")], [("What is the date?\nGive a very brief answer.", "1/8/93."),
                                           ("Is it signed?\nGive a very brief answer.", "Yes.")])]  # fmt: skip
     cauldron(rows, "docvqa").to_parquet(cache.parent / "docvqa.parquet")
-    built = datasets.load_dataset("parquet", data_files={"train": str(cache.parent / "docvqa.parquet")}, cache_dir=str(cache.parent / "build"))
+    built = datasets.load_dataset(
+        "parquet", data_files={"train": str(cache.parent / "docvqa.parquet")}, cache_dir=str(cache.parent / "build")
+    )
     made = Path(built["train"].cache_files[0]["filename"]).parent
     target = cache / "HuggingFaceM4___the_cauldron" / "docvqa" / "0.0.0" / "8175eafce5bdbbc3879bf0333021562e80fbf4db"
     target.mkdir(parents=True)
     shutil.copy(made / "parquet-train.arrow", target / "the_cauldron-train.arrow")
     info = json.loads((made / "dataset_info.json").read_text())
-    (target / "dataset_info.json").write_text(json.dumps({**info, "dataset_name": "the_cauldron", "config_name": "docvqa"}))
+    (target / "dataset_info.json").write_text(
+        json.dumps({**info, "dataset_name": "the_cauldron", "config_name": "docvqa"})
+    )
     return cache
 
 
 DOCVQA_RECORD = {
     "id": "train-0000000000", "source": "cauldron", "task": "vqa",
     "conversations": [
-        {"images": ["train/0000000.jpg"], "user": "What is the date?\nGive a very brief answer.", "assistant": "1/8/93."},
+        {"images": ["train/0000000.jpg"], "user": "What is the date?\nGive a very brief answer.",
+         "assistant": "1/8/93."},
         {"images": [], "user": "Is it signed?\nGive a very brief answer.", "assistant": "Yes."},  # docvqa stays vqa
     ],
 }  # fmt: skip
@@ -207,7 +223,8 @@ def test_cli_workers_and_missing_pyarrow(hub: Path, tmp_path: Path, monkeypatch:
     result = CliRunner().invoke(main, [*args, str(tmp_path / "j2"), "-j", "2"])
     assert result.exit_code == 0, result.output
     run(hub / "hateful_memes", tmp_path / "j1")
-    assert (tmp_path / "j2" / "cauldron_train.jsonl").read_bytes() == (tmp_path / "j1" / "cauldron_train.jsonl").read_bytes()
+    train = "cauldron_train.jsonl"
+    assert (tmp_path / "j2" / train).read_bytes() == (tmp_path / "j1" / train).read_bytes()
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails as on a machine without it
     result = CliRunner().invoke(main, [*args, str(tmp_path / "none")])
     assert result.exit_code == 2 and "pip install 'phi3v[hf]'" in result.output, result.output

@@ -44,8 +44,10 @@ def official(tmp_path: Path) -> Path:
         {"questionId": 52212, "question": "Who issued the report?", "image": "documents/txpn0095_1.png", "docId": 1968,
          "ucsf_document_id": "txpn0095", "ucsf_document_page_no": "1", "answers": ["itc", "ITC Limited", "itc limited"],
          "data_split": "train", "question_types": ["layout"]},
-        {"questionId": 52213, "question": "How many tables?", "image": "documents/abcd0001_2.png", "answers": ["5", "five", "Five"]},
-        {"questionId": 52214, "question": "What is the date?", "image": "documents/txpn0095_1.png", "answers": ["1/8/93"]},
+        {"questionId": 52213, "question": "How many tables?", "image": "documents/abcd0001_2.png",
+         "answers": ["5", "five", "Five"]},
+        {"questionId": 52214, "question": "What is the date?", "image": "documents/txpn0095_1.png",
+         "answers": ["1/8/93"]},
         {"questionId": 52215, "image": "documents/txpn0095_1.png", "answers": ["x"]},  # no question
         {"questionId": 52216, "question": "Escape?", "image": "../outside.png", "answers": ["no"]},
         {"questionId": 52217, "question": "Lost?", "image": "documents/missing_1.png", "answers": ["no"]},
@@ -53,7 +55,9 @@ def official(tmp_path: Path) -> Path:
     ]
     qas = root / "spdocvqa_qas"
     qas.mkdir(parents=True)
-    (qas / "train_v1.0_withQT.json").write_text(json.dumps({"dataset_name": "docvqa", "dataset_split": "train", "data": train}))
+    (qas / "train_v1.0_withQT.json").write_text(
+        json.dumps({"dataset_name": "docvqa", "dataset_split": "train", "data": train})
+    )
     test = [{"questionId": 7, "question": "What is the title?", "image": "documents/test0001_1.png", "docId": 3}]
     (qas / "test_v1.0.json").write_text(json.dumps({"dataset_name": "docvqa", "dataset_split": "test", "data": test}))
     return root
@@ -114,7 +118,9 @@ def test_a_truncated_page_is_a_failure_naming_its_question_not_a_record(official
     assert not (tmp_path / "out" / "images" / "train" / "abcd0001_2.png").exists()
     [failure] = [f for f in result.failures if "abcd0001_2" in f.reason]
     assert failure.file == "spdocvqa_qas/train_v1.0_withQT.json" and failure.split == "train"
-    assert failure.reason.startswith(f"data[1]: page abcd0001_2.png skipped with its 1 question(s): {page}: does not decode")
+    assert failure.reason.startswith(
+        f"data[1]: page abcd0001_2.png skipped with its 1 question(s): {page}: does not decode"
+    )
     assert "truncated" in failure.reason and result.counts == {"train": 2, "test": 1}
     reported = [json.loads(line) for line in (tmp_path / "out" / "reports" / "failures.jsonl").read_text().splitlines()]
     assert any(r["file"] == failure.file and r["reason"] == failure.reason for r in reported)
@@ -164,8 +170,11 @@ def _nielsr_parquet(folder: Path, pages: list[bytes]) -> None:
 
     rows = {
         "id": ["train_0", "train_1", "train_2"],
-        "image": [{"bytes": pages[0], "path": None}, {"bytes": pages[1], "path": None}, {"bytes": pages[0], "path": None}],
-        "query": [{"en": "What is the total?", "de": "?"}, {"en": "Whose letter?", "de": "?"}, {"en": "Which year?", "de": "?"}],
+        "image": [
+            {"bytes": pages[0], "path": None}, {"bytes": pages[1], "path": None}, {"bytes": pages[0], "path": None}
+        ],
+        "query": [{"en": "What is the total?", "de": "?"}, {"en": "Whose letter?", "de": "?"},
+                  {"en": "Which year?", "de": "?"}],
         "answers": [["$10", "10"], ["Bob"], ["1999"]],
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,7 +209,8 @@ def test_save_to_disk_arrow_export_unlabeled_test_and_bad_rows(tmp_path: Path) -
     page = png(tmp_path / "p.png", "green")
     test = datasets.Dataset.from_dict(
         {"questionId": [11, 12, 13], "question": ["Q one?", "", "Q three?"], "answers": [None, None, None],
-         "image": [{"bytes": page, "path": "ffbf0023_4.png"}, {"bytes": page, "path": None}, {"bytes": b"garbage", "path": "bad.png"}]},
+         "image": [{"bytes": page, "path": "ffbf0023_4.png"}, {"bytes": page, "path": None},
+                   {"bytes": b"garbage", "path": "bad.png"}]},
         features=datasets.Features({"questionId": datasets.Value("int64"), "question": datasets.Value("string"),
                                     "answers": datasets.Sequence(datasets.Value("string")), "image": datasets.Image()}),
     )
@@ -211,7 +221,8 @@ def test_save_to_disk_arrow_export_unlabeled_test_and_bad_rows(tmp_path: Path) -
          "conversations": [{"images": ["test/ffbf0023_4.png"], "user": "Q one?\nAnswer briefly.", "assistant": None}]}
     ]
     assert [(f.file, f.reason) for f in result.failures] == [
-        ("test/data-00000-of-00001.arrow", "row 1: no question text (expected a 'question' column or 'query' with 'en')"),
+        ("test/data-00000-of-00001.arrow",
+         "row 1: no question text (expected a 'question' column or 'query' with 'en')"),
         ("test/bad.png", "data-00000-of-00001.arrow row 2: embedded image is not in a recognised image format"),
     ]
 
@@ -220,12 +231,16 @@ def test_cli_converts_the_official_layout(official: Path, tmp_path: Path) -> Non
     from phi3v_data.cli import main
 
     out = tmp_path / "cli-out"
-    result = CliRunner().invoke(main, ["convert", "docvqa", str(official), "--out", str(out), "--workers", "1", "--group-pages"])
+    result = CliRunner().invoke(
+        main, ["convert", "docvqa", str(official), "--out", str(out), "--workers", "1", "--group-pages"]
+    )
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in jsonl(out / "docvqa_train.jsonl")] == ["train-txpn0095_1", "train-abcd0001_2"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 2, "test": 1} and manifest["failures"] == 4
-    strict = CliRunner().invoke(main, ["convert", "docvqa", str(official), "--out", str(tmp_path / "o2"), "-j", "1", "--strict"])
+    strict = CliRunner().invoke(
+        main, ["convert", "docvqa", str(official), "--out", str(tmp_path / "o2"), "-j", "1", "--strict"]
+    )
     assert strict.exit_code == 1
 
 
@@ -236,7 +251,9 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
 
     raw, expected = (" ".join(s.split()) for s in re.findall(r"::\n\n((?:    .*\n)+)", module.__doc__ or ""))
     png(tmp_path / "src" / "spdocvqa_images" / "pybv0228_81.png")
-    (tmp_path / "src" / "val_v1.0_withQT.json").write_text(json.dumps({"dataset_split": "val", "data": [json.loads(raw)]}))
+    (tmp_path / "src" / "val_v1.0_withQT.json").write_text(
+        json.dumps({"dataset_split": "val", "data": [json.loads(raw)]})
+    )
     run(tmp_path / "src", tmp_path / "out")
     assert jsonl(tmp_path / "out" / "docvqa_val.jsonl") == [json.loads(expected)]
 

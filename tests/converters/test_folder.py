@@ -42,9 +42,14 @@ def test_ratio_split_is_deterministic_and_counts_round(tmp_path: Path) -> None:
     keys = [str(i) for i in range(10)]
     chosen, carved = ratio_split({"": keys}, seed=3, val_ratio=0.2, test_ratio=0.1)
     assert chosen == {**dict.fromkeys(keys, "train"), "2": "val", "8": "val", "0": "test"}
-    assert [c.describe() for c in carved] == ["val: 2 of 10 train items (20.0%, asked 20%)", "test: 1 of 10 train items (10.0%, asked 10%)"]
-    assert ratio_split({"": list(reversed(keys))}, seed=3, val_ratio=0.2, test_ratio=0.1)[0] == chosen  # input order is irrelevant
-    assert ratio_split({"": keys}, seed=4, val_ratio=0.2, test_ratio=0.1)[0] == {**dict.fromkeys(keys, "train"), "3": "val", "6": "val", "2": "test"}
+    assert [c.describe() for c in carved] == [
+        "val: 2 of 10 train items (20.0%, asked 20%)", "test: 1 of 10 train items (10.0%, asked 10%)"
+    ]
+    # input order is irrelevant
+    assert ratio_split({"": list(reversed(keys))}, seed=3, val_ratio=0.2, test_ratio=0.1)[0] == chosen
+    assert ratio_split({"": keys}, seed=4, val_ratio=0.2, test_ratio=0.1)[0] == {
+        **dict.fromkeys(keys, "train"), "3": "val", "6": "val", "2": "test"
+    }
 
 
 def test_a_small_source_still_gets_a_val_split_and_the_table_says_so(tmp_path: Path) -> None:
@@ -59,7 +64,9 @@ def test_a_small_source_still_gets_a_val_split_and_the_table_says_so(tmp_path: P
     assert [len(_read(tmp_path / "out", s)) for s in ("train", "val")] == [7, 1]
     assert "carved val: 1 of 8 train items (12.5%, asked 10%)" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["carved"] == [{"split": "val", "count": 1, "total": 8, "requested": 0.1, "source": "train", "note": None}]
+    assert manifest["carved"] == [
+        {"split": "val", "count": 1, "total": 8, "requested": 0.1, "source": "train", "note": None}
+    ]
 
 
 def test_class_folders_split_per_class_by_ratio(tmp_path: Path) -> None:
@@ -91,7 +98,8 @@ def test_class_folders_split_per_class_by_ratio(tmp_path: Path) -> None:
         ("loose.png", "image is not inside a class folder"),
         ("cat/broken.png", f"{root / 'cat' / 'broken.png'}: not a recognised image format"),
     ]
-    assert (tmp_path / "out" / "images" / "val" / "dog" / "puppies" / "f.jpg").read_bytes() == (root / "dog" / "puppies" / "f.jpg").read_bytes()
+    copied = tmp_path / "out" / "images" / "val" / "dog" / "puppies" / "f.jpg"
+    assert copied.read_bytes() == (root / "dog" / "puppies" / "f.jpg").read_bytes()
 
 
 def test_class_folders_split_is_the_same_on_every_run(tmp_path: Path) -> None:
@@ -101,7 +109,8 @@ def test_class_folders_split_is_the_same_on_every_run(tmp_path: Path) -> None:
     for out in ("one", "two"):
         run_converter(FolderConverter(FolderOptions(val_ratio=0.3, seed=5)), root, tmp_path / out, workers=1)
     for split in ("train", "val"):
-        assert (tmp_path / "one" / f"folder_{split}.jsonl").read_bytes() == (tmp_path / "two" / f"folder_{split}.jsonl").read_bytes()
+        name = f"folder_{split}.jsonl"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert len(_read(tmp_path / "one", "val")) == 2  # round(6 × 0.3), one per class
 
 
@@ -131,7 +140,9 @@ def test_pre_split_without_val_carves_val_from_train(tmp_path: Path) -> None:
     run_converter(FolderConverter(FolderOptions(val_ratio=0.34, test_ratio=0.5)), root, tmp_path / "out", workers=1)
 
     prompt = "Classify the image into one of the following classes: cat."
-    assert [r["conversations"][0]["images"] for r in _read(tmp_path / "out", "train")] == [["train/cat/x2.png"], ["train/cat/x3.png"]]
+    assert [r["conversations"][0]["images"] for r in _read(tmp_path / "out", "train")] == [
+        ["train/cat/x2.png"], ["train/cat/x3.png"]
+    ]
     assert _read(tmp_path / "out", "val") == [_classified("val", 0, "val/cat/x1.png", "cat", prompt)]
     assert _read(tmp_path / "out", "test") == [_classified("test", 0, "test/cat/t.png", "cat", prompt)]
 
@@ -148,8 +159,12 @@ def test_caption_pairs(tmp_path: Path) -> None:
     result = run_converter(FolderConverter(FolderOptions(val_ratio=0.0)), root, tmp_path / "out", workers=1)
 
     caption = lambda i, image, text: {"id": f"train-{i:010d}", "source": "folder", "task": "caption",  # noqa: E731
-                                      "conversations": [{"images": [image], "user": "Describe the image.", "assistant": text}]}
-    assert _read(tmp_path / "out", "train") == [caption(0, "train/a.png", "A red square."), caption(1, "train/sub/b.jpg", "A green block.")]
+                                      "conversations": [
+                                          {"images": [image], "user": "Describe the image.", "assistant": text}
+                                      ]}
+    assert _read(tmp_path / "out", "train") == [
+        caption(0, "train/a.png", "A red square."), caption(1, "train/sub/b.jpg", "A green block.")
+    ]
     assert [asdict(f) for f in result.failures] == [
         {"file": "c.png", "reason": "no caption: expected c.txt beside it", "split": "train", "line": None},
         {"file": "d.png", "reason": "d.txt: the caption file is empty", "split": "train", "line": None},
@@ -177,7 +192,9 @@ def test_csv_manifest(tmp_path: Path) -> None:
         return {"id": id_, "source": "folder", "task": "vqa", "conversations": [turn]}
 
     out = tmp_path / "out"
-    assert _read(out, "val") == [vqa("q1", ["val/photos/a.png", "val/photos/b.jpg"], "Which is larger?", "the left one")]
+    assert _read(out, "val") == [
+        vqa("q1", ["val/photos/a.png", "val/photos/b.jpg"], "Which is larger?", "the left one")
+    ]
     assert _read(out, "train") == [vqa("train-0000000000", ["train/photos/b.jpg"], "Colour, please?", "green")]
     assert _read(out, "test") == [vqa("q3", ["test/photos/a.png"], "What is it?", None)]
     assert [(f.file, f.line, f.reason) for f in result.failures] == [
@@ -203,18 +220,25 @@ def test_jsonl_manifest_with_image_lists_and_a_prompt_template(tmp_path: Path) -
     chat = lambda id_, images, user, answer: {"id": id_, "source": "folder", "task": "chat",  # noqa: E731
                                               "conversations": [{"images": images, "user": user, "assistant": answer}]}
     # the two rows without a split: seed 0 sends line 2 to val, line 1 to train
-    assert _read(tmp_path / "out", "train") == [chat("10", ["train/a.png", "train/b.png"], "Answer briefly. How many are red?", "1")]
+    assert _read(tmp_path / "out", "train") == [
+        chat("10", ["train/a.png", "train/b.png"], "Answer briefly. How many are red?", "1")
+    ]
     assert _read(tmp_path / "out", "val") == [chat("val-0000000000", ["val/a.png"], "Answer briefly. Colour?", "red")]
-    assert [(f.line, f.reason) for f in result.failures] == [(3, "malformed row: image: List should have at least 1 item after validation, not 0")]
+    assert [(f.line, f.reason) for f in result.failures] == [
+        (3, "malformed row: image: List should have at least 1 item after validation, not 0")
+    ]
 
 
 @pytest.mark.parametrize(
     ("files", "options", "message"),
     [
         ({"m.csv": "image,question\na.png,Q\n"}, {}, "the header line has no column answer (it has image, question)"),
-        ({"a.csv": "", "b.jsonl": ""}, {"mode": "manifest"}, "holds 2 .csv/.jsonl files: give the manifest file itself"),
-        ({"cat/a.png": None}, {"prompt": "Pick one of {labels}."}, "--prompt uses {labels}, which classes mode does not fill (it fills: {classes})"),
-        ({"a.png": None, "a.txt": "cap"}, {"prompt": "Describe {"}, "--prompt 'Describe {': Single '{' encountered in format string"),
+        ({"a.csv": "", "b.jsonl": ""}, {"mode": "manifest"},
+         "holds 2 .csv/.jsonl files: give the manifest file itself"),
+        ({"cat/a.png": None}, {"prompt": "Pick one of {labels}."},
+         "--prompt uses {labels}, which classes mode does not fill (it fills: {classes})"),
+        ({"a.png": None, "a.txt": "cap"}, {"prompt": "Describe {"},
+         "--prompt 'Describe {': Single '{' encountered in format string"),
     ],
 )
 def test_usage_errors_stop_before_any_work(tmp_path: Path, files: dict, options: dict, message: str) -> None:
@@ -237,7 +261,11 @@ def test_cli_flags_reach_the_converter(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert [r["conversations"][0]["user"] for r in _read(tmp_path / "out", "train")] == ["Cat or dog? (cat, dog)"] * 2
 
-    bad = CliRunner().invoke(main, ["convert", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "o2"), "--val-ratio", "0.6", "--test-ratio", "0.5"])
+    bad = CliRunner().invoke(
+        main,
+        ["convert", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "o2"), "--val-ratio", "0.6",
+         "--test-ratio", "0.5"],
+    )
     assert bad.exit_code == 2
     assert "val_ratio + test_ratio must stay below 1" in bad.output
 

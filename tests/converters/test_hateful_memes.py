@@ -50,7 +50,7 @@ def release(tmp_path: Path) -> Path:
         {"id": 9, "img": "img/evil.png", "label": 0, "text": "a symlink out of the root"},
     ])
     (root / "img" / "evil.png").symlink_to(tmp_path / "secret.png")
-    write_lines(root / "dev_seen.jsonl", [{"id": 8291, "img": "img/08291.png", "label": 1, "text": "white people is this a shooting range"}])
+    write_lines(root / "dev_seen.jsonl", [{"id": 8291, "img": "img/08291.png", "label": 1, "text": "white people is this a shooting range"}])  # noqa: E501
     write_lines(root / "test_unseen.jsonl", [{"id": 16395, "img": "img/16395.png", "text": "handjobs sold seperately"}])
     return root
 
@@ -65,18 +65,22 @@ def test_release_exact_records_leading_zero_images_and_unlabeled_test(release: P
         "task": "binary",
         "conversations": [{
             "images": ["train/01235.png"],
-            "user": 'The text on this meme reads: "having a bad day? you could be a"\nIs this meme hateful? Answer yes or no.',
+            "user": 'The text on this meme reads: "having a bad day? you could be a"\n'
+                    "Is this meme hateful? Answer yes or no.",
             "assistant": "yes",
             "reference": {"label": 1},
         }],
     }
-    assert [(r["id"], r["conversations"][0]["assistant"]) for r in train] == [("train-42953", "no"), ("train-1235", "yes")]
+    assert [(r["id"], r["conversations"][0]["assistant"]) for r in train] == [
+        ("train-42953", "no"), ("train-1235", "yes")
+    ]
     assert (out / "images" / "train" / "01235.png").is_file()
     assert jsonl(out / "hateful_memes_val.jsonl")[0]["conversations"][0]["images"] == ["val/08291.png"]
     assert jsonl(out / "hateful_memes_test.jsonl") == [{
         "id": "test-16395", "source": "hateful-memes", "source_split": "test_unseen", "task": "binary",
         "conversations": [{"images": ["test/16395.png"],
-                           "user": 'The text on this meme reads: "handjobs sold seperately"\nIs this meme hateful? Answer yes or no.',
+                           "user": 'The text on this meme reads: "handjobs sold seperately"\n'
+                                   "Is this meme hateful? Answer yes or no.",
                            "assistant": None}],
     }]
     assert result.counts == {"train": 2, "val": 1, "test": 1}
@@ -90,7 +94,9 @@ def test_bad_lines_are_reported_with_file_and_line_and_the_rest_continues(releas
     assert found[("train.jsonl", 4, "train")] == "refused: '../secret.png' climbs out with '..'"
     assert found[("train.jsonl", 5, "train")].startswith("image 'img/00007.png' not found under")
     assert found[("train.jsonl", 6, "train")].startswith("malformed line: label")
-    assert found[("train.jsonl", 7, "train")].startswith("refused: img/evil.png is a symlink to a file outside the dataset")
+    assert found[("train.jsonl", 7, "train")].startswith(
+        "refused: img/evil.png is a symlink to a file outside the dataset"
+    )
     failures = jsonl(tmp_path / "out" / "reports" / "failures.jsonl")
     assert {(f["file"], f["line"]) for f in failures} == {("train.jsonl", n) for n in (3, 4, 5, 6, 7)}
 
@@ -117,7 +123,9 @@ def test_a_line_without_label_in_a_labeled_file_is_a_failure(tmp_path: Path) -> 
     ])
     result = run(tmp_path / "m", tmp_path / "out")
     assert result.counts == {"train": 1}
-    assert [(f.line, f.reason) for f in result.failures] == [(2, "field 'label' is missing (other lines of this file have labels)")]
+    assert [(f.line, f.reason) for f in result.failures] == [
+        (2, "field 'label' is missing (other lines of this file have labels)")
+    ]
 
 
 def test_unknown_layout_and_bad_prompt(tmp_path: Path) -> None:

@@ -59,18 +59,24 @@ def docvqa(tmp_path: Path) -> Path:
                   {"bytes": encoded("black"), "path": None}, {"bytes": encoded("black"), "path": None}],
     }  # fmt: skip
     datasets.Dataset.from_dict(validation, features=DOCVQA).to_parquet(root / "validation-00000-of-00001.parquet")
-    test = {"questionId": ["9"], "question": ["Title?"], "answers": [None], "image": [{"bytes": b"GIF89a broken", "path": None}]}
+    test = {"questionId": ["9"], "question": ["Title?"], "answers": [None],
+            "image": [{"bytes": b"GIF89a broken", "path": None}]}
     datasets.Dataset.from_dict(test, features=DOCVQA).to_parquet(root / "test-00000-of-00001.parquet")
     return tmp_path / "DocVQA"
 
 
 def test_parquet_export_exact_records_answers_and_failures(docvqa: Path, tmp_path: Path) -> None:
-    result = run(docvqa, tmp_path / "out", answer_column="answers", id_column="questionId", prompt="{question}\nAnswer briefly.")
+    result = run(
+        docvqa, tmp_path / "out", answer_column="answers", id_column="questionId", prompt="{question}\nAnswer briefly."
+    )
     assert jsonl(tmp_path / "out" / "hf_val.jsonl") == [
         {"id": "val-1", "source": "hf", "task": "vqa", "source_split": "validation",
-         "conversations": [{"images": ["val/0000000.png"], "user": "What is the date?\nAnswer briefly.", "assistant": "1/8/93"}]},
+         "conversations": [
+             {"images": ["val/0000000.png"], "user": "What is the date?\nAnswer briefly.", "assistant": "1/8/93"}
+         ]},
         {"id": "val-2", "source": "hf", "task": "vqa", "source_split": "validation",
-         "conversations": [{"images": ["val/0000001.jpg"], "user": "Who signed?\nAnswer briefly.", "assistant": "J. Smith",
+         "conversations": [{"images": ["val/0000001.jpg"], "user": "Who signed?\nAnswer briefly.",
+                            "assistant": "J. Smith",
                             "reference": {"answers": ["J. Smith", "j smith", "Smith"]}}]},
     ]  # fmt: skip
     assert not (tmp_path / "out" / "hf_test.jsonl").exists()  # its only row does not decode
@@ -100,7 +106,10 @@ def test_save_to_disk_split_column_binary_and_multi_image(tmp_path: Path) -> Non
                                   "label": datasets.Value("int64"), "set": datasets.Value("string")})  # fmt: skip
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "memes"))
     options = {"image_column": "img", "question_column": "text", "answer_column": "label", "split_column": "set"}
-    result = run(tmp_path / "memes", tmp_path / "out", **options, task="binary", prompt='The meme reads "{question}". Is it hateful?')
+    result = run(
+        tmp_path / "memes", tmp_path / "out", **options, task="binary",
+        prompt='The meme reads "{question}". Is it hateful?',
+    )
     assert jsonl(tmp_path / "out" / "hf_dev_seen.jsonl") == [
         {"id": "dev_seen-0000000000", "source": "hf", "task": "binary",
          "conversations": [{"images": ["dev_seen/0000000_0.png", "dev_seen/0000000_1.png"],
@@ -108,7 +117,9 @@ def test_save_to_disk_split_column_binary_and_multi_image(tmp_path: Path) -> Non
                             "assistant": "yes", "reference": {"label": 1}}]},
     ]  # fmt: skip
     assert jsonl(tmp_path / "out" / "hf_test_unseen.jsonl")[0]["conversations"][0]["assistant"] is None
-    assert [f.reason for f in result.failures] == ["row 1: column 'label' holds '7', not yes/no, true/false or 0/1 (task binary)"]
+    assert [f.reason for f in result.failures] == [
+        "row 1: column 'label' holds '7', not yes/no, true/false or 0/1 (task binary)"
+    ]
 
 
 def test_image_paths_resolve_inside_the_dataset_folder_only(tmp_path: Path) -> None:
@@ -155,5 +166,8 @@ def test_the_module_docstring_example_is_exact(tmp_path: Path) -> None:
     datasets.Dataset.from_dict({k: [v] for k, v in row.items()}, features=DOCVQA).to_parquet(
         tmp_path / "src" / "validation-00000-of-00006.parquet"
     )
-    run(tmp_path / "src", tmp_path / "out", answer_column="answers", id_column="questionId", prompt="{question}\nAnswer briefly.")
+    run(
+        tmp_path / "src", tmp_path / "out", answer_column="answers", id_column="questionId",
+        prompt="{question}\nAnswer briefly.",
+    )
     assert jsonl(tmp_path / "out" / "hf_val.jsonl") == [json.loads(expected)]

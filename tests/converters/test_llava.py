@@ -33,12 +33,16 @@ LLAVA_ROWS = [
     {
         "id": 7,
         "image": ["coco/x.png", "coco/y.jpg"],
-        "conversations": [{"from": "system", "value": "Be brief."}, *_human_gpt("Compare <image> and <image>.", "Same size.", "Which is blue?", "The second.")],
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            *_human_gpt("Compare <image> and <image>.", "Same size.", "Which is blue?", "The second."),
+        ],
     },
     {"image": "coco/y.jpg", "conversations": _human_gpt("Describe.", "A blue strip.")},
     {"id": "t", "conversations": _human_gpt("Hi", "Hello")},
     {"id": "u", "image": "coco/x.png", "conversations": _human_gpt("<image>\nWhat is it?")},
-    {"id": "multi-turn-images", "image": ["coco/x.png", "coco/y.jpg"], "conversations": _human_gpt("<image>\nFirst?", "Red.", "And <image>?", "Blue.")},
+    {"id": "multi-turn-images", "image": ["coco/x.png", "coco/y.jpg"],
+     "conversations": _human_gpt("<image>\nFirst?", "Red.", "And <image>?", "Blue.")},
     {"id": "too-many-tags", "image": "coco/x.png", "conversations": _human_gpt("<image> <image>", "?")},
     {"id": "missing", "image": "coco/missing.png", "conversations": _human_gpt("<image>", "?")},
     {"id": "escape", "image": "../outside.png", "conversations": _human_gpt("<image>", "?")},
@@ -51,12 +55,17 @@ EXPECTED = [
      "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat colour?", "assistant": "Red."}]},
     {"id": "7", "source": "llava", "task": "chat",
      "conversations": [
-         {"images": ["train/coco/x.png", "train/coco/y.jpg"], "user": "Be brief.\n\nCompare <|image_1|> and <|image_2|>.", "assistant": "Same size."},
+         {"images": ["train/coco/x.png", "train/coco/y.jpg"],
+          "user": "Be brief.\n\nCompare <|image_1|> and <|image_2|>.", "assistant": "Same size."},
          {"images": [], "user": "Which is blue?", "assistant": "The second."}]},
     {"id": "train-0000000002", "source": "llava", "task": "chat",
-     "conversations": [{"images": ["train/coco/y.jpg"], "user": "<|image_1|>\nDescribe.", "assistant": "A blue strip."}]},
-    {"id": "t", "source": "llava", "task": "chat", "conversations": [{"images": [], "user": "Hi", "assistant": "Hello"}]},
-    {"id": "u", "source": "llava", "task": "chat", "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat is it?", "assistant": None}]},
+     "conversations": [
+         {"images": ["train/coco/y.jpg"], "user": "<|image_1|>\nDescribe.", "assistant": "A blue strip."}
+     ]},
+    {"id": "t", "source": "llava", "task": "chat",
+     "conversations": [{"images": [], "user": "Hi", "assistant": "Hello"}]},
+    {"id": "u", "source": "llava", "task": "chat",
+     "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nWhat is it?", "assistant": None}]},
     {"id": "multi-turn-images", "source": "llava", "task": "chat",
      "conversations": [{"images": ["train/coco/x.png"], "user": "<|image_1|>\nFirst?", "assistant": "Red."},
                        {"images": ["train/coco/y.jpg"], "user": "And <|image_2|>?", "assistant": "Blue."}]},
@@ -78,10 +87,13 @@ def test_llava_rows_become_exact_records_and_failures(tmp_path: Path) -> None:
     assert _records(tmp_path / "out" / "llava_train.jsonl") == EXPECTED
     assert [asdict(f) for f in result.failures] == [
         {"file": "llava.json[6]", "reason": "2 <image> tag(s) but 1 image(s)", "split": "train", "line": None},
-        {"file": "llava.json[8]", "reason": "image path refused: '../outside.png' climbs out with '..'", "split": "train", "line": None},
-        {"file": "llava.json[9]", "reason": "message 2 is 'human' where a gpt turn belongs: turns must alternate human, gpt",
+        {"file": "llava.json[8]", "reason": "image path refused: '../outside.png' climbs out with '..'",
          "split": "train", "line": None},
-        {"file": "llava.json[7]", "reason": f"{source.parent / 'imgs/coco/missing.png'}: file does not exist", "split": "train", "line": None},
+        {"file": "llava.json[9]",
+         "reason": "message 2 is 'human' where a gpt turn belongs: turns must alternate human, gpt",
+         "split": "train", "line": None},
+        {"file": "llava.json[7]", "reason": f"{source.parent / 'imgs/coco/missing.png'}: file does not exist",
+         "split": "train", "line": None},
         {"file": "llava.json[10]", "reason": f"{source.parent / 'imgs/coco/broken.jpg'}: not a recognised image format",
          "split": "train", "line": None},
     ]
@@ -92,9 +104,12 @@ def test_llava_rows_become_exact_records_and_failures(tmp_path: Path) -> None:
 
 def test_llava_jsonl_reports_bad_lines_with_line_numbers(tmp_path: Path) -> None:
     _images(tmp_path)
-    lines = [json.dumps(LLAVA_ROWS[0]), "{not json", json.dumps({"id": "x", "conversations": [{"from": "robot", "value": "hi"}]}), ""]
+    robot = {"id": "x", "conversations": [{"from": "robot", "value": "hi"}]}
+    lines = [json.dumps(LLAVA_ROWS[0]), "{not json", json.dumps(robot), ""]
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
-    result = run_converter(LlavaConverter(LlavaOptions(split="val", task="vqa")), tmp_path / "data.jsonl", tmp_path / "out", workers=1)
+    result = run_converter(
+        LlavaConverter(LlavaOptions(split="val", task="vqa")), tmp_path / "data.jsonl", tmp_path / "out", workers=1
+    )
 
     assert _records(tmp_path / "out" / "llava_val.jsonl") == [
         {"id": "a1", "source": "llava", "task": "vqa",
@@ -109,9 +124,11 @@ def test_llava_jsonl_reports_bad_lines_with_line_numbers(tmp_path: Path) -> None
 def test_sharegpt_messages_and_conversations_variants(tmp_path: Path) -> None:
     _images(tmp_path)
     rows = [
-        {"messages": [{"role": "system", "content": "You judge colours."}, {"role": "user", "content": "<image>Colour?"},
+        {"messages": [{"role": "system", "content": "You judge colours."},
+                      {"role": "user", "content": "<image>Colour?"},
                       {"role": "assistant", "content": "Red"}], "images": ["coco/x.png"]},
-        {"id": "c", "system": "Short answers.", "conversations": _human_gpt("Two: <image><image>", "ok"), "images": ["coco/y.jpg", "coco/x.png"]},
+        {"id": "c", "system": "Short answers.", "conversations": _human_gpt("Two: <image><image>", "ok"),
+         "images": ["coco/y.jpg", "coco/x.png"]},
         {"id": "bad", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
     ]
     (tmp_path / "sg.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -119,11 +136,16 @@ def test_sharegpt_messages_and_conversations_variants(tmp_path: Path) -> None:
 
     assert _records(tmp_path / "out" / "sharegpt_train.jsonl") == [
         {"id": "train-0000000000", "source": "sharegpt", "task": "chat",
-         "conversations": [{"images": ["train/coco/x.png"], "user": "You judge colours.\n\n<|image_1|>Colour?", "assistant": "Red"}]},
+         "conversations": [
+             {"images": ["train/coco/x.png"], "user": "You judge colours.\n\n<|image_1|>Colour?", "assistant": "Red"}
+         ]},
         {"id": "c", "source": "sharegpt", "task": "chat",
-         "conversations": [{"images": ["train/coco/y.jpg", "train/coco/x.png"], "user": "Short answers.\n\nTwo: <|image_1|><|image_2|>", "assistant": "ok"}]},
+         "conversations": [{"images": ["train/coco/y.jpg", "train/coco/x.png"],
+                            "user": "Short answers.\n\nTwo: <|image_1|><|image_2|>", "assistant": "ok"}]},
     ]
-    assert [(f.line, f.reason) for f in result.failures] == [(3, "messages[0].content: Input should be a valid string (got an array)")]
+    assert [(f.line, f.reason) for f in result.failures] == [
+        (3, "messages[0].content: Input should be a valid string (got an array)")
+    ]
 
 
 def test_image_destination_keeps_an_existing_split_prefix() -> None:
@@ -141,20 +163,28 @@ def test_llava_round_trip_import_export_import(tmp_path: Path) -> None:
     assert (exported.rows, exported.problems) == (6, [])
 
     second = tmp_path / "second"
-    run_converter(LlavaConverter(LlavaOptions(image_folder=first / "images")), tmp_path / "exported.json", second, workers=1)
+    run_converter(
+        LlavaConverter(LlavaOptions(image_folder=first / "images")), tmp_path / "exported.json", second, workers=1
+    )
     assert _records(second / "llava_train.jsonl") == _records(first / "llava_train.jsonl") == EXPECTED
-    assert (second / "images" / "train" / "coco" / "y.jpg").read_bytes() == (first / "images" / "train" / "coco" / "y.jpg").read_bytes()
+    y_jpg = Path("images", "train", "coco", "y.jpg")
+    assert (second / y_jpg).read_bytes() == (first / y_jpg).read_bytes()
 
 
 def test_sharegpt_round_trip_with_a_named_image_folder(tmp_path: Path) -> None:
     source = _llava_source(tmp_path)  # the same rows, read as ShareGPT (conversations + from/value)
     first = tmp_path / "first"
-    run_converter(ShareGPTConverter(LlavaOptions(image_folder=source.parent / "imgs", split="val")), source, first, workers=1)
-    export_dataset(first / "sharegpt_val.jsonl", tmp_path / "sg.jsonl", to="sharegpt", image_folder=first / "images" / "val")
+    run_converter(
+        ShareGPTConverter(LlavaOptions(image_folder=source.parent / "imgs", split="val")), source, first, workers=1
+    )
+    export_dataset(
+        first / "sharegpt_val.jsonl", tmp_path / "sg.jsonl", to="sharegpt", image_folder=first / "images" / "val"
+    )
     assert json.loads((tmp_path / "sg.jsonl").read_text().splitlines()[1])["images"] == ["coco/x.png", "coco/y.jpg"]
 
     second = tmp_path / "second"
-    run_converter(ShareGPTConverter(LlavaOptions(image_folder=first / "images" / "val", split="val")), tmp_path / "sg.jsonl", second, workers=1)
+    options = LlavaOptions(image_folder=first / "images" / "val", split="val")
+    run_converter(ShareGPTConverter(options), tmp_path / "sg.jsonl", second, workers=1)
     records = _records(second / "sharegpt_val.jsonl")
     assert records == _records(first / "sharegpt_val.jsonl")
     assert [r["id"] for r in records] == ["a1", "7", "val-0000000002", "t", "u", "multi-turn-images"]
@@ -164,13 +194,18 @@ def test_two_files_never_land_on_one_path(tmp_path: Path) -> None:
     Image.new("RGB", (2, 2), "red").save(tmp_path / "x.png")
     (tmp_path / "train").mkdir()
     Image.new("RGB", (2, 2), "blue").save(tmp_path / "train" / "x.png")
-    rows = [{"id": n, "image": path, "conversations": _human_gpt("<image>", "?")} for n, path in enumerate(["x.png", "train/x.png", "."])]
+    rows = [
+        {"id": n, "image": path, "conversations": _human_gpt("<image>", "?")}
+        for n, path in enumerate(["x.png", "train/x.png", "."])
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     result = run_converter(LlavaConverter(), tmp_path / "d.jsonl", tmp_path / "out", workers=1)
 
-    assert [r["conversations"][0]["images"] for r in _records(tmp_path / "out" / "llava_train.jsonl")] == [["train/x.png"]]
+    records = _records(tmp_path / "out" / "llava_train.jsonl")
+    assert [r["conversations"][0]["images"] for r in records] == [["train/x.png"]]
     assert [(f.line, f.reason) for f in result.failures] == [
-        (2, f"{tmp_path / 'train' / 'x.png'} and {tmp_path / 'x.png'} would both be written to images/train/x.png; rename one"),
+        (2, f"{tmp_path / 'train' / 'x.png'} and {tmp_path / 'x.png'} "
+            "would both be written to images/train/x.png; rename one"),
         (3, "image path '.' names no file"),
     ]
 
@@ -184,13 +219,16 @@ def _instruct_150k(tmp_path: Path) -> Path:
     rows = [
         {"id": "000000033471", "image": "000000033471.jpg",
          "conversations": _human_gpt("What are the colors of the bus in the image?\n<image>", "White and red.")},
-        {"id": "000000052846", "image": "000000052846.jpg", "conversations": _human_gpt("<image>\nWhere is the cat?", "On a desk.")},
+        {"id": "000000052846", "image": "000000052846.jpg",
+         "conversations": _human_gpt("<image>\nWhere is the cat?", "On a desk.")},
         {"id": "000000033471", "image": "000000033471.jpg",
          "conversations": _human_gpt("<image>\nDescribe the image in detail.", "A bus on a street.")},
         {"id": "000000033471", "image": "000000033471.jpg",  # the first row again: a true duplicate
          "conversations": _human_gpt("What are the colors of the bus in the image?\n<image>", "White and red.")},
-        {"id": "000000334872", "image": "000000334872.jpg", "conversations": _human_gpt("<image>\nAny people?", "Two.")},
-        {"id": "000000319154", "image": "000000319154.jpg", "conversations": _human_gpt("<image>\nWhat animal?", "A dog.")},
+        {"id": "000000334872", "image": "000000334872.jpg",
+         "conversations": _human_gpt("<image>\nAny people?", "Two.")},
+        {"id": "000000319154", "image": "000000319154.jpg",
+         "conversations": _human_gpt("<image>\nWhat animal?", "A dog.")},
     ]
     path = tmp_path / "llava_instruct_150k.json"
     path.write_text(json.dumps(rows, indent=1))
@@ -199,12 +237,18 @@ def _instruct_150k(tmp_path: Path) -> Path:
 
 def test_rows_sharing_a_coco_id_get_distinct_ids_and_only_true_duplicates_fail(tmp_path: Path) -> None:
     coco = _instruct_150k(tmp_path)
-    result = run_converter(LlavaConverter(LlavaOptions(image_folder=coco)), tmp_path / "llava_instruct_150k.json", tmp_path / "out", workers=1)
+    result = run_converter(
+        LlavaConverter(LlavaOptions(image_folder=coco)), tmp_path / "llava_instruct_150k.json", tmp_path / "out",
+        workers=1,
+    )
     records = _records(tmp_path / "out" / "llava_train.jsonl")
-    assert [r["id"] for r in records] == ["000000033471", "000000052846", "000000033471-2", "000000334872", "000000319154"]
+    assert [r["id"] for r in records] == [
+        "000000033471", "000000052846", "000000033471-2", "000000334872", "000000319154"
+    ]
     assert records[2]["conversations"][0]["user"] == "<|image_1|>\nDescribe the image in detail."
     assert [(f.file, f.reason) for f in result.failures] == [
-        ("llava_instruct_150k.json[3]", "duplicate of llava_instruct_150k.json[0]: same id '000000033471' and the same conversation"),
+        ("llava_instruct_150k.json[3]",
+         "duplicate of llava_instruct_150k.json[0]: same id '000000033471' and the same conversation"),
     ]
 
 
@@ -231,7 +275,9 @@ def test_val_ratio_carves_whole_images_deterministically(tmp_path: Path) -> None
         LlavaOptions(val_ratio=0.1, split="val")
 
 
-def test_a_malformed_row_in_the_middle_of_a_big_array_is_one_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_malformed_row_in_the_middle_of_a_big_array_is_one_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The array is streamed (ijson, then element by element past the bad row, in chunks smaller than the file):
     the broken row fails with its index and line, every other row converts, in order."""
     import phi3v_data.io
@@ -256,7 +302,9 @@ def test_a_malformed_row_in_the_middle_of_a_big_array_is_one_failure(tmp_path: P
 def test_repeated_ids_skip_ids_the_file_holds_and_duplicates_name_the_line_they_repeat(tmp_path: Path) -> None:
     rows = [("x", "A"), ("x-2", "B"), ("x", "C"), ("x", "A"), ("x", "D"), ("x-2", "B")]
     source = tmp_path / "rows.jsonl"
-    source.write_text("".join(json.dumps({"id": i, "conversations": _human_gpt(text, "ok")}) + "\n" for i, text in rows))
+    source.write_text(
+        "".join(json.dumps({"id": i, "conversations": _human_gpt(text, "ok")}) + "\n" for i, text in rows)
+    )
     result = run_converter(LlavaConverter(), source, tmp_path / "out", workers=1)
     records = _records(tmp_path / "out" / "llava_train.jsonl")
     assert [(r["id"], r["conversations"][0]["user"]) for r in records] == [("x", "A"), ("x-2", "B"), ("x-3", "C"),
@@ -288,7 +336,9 @@ def test_the_plan_keeps_no_rows_in_memory(tmp_path: Path) -> None:
     assert peak < 2_000_000, f"peak {peak:,} bytes"
 
 
-def test_a_file_that_changes_between_the_two_passes_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_that_changes_between_the_two_passes_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import converters.llava as llava
 
     source = tmp_path / "rows.jsonl"

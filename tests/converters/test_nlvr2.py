@@ -15,7 +15,10 @@ from phi3v_data.convert import run_converter
 from phi3v_data.converter import ConvertUsageError
 
 QUIET = Console(file=io.StringIO())
-PROMPT = 'The first image is the left one, the second the right one. Is this statement about the pair true? "{}"\nAnswer yes or no.'
+PROMPT = (
+    'The first image is the left one, the second the right one. Is this statement about the pair true? "{}"\n'
+    "Answer yes or no."
+)
 
 
 def png(path: Path, color: str = "white") -> None:
@@ -46,8 +49,10 @@ def release(tmp_path: Path) -> Path:
     png(root / "dev" / "dev-851-2-img0.png")  # its img1 is missing
     url = {"left_url": "http://example.invalid/l.jpg", "right_url": "http://example.invalid/r.jpg", "writer": "103"}
     write_lines(root / "data" / "train.json", [
-        {"identifier": "train-10171-0-0", "sentence": "An image shows one leather pencil case.", "label": "True", "directory": "12", **url},
-        {"identifier": "train-10171-0-1", "sentence": "There are three pencil cases.", "label": "False", "directory": 12, **url},
+        {"identifier": "train-10171-0-0", "sentence": "An image shows one leather pencil case.", "label": "True",
+         "directory": "12", **url},
+        {"identifier": "train-10171-0-1", "sentence": "There are three pencil cases.", "label": "False",
+         "directory": 12, **url},
         {"identifier": "train-10171-1-0", "sentence": "Escape.", "label": "True", "directory": "../../..", **url},
     ])
     write_lines(root / "data" / "dev.json", [
@@ -79,14 +84,17 @@ def test_release_exact_records_pairs_and_unlabeled_split(release: Path, tmp_path
         }],
     }
     # sentences about one pair are kept together, in order of the pair's first appearance
-    assert [(r["id"], r["conversations"][0]["assistant"]) for r in dev] == [("dev-850-0-0", "no"), ("dev-850-0-1", "yes")]
+    assert [(r["id"], r["conversations"][0]["assistant"]) for r in dev] == [
+        ("dev-850-0-0", "no"), ("dev-850-0-1", "yes")
+    ]
     train = jsonl(out / "nlvr2_train.jsonl")
     assert [r["id"] for r in train] == ["train-10171-0-0", "train-10171-0-1"]
     assert train[1]["conversations"][0]["images"] == ["train/train-10171-0-img0.png", "train/train-10171-0-img1.png"]
     assert (out / "images" / "train" / "train-10171-0-img1.png").is_file()
     assert jsonl(out / "nlvr2_test.jsonl") == [{
         "id": "test1-0-1-3", "source": "nlvr2", "source_split": "test1", "task": "binary",
-        "conversations": [{"images": ["test/test1-0-1-img0.png", "test/test1-0-1-img1.png"], "user": PROMPT.format("Dogs."),
+        "conversations": [{"images": ["test/test1-0-1-img0.png", "test/test1-0-1-img1.png"],
+                           "user": PROMPT.format("Dogs."),
                            "assistant": None}],
     }]
     assert result.counts == {"train": 2, "val": 2, "test": 1}
@@ -95,7 +103,9 @@ def test_release_exact_records_pairs_and_unlabeled_split(release: Path, tmp_path
 def test_missing_image_escape_and_malformed_lines_are_failures(release: Path, tmp_path: Path) -> None:
     result = run(release, tmp_path / "out")
     found = {(f.file, f.line): f.reason for f in result.failures}
-    assert set(found) == {("data/train.json", 3), ("data/dev.json", 2), ("data/dev.json", 4), ("data/dev.json", 5), ("data/dev.json", 6)}
+    assert set(found) == {
+        ("data/train.json", 3), ("data/dev.json", 2), ("data/dev.json", 4), ("data/dev.json", 5), ("data/dev.json", 6)
+    }
     assert found[("data/train.json", 3)] == "refused: 'train/../../../train-10171-1-img0.png' climbs out with '..'"
     assert found[("data/dev.json", 2)].startswith("image dev-851-2-img1.png not found under")
     assert found[("data/dev.json", 4)].startswith("malformed line: identifier")
@@ -142,7 +152,10 @@ def test_json_in_a_clone_of_the_nlvr_repo_and_images_elsewhere(tmp_path: Path) -
     clone = tmp_path / "nlvr" / "nlvr2"
     (clone / "data" / "balanced").mkdir(parents=True)  # the clone's other json files are not splits
     (clone / "data" / "balanced" / "balanced_dev.json").write_text("")
-    write_lines(clone / "data" / "train.json", [{"identifier": "train-7-1-0", "sentence": "Dogs.", "label": "True", "directory": "3"}])
+    write_lines(
+        clone / "data" / "train.json",
+        [{"identifier": "train-7-1-0", "sentence": "Dogs.", "label": "True", "directory": "3"}],
+    )
     write_lines(clone / "data" / "dev.json", [{"identifier": "dev-2-0-1", "sentence": "Cats.", "label": "False"}])
     images = tmp_path / "downloads" / "nlvr2_images"
     for k in (0, 1):

@@ -238,7 +238,9 @@ def test_folder_val_and_valid_mapping_to_one_image_is_reported(tmp_path: Path) -
         ("valid/cat/1.png", None): "valid/cat/1.png and val/cat/1.png would both be written to images/val/cat/1.png; "
         "rename one",
     }
-    assert [r["conversations"][0]["images"] for r in records(tmp_path / "out", "folder_val.jsonl")] == [["val/cat/1.png"]]
+    assert [r["conversations"][0]["images"] for r in records(tmp_path / "out", "folder_val.jsonl")] == [
+        ["val/cat/1.png"]
+    ]
     with Image.open(tmp_path / "out" / "images" / "val" / "cat" / "1.png") as image:
         assert image.getpixel((0, 0)) == (255, 0, 0)  # val/'s picture, not overwritten by valid/'s
 
@@ -268,7 +270,9 @@ def test_hateful_memes_two_images_of_one_name_are_reported(tmp_path: Path) -> No
                                  {"id": 2, "img": "img2/a.png", "label": 1, "text": "y"},
                                  {"id": 3, "img": "img/a.png", "label": 1, "text": "z"}])
     result = run(HatefulMemesConverter(), root, tmp_path / "out")
-    assert reasons(result) == {("train.jsonl", 2): "img2/a.png and img/a.png would both be written to images/train/a.png; rename one"}
+    assert reasons(result) == {
+        ("train.jsonl", 2): "img2/a.png and img/a.png would both be written to images/train/a.png; rename one"
+    }
     assert [r["id"] for r in records(tmp_path / "out", "hateful_memes_train.jsonl")] == ["train-1", "train-3"]
 
 
@@ -276,8 +280,10 @@ def test_llava_image_named_like_the_split_stays_inside_the_split_folder(tmp_path
     png(tmp_path / "src" / "train", "red")  # a file called `train`
     png(tmp_path / "src" / "b.png")
     rows = lines(tmp_path / "src" / "rows.jsonl", [
-        {"id": "1", "image": "train", "conversations": [{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "a"}]},
-        {"id": "2", "image": "b.png", "conversations": [{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "b"}]},
+        {"id": "1", "image": "train",
+         "conversations": [{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "a"}]},
+        {"id": "2", "image": "b.png",
+         "conversations": [{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "b"}]},
     ])
     result = run(LlavaConverter(), rows, tmp_path / "out")
     assert result.failures == []
@@ -352,7 +358,8 @@ def test_folder_caption_and_image_links_out_of_the_source_are_reported_not_read(
     (src / "c.txt").write_text("linked")
     result = run(FolderConverter(FolderOptions(val_ratio=0)), src, tmp_path / "out")
     assert reasons(result) == {
-        ("b.png", None): f"refused: b.txt is a symlink to a file outside the dataset ({elsewhere / 'secret.txt'}); not read",
+        ("b.png", None):
+            f"refused: b.txt is a symlink to a file outside the dataset ({elsewhere / 'secret.txt'}); not read",
         ("c.png", None): f"refused: c.png is a symlink to a file outside the dataset ({elsewhere / 'c.png'}); not read",
     }
     text = (tmp_path / "out" / "folder_train.jsonl").read_text()
@@ -416,7 +423,8 @@ def test_nul_bytes_and_lone_surrogates_in_jsonl_annotations(tmp_path: Path) -> N
     rows = lines(tmp_path / "ll" / "rows.jsonl", [
         {"id": "1", "image": "1.png", "conversations": turn},
         {"id": "2", "image": "\u0000", "conversations": turn},
-        '{"id": "3", "image": "1.png", "conversations": [{"from": "human", "value": "<image>\\ud800"}, {"from": "gpt", "value": "a"}]}',
+        '{"id": "3", "image": "1.png", "conversations": '
+        '[{"from": "human", "value": "<image>\\ud800"}, {"from": "gpt", "value": "a"}]}',
     ])
     result = run(LlavaConverter(), rows, tmp_path / "out_l")
     assert result.counts == {"train": 1}
@@ -429,7 +437,8 @@ def test_nul_byte_in_nlvr2_directory_and_docvqa_image(tmp_path: Path) -> None:
     for k in (0, 1):
         png(root / "images" / "train" / "1" / f"train-1-0-img{k}.png")
     lines(root / "train.json", [{"identifier": "train-1-0-0", "sentence": "S.", "label": "True", "directory": "1"},
-                                {"identifier": "train-2-0-0", "sentence": "S.", "label": "True", "directory": "\u0000"}])
+                                {"identifier": "train-2-0-0", "sentence": "S.", "label": "True",
+                                 "directory": "\u0000"}])
     result = run(NLVR2Converter(), root, tmp_path / "out_n")
     assert sum(result.counts.values()) == 1 and "contains a NUL byte" in reasons(result)[("train.json", 2)]
 
@@ -516,7 +525,8 @@ def test_a_fifo_named_like_an_image_or_caption_or_video_is_a_failure_not_a_hang(
          {"cat/stuck.png", "dog/stuck.jpg"}),
         (["video", str(tmp_path / "videos"), "--out", str(tmp_path / "vout"), "--val-ratio", "0"], {"Cat/stuck.avi"}),
     ):
-        done = subprocess.run([sys.executable, "-c", "from phi3v_data.cli import main; main()", "convert", *args, "-j", "1"],
+        done = subprocess.run([sys.executable, "-c", "from phi3v_data.cli import main; main()", "convert", *args,
+                               "-j", "1"],
                               capture_output=True,
                               text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
         out = Path(args[args.index("--out") + 1])

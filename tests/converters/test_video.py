@@ -1,4 +1,5 @@
-"""The video converter on miniature copies of UCF-101's layouts, with tiny clips whose colour encodes the frame index."""
+"""The video converter on miniature copies of UCF-101's layouts, with tiny clips whose colour encodes the frame
+index."""
 
 from __future__ import annotations
 
@@ -121,7 +122,9 @@ def test_both_pyav_paths_pick_the_segment_centres(tmp_path: Path, packet_cache: 
     assert [frame_index(f) for f in read_frames(path, 8, backend="pyav")] == sample_indices(30, 8)
 
 
-def test_pyav_decodes_from_keyframes_not_the_whole_clip(tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyav_decodes_from_keyframes_not_the_whole_clip(
+    tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keyframes every 6 frames: each wanted frame costs the frames from its keyframe to it, never the whole clip."""
     path = write_clip(tmp_path / "clip.avi", 48, gop=6)
     starts: list[int] = []
@@ -151,7 +154,9 @@ def test_pyav_decodes_from_keyframes_not_the_whole_clip(tmp_path: Path, packet_c
     assert starts == [0, 6, 12, 18, 24, 30, 36, 42] and decoded == 8 * 5  # keyframe 6k up to 6k + 4
 
 
-def test_lying_frame_count_uses_the_last_decodable_frame(tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lying_frame_count_uses_the_last_decodable_frame(
+    tmp_path: Path, packet_cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A count of 34 for a 24-frame clip: targets past the end get the last frame there is."""
     path = write_clip(tmp_path / "clip.avi", 24, gop=6)
     real_probe = _video_decode.probe
@@ -234,7 +239,9 @@ def test_to_jpeg_keeps_the_colours_of_the_rgb_path(encoder: str, source: str, mo
         monkeypatch.setattr(_video_decode, "simplejpeg", None)
     else:
         real = _video_decode.simplejpeg.encode_jpeg_yuv_planes
-        monkeypatch.setattr(_video_decode.simplejpeg, "encode_jpeg_yuv_planes", lambda *a, **k: yuv_calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(
+            _video_decode.simplejpeg, "encode_jpeg_yuv_planes", lambda *a, **k: yuv_calls.append(1) or real(*a, **k)
+        )
     frame = _patch_frame(colorspace=1 if source == "bt709" else None, full_range=source == "yuvj420p")
     data = _video_decode.to_jpeg(frame, quality=95)
     expected = np.asarray(_video_decode.to_image(frame), dtype=int)[16, 8::16]
@@ -251,7 +258,8 @@ def test_to_jpeg_shrinks_to_max_side_and_follows_quality() -> None:
     small = _video_decode.to_jpeg(frame, quality=95, max_side=48)
     assert Image.open(io.BytesIO(small)).size == (48, 16)
     assert np.abs(_patch_colours(_video_decode.to_jpeg(frame, quality=95, max_side=96)) - np.array(COLOURS)).max() <= 3
-    textured = av.VideoFrame.from_ndarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    textured = av.VideoFrame.from_ndarray(noise, format="rgb24")
     textured = textured.reformat(format="yuv420p")
     assert len(_video_decode.to_jpeg(textured, quality=30)) < len(_video_decode.to_jpeg(textured, quality=95)) / 2
 
@@ -286,7 +294,12 @@ def make_ucf(root: Path) -> Path:
     lists = root / "ucfTrainTestlist"
     lists.mkdir()
     (lists / "classInd.txt").write_bytes(b"1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
-    train = [f"{folder}/v_{stem}_g{g:02d}_c{c:02d}.avi {n}" for n, (folder, stem) in enumerate(files.items(), 1) for g in (2, 3) for c in (1, 2)]
+    train = [
+        f"{folder}/v_{stem}_g{g:02d}_c{c:02d}.avi {n}"
+        for n, (folder, stem) in enumerate(files.items(), 1)
+        for g in (2, 3)
+        for c in (1, 2)
+    ]
     train[-1] = "yoyo/v_yoyo_g03_c02.avi 3"  # wrong case: resolved case-insensitively
     train += ["YoYo/v_YoYo_g09_c01.avi 3", "../outside.avi 1", "YoYo/v_YoYo_g02_c01.avi"]
     test = [f"{folder}/v_{stem}_g01_c{c:02d}.avi" for folder, stem in files.items() for c in (1, 2)]
@@ -314,7 +327,11 @@ def test_official_layout_records_failures_and_quirks(tmp_path: Path) -> None:
          "note": "whole groups: the closest to 3 they allow"}
     ]
     test = _records(tmp_path / "out", "test")
-    stems = [f"{c}/v_{s}_g01_c0{k}" for c, s in (("ApplyEyeMakeup",) * 2, ("HandstandPushups", "HandStandPushups"), ("YoYo",) * 2) for k in (1, 2)]
+    stems = [
+        f"{c}/v_{s}_g01_c0{k}"
+        for c, s in (("ApplyEyeMakeup",) * 2, ("HandstandPushups", "HandStandPushups"), ("YoYo",) * 2)
+        for k in (1, 2)
+    ]
     assert test == [
         {
             "id": f"test-{i:010d}",
@@ -339,7 +356,10 @@ def test_official_layout_records_failures_and_quirks(tmp_path: Path) -> None:
     assert failures[2]["reason"] == "duplicate item (listed twice in the source)"
     train_val = _records(tmp_path / "out", "train") + _records(tmp_path / "out", "val")
     assert sorted(r["conversations"][0]["images"][0].split("/", 1)[1] for r in train_val) == sorted(
-        f"{c}/v_{s}_g0{g}_c0{k}.0.jpg" for c, s in (("ApplyEyeMakeup",) * 2, ("HandstandPushups", "HandStandPushups"), ("YoYo",) * 2) for g in (2, 3) for k in (1, 2)
+        f"{c}/v_{s}_g0{g}_c0{k}.0.jpg"
+        for c, s in (("ApplyEyeMakeup",) * 2, ("HandstandPushups", "HandStandPushups"), ("YoYo",) * 2)
+        for g in (2, 3)
+        for k in (1, 2)
     )
     train_groups = {_group_of(r) for r in _records(tmp_path / "out", "train")}
     val_groups = {_group_of(r) for r in _records(tmp_path / "out", "val")}
@@ -373,13 +393,15 @@ def test_class_folders_split_by_group_deterministically(tmp_path: Path) -> None:
 
     def splits(seed: int) -> dict[str, set[tuple[str, str]]]:
         out = tmp_path / f"out{seed}"
-        run_converter(VideoConverter(VideoOptions(frames=1, seed=seed, val_ratio=0.2, test_ratio=0.2)), src, out, workers=1)
+        options = VideoOptions(frames=1, seed=seed, val_ratio=0.2, test_ratio=0.2)
+        run_converter(VideoConverter(options), src, out, workers=1)
         return {s: {_group_of(r) for r in _records(out, s)} for s in ("train", "val", "test")}
 
     first = splits(0)
     # per class of 20 clips (10 groups): test and val 2 groups each (round(0.2 * 20) = 4 clips), train 6; birds 1
     assert {s: len(g) for s, g in first.items()} == {"train": 13, "val": 4, "test": 4}
-    assert not (first["train"] & first["val"]) and not (first["train"] & first["test"]) and not (first["val"] & first["test"])
+    assert not (first["train"] & first["val"])
+    assert not (first["train"] & first["test"]) and not (first["val"] & first["test"])
     assert ("birds", "my holiday") in first["train"]
     assert splits(0) == first
     assert splits(1) != first
@@ -443,7 +465,8 @@ def test_cli_strict_exit_and_failure_report(tmp_path: Path) -> None:
     (src / "Good" / "v_Good_g03_c01.avi").write_bytes(b"RIFF\x00\x00garbage" * 50)
     whole = write_clip(tmp_path / "whole.avi", 24).read_bytes()
     (src / "Good" / "v_Good_g04_c01.avi").write_bytes(whole[: int(len(whole) * 0.7)])
-    args = ["convert", "video", str(src), "--out", str(tmp_path / "out"), "--frames", "2", "-j", "1", "--test-ratio", "0", "--val-ratio", "0"]
+    args = ["convert", "video", str(src), "--out", str(tmp_path / "out"), "--frames", "2", "-j", "1",
+            "--test-ratio", "0", "--val-ratio", "0"]
     result = CliRunner().invoke(main, [*args, "--strict"])
     assert result.exit_code == 1, result.output
     failures = [json.loads(line) for line in (tmp_path / "out/reports/failures.jsonl").read_text().splitlines()]
@@ -456,7 +479,11 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["convert", "video", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no videos found" in result.output
-    result = CliRunner().invoke(main, ["convert", "video", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--val-ratio", "0.6", "--test-ratio", "0.5"])
+    result = CliRunner().invoke(
+        main,
+        ["convert", "video", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--val-ratio", "0.6",
+         "--test-ratio", "0.5"],
+    )
     assert result.exit_code == 2 and "below 1" in result.output
 
 
@@ -491,11 +518,14 @@ def test_two_clips_that_would_write_the_same_frames_are_reported(tmp_path: Path)
     assert failures == [
         ("train/Cat/clip.mp4", "train/Cat/clip.mp4 and train/Cat/clip.avi would both be written to "
                                "images/train/Cat/clip.*.jpg; rename one"),
-        ("train/Dog/run.avi", "train/Dog/run.avi would be written to images/train/Dog/run.*.jpg and train/Dog/Run.avi to "
+        ("train/Dog/run.avi", "train/Dog/run.avi would be written to images/train/Dog/run.*.jpg and "
+                              "train/Dog/Run.avi to "
                               "images/train/Dog/Run.*.jpg: paths that differ only by case are one file on "
                               "case-insensitive file systems (macOS, Windows); rename one"),
     ]
-    assert sorted(entry.key for entry in planned if isinstance(entry, Item)) == ["train/Cat/clip.avi", "train/Dog/Run.avi"]
+    assert sorted(entry.key for entry in planned if isinstance(entry, Item)) == [
+        "train/Cat/clip.avi", "train/Dog/Run.avi"
+    ]
 
 
 def test_latin1_class_folders_and_clip_names_are_failures_not_records(tmp_path: Path) -> None:

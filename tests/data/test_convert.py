@@ -46,7 +46,9 @@ class ToyConverter(Converter):
             raise ConversionError("cannot read colour")
         image = Image.new("RGB", (self.options.size, self.options.size), colour)
         rel = out.save(image, f"{item.split}/{Path(item.key).stem}.png")
-        return [{"task": "classification", "conversations": [{"images": [rel], "user": "Colour?", "assistant": colour}]}]
+        return [
+            {"task": "classification", "conversations": [{"images": [rel], "user": "Colour?", "assistant": colour}]}
+        ]
 
 
 class InterruptAfter(ToyConverter):
@@ -217,7 +219,9 @@ def test_external_plugin_is_discovered_and_runs_from_the_cli(toy_plugin: None, t
 def test_strict_exits_non_zero_on_failures(toy_plugin: None, tmp_path: Path) -> None:
     src = _source(tmp_path)
     (src / "val" / "e.txt").write_text("corrupt")
-    result = CliRunner().invoke(main, ["convert", "toy", str(src), "--out", str(tmp_path / "out"), "-j", "1", "--strict"])
+    result = CliRunner().invoke(
+        main, ["convert", "toy", str(src), "--out", str(tmp_path / "out"), "-j", "1", "--strict"]
+    )
     assert result.exit_code == 1
     assert "cannot read colour" in result.output
 
@@ -325,7 +329,8 @@ def test_worker_pool_results_are_journaled_before_the_plan_ends(tmp_path: Path) 
     finally:
         ManyItems.out = None
     assert result.counts == {"train": 300} and len(SEEN) == 1 and SEEN[0] >= CHUNK_MAX
-    users = [json.loads(line)["conversations"][0]["user"] for line in (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "out" / "many_train.jsonl").read_text().splitlines()
+    users = [json.loads(line)["conversations"][0]["user"] for line in lines]
     assert users == [f"item-{k:04d}" for k in range(300)]  # plan order, not completion order
 
 
@@ -355,7 +360,9 @@ def test_a_journal_with_a_torn_tail_is_cut_before_appending(tmp_path: Path) -> N
     from phi3v_data.convert import Journal, key_digest
 
     path = tmp_path / "journal.jsonl"
-    path.write_text('{"key": "a", "records": []}\n{"key": "b", "failure": {"file": "b", "reason": "x"}}\n{"key": "c", "rec')
+    path.write_text(
+        '{"key": "a", "records": []}\n{"key": "b", "failure": {"file": "b", "reason": "x"}}\n{"key": "c", "rec'
+    )
     with Journal(path) as journal:
         assert [key_digest(k) in journal.done for k in "abc"] == [True, False, False]  # b failed: retried
         journal.append("c", [{"task": "chat"}], None)

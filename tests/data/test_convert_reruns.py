@@ -61,7 +61,8 @@ def test_a_rerun_after_the_fix_converts_the_failed_items_and_reuses_the_rest(tmp
     assert not (tmp_path / "out" / ".partial").exists()
 
     fresh = run_converter(Counting(), src, tmp_path / "fresh", workers=1, console=QUIET)
-    assert (tmp_path / "out" / "hateful_memes_train.jsonl").read_bytes() == (tmp_path / "fresh" / "hateful_memes_train.jsonl").read_bytes()
+    train = "hateful_memes_train.jsonl"
+    assert (tmp_path / "out" / train).read_bytes() == (tmp_path / "fresh" / train).read_bytes()
     assert fresh.counts == second.counts
     assert run_converter(Counting(), src, tmp_path / "out", workers=1, console=QUIET).up_to_date
 
@@ -83,13 +84,17 @@ def test_a_conversion_that_writes_no_record_exits_non_zero_with_the_reason(tmp_p
     root = tmp_path / "hm"
     (root / "img").mkdir(parents=True)
     (root / "train.jsonl").write_text(json.dumps({"id": 1, "img": "img/00001.png", "label": 0, "text": "t"}) + "\n")
-    result = CliRunner().invoke(main, ["convert", "hateful-memes", str(root), "--out", str(tmp_path / "out"), "-j", "1"])
+    result = CliRunner().invoke(
+        main, ["convert", "hateful-memes", str(root), "--out", str(tmp_path / "out"), "-j", "1"]
+    )
     assert result.exit_code == 1
     assert "no records were written: all 1 input(s) failed" in result.output
     assert "image 'img/00001.png' not found" in result.output
 
 
-def test_missing_video_extra_is_one_message_naming_the_extra_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_video_extra_is_one_message_naming_the_extra_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from converters import _video_decode
 
     monkeypatch.setattr(_video_decode, "av", None)
@@ -134,7 +139,9 @@ def test_carving_a_small_source_takes_one_and_says_so() -> None:
     groups = {("", f"r{i}"): [f"r{i}"] for i in range(4)}
     moved, info = carve_groups(groups, 0.1, seed=0, split="val")
     assert len(moved) == 1
-    assert info.describe() == "val: 1 of 4 train items (25.0%, asked 10%) — 10% of 4 rounds to 0; 1 taken so that val is not empty"
+    assert info.describe() == (
+        "val: 1 of 4 train items (25.0%, asked 10%) — 10% of 4 rounds to 0; 1 taken so that val is not empty"
+    )
 
 
 def test_carving_whole_groups_comes_as_close_as_they_allow() -> None:
