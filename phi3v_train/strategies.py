@@ -43,7 +43,7 @@ def unused_vision_prefixes(config: object) -> list[str]:
     >>> from types import SimpleNamespace
     >>> unused_vision_prefixes(SimpleNamespace(feature_layer=-2, vision_config=SimpleNamespace(num_hidden_layers=3)))
     ['vision_embed_tokens.img_processor.vision_model.encoder.layers.2.', 'vision_embed_tokens.img_processor.vision_model.post_layernorm.']
-    """
+    """  # noqa: E501
     layers = config.vision_config.num_hidden_layers
     used = config.feature_layer if config.feature_layer >= 0 else layers + 1 + config.feature_layer
     tower = VISION_TOWER + "vision_model."
