@@ -88,7 +88,8 @@ def quantization_config(config: TrainConfig):  # -> transformers.BitsAndBytesCon
 
     from phi3v_train.model import QUANT_SKIP_MODULES  # noqa: PLC0415
 
-    skip = ["lm_head"] if config.lora.quantize_vision else list(QUANT_SKIP_MODULES)  # a copy: transformers may extend it
+    # a copy: transformers may extend it
+    skip = ["lm_head"] if config.lora.quantize_vision else list(QUANT_SKIP_MODULES)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=config.lora.double_quant,
         bnb_4bit_compute_dtype=DTYPES[config.precision], llm_int8_skip_modules=skip,
