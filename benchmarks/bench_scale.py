@@ -92,7 +92,8 @@ def converted_dataset(data: Path, rows: int, *, pool_dir: Path, pool: int, seed:
             turns = [{"images": [f"train/pool/{image:05d}.jpg"], "user": "<|image_1|>\n" + sentence(rng, 4, 20) + "?",
                       "assistant": sentence(rng, 2, 60) + "."}]
             for _ in range(rng.randrange(3)):
-                turns.append({"images": [], "user": sentence(rng, 3, 15) + "?", "assistant": sentence(rng, 1, 40) + "."})
+                turns.append({"images": [], "user": sentence(rng, 3, 15) + "?",
+                              "assistant": sentence(rng, 1, 40) + "."})
             handle.write(json.dumps({"id": f"train-{k:010d}", "source": "llava", "task": "chat",
                                      "conversations": turns}) + "\n")
     target.with_suffix(".tmp").rename(target)
@@ -130,14 +131,16 @@ def cell(result: dict, key: str = "wall", rss: bool = True) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="10000,100000", help="Row counts, comma-separated (e.g. 10000,100000,1000000).")
+    parser.add_argument("--sizes", default="10000,100000",
+                        help="Row counts, comma-separated (e.g. 10000,100000,1000000).")
     parser.add_argument("--pool", type=int, default=1000, help="Distinct image files the rows share.")
     parser.add_argument("--ranks", default="1", help="Training ranks to time, comma-separated (2: torchrun on CPU).")
     parser.add_argument("--workers", type=int, default=2, help="Converter workers.")
     parser.add_argument("--skip-train", action="store_true", help="Only convert, validate and preview.")
     parser.add_argument("--convert-only", action="store_true", help="Only time `convert llava` (implies --skip-train).")
     parser.add_argument("--train-only", action="store_true",
-                        help="Write the converted dataset directly and time only training (no convert/validate/preview).")
+                        help="Write the converted dataset directly and time only training "
+                        "(no convert/validate/preview).")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (kept; the sources are reused).")
     args = parser.parse_args()
     args.skip_train = args.skip_train or args.convert_only

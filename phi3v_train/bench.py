@@ -80,7 +80,8 @@ def fit_prompt(record_for: Callable[[str], Record], *, encode: Callable[[str], l
     """Encoding of the longest ``record_for(filler)`` that is at most ``target`` tokens (binary search on words)."""
     words = "the invoice total date page form number amount address".split()
     filler = lambda n: " ".join(words[i % len(words)] for i in range(n))  # noqa: E731
-    length = lambda n: len(encode_record(record_for(filler(n)), encode=encode, image_tokens=image_tokens, bos_id=bos_id))  # noqa: E731
+    length = lambda n: len(encode_record(record_for(filler(n)), encode=encode,  # noqa: E731
+                                         image_tokens=image_tokens, bos_id=bos_id))
     low, high = 0, max(target, 1)
     while low < high:
         mid = (low + high + 1) // 2

@@ -75,13 +75,15 @@ def resolve_resume(run_dir: Path, resume: str) -> Path:
         if found is None:
             partial = [c.path.name for c in list_checkpoints(run_dir)]
             extra = f" (incomplete, ignored: {', '.join(partial)})" if partial else ""
-            raise CheckpointError(f"--resume latest: no complete checkpoint in {run_dir}{extra}; start without --resume")
+            raise CheckpointError(f"--resume latest: no complete checkpoint in {run_dir}{extra}; "
+                                  "start without --resume")
         return found.path
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint directory")
     if not (path / COMPLETE).is_file():
-        raise CheckpointError(f"--resume {resume}: has no {COMPLETE} marker (saving was interrupted); pick an older one")
+        raise CheckpointError(f"--resume {resume}: has no {COMPLETE} marker (saving was interrupted); "
+                              "pick an older one")
     return path
 
 

@@ -58,7 +58,8 @@ class Collator:
             try:
                 one, processed = self._prepare(sample)
             except BadSample as exc:
-                log.warning("%s: record %r skipped (%s); training goes on without it", sample.where, sample.record.id, exc)
+                log.warning("%s: record %r skipped (%s); training goes on without it", sample.where, sample.record.id,
+                            exc)
                 one, processed = self._stand_in(sample)
                 skipped += 1
             encoded.append(one)

@@ -73,7 +73,8 @@ class LoraSettings(_Section):
         "kaiming", description="Adapter A init: kaiming (PEFT's default) or gaussian (std 1/rank, the original's); "
         "B starts at 0.")
     quantize_vision: bool = Field(
-        False, description="qlora: quantize the CLIP tower's linears to 4 bit too (the original does; ours keeps them).")
+        False, description="qlora: quantize the CLIP tower's linears to 4 bit too "
+        "(the original does; ours keeps them).")
     double_quant: bool = Field(True, description="qlora: also quantize the quantization constants (the original: off).")
 
 
@@ -142,9 +143,11 @@ class TrainConfig(_Section):
     model: str = Field(description="Base model: a local checkpoint directory or a Hugging Face Hub id.")
     output: Path = Field(description="Run directory: config.yaml, checkpoint-<step>/, final/, tensorboard/.")
     train_split: str = Field("train", min_length=1, description="Reads <data>/*_<train_split>.jsonl.")
-    eval_split: str = Field("val", min_length=1, description="Split evaluated by --eval-before/--eval-after/--eval-every.")
+    eval_split: str = Field("val", min_length=1,
+                            description="Split evaluated by --eval-before/--eval-after/--eval-every.")
     strategy: Strategy = "lora"
-    train_projector: bool = Field(True, description="frozen-vision with vision_freeze clip: keep training the projector.")
+    train_projector: bool = Field(True,
+                                  description="frozen-vision with vision_freeze clip: keep training the projector.")
     vision_freeze: Literal["clip", "original"] = Field(
         "clip", description="frozen-vision scope: clip = the CLIP tower only; original = what the original recipe "
         "froze: CLIP, projector, glb_GN/sub_GN separators and the token embeddings (its shared wte).")
@@ -189,7 +192,8 @@ class TrainConfig(_Section):
         "length", description="Sample order: length = length-grouped batches, shuffled per epoch (little padding); "
         "file = the records in file order every epoch; random = a seeded shuffle per epoch, no grouping.")
     save_every: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (and always at the end).")
-    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept (besides --keep-best's); older ones are deleted.")
+    keep_last: int = Field(2, gt=0,
+                           description="Complete checkpoints kept (besides --keep-best's); older ones are deleted.")
     save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="dtype of the weights in final/ (a full model): auto = the base checkpoint's (bf16 for the "
         "official ones); intermediate checkpoints always keep fp32 master weights so resume stays exact.")
@@ -258,14 +262,18 @@ def _cross_checks(config: TrainConfig) -> list[str]:
     if config.attention == "flash_attention_2" and config.precision != "bf16":
         problems.append(
             f"--attention flash_attention_2 with --precision {config.precision}: flash attention needs bf16 "
-            "(fp16 overflows in Phi-3.5-vision's attention and gives NaN losses); use --precision bf16 or --attention sdpa"
+            "(fp16 overflows in Phi-3.5-vision's attention and gives NaN losses); "
+            "use --precision bf16 or --attention sdpa"
         )
     if config.strategy == "qlora" and config.precision == "fp32":
-        problems.append("--strategy qlora with --precision fp32: 4-bit layers compute in bf16 or fp16; pick one of those")
+        problems.append("--strategy qlora with --precision fp32: 4-bit layers compute in bf16 or fp16; "
+                        "pick one of those")
     if config.strategy == "qlora" and config.deepspeed:
-        problems.append("--strategy qlora with --deepspeed: bitsandbytes 4-bit weights cannot be sharded; drop --deepspeed")
+        problems.append("--strategy qlora with --deepspeed: bitsandbytes 4-bit weights cannot be sharded; "
+                        "drop --deepspeed")
     if config.warmup >= 1 and config.warmup != int(config.warmup):
-        problems.append(f"--warmup {config.warmup}: a value >= 1 counts steps and must be whole; below 1 it is a fraction")
+        problems.append(f"--warmup {config.warmup}: a value >= 1 counts steps and must be whole; "
+                        "below 1 it is a fraction")
     if config.global_batch_size is not None and config.global_batch_size % config.batch_size:
         problems.append(
             f"--global-batch-size {config.global_batch_size} is not a multiple of --batch-size {config.batch_size}"
@@ -386,7 +394,8 @@ SETTING_ALIASES: dict[str, str] = {
     "warmup_ratio": "warmup", "warmup_steps": "warmup (a fraction of the steps)", "lr_scheduler_type": "scheduler",
     "output_dir": "output", "model_name_or_path": "model", "model_id_or_path": "model", "model_path": "model",
     "dataset": "data", "dataset_dir": "data", "data_path": "data", "train_file": "data",
-    "cutoff_len": "max_length", "max_seq_length": "max_length", "model_max_length": "max_length", "max_len": "max_length",
+    "cutoff_len": "max_length", "max_seq_length": "max_length", "model_max_length": "max_length",
+    "max_len": "max_length",
     "finetuning_type": "strategy", "train_type": "strategy", "tuner_type": "strategy", "sft_type": "strategy",
     "freeze_vision_tower": "strategy: frozen-vision", "freeze_vit": "strategy: frozen-vision",
     "lora_rank": "lora.rank", "lora_r": "lora.rank", "r": "lora.rank", "lora_alpha": "lora.alpha",
@@ -421,7 +430,8 @@ def suggest_setting(key: str) -> str | None:
         name, _, note = alias.partition(" ")
         name = name.rstrip(":")
         flag = flag_name(tuple(name.split(".")))
-        return f"{name!r} ({flag}{', ' + note.strip('()') if note else ''})" if ":" not in alias else f"{alias!r} ({flag})"
+        return (f"{name!r} ({flag}{', ' + note.strip('()') if note else ''})" if ":" not in alias
+                else f"{alias!r} ({flag})")
     names = _setting_names() + list(SETTING_ALIASES)  # a typo of another tool's name maps through the table
     match = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.6) or difflib.get_close_matches(
         last, names, n=1, cutoff=0.6)

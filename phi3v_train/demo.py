@@ -70,16 +70,19 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
     for split in ("train", "val", "test"):
         path = data / split_file_name("ucf101", split)
         if path.exists():
-            _step(f"3. validate {split}", [data_cli, "validate", str(path), "--report", str(out / f"validate_{split}.json")], log=log)
+            _step(f"3. validate {split}", [data_cli, "validate", str(path), "--report",
+                                            str(out / f"validate_{split}.json")], log=log)
     _step("4. tiny model", [train_cli, "init-tiny", str(model), "--overwrite"], log=log)  # the demo's own model
     eval_split = "test" if (data / split_file_name("ucf101", "test")).exists() else "val"
     common_eval = ["--data", str(data), "--split", eval_split, "--num-crops", "1", "--batch-size", "8"]
-    _step("5. evaluate before training", [train_cli, "eval", "--model", str(model), *common_eval, "--output", str(out / "eval_before")], log=log)
+    _step("5. evaluate before training", [train_cli, "eval", "--model", str(model), *common_eval,
+                                          "--output", str(out / "eval_before")], log=log)
     _step("6. finetune with LoRA", [train_cli, "run", "--data", str(data), "--model", str(model), "--strategy", "lora",
           "--output", str(run), "--num-crops", "1", "--max-steps", str(steps), "--batch-size", "4",
           "--global-batch-size", "8", "--lr", "5e-3", "--precision", "fp32", "--save-every", str(steps),
           "--lora.rank", "16", "--lora.alpha", "32", "--overwrite"], log=log)  # the demo's own run: a rerun replaces it
-    _step("7. evaluate after training", [train_cli, "eval", "--model", str(run / "final"), *common_eval, "--output", str(out / "eval_after")], log=log)
+    _step("7. evaluate after training", [train_cli, "eval", "--model", str(run / "final"), *common_eval,
+                                         "--output", str(out / "eval_after")], log=log)
 
     manifest = _read_json(manifest_path(data))
     before, after = _read_json(out / "eval_before" / "metrics.json"), _read_json(out / "eval_after" / "metrics.json")
@@ -95,7 +98,8 @@ def main(out: Path, steps: int, classes: int, clips_per_class: int) -> None:
         table.add_row("training loss first → last", f"{losses[0]:.3f} → {losses[-1]:.3f}")
     table.add_row(f"accuracy before ({eval_split})", _accuracy(before))
     table.add_row(f"accuracy after ({eval_split})", _accuracy(after))
-    for label, path in [("dataset", data), ("run (checkpoints, TensorBoard)", run), ("predictions", out / "eval_after")]:
+    for label, path in [("dataset", data), ("run (checkpoints, TensorBoard)", run),
+                        ("predictions", out / "eval_after")]:
         table.add_row(label, str(path))
     console.print(table)
 

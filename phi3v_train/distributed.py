@@ -21,7 +21,8 @@ def is_distributed() -> bool:
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size): the process group's, or, before it exists, what torchrun / the deepspeed launcher announce."""
+    """(rank, world size): the process group's, or, before it exists, what torchrun / the deepspeed launcher
+    announce."""
     if is_distributed():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -184,7 +184,8 @@ def _answer_all(state: _State, generator: Generator, *, batch_size: int, progres
     with Progress(disable=not progress, transient=True) as bar:
         task_id = bar.add_task("evaluating", total=sum(len(record.conversations) for record in records))
         for turn in range(max((len(r.conversations) for r in records), default=0)):
-            pending = [_prepare(state, generator, index, turn) for index, r in enumerate(records) if turn < len(r.conversations)]
+            pending = [_prepare(state, generator, index, turn)
+                       for index, r in enumerate(records) if turn < len(r.conversations)]
             for item in pending:
                 if item.error is not None:
                     _record_row(state, item, error=item.error)
@@ -231,7 +232,8 @@ def _with_history(record: Record, answers: list[str]) -> Record:
 
 
 def _record_row(
-    state: _State, item: _Pending, *, prediction: str | None = None, p_yes: float | None = None, error: str | None = None
+    state: _State, item: _Pending, *, prediction: str | None = None, p_yes: float | None = None,
+    error: str | None = None,
 ) -> None:
     record = state.records[item.record_index]
     row: dict[str, Any] = {"id": record.id, "turn": item.turn, "task": record.task}
@@ -254,7 +256,8 @@ def _result(state: _State, *, settings: dict[str, Any], meta: dict[str, Any] | N
     return _scored(rows, records=len(state.records), settings=settings, meta=meta)
 
 
-def _scored(rows: list[dict[str, Any]], *, records: int, settings: dict[str, Any], meta: dict[str, Any] | None) -> EvalResult:
+def _scored(rows: list[dict[str, Any]], *, records: int, settings: dict[str, Any],
+            meta: dict[str, Any] | None) -> EvalResult:
     answered = [row for row in rows if "error" not in row]
     metrics = {
         **(meta or {}),
@@ -283,7 +286,8 @@ def _chunks(items: list[_Pending], size: int) -> Iterator[list[_Pending]]:
 def load_records(
     paths: Sequence[str | Path], *, limit: int | None = None, on_error: Callable[[str], None] | None = None
 ) -> list[Record]:
-    """Records of dataset ``.jsonl`` files; a bad line is reported through ``on_error`` (file:line: field: msg) and skipped."""
+    """Records of dataset ``.jsonl`` files; a bad line is reported through ``on_error`` (file:line: field: msg)
+    and skipped."""
     records: list[Record] = []
     for path in paths:
         for line in iter_jsonl(path):

@@ -48,7 +48,8 @@ class FlopPart:
 
     def step_flops(self) -> float:
         g = 1 if self.grads_flow else 0
-        return self.forward_linear() * (1 + g) + self.forward_attention() * (1 + 2 * g) + 2.0 * self.trainable * self.tokens
+        return (self.forward_linear() * (1 + g) + self.forward_attention() * (1 + 2 * g)
+                + 2.0 * self.trainable * self.tokens)
 
 
 def training_flops(parts: list[FlopPart]) -> float:

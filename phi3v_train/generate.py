@@ -126,7 +126,8 @@ class Generator:
             features = self.processor.image_processor(images, return_tensors="pt", num_crops=self.num_crops)
             expected = [count for turn in batch for count in turn.image_tokens]
             if list(map(int, features["num_img_tokens"])) != expected:  # the prompt and the features would disagree
-                raise RuntimeError(f"image processor gives {list(features['num_img_tokens'])} tokens, prompts hold {expected}")
+                raise RuntimeError(f"image processor gives {list(features['num_img_tokens'])} tokens, "
+                                   f"prompts hold {expected}")
             inputs["pixel_values"] = features["pixel_values"].to(device, self.model.dtype)
             inputs["image_sizes"] = features["image_sizes"].to(device)
         return inputs

@@ -1,7 +1,7 @@
 """Every record's sequence length, measured once per (data, tokenizer, num_crops) and kept in a compact cache.
 
-Measuring a record means counting its text's tokens (:mod:`phi3v_train.token_count`, exact and several times cheaper than
-tokenizing) and reading each image's header (for the image-token count; each
+Measuring a record means counting its text's tokens (:mod:`phi3v_train.token_count`, exact and several times
+cheaper than tokenizing) and reading each image's header (for the image-token count; each
 worker remembers the sizes of the last 65,536 images it read, as rows share images); at a
 million records that is the whole of a run's start-up, so it is done once, in a process pool, and the result is
 kept as numpy arrays — byte offset, byte count and line of each usable record in its jsonl file, its length and

@@ -39,7 +39,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
-def recorded_prompt_format(model: str | Path, *, image_tags: str | None = None, turns: str | None = None) -> PromptFormat:
+def recorded_prompt_format(model: str | Path, *, image_tags: str | None = None,
+                           turns: str | None = None) -> PromptFormat:
     """The prompt format (``image_tags``, ``turns``) of the run that trained ``model``, read from ``RUN/config.yaml``
     when ``model`` is a run, its ``final/`` or a ``checkpoint-N/`` (the defaults for anything else), so a
     recipe-trained model is prompted the way it was trained; ``image_tags``/``turns`` given here win."""
@@ -80,7 +81,8 @@ def adapter_base(adapter_dir: Path, *, base: str | Path | None = None) -> str:
         except (OSError, json.JSONDecodeError) as exc:
             raise LoadError(f"{config_path}: cannot read the adapter config ({exc})") from None
         if not base:
-            raise LoadError(f"{config_path}: field base_model_name_or_path is empty; pass the base model with --base DIR")
+            raise LoadError(f"{config_path}: field base_model_name_or_path is empty; "
+                            "pass the base model with --base DIR")
     base_dir = Path(base)
     if (base_dir / "config.json").is_file() or _HUB_ID.fullmatch(str(base)) and not base_dir.exists():
         return str(base)
@@ -125,7 +127,8 @@ def load_processor(model_dir: Path, base: str, *, num_crops: int | None = None) 
 
 
 def load_model(
-    path: Path, *, base: str | Path | None = None, dtype: str = "fp32", attn_implementation: str = "sdpa", merge: bool = True
+    path: Path, *, base: str | Path | None = None, dtype: str = "fp32", attn_implementation: str = "sdpa",
+    merge: bool = True,
 ) -> tuple[Any, str]:
     """The model at ``path`` (full checkpoint or adapter over its base) and the base it came from.
 
@@ -184,7 +187,8 @@ def _load_hub_model(
     from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
 
     try:
-        model = Phi3VForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
+        model = Phi3VForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype),
+                                                 attn_implementation=attn_implementation)
         processor = Phi3VProcessor.from_pretrained(source, **({} if num_crops is None else {"num_crops": num_crops}))
     except OSError as exc:
         raise LoadError(f"{source}: cannot load this Hub model ({str(exc).splitlines()[0]}); without network it must "
@@ -202,5 +206,6 @@ def device_and_precision(device: str | None, precision: str | None, attention: s
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
     if attention == "flash_attention_2" and precision != "bf16":
-        raise ValueError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); or use --attention sdpa")
+        raise ValueError(f"--attention flash_attention_2 needs --precision bf16 (got {precision}); "
+                         "or use --attention sdpa")
     return device, precision

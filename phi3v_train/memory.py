@@ -217,8 +217,8 @@ def _activations(arch: Architecture, setup: MemorySetup) -> float:
     return lm + logits + vision
 
 
-def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq: int, sequences: int, setup: MemorySetup,
-           residual: int) -> float:
+def _stack(hidden: int, inter: int, heads: int, layers: int, *, tokens: int, seq: int, sequences: int,
+           setup: MemorySetup, residual: int) -> float:
     wide = 2 if setup.precision == "fp32" else 1  # the 24·H + 8·I count is for 2-byte activations
     per_layer = wide * tokens * (24 * hidden + 8 * inter) + _scores(heads, seq, sequences, setup)
     if not setup.checkpointing:
@@ -262,8 +262,8 @@ def setup_for(config: object, *, gpus: int, seq_len: int, crops: int) -> MemoryS
         return MemorySetup("lora", base_bytes=2 if half else 4, lora=lora, **common)
     quantize = {"language", "vision", "projector"} if config.lora.quantize_vision else {"language"}
     # prepare_model_for_kbit_training casts every unquantized parameter to fp32
-    return MemorySetup("qlora", base_bytes=2, lora=lora, quantize=frozenset(quantize), double_quant=config.lora.double_quant,
-                 other_bytes=4, **common)
+    return MemorySetup("qlora", base_bytes=2, lora=lora, quantize=frozenset(quantize),
+                       double_quant=config.lora.double_quant, other_bytes=4, **common)
 
 
 # The original's speed benchmark (FineTuning_Vision.md, "Speed benchmarking (NOTE: Phi-3-vision)"): DocVQA, 2443.23
@@ -279,7 +279,8 @@ ORIGINAL_PEAKS_V100 = {  # 8x V100-32GB (Volta: fp16, no flash attention)
 }
 
 
-def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: int = 2443, crops: int = 17) -> MemorySetup:
+def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: int = 2443,
+                   crops: int = 17) -> MemorySetup:
     """How the original scripts held the model in that benchmark.
 
     ``--use_flash_attention`` loads the weights in bf16 and trains in bf16; without it they load in fp32 and train
@@ -292,7 +293,8 @@ def original_setup(strategy: Strategy, *, flash: bool, gpus: int = 8, seq_len: i
                   attention="flash" if flash else "eager")
     if strategy in ("full", "frozen-vision"):
         frozen = frozenset({"vision", "projector", "embeddings"} if strategy == "frozen-vision" else ())
-        return MemorySetup(strategy, zero=2, reduce_bucket=5e8, allgather_bucket=5e8, base_bytes=2, frozen=frozen, **common)
+        return MemorySetup(strategy, zero=2, reduce_bucket=5e8, allgather_bucket=5e8, base_bytes=2, frozen=frozen,
+                           **common)
     load = 2 if flash else 4
     lora = Lora(64, lm_head=True, vision=True, projector=True)
     if strategy == "lora":

@@ -15,7 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from phi3v_train.loading import LoadError, adapter_base, is_adapter, load_model, load_processor, resolve_model_dir, torch_dtype
+from phi3v_train.loading import (
+    LoadError, adapter_base, is_adapter, load_model, load_processor, resolve_model_dir, torch_dtype,
+)
 from phi3v_train.model.files import plain_permissions
 
 MERGE_DTYPE = "fp32"
@@ -23,7 +25,8 @@ MERGE_DTYPE = "fp32"
 
 
 def merge_adapter(
-    adapter: str | Path, *, out: str | Path, base: str | Path | None = None, dtype: str | None = None, overwrite: bool = False
+    adapter: str | Path, *, out: str | Path, base: str | Path | None = None, dtype: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``base + adapter`` to ``out`` as a full checkpoint; returns ``out``.
 

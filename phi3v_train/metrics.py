@@ -173,7 +173,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if "anls" in metrics:
             entry["anls"] = mean([row["anls"] for row in scored])
         if "auroc" in metrics:
-            pairs = [(row["p_yes"], row["label"]) for row in scored if row.get("p_yes") is not None and row.get("label") is not None]
+            pairs = [(row["p_yes"], row["label"]) for row in scored
+                     if row.get("p_yes") is not None and row.get("label") is not None]
             entry["auroc"] = auroc([p for p, _ in pairs], [label for _, label in pairs]) if pairs else None
         summary[task] = entry
     return summary

@@ -119,8 +119,8 @@ def make_plan(*, gpus: int, gpu: Gpu, recipe: str | None = None, strategy: Strat
     guide = guide_strategy(gpu)
     wanted = strategy or (base.settings["strategy"] if base else None)
     order = ([wanted] if wanted else []) + [guide] + list(STRATEGIES)
-    recommended = next((row for name in order for row in rows if row.strategy == name and row.verdict != "does not fit"),
-                       None)
+    recommended = next((row for name in order for row in rows
+                        if row.strategy == name and row.verdict != "does not fit"), None)
     command = _command(recommended, gpus=gpus, data=data) if recommended else None
     if wanted and recommended and recommended.strategy != wanted:
         notes.append(f"{wanted} does not fit {gpus}×{gpu.memory_gb:g} GB; {recommended.strategy} does")

@@ -99,7 +99,8 @@ def svg(chart: Chart, *, steps: tuple[int, int], best_step: int | None = None) -
     a line (and dots) per series, a legend."""
     values = [value for points in chart.series.values() for _, value in points]
     x_ticks = _ticks(*steps) if steps[1] > steps[0] else [steps[0] - 1, steps[0], steps[0] + 1]
-    y_ticks = _ticks(0.0, 1.0) if chart.unit_range and 0 <= min(values) and max(values) <= 1 else _ticks(min(values), max(values))
+    y_ticks = (_ticks(0.0, 1.0) if chart.unit_range and 0 <= min(values) and max(values) <= 1
+               else _ticks(min(values), max(values)))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 

@@ -99,7 +99,8 @@ def dry_run_config_path(run_dir: Path) -> Path:
     return run_dir / (DRY_RUN_CONFIG if run_files(run_dir) else "config.yaml")
 
 
-def follow_run_config(config_path: Path | None, config: TrainConfig, *, out_given: bool) -> tuple[TrainConfig, str | None]:
+def follow_run_config(config_path: Path | None, config: TrainConfig, *,
+                      out_given: bool) -> tuple[TrainConfig, str | None]:
     """``--config DIR/config.yaml`` written by a run (or a dry run) means the run in DIR, even when it was copied
     from another directory and still names that one as its output; --out chooses otherwise. Returns the config
     and a note when the output was changed."""
@@ -213,7 +214,8 @@ def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             key in ("train_projector", "vision_freeze") and old.get("strategy") != "frozen-vision")
         if unused and new.get("strategy") == old.get("strategy"):
             continue  # a setting the run's strategy does not read (adapter shape of a full run, …)
-        changes.append(f"{flag_name(tuple(key.split('.')))}: {_shown(old.get(key))} in the run, {_shown(new.get(key))} now")
+        changes.append(f"{flag_name(tuple(key.split('.')))}: {_shown(old.get(key))} in the run, "
+                       f"{_shown(new.get(key))} now")
     if before.get("data") is not None and now.get("data") is not None and before["data"] != now["data"]:
         changes.append(f"--data: {_data_shown(before['data'])} in the run, {_data_shown(now['data'])} now "
                        "(other records)")
@@ -222,7 +224,8 @@ def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 # --- is a checkpoint resumable? ---------------------------------------------------------------------------------
 
-_FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 

@@ -52,7 +52,8 @@ class LengthGroupedSampler(Sampler[int]):
         if order not in ("length", "file", "random"):
             raise ValueError(f"order must be length, file or random, got {order!r}")
         if batch_size < 1 or global_batch_size % batch_size:
-            raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of batch_size {batch_size} >= 1")
+            raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of "
+                             f"batch_size {batch_size} >= 1")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.group_size = global_batch_size

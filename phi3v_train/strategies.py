@@ -43,7 +43,7 @@ def unused_vision_prefixes(config: object) -> list[str]:
     >>> from types import SimpleNamespace
     >>> unused_vision_prefixes(SimpleNamespace(feature_layer=-2, vision_config=SimpleNamespace(num_hidden_layers=3)))
     ['vision_embed_tokens.img_processor.vision_model.encoder.layers.2.', 'vision_embed_tokens.img_processor.vision_model.post_layernorm.']
-    """
+    """  # noqa: E501
     layers = config.vision_config.num_hidden_layers
     used = config.feature_layer if config.feature_layer >= 0 else layers + 1 + config.feature_layer
     tower = VISION_TOWER + "vision_model."
@@ -88,7 +88,8 @@ def quantization_config(config: TrainConfig):  # -> transformers.BitsAndBytesCon
 
     from phi3v_train.model import QUANT_SKIP_MODULES  # noqa: PLC0415
 
-    skip = ["lm_head"] if config.lora.quantize_vision else list(QUANT_SKIP_MODULES)  # a copy: transformers may extend it
+    # a copy: transformers may extend it
+    skip = ["lm_head"] if config.lora.quantize_vision else list(QUANT_SKIP_MODULES)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=config.lora.double_quant,
         bnb_4bit_compute_dtype=DTYPES[config.precision], llm_int8_skip_modules=skip,

@@ -4,8 +4,8 @@ Measuring a million records means counting the tokens of ~4M texts. The Rust tok
 bookkeeping a count does not need (alignments of every normalised byte, offsets) and, for a SentencePiece-style BPE
 (Llama, Phi-3: ``Metaspace`` without splitting), runs BPE over each text as one word, so its word cache never hits.
 :class:`TokenCounter` reproduces that pipeline for the count alone: added tokens split the text (leftmost-longest,
-with the whitespace an ``rstrip`` token takes), spaces become ``▁`` and the first piece gets one in front, and the BPE model
-counts each word — the text cut before every run of ``▁`` — once, remembered after.
+with the whitespace an ``rstrip`` token takes), spaces become ``▁`` and the first piece gets one in front, and the BPE
+model counts each word — the text cut before every run of ``▁`` — once, remembered after.
 
 Cutting the text into words is exact only when no merge joins a token that ends in a non-``▁`` character to one
 that starts with ``▁`` (then no merge ever crosses a cut, and BPE inside each word runs as it would in the whole).

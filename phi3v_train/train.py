@@ -45,8 +45,8 @@ from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas
 from phi3v_train.strategies import DTYPES, apply_strategy, load_base_model, trainable_summary
 from phi3v_train.trainer import (
-    LOG_FILE, NonFiniteLossError, Patience, Phi3VTrainer, ProgressLog, close_callbacks, forget_log_after, load_checkpoint,
-    run_callbacks, skipped_before,
+    LOG_FILE, NonFiniteLossError, Patience, Phi3VTrainer, ProgressLog, close_callbacks, forget_log_after,
+    load_checkpoint, run_callbacks, skipped_before,
 )
 from schemas.errors import json_file_error
 from schemas.layout import images_dir
@@ -262,7 +262,8 @@ def _padding_sampler(sampler: LengthGroupedSampler) -> LengthGroupedSampler:
     return small
 
 
-def _warn_small_data(console: Console, summaries: list[SplitSummary], config: TrainConfig, *, global_batch: int) -> None:
+def _warn_small_data(console: Console, summaries: list[SplitSummary], config: TrainConfig, *,
+                     global_batch: int) -> None:
     """A global batch larger than the data makes every step see (nearly) everything: legal, but rarely meant."""
     kept = sum(summary.kept for summary in summaries)
     if kept < global_batch:
@@ -276,7 +277,8 @@ def _warn_small_data(console: Console, summaries: list[SplitSummary], config: Tr
                       + escape("; ".join(small)))
 
 
-def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitSummary], *, global_batch: int) -> LengthGroupedSampler:
+def _sampler(config: TrainConfig, dataset: SampleDataset, summaries: list[SplitSummary], *,
+             global_batch: int) -> LengthGroupedSampler:
     """Plain length grouping for one dataset (the order single-dataset runs always had); weighted draws for several."""
     if len(summaries) == 1:
         return LengthGroupedSampler(dataset.lengths, batch_size=config.batch_size, global_batch_size=global_batch,
@@ -565,7 +567,8 @@ def fit(state: TrainingSetup) -> RunResult:
         trainer.train(resume_from_checkpoint=str(state.resume_from) if state.resume_from else None)
     except NonFiniteLossError as exc:
         good = ckpt.latest_complete(config.output)
-        where = f"the last good checkpoint is {good.path} (--resume {good.path})" if good else "no checkpoint was saved yet"
+        where = (f"the last good checkpoint is {good.path} (--resume {good.path})" if good
+                 else "no checkpoint was saved yet")
         raise RunError(f"training stopped: {exc}; {where}. Lower --lr, use --precision bf16 instead of fp16, "
                        "or check the data around that step") from None
     finally:
@@ -580,9 +583,9 @@ def fit(state: TrainingSetup) -> RunResult:
         return result
     patience = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Patience)), None)
     if patience is not None and patience.stopped() and trainer.state.global_step < trainer.state.max_steps:
-        state.console.print(f"stopped early at step {trainer.state.global_step}: --keep-best {config.keep_best} did not "
-                            f"improve in {config.patience} evaluation(s); the best is step "
-                            f"{trainer.state.best_global_step} ({config.output / ckpt.BEST})")
+        state.console.print(f"stopped early at step {trainer.state.global_step}: "
+                            f"--keep-best {config.keep_best} did not improve in {config.patience} evaluation(s); "
+                            f"the best is step {trainer.state.best_global_step} ({config.output / ckpt.BEST})")
     result.final_dir = save_final(state)
     if config.eval_after:
         _evaluate(state, label="after")

@@ -63,8 +63,10 @@ class Phi3VTrainer(Trainer):
         self.add_callback(self.skipped)
         self.validator: Any = None  # --eval-every: phi3v_train.validation.Validator
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, Any]:
-        """--eval-every: the validator's loss and task metrics; callbacks (--patience) see them before the best moves."""
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                 metric_key_prefix: str = "eval") -> dict[str, Any]:
+        """--eval-every: the validator's loss and task metrics; callbacks (--patience) see them before the best
+        moves."""
         if self.validator is None:  # no --eval-every: transformers' own loop over an eval_dataset, if one was given
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics = self.validator(self.accelerator.unwrap_model(self.model))
@@ -97,7 +99,8 @@ class Phi3VTrainer(Trainer):
             num_items_in_batch = None
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
         mask = inputs["attention_mask"]
         images = inputs["pixel_values"].shape[0] if "pixel_values" in inputs else 0
         self.counts[:3] += torch.tensor([images, int(mask.sum()), mask.numel()], dtype=torch.float64)
@@ -108,7 +111,8 @@ class Phi3VTrainer(Trainer):
         self.skipped.total += count_over_ranks(int(stood_in) if stood_in is not None else 0)
         if torch.is_tensor(num_items_in_batch):  # a global batch of stand-ins only: loss 0, not 0/0
             num_items_in_batch = num_items_in_batch.clamp(min=1)
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if not all_finite(loss):
             raise NonFiniteLossError(self.state.global_step, float(loss.detach().float()))
@@ -239,7 +243,8 @@ class ProgressLog(TrainerCallback):
             self.after_first = time.perf_counter()
         self.progress.update(self.task, completed=state.global_step)
 
-    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
         if logs and any(key.startswith("eval_") for key in logs):
             self._log_eval(state, logs)
         if not logs or "loss" not in logs:
@@ -251,7 +256,8 @@ class ProgressLog(TrainerCallback):
             return
         grad = logs.get("grad_norm")
         self.console.print(
-            f"step {state.global_step}/{state.max_steps}  {self._eta(state)}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+            f"step {state.global_step}/{state.max_steps}  {self._eta(state)}  loss {logs['loss']:.4f}  "
+            f"lr {logs['learning_rate']:.2e}  "
             + (f"grad {grad:.3f}  " if grad is not None else "")
             + f"{logs['images_per_s']:.1f} img/s  {logs['tokens_per_s']:.0f} tok/s  "
             f"padding {logs['padding_fraction']:.1%}  peak {logs['peak_memory_gb']:.2f} GB"

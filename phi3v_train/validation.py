@@ -45,7 +45,8 @@ def _slice(items: Sequence[Any], rank: int, world: int) -> Sequence[Any]:
 
 
 class Validator:
-    """Called with the (unwrapped) model at each evaluation step; returns the ``eval_*`` metrics (None: not scorable)."""
+    """Called with the (unwrapped) model at each evaluation step; returns the ``eval_*`` metrics (None: not
+    scorable)."""
 
     def __init__(self, *, samples: list[Sample], collator: Any, splits: list[EvalSplit], processor: Any,
                  num_crops: int, batch_size: int, max_new_tokens: int = 64, fmt: PromptFormat = DEFAULT_FORMAT) -> None:
@@ -113,7 +114,8 @@ def flat_metrics(result: EvalResult) -> dict[str, float | None]:
         if len(entries) == 1:
             out[f"eval_{metric}"] = entries[0][metric]
             continue
-        scored = [(entry[metric], entry["scored"]) for entry in entries if entry[metric] is not None and entry["scored"]]
+        scored = [(entry[metric], entry["scored"]) for entry in entries
+                  if entry[metric] is not None and entry["scored"]]
         total = sum(count for _, count in scored)
         out[f"eval_{metric}"] = sum(value * count for value, count in scored) / total if total else None
     return out

@@ -72,7 +72,8 @@ def env(args: argparse.Namespace) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device=torch.cuda.get_device_name(0), capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+        info.update(device=torch.cuda.get_device_name(0),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                     memory_gb=round(props.total_memory / 1e9, 1), multiprocessors=props.multi_processor_count,
                     cudnn=torch.backends.cudnn.version())
     else:
@@ -184,7 +185,8 @@ def attention(args: argparse.Namespace) -> dict[str, Any]:
     sdpa, eager = logits["sdpa"], logits["eager"]
     relative = _relative(sdpa, eager)
     details: dict[str, Any] = {
-        "dtype": str(dtype).removeprefix("torch."), "tokens": work.seq_len, "crops": work.crops, "relative_l2": relative,
+        "dtype": str(dtype).removeprefix("torch."), "tokens": work.seq_len, "crops": work.crops,
+        "relative_l2": relative,
         "max_abs_diff": float((sdpa - eager).abs().max()), "max_abs_logit": float(eager.abs().max()),
         "argmax_agreement": float((sdpa.argmax(-1) == eager.argmax(-1)).float().mean()),
     }
@@ -196,7 +198,8 @@ def attention(args: argparse.Namespace) -> dict[str, Any]:
         details["tolerance"] = max(BF16_FLOOR, 2 * details["bf16_vs_fp32"])
         bar = f"≤ {details['tolerance']:.2g} = max(1e-2, 2 × bf16-vs-fp32 {details['bf16_vs_fp32']:.2e})"
     details["summary"] = (f"{details['dtype']}, {work.seq_len} tokens, {work.crops} crops: relative L2 {relative:.2e} "
-                          f"({bar}), max |Δ| {details['max_abs_diff']:.3g} of |logit| ≤ {details['max_abs_logit']:.3g}, "
+                          f"({bar}), max |Δ| {details['max_abs_diff']:.3g} "
+                          f"of |logit| ≤ {details['max_abs_logit']:.3g}, "
                           f"argmax agrees on {details['argmax_agreement']:.1%}")
     if not relative <= details["tolerance"]:
         raise CheckFailed(details["summary"], details)
@@ -274,7 +277,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         with adapted.disable_adapter():
             plain = adapted(**inputs).logits
     relative, moved = _relative(b, a), _relative(plain, a)
-    details = {"relative_l2": relative, "tolerance": 1e-3, "adapter_moves_logits": moved, "class": type(merged).__name__,
+    details = {"relative_l2": relative, "tolerance": 1e-3, "adapter_moves_logits": moved,
+               "class": type(merged).__name__,
                "summary": f"{type(merged).__name__} from {args.merged.name}/ (Auto classes): logits match the unmerged "
                           f"adapter's within {relative:.1e} (≤ 1e-3, fp32); the adapter moves them by {moved:.1e}"}
     if not relative <= 1e-3:

@@ -289,8 +289,9 @@ def train_flags(run: Runner, strategy: str, output: Path) -> list[str]:
     lr = "5e-3" if strategy == "lora" else "1e-3"
     return ["run", "--data", str(run.work / "data"), "--model", str(run.work / "tiny"), "--strategy", strategy,
             "--output", str(output), "--precision", run.sizes.precision, "--num-crops", str(run.sizes.train_crops),
-            "--batch-size", "4", "--global-batch-size", "4", "--max-steps", "4", "--save-every", "2", "--keep-last", "2", "--log-every", "1",
-            "--lr", lr, "--warmup", "0", "--scheduler", "constant", "--workers", "0", "--seed", "0", "-q"]
+            "--batch-size", "4", "--global-batch-size", "4", "--max-steps", "4", "--save-every", "2",
+            "--keep-last", "2", "--log-every", "1", "--lr", lr, "--warmup", "0", "--scheduler", "constant",
+            "--workers", "0", "--seed", "0", "-q"]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -319,7 +320,8 @@ def step_train(strategy: str) -> Callable[[Runner], tuple[str, dict]]:
 def step_export(run: Runner) -> tuple[str, dict]:
     adapter, merged = run.work / "run-lora" / "final", run.work / "merged"
     run.cli("phi3v-train", "export", "--adapter", str(adapter), "--out", str(merged))
-    result = run.check("export", "--merged", str(merged), "--adapter", str(adapter), "--num-crops", str(run.sizes.train_crops),
+    result = run.check("export", "--merged", str(merged), "--adapter", str(adapter),
+                       "--num-crops", str(run.sizes.train_crops),
                        "--data", str(run.work / "data" / "docvqa_train.jsonl"))
     return result["summary"], result
 
@@ -513,7 +515,8 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", "Goals per GPU at DocVQA shapes: " + ", ".join(f"{k} ≥ {v:g} img/s" for k, v in GOALS_IMG_S.items())]
     memory = next((r["details"].get("rows") for r in report["steps"] if r["name"] == "memory-vs-plan"), None)
     if memory:
-        lines += ["", "## Peak memory vs `phi3v-train plan`", "", f"`{memory[0]['plan_command']}` (strategy varies)", "",
+        lines += ["", "## Peak memory vs `phi3v-train plan`", "",
+                  f"`{memory[0]['plan_command']}` (strategy varies)", "",
                   "| strategy | attention | measured GB | plan GB | measured / plan | within ±20 % |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['strategy']} | {r['attention']} | {r['measured_gb']:.2f} | {r['estimate_gb']:.2f} | "

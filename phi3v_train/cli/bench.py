@@ -40,8 +40,8 @@ def _page(value: str) -> tuple[int, int]:
 @click.option("--page", default="1320x2200", show_default=True, help="Synthetic document size, WIDTHxHEIGHT.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
 @click.option("--peak-flops", type=float, default=None, help="Device peak FLOP/s for MFU (known GPUs: automatic).")
-@click.option("--out", "--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.md"),
-              show_default=True, help="Markdown file the table is written to.")
+@click.option("--out", "--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("bench.md"), show_default=True, help="Markdown file the table is written to.")
 def bench(preset: str | None, model: Path | None, strategies: tuple[str, ...], attention: tuple[str, ...],
           page: str, out: Path, **settings: object) -> None:
     """Measure images/s, tokens/s, MFU and peak memory of each finetuning strategy.
@@ -69,7 +69,8 @@ def bench(preset: str | None, model: Path | None, strategies: tuple[str, ...], a
     try:
         with console.status("building the model and the synthetic workload…") as status:
             report = run_bench(options, on_row=lambda row: status.update(
-                f"{row.strategy} / {row.attention}: {f'{row.images_per_s:.3g} img/s' if row.images_per_s else 'failed'}"))
+                f"{row.strategy} / {row.attention}: "
+                f"{f'{row.images_per_s:.3g} img/s' if row.images_per_s else 'failed'}"))
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
     write_markdown(report, out)

@@ -49,9 +49,9 @@ def _datasets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--out", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for predictions.jsonl and metrics.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
-def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: str, limit: int | None, batch_size: int, num_crops: int | None,
-          max_new_tokens: int, image_tags: str | None, turns: str | None, precision: str | None, attn: str, device: str | None, output: Path,
-          quiet: bool) -> None:
+def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: str, limit: int | None, batch_size: int,
+          num_crops: int | None, max_new_tokens: int, image_tags: str | None, turns: str | None, precision: str | None,
+          attn: str, device: str | None, output: Path, quiet: bool) -> None:
     """Evaluate a model on a converted split: accuracy, ANLS and AUROC by each record's task.
 
     Writes OUTPUT/predictions.jsonl (one row per turn) and OUTPUT/metrics.json. With several --data (a run's
@@ -63,7 +63,7 @@ def eval_(model_path: Path, base: str | None, datas: tuple[Path, ...], split: st
     Example:
         phi3v-train eval --model runs/docvqa-lora/final --data data/docvqa --split val --num-crops 16 --out runs/docvqa-lora/eval
         phi3v-train eval --model runs/mix/final --data data/docvqa --data data/llava --num-crops 16 --out runs/mix/eval
-    """
+    """  # noqa: E501
     check_writable("--out", output, directory=True)
     quiet_libraries(verbose=is_verbose(click.get_current_context()))
     from phi3v_train.evaluate import evaluate_datasets, results_table

@@ -17,7 +17,8 @@ from phi3v_train.cli.quiet import quiet_libraries
               help="Adapter directory (RUN/final of a lora/qlora run) or the run directory.")
 @click.option("--base", type=str, default=None,
               help="Full-precision base model [default: the adapter's base_model_name_or_path].")
-@click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Merged checkpoint directory.")
+@click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Merged checkpoint directory.")
 @precision_option(default=None, help="Saved precision [default: the base's].")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 def export(adapter: Path, base: str | None, out: Path, precision: str | None, overwrite: bool) -> None:

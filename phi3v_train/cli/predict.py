@@ -23,7 +23,8 @@ from phi3v_train.cli.options import attention_option, precision_option, prompt_o
 @click.option("--data", type=click.Path(exists=True, path_type=Path),
               help="Answer every record of a converted .jsonl file (or dataset directory, with --split) instead.")
 @click.option("--split", default="test", show_default=True, help="With --data DIR: which <name>_<split>.jsonl.")
-@click.option("--out", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="With --data: predictions .jsonl.")
+@click.option("--out", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --data: predictions .jsonl.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --data: only the first N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @prompt_options
@@ -38,8 +39,9 @@ from phi3v_train.cli.options import attention_option, precision_option, prompt_o
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict(question: str | None, model_source: str, base: str | None, images: tuple[Path, ...], data: Path | None,
             split: str, output: Path | None, limit: int | None, batch_size: int, num_crops: int | None,
-            max_new_tokens: int, image_tags: str | None, turns: str | None, do_sample: bool, temperature: float | None, top_p: float | None, seed: int,
-            precision: str | None, attention: str, device: str | None, as_json: bool, quiet: bool) -> None:
+            max_new_tokens: int, image_tags: str | None, turns: str | None, do_sample: bool, temperature: float | None,
+            top_p: float | None, seed: int, precision: str | None, attention: str, device: str | None, as_json: bool,
+            quiet: bool) -> None:
     """Answer QUESTION about --image files, or every record of --data into --out (no scoring).
 
     Greedy by default; --do-sample / --temperature / --top-p sample (reproducibly, with --seed). Each answer has
@@ -74,7 +76,8 @@ def predict(question: str | None, model_source: str, base: str | None, images: t
                                                        base=base)
     with load_failures(f"--model {model_source}", LoadError, OSError):  # OSError: a file transformers could not read
         predictor = Predictor.load(model_source, base=base, device=device, precision=precision, attention=attention,
-                                   num_crops=num_crops, max_new_tokens=max_new_tokens, image_tags=image_tags, turns=turns,
+                                   num_crops=num_crops, max_new_tokens=max_new_tokens, image_tags=image_tags,
+                                   turns=turns,
                                    generation=generation_settings(do_sample=do_sample, temperature=temperature,
                                                                   top_p=top_p))
     torch.manual_seed(seed)  # sampling draws from torch's generator only (every device)

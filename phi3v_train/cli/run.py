@@ -52,9 +52,10 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.command(cls=GuardedCommand, help=HELP,
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file of settings.")
-@click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); YAML and flags win.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml (RUN/config.dry-run.yaml "
-              "when RUN holds a run); load and train nothing.")
+@click.option("--recipe", help="Start from a preset of the original recipe (`phi3v-train recipes`); "
+              "YAML and flags win.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and write RUN/config.yaml "
+              "(RUN/config.dry-run.yaml when RUN holds a run); load and train nothing.")
 @click.option("--data", multiple=True, metavar="DIR[:WEIGHT]",
               help="Converted dataset directory; repeat it with weights to mix datasets (--data a:0.7 --data b:0.3).")
 @click.option("--model", help="Base model: local checkpoint directory or Hub id.")
@@ -63,8 +64,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 @click.option("--eval-split", help="Split for --eval-before/--eval-after/--eval-every [val].")
 @click.option("--strategy", type=click.Choice(["full", "frozen-vision", "lora", "qlora"]), help="[lora]")
 @click.option("--train-projector/--freeze-projector", default=None, help="frozen-vision: train the projector? [train]")
-@click.option("--vision-freeze", type=click.Choice(["clip", "original"]), help="frozen-vision scope: the CLIP tower, or "
-              "the original recipe's CLIP + projector + separators + token embeddings [clip].")
+@click.option("--vision-freeze", type=click.Choice(["clip", "original"]), help="frozen-vision scope: the CLIP "
+              "tower, or the original recipe's CLIP + projector + separators + token embeddings [clip].")
 @click.option("--lora.rank", "lora_rank", type=int, help="[16]")
 @click.option("--lora.alpha", "lora_alpha", type=float, help="[32]")
 @click.option("--lora.dropout", "lora_dropout", type=float, help="[0.05]")
@@ -112,8 +113,8 @@ def _flags(**given: Any) -> dict[str, Any]:
               help="Weights dtype of a full model in final/ [auto: the base checkpoint's].")
 @click.option("--log-every", type=int, help="Steps per log line [10].")
 @click.option("--resume", help="'latest' or a checkpoint directory.")
-@click.option("--overwrite", is_flag=True, default=None, help="Start afresh: the earlier run's files in RUN are deleted "
-              "once every input is checked.")
+@click.option("--overwrite", is_flag=True, default=None, help="Start afresh: the earlier run's files in RUN are "
+              "deleted once every input is checked.")
 @click.option("--allow-changed-settings", is_flag=True, help="--resume with settings that change the run (each change "
               "is logged in log.jsonl).")
 @click.option("--fresh-optimizer", is_flag=True, help="--resume a checkpoint that lacks its optimizer/scheduler state, "

@@ -7,8 +7,8 @@ scaling, with ``original_max_position_embeddings`` at top level; ``auto_map`` is
 Writing (:meth:`Phi3VConfig.to_dict`): the fields the official ``configuration_phi3_v.py`` reads — ``rope_scaling``
 ``{"type": "su", short_factor, long_factor}``, ``rope_theta``, ``torch_dtype``, the official ``auto_map``,
 ``use_cache: true`` — and no 5.x-only ``rope_parameters``/``dtype``. ``img_processor.vision_config`` (a dict of
-``CLIPVisionConfig`` fields) is this project's extension for tiny test towers; the official code ignores it (its tower is
-always CLIP ViT-L/14-336, as here without it).
+``CLIPVisionConfig`` fields) is this project's extension for tiny test towers; the official code ignores it (its tower
+is always CLIP ViT-L/14-336, as here without it).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ class Phi3VConfig(Phi3Config):
         computation: long factors past ``original_max_position_embeddings``, attention scaled by
         ``sqrt(1 + ln(max/original) / ln(original))``.
         """
-        scaling = kwargs.get("rope_scaling") or (self.rope_parameters if isinstance(self.rope_parameters, dict) else None)
+        scaling = kwargs.get("rope_scaling") or (
+            self.rope_parameters if isinstance(self.rope_parameters, dict) else None)
         if isinstance(scaling, dict):
             scaling = dict(scaling)  # never edit the caller's dict
             kind = scaling.get("rope_type", scaling.get("type"))

@@ -479,4 +479,5 @@ def released(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[Non
         model.save_dtype = previous
 
 
-__all__ = ["QUANT_SKIP_MODULES", "MissingWeightsError", "released", "Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]
+__all__ = ["QUANT_SKIP_MODULES", "MissingWeightsError", "released", "Phi3VForCausalLM", "Phi3VModel",
+           "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]

@@ -88,18 +88,21 @@ class Phi3VProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, num_crops: int | None = None, **kwargs: Any) -> Phi3VProcessor:
-        """Load ``preprocessor_config.json`` and the tokenizer of a checkpoint directory or Hub id (via the HF cache)."""
+        """Load ``preprocessor_config.json`` and the tokenizer of a checkpoint directory or Hub id (via the HF
+        cache)."""
         hub = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only") if key in kwargs}
         config_path = resolve_file(path, PREPROCESSOR_CONFIG, **hub)
         if config_path is None:
             raise FileNotFoundError(
-                f"{Path(path) / PREPROCESSOR_CONFIG}: missing; is {path} a Phi-3.5-vision checkpoint directory or Hub id?"
+                f"{Path(path) / PREPROCESSOR_CONFIG}: missing; "
+                f"is {path} a Phi-3.5-vision checkpoint directory or Hub id?"
             )
         try:
             settings = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             # worded as schemas.errors.json_file_error words it (the model files import nothing of the project)
-            raise ValueError(f"{config_path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from error
+            raise ValueError(f"{config_path}:{error.lineno}: invalid JSON: {error.msg} "
+                             f"(column {error.colno})") from error
         keep = ("num_crops", "image_mean", "image_std", "do_convert_rgb")
         image_kwargs = {key: settings[key] for key in keep if key in settings}
         if num_crops is not None:
@@ -129,7 +132,8 @@ class Phi3VProcessor:
         })  # fmt: skip
         write_json(path / PROCESSOR_CONFIG, {"auto_map": PROCESSOR_AUTO_MAP, "processor_class": "Phi3VProcessor"})
         source = self.source
-        if source is not None and (source / "tokenizer.json").is_file() and (source / "tokenizer_config.json").is_file():
+        if (source is not None and (source / "tokenizer.json").is_file()
+                and (source / "tokenizer_config.json").is_file()):
             copy_files(source, path, TOKENIZER_FILES)
         else:
             self.tokenizer.save_pretrained(str(path))

@@ -56,7 +56,8 @@ def preset_config(preset: str) -> Phi3VConfig:
         rope = settings["rope_scaling"]
         step = len(rope["short_factor"]) // half
         settings["rope_scaling"] = {
-            "long_factor": rope["long_factor"][::step], "short_factor": rope["short_factor"][::step], "type": rope["type"]
+            "long_factor": rope["long_factor"][::step], "short_factor": rope["short_factor"][::step],
+            "type": rope["type"],
         }  # fmt: skip
         settings.pop("_name_or_path", None)
     return Phi3VConfig.from_dict(settings)

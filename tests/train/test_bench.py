@@ -16,7 +16,8 @@ from phi3v_train.flops import FlopPart, flop_parts, mfu, training_flops
 def test_step_flops_by_hand() -> None:
     # N=10 params, T=4 tokens, 1 layer of width 2 attending over S=4 in 1 sequence, everything trainable:
     # forward linear 2·10·4 = 80 (×2 with activation grads), attention 4·1·2·16 = 128 (×3), weight grads 2·10·4 = 80.
-    full = FlopPart("lm", params=10, trainable=10, tokens=4, layers=1, width=2, attn_len=4, sequences=1, grads_flow=True)
+    full = FlopPart("lm", params=10, trainable=10, tokens=4, layers=1, width=2, attn_len=4, sequences=1,
+                    grads_flow=True)
     assert full.step_flops() == 80 * 2 + 128 * 3 + 80 == 624
     frozen = FlopPart("tower", params=10, trainable=0, tokens=4)  # no grads flow: forward only
     assert frozen.step_flops() == 80
@@ -66,7 +67,8 @@ def test_tiny_cpu_bench_writes_the_table(tmp_path: Path) -> None:
     assert [cell.strip() for cell in header.strip("|").split("|")] == list(COLUMNS)
     rows = [line for line in lines if line.startswith("| lora")]
     assert len(rows) == 1
-    method, gpus, flash, batch, img_s, speedup, memory, tok_s, mfu_cell = (c.strip() for c in rows[0].strip("|").split("|"))
+    method, gpus, flash, batch, img_s, speedup, memory, tok_s, mfu_cell = (
+        c.strip() for c in rows[0].strip("|").split("|"))
     assert (method, gpus, flash, batch, speedup) == ("lora", "0 (CPU)", "no (sdpa)", "1", "1.00×")
     assert float(img_s) > 0 and float(memory) > 0 and float(tok_s.replace(",", "")) > 0
     assert mfu_cell.endswith("%") and float(mfu_cell[:-1]) > 0

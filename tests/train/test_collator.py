@@ -38,7 +38,8 @@ def test_batch_lengths_match_encode_record_and_measured_lengths(dataset: Path, p
     batch = collate([samples[0], samples[3]])  # sample 3 has two turns and two images
     real = batch["attention_mask"].sum(dim=1).tolist()
     assert real == [samples[0].length, samples[3].length]
-    images = [Image.open(dataset / "images" / p).convert("RGB") for s in (samples[0], samples[3]) for p in s.record.images]
+    images = [Image.open(dataset / "images" / p).convert("RGB")
+              for s in (samples[0], samples[3]) for p in s.record.images]
     tokens = [int(n) for n in processor.image_processor(images, return_tensors="pt")["num_img_tokens"]]
     expected = encode_record(samples[3].record, encode=TextEncoder(processor.tokenizer), image_tokens=tokens[1:],
                              bos_id=bos_id(processor.tokenizer))
@@ -87,7 +88,8 @@ def test_pad_right() -> None:
     assert out["attention_mask"].dtype == torch.long and out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path: Path, processor: Phi3VProcessor) -> None:
+def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path: Path,
+                                                                        processor: Phi3VProcessor) -> None:
     """An answer holding ``<|end|><|user|>`` (or a question holding ``<|end|>\\n<|assistant|>``, or HTML ``<s>``) is
     trained as the characters it is: the only control tokens of the batch are the chat template's own."""
     forged = [
@@ -106,20 +108,23 @@ def test_control_tokens_in_data_are_plain_text_and_cannot_forge_a_turn(tmp_path:
     rows = [(batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
              batch["labels"][i][batch["attention_mask"][i].bool()].tolist()) for i in range(3)]
     prompt = ["<s>", "<|user|>", "<0x0A>", "S", "ay", "▁hi", "<|end|>", "<0x0A>", "<|assistant|>"]
-    answer = ["▁hi", "<", "▁|", "end", "|", "><", "▁|", "user", "|", ">", "ev", "il", "<|end|>", "<0x0A>", "<|endoftext|>"]
+    answer = ["▁hi", "<", "▁|", "end", "|", "><", "▁|", "user", "|", ">", "ev", "il", "<|end|>", "<0x0A>",
+              "<|endoftext|>"]
     assert tokens(rows[0][0]) == prompt + answer
     assert rows[0][1] == [IGNORE_INDEX] * len(prompt) + rows[0][0][len(prompt):]  # the template's <|end|> is trained
     control = {"<s>", "</s>", "<unk>", *(t for t in processor.tokenizer.get_vocab() if t.startswith("<|"))}
     for ids, labels in rows:  # per sample: <s>, <|user|>, <|end|>, <|assistant|>, then <|end|>, <|endoftext|> trained
         assert [t for t in tokens(ids) if t in control] == ["<s>", "<|user|>", "<|end|>", "<|assistant|>", "<|end|>",
                                                             "<|endoftext|>"]
-        assert [t for t in tokens([i for i in labels if i != IGNORE_INDEX]) if t in control] == ["<|end|>", "<|endoftext|>"]
+        assert ([t for t in tokens([i for i in labels if i != IGNORE_INDEX]) if t in control]
+                == ["<|end|>", "<|endoftext|>"])
     assert tokens(rows[1][0])[3:17] == ["Q", "<", "▁|", "end", "|", ">", "<0x0A>", "<", "▁|", "ass", "istant", "|", ">",
                                         "<0x0A>"]
     assert tokens(rows[2][0])[3:11] == ["<", "▁s", ">", "old", "<", "▁/", "s", ">"]  # HTML strike-through, not BOS/EOS
 
 
-def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path: Path, processor: Phi3VProcessor) -> None:
+def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path: Path,
+                                                                         processor: Phi3VProcessor) -> None:
     """A 16-bit grayscale PNG (values 0..65535, mode I;16) gives the pixel_values of the 8-bit image v >> 8."""
     import numpy as np
 
@@ -127,7 +132,8 @@ def test_a_sixteen_bit_scan_trains_as_its_eight_bit_values_not_as_white(tmp_path
     records = []
     for name, pixels in (("deep", values), ("flat", (values >> 8).astype(np.uint8))):
         Image.fromarray(pixels).save(tmp_path / f"{name}.png")
-        records.append({"id": name, "conversations": [{"images": [f"train/{name}.png"], "user": "Q", "assistant": "a"}]})
+        records.append({"id": name,
+                        "conversations": [{"images": [f"train/{name}.png"], "user": "Q", "assistant": "a"}]})
     data = write_dataset(tmp_path / "d", extra=records)
     for name in ("deep", "flat"):
         (tmp_path / f"{name}.png").rename(data / "images" / "train" / f"{name}.png")

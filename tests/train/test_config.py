@@ -58,9 +58,11 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_flash_attention_needs_bf16(precision: str) -> None:
-    with pytest.raises(ConfigError, match=f"--attention flash_attention_2 with --precision {precision}: flash attention needs bf16"):
+    with pytest.raises(ConfigError,
+                       match=f"--attention flash_attention_2 with --precision {precision}: flash attention needs bf16"):
         load_config(flags={**BASE, "attention": "flash_attention_2", "precision": precision})
-    assert load_config(flags={**BASE, "attention": "flash_attention_2", "precision": "bf16"}).attention == "flash_attention_2"
+    assert (load_config(flags={**BASE, "attention": "flash_attention_2", "precision": "bf16"}).attention
+            == "flash_attention_2")
 
 
 def test_global_batch_must_be_a_multiple_of_batch() -> None:

@@ -23,7 +23,8 @@ from schemas import Record
 
 def _record(rid: str, task: str, *turns: tuple[str | None, dict | None], images: list[str] | None = None) -> Record:
     conversations = [
-        {"images": images or [] if index == 0 else [], "user": f"question {index}", "assistant": answer, "reference": reference}
+        {"images": images or [] if index == 0 else [], "user": f"question {index}", "assistant": answer,
+         "reference": reference}
         for index, (answer, reference) in enumerate(turns)
     ]
     return Record.model_validate({"id": rid, "task": task, "conversations": conversations})
@@ -85,8 +86,8 @@ SCRIPTED_RECORDS = [
 
 def test_scripted_evaluation_scores_by_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(evaluate_module, "Generator", ScriptedGenerator)
-    result = evaluate(None, None, SCRIPTED_RECORDS, images_root=tmp_path, num_crops=4, batch_size=4, output_dir=tmp_path,
-                      progress=False)
+    result = evaluate(None, None, SCRIPTED_RECORDS, images_root=tmp_path, num_crops=4, batch_size=4,
+                      output_dir=tmp_path, progress=False)
     # binary AUROC: positives {0.9, 0.6} vs negatives {0.6, 0.2} -> (1 + 1 + 0.5 + 1) / 4
     assert result.metrics["tasks"] == {
         "binary": {"turns": 4, "scored": 4, "accuracy": 0.5, "auroc": 0.875},
@@ -107,10 +108,12 @@ def test_scripted_evaluation_scores_by_task(monkeypatch: pytest.MonkeyPatch, tmp
                                   "correct": True, "label": 1, "p_yes": 0.9}
     assert by_key[("v1", 0)] == {"id": "v1", "turn": 0, "task": "vqa", "prediction": "Hello",
                                   "references": ["helo", "hello world"], "correct": False, "anls": pytest.approx(0.8)}
-    assert by_key[("u1", 1)] == {"id": "u1", "turn": 1, "task": "classification", "prediction": "beta", "references": []}
+    assert by_key[("u1", 1)] == {"id": "u1", "turn": 1, "task": "classification", "prediction": "beta",
+                                 "references": []}
     assert by_key[("k1", 0)] == {"id": "k1", "turn": 0, "task": "caption", "prediction": "a red square",
                                   "references": ["a red box"]}
-    assert by_key[("broken", 0)] == {"id": "broken", "turn": 0, "task": "vqa", "error": "image missing.png: file does not exist"}
+    assert by_key[("broken", 0)] == {"id": "broken", "turn": 0, "task": "vqa",
+                                     "error": "image missing.png: file does not exist"}
 
 
 def test_multi_turn_history_is_reference_or_own_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -185,7 +188,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _record("r6", "chat", ("hello", None)),
     ]
     lines = [record.model_dump_json(exclude_none=True) for record in records]
-    (root / "tiny_val.jsonl").write_text("\n".join(lines[:2] + ['{"id": "bad", "conversations": []}'] + lines[2:]) + "\n")
+    (root / "tiny_val.jsonl").write_text(
+        "\n".join(lines[:2] + ['{"id": "bad", "conversations": []}'] + lines[2:]) + "\n")
     return root
 
 
@@ -273,12 +277,14 @@ def test_cli_eval_on_an_adapter_run_with_limit(tiny: Path, dataset: Path, tmp_pa
     peft = pytest.importorskip("peft")
     from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor
 
-    adapter = peft.get_peft_model(Phi3VForCausalLM.from_pretrained(str(tiny)), peft.LoraConfig(r=2, target_modules=["qkv_proj"]))
+    adapter = peft.get_peft_model(Phi3VForCausalLM.from_pretrained(str(tiny)),
+                                  peft.LoraConfig(r=2, target_modules=["qkv_proj"]))
     adapter.save_pretrained(str(tmp_path / "run" / "final"))
     Phi3VProcessor.from_pretrained(str(tiny)).save_pretrained(tmp_path / "run" / "final")
     out = tmp_path / "eval"
-    result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "run"), "--data", str(dataset / "tiny_val.jsonl"),
-                                       "--limit", "2", "--max-new-tokens", "2", "--output", str(out)])
+    result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "run"),
+                                       "--data", str(dataset / "tiny_val.jsonl"), "--limit", "2",
+                                       "--max-new-tokens", "2", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "binary" in result.output  # the table
     assert [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()] == ["r1", "r2"]

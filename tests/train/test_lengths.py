@@ -172,7 +172,8 @@ def test_an_unwritable_dataset_caches_in_the_run_and_resumes_and_later_runs_meas
     assert counted == [1, 1]  # a later run on the same data
 
 
-def test_a_clean_preflight_is_remembered_until_the_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_clean_preflight_is_remembered_until_the_files_change(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import phi3v_data.validate
     from phi3v_train.dataset import preflight
 

@@ -73,7 +73,8 @@ def test_lora_export_matches_adapter_logits_and_official_keys(base: Path, tmp_pa
     processor = Phi3VProcessor.from_pretrained(str(tmp_path / "merged"))
     inputs = _inputs(processor)
     reference = _logits(wrapped, inputs)
-    torch.testing.assert_close(_logits(merged, inputs), reference, atol=1e-4, rtol=0)  # the bar: logits equal to 1e-4
+    # the bar: logits equal to 1e-4
+    torch.testing.assert_close(_logits(merged, inputs), reference, atol=1e-4, rtol=0)
     plain = Phi3VForCausalLM.from_pretrained(str(base)).eval()
     assert (_logits(plain, inputs) - reference).abs().max() > 1e-2  # the adapter really changes the outputs
     assert _keys(tmp_path / "merged") == _keys(base)
@@ -84,7 +85,8 @@ def test_lora_export_matches_adapter_logits_and_official_keys(base: Path, tmp_pa
 def test_qlora_adapter_merges_onto_full_precision_base(base: Path, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("bitsandbytes")
-    nf4 = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    nf4 = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.float32)
     try:
         final = _make_run(base, tmp_path / "run", quantization_config=nf4)
     except (RuntimeError, NotImplementedError, ImportError) as exc:  # pragma: no cover - depends on the bnb build
@@ -101,7 +103,8 @@ def test_qlora_adapter_merges_onto_full_precision_base(base: Path, tmp_path: Pat
     torch.testing.assert_close(merged_model.state_dict()[name], original + delta, atol=1e-6, rtol=0)
     wrapped = peft.PeftModel.from_pretrained(Phi3VForCausalLM.from_pretrained(str(base)), str(final)).eval()
     inputs = _inputs(Phi3VProcessor.from_pretrained(str(tmp_path / "merged")))
-    torch.testing.assert_close(_logits(merged_model, inputs), _logits(wrapped, inputs), atol=1e-4, rtol=0)  # the bar: logits equal to 1e-4
+    # the bar: logits equal to 1e-4
+    torch.testing.assert_close(_logits(merged_model, inputs), _logits(wrapped, inputs), atol=1e-4, rtol=0)
     assert _keys(tmp_path / "merged") == _keys(base)
 
 
@@ -131,7 +134,8 @@ def test_export_base_override_and_clear_errors(base: Path, tmp_path: Path) -> No
 def test_export_refuses_a_quantised_base(tmp_path: Path) -> None:
     quantised = tmp_path / "nf4-base"
     quantised.mkdir()
-    (quantised / "config.json").write_text(json.dumps({"model_type": "phi3_v", "quantization_config": {"load_in_4bit": True}}))
+    (quantised / "config.json").write_text(
+        json.dumps({"model_type": "phi3_v", "quantization_config": {"load_in_4bit": True}}))
     adapter = tmp_path / "run" / "final"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(quantised)}))

@@ -105,11 +105,13 @@ def test_binary_label_from_reference_or_answer() -> None:
 
 def test_score_turn_picks_metrics_by_task() -> None:
     vqa = Turn(user="q", assistant="helo", reference=Reference(answers=["hello world"]))
-    assert score_turn("Hello", vqa, task="vqa") == {"references": ["helo", "hello world"], "correct": False, "anls": pytest.approx(0.8)}
+    assert score_turn("Hello", vqa, task="vqa") == {"references": ["helo", "hello world"], "correct": False,
+                                                    "anls": pytest.approx(0.8)}
     cls = Turn(user="q", assistant="Archery")
     assert score_turn("archery.", cls, task="classification") == {"references": ["Archery"], "correct": True}
     binary = Turn(user="q", assistant="no")
-    assert score_turn("yes", binary, task="binary", p_yes=0.7) == {"references": ["no"], "correct": False, "label": 0, "p_yes": 0.7}
+    assert score_turn("yes", binary, task="binary", p_yes=0.7) == {"references": ["no"], "correct": False, "label": 0,
+                                                                   "p_yes": 0.7}
     assert score_turn("a cat", Turn(user="q", assistant="a dog"), task="caption") == {"references": ["a dog"]}
     assert score_turn("Archery", Turn(user="q"), task="classification") == {"references": []}
 

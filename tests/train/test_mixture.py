@@ -49,7 +49,8 @@ def test_one_dataset_stays_a_plain_directory_and_a_mixture_round_trips(tmp_path:
     assert saved["data"] == [{"path": "data/docvqa", "weight": 0.7}, {"path": "data/llava", "weight": 0.3}]
     assert load_config(tmp_path / "config.yaml").sources == config.sources
     (tmp_path / "mix.yaml").write_text("data:\n  - {path: a, weight: 2}\n  - path: b\n")
-    assert [(s.path.name, s.weight) for s in load_config(tmp_path / "mix.yaml", flags=BASE).sources] == [("a", 2), ("b", 1)]
+    assert ([(s.path.name, s.weight) for s in load_config(tmp_path / "mix.yaml", flags=BASE).sources]
+            == [("a", 2), ("b", 1)])
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -113,7 +114,8 @@ def test_one_dataset_order_is_unchanged_by_mixture_support() -> None:
     # The order single-dataset runs had before mixtures (the sampler's doctest), and a mixture of one agrees.
     lengths = [5, 50, 6, 49]
     assert LengthGroupedSampler(lengths, batch_size=2, global_batch_size=2, seed=0).batches(0) == [[1, 3], [2, 0]]
-    assert MixtureSampler(lengths, sizes=[4], weights=[1], batch_size=2, global_batch_size=2).batches(0) == [[1, 3], [2, 0]]
+    assert (MixtureSampler(lengths, sizes=[4], weights=[1], batch_size=2, global_batch_size=2).batches(0)
+            == [[1, 3], [2, 0]])
 
 
 # ---- training on a mixture -------------------------------------------------------------------------------------------
@@ -124,7 +126,8 @@ def _two_datasets(root: Path) -> tuple[Path, Path]:
     colors = write_dataset(root / "colors", count=4)
     write_dataset(colors, split="val", count=2)
     only = {"id": "paint-purple", "source": "paints", "task": "classification",
-            "conversations": [{"images": ["train/purple.png"], "user": "What color is the image?", "assistant": "purple"}]}
+            "conversations": [{"images": ["train/purple.png"], "user": "What color is the image?",
+                               "assistant": "purple"}]}
     paints = write_dataset(root / "paints", name="paints", count=1, extra=[only])
     Image.new("RGB", (20, 30), (128, 0, 128)).save(paints / "images" / "train" / "purple.png")
     return colors, paints
@@ -148,8 +151,10 @@ def test_mixture_trains_by_weight_logs_per_dataset_and_resumes_exactly(
     straight = run(load_config(flags=flags("a", eval_after=True, eval_split="val", eval_limit=2)))
     assert straight.status == "finished" and len(straight.losses) == 5
     err = capsys.readouterr().err
-    assert "data colors: 4 samples from colors_train.jsonl" in err and "data paints: 2 samples from paints_train.jsonl" in err
-    assert "mixture: 6 samples per epoch: colors 2 (weight 1, 0.50× its samples), paints 4 (weight 2, 2.00× its samples)" in err
+    assert ("data colors: 4 samples from colors_train.jsonl" in err
+            and "data paints: 2 samples from paints_train.jsonl" in err)
+    assert ("mixture: 6 samples per epoch: colors 2 (weight 1, 0.50× its samples), "
+            "paints 4 (weight 2, 2.00× its samples)") in err
     logged = _log(tmp_path / "a")
     counts = [(row["samples/colors"], row["samples/paints"]) for row in logged]
     assert all(sum(pair) == 2 for pair in counts)  # one global batch per step
@@ -180,7 +185,8 @@ def test_each_dataset_of_a_mixture_is_validated(tmp_path: Path, tiny_model: Path
     bad = {"id": "x", "conversations": [{"images": ["nope.png"], "user": "q", "assistant": "a"}]}
     write_dataset(paints, name="paints", count=1, extra=[bad])
     with pytest.raises(RunError) as caught:
-        run(load_config(flags={**run_flags(colors, tiny_model, tmp_path / "run"), "data": [str(colors), f"{paints}:2"]}))
+        run(load_config(flags={**run_flags(colors, tiny_model, tmp_path / "run"),
+                               "data": [str(colors), f"{paints}:2"]}))
     message = str(caught.value)
     assert message.startswith(f"{paints}: the dataset has problems (1 of 2 records") and str(colors) not in message
     assert (tmp_path / "run" / "preflight-paints-train.json").is_file()

@@ -48,7 +48,7 @@ def _official_prompt_ids(tokenizer, prompt: str, num_img_tokens: list[int]) -> l
 
 
 def _chat(tokenizer, content: str) -> str:
-    # prompt = self.processor.tokenizer.apply_chat_template([prompt_message], tokenize=False, add_generation_prompt=True)
+    # prompt = self.processor.tokenizer.apply_chat_template([prompt_message], tokenize=False, add_generation_prompt=True)  # noqa: E501
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -165,9 +165,10 @@ def test_nlvr2_two_images_match_finetune_hf_trainer_nlvr2(tmp_path: Path) -> Non
 
 
 def test_nlvr2_row_with_two_questions_encodes_each_turn_alone(tmp_path: Path) -> None:
-    # A the_cauldron nlvr2 row with two statements, as `phi3v-data convert cauldron --subset nlvr2 --task chat` keeps it:
-    # both images on the first turn, the answers verbatim.
-    first, second = "The left image shows two acorns. True or false?", "The right image shows a squirrel. True or false?"
+    # A the_cauldron nlvr2 row with two statements, as `phi3v-data convert cauldron --subset nlvr2 --task chat`
+    # keeps it: both images on the first turn, the answers verbatim.
+    first, second = ("The left image shows two acorns. True or false?",
+                     "The right image shows a squirrel. True or false?")
     record = {"id": "train-0000000", "source": "cauldron", "task": "chat",
               "conversations": [{"images": ["train/0000000_0.png", "train/0000000_1.png"], "user": first,
                                  "assistant": "False"},

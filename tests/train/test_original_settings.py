@@ -49,7 +49,8 @@ def _accumulated_grad(loss_norm: str) -> float:
     trainer = Phi3VTrainer(model=model, args=args, sampler=LengthGroupedSampler([1], batch_size=1, global_batch_size=1),
                            loss_norm=loss_norm)
     trainer.current_gradient_accumulation_steps = 2  # set by the training loop
-    first = {"input_ids": torch.tensor([[5, 5]]), "attention_mask": torch.tensor([[1, 1]]), "labels": torch.tensor([[1, 2]])}
+    first = {"input_ids": torch.tensor([[5, 5]]), "attention_mask": torch.tensor([[1, 1]]),
+             "labels": torch.tensor([[1, 2]])}
     second = {"input_ids": torch.tensor([[5, 5]]), "attention_mask": torch.tensor([[1, 0]]),
               "labels": torch.tensor([[6, -100]])}
     tokens = torch.tensor(3)  # label tokens of the whole accumulated batch, as the Trainer counts them

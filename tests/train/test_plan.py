@@ -31,7 +31,8 @@ def test_parameter_counts_match_the_model(preset: str) -> None:
     config = preset_config(preset)
     with torch.device("meta"):
         model = Phi3VForCausalLM(config)
-    assert sum(Architecture.from_config(config.to_dict()).params().values()) == sum(p.numel() for p in model.parameters())
+    assert (sum(Architecture.from_config(config.to_dict()).params().values())
+            == sum(p.numel() for p in model.parameters()))
 
 
 def test_official_config_gives_the_default_architecture() -> None:
@@ -59,7 +60,8 @@ SAME_SETTINGS = [("full", False, 8), ("full", True, 8), ("full", True, 16), ("fu
                  ("frozen-vision", False, 8), ("frozen-vision", True, 8), ("lora", True, 8), ("qlora", True, 8)]
 
 
-@pytest.mark.parametrize("key", SAME_SETTINGS, ids=[f"{s}-{'flash' if f else 'eager'}-{g}gpu" for s, f, g in SAME_SETTINGS])
+@pytest.mark.parametrize("key", SAME_SETTINGS,
+                         ids=[f"{s}-{'flash' if f else 'eager'}-{g}gpu" for s, f, g in SAME_SETTINGS])
 def test_estimate_within_20_percent_of_the_original(key: tuple) -> None:
     strategy, flash, gpus = key
     total = estimate(Architecture(), original_setup(strategy, flash=flash, gpus=gpus)).total
@@ -90,7 +92,8 @@ def test_recommendation_follows_the_guide(gpu: str, gpus: int, strategy: str, pr
     report = make_plan(gpus=gpus, gpu=GPUS[gpu], recipe="hateful-memes-full")
     assert report.guide == strategy
     assert report.recommended.strategy == strategy
-    assert (report.recommended.settings["precision"], report.recommended.settings["attention"]) == (precision, attention)
+    assert ((report.recommended.settings["precision"], report.recommended.settings["attention"])
+            == (precision, attention))
 
 
 def test_v100_full_finetuning_fits_with_the_shipped_zero2_buckets() -> None:
@@ -100,7 +103,8 @@ def test_v100_full_finetuning_fits_with_the_shipped_zero2_buckets() -> None:
     assert full.estimate.parts["buffers"] == pytest.approx(9.0)
     assert full.fallback.total < 0.95 * 32 < full.estimate.total
     assert report.command == ("torchrun --nproc_per_node 8 -m phi3v_train.cli.run --recipe hateful-memes-full "
-                              "--precision fp16 --attention sdpa --deepspeed zero2 --data DATA --out runs/hateful-memes-full")
+                              "--precision fp16 --attention sdpa --deepspeed zero2 "
+                              "--data DATA --out runs/hateful-memes-full")
 
 
 def test_too_small_a_machine_gets_zero3_or_nothing() -> None:
@@ -108,7 +112,8 @@ def test_too_small_a_machine_gets_zero3_or_nothing() -> None:
     full = long_videos.rows[0]
     assert (full.verdict, full.settings["deepspeed"]) == ("needs ZeRO-3", "zero3")
     # ZeRO-3 shards the 2-byte weights too, and gathers back a few layers: 8.3 GB → 8.3/4 + 4 × the largest linear
-    assert full.estimate.total - full.fallback.total == pytest.approx((8.293 - 8.293 / 4 - 4 * 3072 * 16384 * 2 / 1e9), abs=0.01)
+    assert full.estimate.total - full.fallback.total == pytest.approx((8.293 - 8.293 / 4 - 4 * 3072 * 16384 * 2 / 1e9),
+                                                                      abs=0.01)
     assert "--deepspeed zero3" in long_videos.command
     one_t4 = make_plan(gpus=1, gpu=GPUS["t4"], seq_len=20000, crops=120)
     assert {row.verdict for row in one_t4.rows} == {"does not fit"} and one_t4.command is None

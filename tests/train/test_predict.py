@@ -43,7 +43,8 @@ def _eval_answer(model_dir: Path, image: Path, question: str = QUESTION, *, task
     """What `phi3v-train eval` answers for the same image and question as a dataset record (and its P(yes))."""
     model, processor = load_for_inference(model_dir, num_crops=1)
     path = image.parent / "one.jsonl"
-    path.write_text(json.dumps({"id": "q", "task": task, "conversations": [{"images": [image.name], "user": question}]}))
+    path.write_text(json.dumps({"id": "q", "task": task,
+                                "conversations": [{"images": [image.name], "user": question}]}))
     row = evaluate(model, processor, load_records([path]), images_root=image.parent, num_crops=1, max_new_tokens=8,
                    progress=False, score=False).rows[0]
     return row["prediction"], row["p_yes"]

@@ -27,7 +27,7 @@ PHI35 = "microsoft/Phi-3.5-vision-instruct"
 
 # (name, strategy, precision, lora rank, lora alpha, lr, epochs, reported value, model it was measured on)
 ROWS = [
-    # DocVQA table (ANLS), "NOTE: Phi-3-vision": training method | data type | LoRA rank | LoRA alpha | batch | lr | epochs
+    # DocVQA table (ANLS), "NOTE: Phi-3-vision": training method | data type | LoRA rank | LoRA alpha | batch | lr | epochs  # noqa: E501
     ("docvqa-full", "full", "bf16", None, None, 5e-6, 2, 83.65, PHI3),
     ("docvqa-full-fp16", "full", "fp16", None, None, 5e-6, 2, 82.60, PHI3),
     ("docvqa-frozen-vision", "frozen-vision", "bf16", None, None, 1e-4, 2, 79.19, PHI3),

@@ -120,7 +120,8 @@ def test_accumulation_and_deepspeed_presets() -> None:
     config = load_config(flags={"data": "d", "model": "m", "output": "o", "batch_size": 2, "global_batch_size": 16})
     assert accumulation_steps(config, world_size=1) == 8
     assert accumulation_steps(config, world_size=4) == 2
-    with pytest.raises(RunError, match=r"--global-batch-size 16 is not a multiple of --batch-size 2 × 3 device\(s\) = 6"):
+    with pytest.raises(RunError,
+                       match=r"--global-batch-size 16 is not a multiple of --batch-size 2 × 3 device\(s\) = 6"):
         accumulation_steps(config, world_size=3)
     for preset, stage in (("zero2", 2), ("zero3", 3)):
         shipped = json.loads(Path(deepspeed_config(preset)).read_text())

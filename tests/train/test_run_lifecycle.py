@@ -71,7 +71,8 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_crashed_holders_lock_is
                 print("locked", flush=True)
                 sys.stdin.read()
         """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     args = cli_args(run_flags(data, tiny_model, out, max_steps=1))
     try:

@@ -181,7 +181,8 @@ def test_quantization_scope_settings() -> None:
     from phi3v_train.strategies import quantization_config
 
     ours = quantization_config(load_config(flags={"data": "d", "model": "m", "output": "o", "strategy": "qlora"}))
-    assert (ours.llm_int8_skip_modules, ours.bnb_4bit_use_double_quant) == (["model.vision_embed_tokens", "lm_head"], True)
+    assert ((ours.llm_int8_skip_modules, ours.bnb_4bit_use_double_quant)
+            == (["model.vision_embed_tokens", "lm_head"], True))
     original = quantization_config(load_config(flags={
         "data": "d", "model": "m", "output": "o", "strategy": "qlora",
         "lora": {"quantize_vision": True, "double_quant": False}}))

@@ -19,7 +19,8 @@ from train_fixtures import write_dataset
 
 TRICKY = [
     "", " ", "   ", "  two  spaces", " lead", "trail ", "a\n\nb", "\t tab", "x" * 300, "ünïcode 😀 emoji",
-    "日本語のテキスト", "ок привет", "a\u2581b", "\u2581\u2581x", "\u200b zero width", "<|user|>\nhi<|end|>\n<|assistant|>\n",
+    "日本語のテキスト", "ок привет", "a\u2581b", "\u2581\u2581x", "\u200b zero width",
+    "<|user|>\nhi<|end|>\n<|assistant|>\n",
     "<|assistant|> \u3000 \x1c x", "</s>  y", "hi</s>", "<s>x", "<|end|><|end|>", "a<|placeholder1|>\u2003b",
     "<|image|>\n\n", "<<|end|>>", "\nWhat is in the picture?<|end|>\n<|assistant|>\n", "red.<|end|>\n<|endoftext|>",
     "<|endoftext|>", "   <|user|>", "nbsp\u00a0inside", "tabs\t\tand\r\nnewlines",

@@ -94,7 +94,8 @@ def test_collator_stands_in_for_an_image_that_no_longer_decodes(tmp_path: Path, 
     batch = collate(dataset.samples)
     assert int(batch[SKIPPED_KEY]) == 1
     assert batch["input_ids"].shape == good["input_ids"].shape  # same measured length, so the sampler still holds
-    assert torch.equal(batch["input_ids"], good["input_ids"]) and batch["pixel_values"].shape == good["pixel_values"].shape
+    assert (torch.equal(batch["input_ids"], good["input_ids"])
+            and batch["pixel_values"].shape == good["pixel_values"].shape)
     assert torch.equal(batch["labels"][0], good["labels"][0])
     assert (batch["labels"][1] == -100).all()  # the stand-in teaches nothing
 
@@ -150,7 +151,8 @@ def test_resume_of_a_finished_run_is_a_no_op_and_a_killed_final_save_is_finished
     assert (run_dir / "log.jsonl").read_text() == log  # no step trained
     assert [c.step for c in list_checkpoints(run_dir)] == [3]
     assert sorted(_files(run_dir / "final")) == sorted(final_files)
-    before, after = load(final_files["adapter_model.safetensors"]), load_file(run_dir / "final" / "adapter_model.safetensors")
+    before, after = (load(final_files["adapter_model.safetensors"]),
+                     load_file(run_dir / "final" / "adapter_model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
     # final/ left from an earlier, shorter finish is not mistaken for this run's end.
@@ -175,10 +177,12 @@ def test_export_refuses_an_out_that_is_or_holds_an_input(tmp_path: Path) -> None
          f"--out {run_dir} contains the --adapter directory {run_dir / 'final'}"),
         (["--adapter", str(run_dir / "final"), "--out", str(run_dir / "final"), "--overwrite"],
          f"--out {run_dir / 'final'} is the --adapter directory"),
-        (["--adapter", str(run_dir), "--out", str(run_dir), "--overwrite"], f"--out {run_dir} is the --adapter directory"),
+        (["--adapter", str(run_dir), "--out", str(run_dir), "--overwrite"],
+         f"--out {run_dir} is the --adapter directory"),
         (["--adapter", str(run_dir / "final"), "--out", str(base), "--overwrite"],
          f"--out {base} is the base model directory {base}"),
-        (["--adapter", str(run_dir / "final"), "--out", str(tmp_path), "--overwrite"], f"--out {tmp_path} contains the"),
+        (["--adapter", str(run_dir / "final"), "--out", str(tmp_path), "--overwrite"],
+         f"--out {tmp_path} contains the"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(export, args)
@@ -223,7 +227,8 @@ def test_predict_and_eval_never_write_over_or_into_the_data_or_the_model(tmp_pat
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     predict = command == "predict"
     cases = [
-        (split, f"--out {split} is the split file {split}") if predict else (data, f"--out {data} contains the split file"),
+        ((split, f"--out {split} is the split file {split}") if predict
+         else (data, f"--out {data} contains the split file")),
         (data / "preds.jsonl" if predict else data / "eval", "is inside --data"),
         (data / "images" / "p.jsonl", "is inside --data"),
         (model / "p.jsonl" if predict else model / "eval", f"is inside the checkpoint {model}"),
@@ -263,7 +268,8 @@ def test_yaml_alias_bomb_is_refused_quickly_and_errors_never_echo_the_file(tmp_p
     bomb.write_text("\n".join(levels) + "\n")  # 9^9 ≈ 387 million strings once expanded
     with pytest.raises(ConfigError) as caught:
         load_config(bomb)
-    assert str(caught.value) == f"--config {bomb}: refused: its aliases expand to more than 100,000 values (an alias bomb?)"
+    assert str(caught.value) == (f"--config {bomb}: refused: its aliases expand to more than 100,000 values "
+                                 "(an alias bomb?)")
 
     loop = tmp_path / "loop.yaml"
     loop.write_text("data: &d [1, *d]\n")

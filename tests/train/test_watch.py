@@ -68,7 +68,8 @@ def test_eval_every_numbers_equal_phi3v_train_eval_of_the_checkpoints(tmp_path: 
     assert (last["accuracy"], last["auroc"]) == (evals[4]["eval_accuracy"], evals[4]["eval_auroc"])
     of_best = _cli_eval(run_dir / "best", data, tmp_path / "eval-best")
     assert (of_best["accuracy"], of_best["auroc"]) == (evals[best]["eval_accuracy"], evals[best]["eval_auroc"])
-    exported = CliRunner().invoke(main, ["export", "--adapter", str(run_dir / "best"), "--out", str(tmp_path / "merged")])
+    exported = CliRunner().invoke(main, ["export", "--adapter", str(run_dir / "best"),
+                                         "--out", str(tmp_path / "merged")])
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 

@@ -16,7 +16,8 @@ COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "
 def write_dataset(
     root: Path, *, name: str = "colors", split: str = "train", extra: list[dict] | None = None, count: int = 8
 ) -> Path:
-    """``count`` (≤ 8) labeled records (one or two solid-colour images, answers = colour names) + ``extra`` raw records."""
+    """``count`` (≤ 8) labeled records (one or two solid-colour images, answers = colour names) + ``extra`` raw
+    records."""
     images = root / "images" / split
     images.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (30, 40), COLORS["green"]).save(images / "green.png")

@@ -50,7 +50,8 @@ def test_unmodified_official_config_builds_the_full_model_on_meta() -> None:
     for name in ("model.embed_tokens.weight", "model.layers.31.self_attn.qkv_proj.weight",
                  "model.layers.31.mlp.gate_up_proj.weight", "model.norm.weight", "lm_head.weight",
                  "model.vision_embed_tokens.glb_GN", "model.vision_embed_tokens.sub_GN",
-                 "model.vision_embed_tokens.img_projection.0.weight", "model.vision_embed_tokens.img_projection.2.weight",
+                 "model.vision_embed_tokens.img_projection.0.weight",
+                 "model.vision_embed_tokens.img_projection.2.weight",
                  "model.vision_embed_tokens.img_processor.vision_model.encoder.layers.23.self_attn.q_proj.weight",
                  "model.vision_embed_tokens.img_processor.vision_model.pre_layrnorm.weight"):  # fmt: skip
         assert name in names, name
