@@ -189,7 +189,8 @@ def findings_from_report(report: object) -> Findings:
         if not finding.line:  # file-level findings (e.g. no records) belong to no record
             continue
         where = f" ({finding.field})" if getattr(finding, "field", "") else ""
-        out.setdefault(int(finding.line), []).append(LineProblem(finding.code, f"{finding.code}{where}: {finding.message}"))
+        problem = LineProblem(finding.code, f"{finding.code}{where}: {finding.message}")
+        out.setdefault(int(finding.line), []).append(problem)
     return out
 
 

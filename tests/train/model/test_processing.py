@@ -96,7 +96,7 @@ def test_reads_an_official_style_preprocessor_config(tiny_dir: Path, tmp_path: P
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(official))
     assert Phi3VProcessor.from_pretrained(tmp_path).image_processor.num_crops == 4
     (tmp_path / "preprocessor_config.json").write_text("{\n  oops")
-    with pytest.raises(ValueError, match="preprocessor_config.json: line 2"):
+    with pytest.raises(ValueError, match="preprocessor_config.json:2: invalid JSON: "):
         Phi3VProcessor.from_pretrained(tmp_path)
 
 
