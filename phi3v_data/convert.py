@@ -48,6 +48,7 @@ from phi3v_data.splits import Carved
 from schemas import Record
 from schemas.errors import first_validation_line
 from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, split_file_name
+from schemas.layout import manifest_path as manifest_path_of
 
 JOURNAL_DIR = ".partial"
 CHUNK_MAX = 8
@@ -366,7 +367,7 @@ class OutputLock(SharedOutputLock):
 
 def _up_to_date(out: Path, digest: str) -> bool:
     """True when ``out`` holds a finished conversion with the same arguments; refuses one with other arguments."""
-    manifest_path = out / "manifest.json"
+    manifest_path = manifest_path_of(out)
     if not manifest_path.exists():
         return False
     try:
@@ -443,7 +444,7 @@ def recorded_outputs(out: Path) -> list[str]:
     """What an earlier conversion in ``out`` recorded as its own (manifest ``outputs``): the only things
     ``--overwrite`` may delete. Names are single entries of ``out``; anything else in the list is ignored."""
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_path_of(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     if not isinstance(manifest, dict) or "params_digest" not in manifest:
@@ -451,7 +452,7 @@ def recorded_outputs(out: Path) -> list[str]:
     outputs = manifest.get("outputs")
     if not isinstance(outputs, list):  # written before manifests listed their outputs
         files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-        outputs = ["images", *files.values(), "failures.jsonl", "manifest.json"]
+        outputs = [IMAGES_DIR, *files.values(), "failures.jsonl", MANIFEST]  # failures.jsonl: where they were then
     return [name for name in outputs if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
             and "\\" not in name and "\x00" not in name]
 
@@ -459,7 +460,7 @@ def recorded_outputs(out: Path) -> list[str]:
 def _remove_recorded(out: Path) -> None:
     """Delete an earlier conversion's recorded outputs (manifest last, so a crash here still leaves the list)."""
     names = recorded_outputs(out)
-    for name in sorted(names, key=lambda n: n == "manifest.json"):
+    for name in sorted(names, key=lambda n: n == MANIFEST):
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
