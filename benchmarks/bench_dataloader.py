@@ -57,7 +57,8 @@ def build_loader(data: Path, model: Path, *, num_crops: int, batch: int, workers
     from torch.utils.data import DataLoader
 
     from phi3v_train.collator import Collator
-    from phi3v_train.dataset import images_dir, load_split
+    from phi3v_train.dataset import load_split
+    from schemas.layout import images_dir
     from phi3v_train.model import Phi3VProcessor, text_encoding
     from phi3v_train.sampler import LengthGroupedSampler
 

@@ -17,7 +17,8 @@ from phi3v_data.tokens import num_image_tokens
 from phi3v_train import lengths
 from phi3v_train.model.processing_phi3v import TextEncoder
 from phi3v_train.config import load_config
-from phi3v_train.dataset import image_sizes, images_dir, load_split, sample_length
+from phi3v_train.dataset import image_sizes, load_split, sample_length
+from schemas.layout import images_dir
 from phi3v_train.lengths import LengthCache, tokenizer_digest
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.train import run

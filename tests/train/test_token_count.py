@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from phi3v_train import lengths
 from phi3v_train.model.processing_phi3v import TextEncoder
-from phi3v_train.dataset import images_dir
+from schemas.layout import images_dir
 from phi3v_train.model import Phi3VProcessor, bos_id
 from phi3v_train.token_count import TokenCounter
 from train_fixtures import write_dataset

@@ -213,7 +213,7 @@ def test_validator_on_a_mixture_scores_each_dataset_and_the_loss_per_answer_toke
 
     from phi3v_train.collator import Collator
     from phi3v_train.model.processing_phi3v import TextEncoder
-    from phi3v_train.dataset import images_dir
+    from schemas.layout import images_dir
     from phi3v_train.model import Phi3VForCausalLM, Phi3VProcessor, bos_id
 
     colors = write_dataset(tmp_path / "colors")
