@@ -49,8 +49,18 @@ lock:
 demo: $(STAMP)
 	$(BIN)/python -m phi3v_train.demo --out $(DEMO_OUT)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+# The GPU machine's older transformers & co. (requirements/gpu-image.txt), as an overlay in front of .venv: the
+# model tests run again over it, and the device rehearsal installs its wheels as the GPU run installs carried ones.
+GPU_IMAGE := $(VENV)/gpu-image
+$(GPU_IMAGE)/.installed: requirements/gpu-image.txt $(STAMP)
+	rm -rf $(GPU_IMAGE)
+	$(BIN)/pip download -q --no-deps --require-hashes --only-binary=:all: -d $(GPU_IMAGE)/wheels -r requirements/gpu-image.txt
+	$(BIN)/pip install -q --no-deps --no-index --target $(GPU_IMAGE)/site $(GPU_IMAGE)/wheels/*.whl
+	touch $@
+
+test: $(STAMP) $(GPU_IMAGE)/.installed
+	PHI3V_GPU_IMAGE_WHEELS=$(GPU_IMAGE)/wheels $(BIN)/python -m pytest -q -n 2 tests
+	PHI3V_GPU_IMAGE=1 PYTHONPATH=$(GPU_IMAGE)/site $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/train/model
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

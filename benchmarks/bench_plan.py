@@ -74,6 +74,7 @@ def measure(strategy: str, checkpointing: bool, seq_len: int) -> dict:
 
     from phi3v_train.config import load_config
     from phi3v_train.model import Phi3VForCausalLM, Phi3VImageProcessor
+    from phi3v_train.model.compat import enable_checkpointing
     from phi3v_train.strategies import apply_strategy
 
     torch.manual_seed(0)
@@ -92,7 +93,7 @@ def measure(strategy: str, checkpointing: bool, seq_len: int) -> dict:
     model = apply_strategy(model, settings)
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     for micro_batches in (1, 2):  # the second step accumulates two micro-batches, as training does (states exist)
         for _ in range(micro_batches):

@@ -164,6 +164,7 @@ def prepare_model(checkpoint: Path, strategy: Strategy, attention: Attention, *,
     """Load the checkpoint and choose its trainable parameters exactly as ``phi3v-train run`` does."""
     from phi3v_train.config import TrainConfig
     from phi3v_train.strategies import apply_strategy, load_base_model
+    from phi3v_train.model.compat import enable_checkpointing
 
     config = TrainConfig(
         data=checkpoint, model=str(checkpoint), output=checkpoint, strategy=strategy, attention=attention,
@@ -174,7 +175,7 @@ def prepare_model(checkpoint: Path, strategy: Strategy, attention: Attention, *,
         model.to(device)
     model = apply_strategy(model, config)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model
 
 

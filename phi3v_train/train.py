@@ -38,6 +38,7 @@ from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
+from phi3v_train.model.compat import checkpointing_arguments
 from phi3v_train.dataset import SampleDataset, SplitSummary, load_mixture, preflight, source_names
 from phi3v_train.distributed import barrier, from_main, is_distributed, is_main, world
 from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
@@ -175,8 +176,7 @@ def training_arguments(config: TrainConfig, *, world_size: int) -> TrainingArgum
         seed=config.seed,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_arguments(config.gradient_checkpointing),
         logging_steps=config.log_every,
         logging_first_step=True,  # with LogEnds: a run shorter than --log-every still logs its first and last step
         logging_nan_inf_filter=False,  # a NaN stops the run (Phi3VTrainer.compute_loss) rather than being hidden

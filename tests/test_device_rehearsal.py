@@ -1,7 +1,8 @@
 """The first GPU run's script (benchmarks/device/run.sh), rehearsed on CPU at tiny sizes so it cannot rot unseen.
 
-The rehearsal is prepare-free: this venv already has every package, so no wheels are installed (``--wheels ''``);
-the project itself still goes through the same ``pip install --no-deps --target`` as on the GPU machine.
+The rehearsal is prepare-free: this venv already has every package the GPU machine lacks. What it installs as wheels
+is the other way round: the GPU image's own older transformers & co. (requirements/gpu-image.txt), so the run meets
+the versions it will meet there; the project itself goes through the same ``pip install --no-deps --target``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,19 +35,34 @@ def load_driver():
     return module
 
 
-def rehearse(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+def gpu_image_wheels() -> Path:
+    """The GPU image's transformers & co. as wheels (requirements/gpu-image.txt), which `make test` downloads."""
+    wheels = Path(os.environ.get("PHI3V_GPU_IMAGE_WHEELS", REPO / ".venv" / "gpu-image" / "wheels"))
+    if not any(wheels.glob("transformers-*.whl")):
+        if "PHI3V_GPU_IMAGE_WHEELS" in os.environ:
+            pytest.fail(f"PHI3V_GPU_IMAGE_WHEELS={wheels} holds no transformers wheel")
+        pytest.skip(f"no GPU-image wheels in {wheels}: `make test` downloads them")
+    return wheels
+
+
+def rehearse(out: Path, *flags: str, wheels: Path | str = "") -> tuple[subprocess.CompletedProcess, dict]:
     env = {**os.environ, "DEVICE": "cpu", "PY": sys.executable, "OUT": str(out)}
     env.pop("WORK", None)
-    proc = subprocess.run(["bash", str(RUN_SH), "--wheels", "", *flags], env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(["bash", str(RUN_SH), "--wheels", str(wheels), *flags], env=env, capture_output=True,
+                          text=True, timeout=900)
     assert (out / "gpu_report.json").is_file(), proc.stdout + proc.stderr
     return proc, json.loads((out / "gpu_report.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.slow  # about twenty processes that each import torch: a few minutes on 2 cores
 def test_rehearsal_runs_every_step_and_writes_both_reports(tmp_path: Path) -> None:
-    proc, report = rehearse(tmp_path / "out")
+    """Over the GPU image's transformers (its wheels installed as the GPU run installs carried ones), not the lock's."""
+    wheels = gpu_image_wheels()
+    proc, report = rehearse(tmp_path / "out", wheels=wheels)
     rows = {row["name"]: row for row in report["steps"]}
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)", (REPO / "requirements" / "gpu-image.txt").read_text(), re.MULTILINE))
+    assert {name: rows["env"]["details"]["versions"][name] for name in pins} == pins
+    assert sorted(rows["install"]["details"]["wheels"]) == sorted(p.name for p in wheels.glob("*.whl"))
     assert [row["name"] for row in report["steps"]] == STEPS
     failed = {name: row["reason"] for name, row in rows.items() if row["status"] != "ok"}
     # the one step that cannot mean anything on CPU says so; everything else ran and passed

@@ -180,3 +180,17 @@ def test_the_cli_edge_shows_any_user_error_with_its_exit_code() -> None:
     assert describe(ValueError("a bug")) is None
     assert translate(ValueError("a bug"), program="phi3v-data").message.startswith(
         "unexpected error: ValueError: a bug")
+
+
+@pytest.mark.parametrize(("text", "missing", "hint"), [
+    ("\nAutoImageProcessor requires the Torchvision library but it was not found in your environment.",
+     "torchvision", "pip install 'phi3v[train]'"),
+    ("Using `bitsandbytes` 4-bit quantization requires bitsandbytes: `pip install -U bitsandbytes>=0.46.1`",
+     "bitsandbytes", "pip install 'phi3v[qlora]'"),
+    ("FlashAttention2 has been toggled on, but it cannot be used: the package flash_attn seems to be not installed.",
+     "flash_attn", "pip install 'phi3v[flash]'"),
+])
+def test_an_import_error_without_a_module_name_names_the_package_its_text_names(text: str, missing: str,
+                                                                                hint: str) -> None:
+    error = describe(ImportError(text))
+    assert (error.message, error.exit_code) == (f"{missing} is not installed, and this command needs it: {hint}", 2)

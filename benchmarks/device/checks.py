@@ -38,14 +38,16 @@ BF16_FLOOR = 1e-2
 
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "pydantic", "pydantic-core",
-            "bitsandbytes", "flash-attn", "deepspeed", "numpy", "pillow", "click", "rich", "pyyaml", "tensorboard")
+            "bitsandbytes", "flash-attn", "deepspeed", "numpy", "pillow", "click", "rich", "pyyaml", "tensorboard",
+            "huggingface-hub")
 
 
 class CheckFailed(Exception):
     """The check ran and found a problem; the message is the row's reason."""
 
 
-MODULES = {"pydantic-core": "pydantic_core", "flash-attn": "flash_attn", "pillow": "PIL", "pyyaml": "yaml"}
+MODULES = {"pydantic-core": "pydantic_core", "flash-attn": "flash_attn", "pillow": "PIL", "pyyaml": "yaml",
+           "huggingface-hub": "huggingface_hub"}
 
 
 def _version(name: str) -> str | None:

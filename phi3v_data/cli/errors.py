@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -95,8 +96,10 @@ def describe(exc: BaseException) -> CliError | None:
     if weights:
         return CliError(f"cannot load the model: {weights}")
     if isinstance(exc, ImportError):
-        # transformers raises ImportError("… requires bitsandbytes …") without a module name: find it in the text
-        name = exc.name or next((module for module in EXTRAS if module in str(exc)), None)
+        # transformers raises ImportError("… requires the Torchvision library …") without a module name: find it in
+        # the text, as a whole word and the longest name first (torchvision is not torch)
+        name = exc.name or next((module for module in sorted(EXTRAS, key=len, reverse=True)
+                                 if re.search(rf"\b{module}\b", str(exc), re.IGNORECASE)), None)
         missing = name.split(".")[0] if name else _first_line(exc)
         return CliError(f"{missing} is not installed, and this command needs it: {install_hint(name)}", 2)
     if isinstance(exc, OSError):

@@ -7,7 +7,11 @@ Importing this package registers ``model_type "phi3_v"`` with ``AutoConfig``, ``
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+
+# From its own module: transformers 5.17 (the GPU machine's) resolves the top-level name to a placeholder that demands
+# torchvision, which phi3v does not use.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_phi3v import Phi3VConfig
 from .image_processing_phi3v import Phi3VImageProcessor

@@ -37,6 +37,7 @@ from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 from phi3v_data.tokens import grid_tokens
 from schemas.errors import UserError
 
+from .compat import CACHE, output_cache
 from .configuration_phi3v import Phi3VConfig
 from .files import REMOTE_CODE_FILES, checkpoint_dir, copy_files, plain_permissions, resolve_file
 
@@ -243,6 +244,8 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        if "past_key_values" in kwargs:  # the older name (transformers <= 5.17)
+            cache = kwargs.pop("past_key_values")
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -251,7 +254,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
             self,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            **{CACHE: cache},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -403,7 +406,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        if "past_key_values" in kwargs:  # the pre-5.x name, still used by some callers
+        if "past_key_values" in kwargs:  # the older name (transformers <= 5.17 and its generate())
             cache = kwargs.pop("past_key_values")
         outputs = self.model(
             input_ids=input_ids,
@@ -419,7 +422,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         if labels is not None and self.training:
             logits, loss = self._labelled_logits_and_loss(hidden_states, labels, kwargs.get("num_items_in_batch"))
-            return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+            return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: output_cache(outputs)},
                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
@@ -432,7 +435,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **{CACHE: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -148,6 +148,23 @@ def test_generate_greedy_equals_manual_loop(processor, model) -> None:
     assert torch.equal(generated, ids)
 
 
+def test_generate_reuses_the_key_value_cache(processor, model) -> None:
+    """After the prompt, each step feeds one new token: the cache travels under the installed transformers' name."""
+    batch = processor(PROMPT_1, [Image.new("RGB", (120, 90), (30, 60, 90))])
+    fed: list[int] = []
+
+    def record(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        fed.append(ids.shape[1])
+
+    handle = model.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model.generate(**batch, max_new_tokens=4, do_sample=False, eos_token_id=None, use_cache=True)
+    finally:
+        handle.remove()
+    assert fed == [batch["input_ids"].shape[1], 1, 1, 1]
+
+
 def test_left_padded_batched_generate_matches_single(processor, model) -> None:
     images = [[Image.new("RGB", (120, 90), (30, 60, 90))], []]
     batch = processor([PROMPT_1, PROMPT_0], images, padding_side="left")
