@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import traceback
 from array import array
 from collections import Counter, deque
@@ -45,6 +44,7 @@ from phi3v_data.io import (
     OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
 from phi3v_data.splits import Carved
+from phi3v_data.workers import start_worker
 from schemas import Record
 from schemas.errors import first_validation_line
 from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, split_file_name
@@ -89,16 +89,7 @@ def _init_pool_worker(converter: Converter, writer: ImageWriter, parent: int) ->
     elsewhere each task checks the parent)."""
     global _PARENT
     _PARENT = parent
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
+    start_worker(parent)
     _init_worker(converter, writer)
 
 

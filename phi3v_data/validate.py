@@ -39,6 +39,7 @@ from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspe
                                       length_problem, raw_text_problems, schema_problems)
 from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
+from phi3v_data.workers import start_worker
 from schemas import BINARY_ANSWERS, Record
 from schemas.errors import utf8_error
 from schemas.layout import images_beside
@@ -213,8 +214,9 @@ def _count(stats: Stats, checked: Checked) -> None:
 _WORKER: RecordChecker | None = None
 
 
-def _start_worker(config: CheckConfig) -> None:
+def _start_worker(config: CheckConfig, parent: int) -> None:
     global _WORKER  # noqa: PLW0603 - one checker per worker process, with its own directory caches
+    start_worker(parent)
     if _WORKER is None or _WORKER.config != config:  # a forked worker inherits the parent's warm checker
         _WORKER = RecordChecker(config)
 
@@ -248,7 +250,7 @@ def _chunk_results(path: Path, config: CheckConfig, *, workers: int, progress: C
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     _WORKER = checker
     try:
-        pool = multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config,))
+        pool = multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config, os.getpid()))
     finally:
         _WORKER = None
     with pool:

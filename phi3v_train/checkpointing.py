@@ -212,8 +212,14 @@ class PreemptionCallback(TrainerCallback):
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Put the old handler back; also called when training raises, which skips ``on_train_end`` (a handler left
+        behind would swallow every later SIGTERM, and a worker forked later would survive its pool's terminate)."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
+            self._previous = None
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         if any_rank(self.requested):

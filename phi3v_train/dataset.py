@@ -271,9 +271,9 @@ def preflight(
     from phi3v_data.validate import validate_files  # noqa: PLC0415 - the validator is only needed when asked for
 
     files = split_files(data_dir, split)
-    # half the cores, so on 2 cores no worker is forked: a fork of the training process (torch and tracker threads
-    # running) hung the pre-flight's worker in CI
-    workers = workers or max(1, min(8, available_cpus() // 2))
+    # every core (up to 8): nothing else runs yet. Its workers take SIGTERM's default back (phi3v_data.workers), so
+    # one forked while a run's "save, then stop" handler was left installed no longer outlives its pool.
+    workers = workers or max(1, min(8, available_cpus()))
     if deep is None:
         deep = _tree_bytes(images_dir(data_dir), limit=DEEP_PREFLIGHT_BYTES) <= DEEP_PREFLIGHT_BYTES
     markers = [folder / CACHE_DIR / f"preflight-{split}-{'deep' if deep else 'header'}.json"

@@ -40,6 +40,7 @@ from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, atomic_write, parse_json, resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
+from phi3v_data.workers import start_worker
 from phi3v_train.token_count import TokenCounter
 from schemas import Record
 
@@ -134,6 +135,11 @@ def _init(job: _Job) -> None:
     global _JOB
     header = functools.lru_cache(maxsize=65536)(lambda rel: check_image(resolve_inside(job.images_root, rel)))
     _JOB = dataclasses.replace(job, header=header, counts={})
+
+
+def _init_worker(job: _Job, parent: int) -> None:
+    start_worker(parent)
+    _init(job)
 
 
 def _parse(raw: bytes) -> Record | str | None:
@@ -384,7 +390,8 @@ def _measure_in_pool(files: Sequence[Path], tasks: list[tuple[int, int, int]], j
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children would warn and turn it off anyway
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init, initargs=(job,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(job, os.getpid())) as pool:
         pending: dict[Future, int] = {}
         queue = list(enumerate(tasks))[::-1]
         while queue or pending:

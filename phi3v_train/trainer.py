@@ -368,8 +368,11 @@ def load_checkpoint(trainer: Trainer, checkpoint: Path) -> None:
 
 
 def close_callbacks(trainer: Trainer) -> None:
-    """Flush what the callbacks hold open (the progress bar, TensorBoard's writer) once training returns."""
+    """Flush what the callbacks hold open (the progress bar, TensorBoard's writer) and give SIGTERM back once training
+    returns or raises."""
     for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ckpt.PreemptionCallback):
+            callback.restore()
         if isinstance(callback, ProgressLog):
             callback.close()
         if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:

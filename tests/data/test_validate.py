@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -462,3 +464,22 @@ def test_bos_follows_tokenizer_config(data: Path, processor: Path) -> None:
     path = write(data / "d.jsonl", record(images=["sq.png"]))
     report = validate_file(path, lengths=LengthSpec(num_crops=1, processor=processor))
     assert report.stats.lengths == {322: 1}  # 324 less the two BOS
+
+
+def test_parallel_workers_end_even_when_the_parent_swallows_sigterm(data: Path) -> None:
+    """A pool worker forked while a handler that ignores SIGTERM is installed (the trainer's "save, then stop") must
+    still end when its pool is terminated; it used to survive, and the parent waited for it forever."""
+    rows = [record(f"r{i}", images=["a/x.png"]) for i in range(400)]
+    path = write(data / "d.jsonl", *rows)
+    script = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *_: None)\n"
+        "import phi3v_data.validate as v\n"
+        "v.BLOCK_BYTES = 300\n"
+        "for _ in range(20):  # the worker that hung was one the pool's terminate caught waiting for work\n"
+        "    report = v.validate_file(sys.argv[1], workers=4)\n"
+        "print(report.stats.records, report.valid)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert (proc.returncode, proc.stdout) == (0, "400 True\n"), proc.stderr

@@ -84,8 +84,10 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
 
     monkeypatch.setattr(Phi3VForCausalLM, "forward", poisoned)
     config = load_config(flags=run_flags(dataset, tiny_model, tmp_path / "run", save_every=2, max_steps=6))
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunError) as caught:
         run(config)
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's "save, then stop" handler went with it
     good = tmp_path / "run" / "checkpoint-2"
     assert f"loss is nan at optimizer step 3; the last good checkpoint is {good}" in str(caught.value)
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
