@@ -47,7 +47,7 @@ from phi3v_data.splits import Carved
 from phi3v_data.workers import start_worker
 from schemas import Record
 from schemas.errors import first_validation_line
-from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, split_file_name
+from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, failures_path, split_file_name
 from schemas.layout import manifest_path as manifest_path_of
 
 JOURNAL_DIR = ".partial"
@@ -606,7 +606,7 @@ def _assemble(converter: Converter, plan: PlanStream, journal: Journal, *, out: 
     with _SplitFiles(out, name) as files:
         _write_records(converter, plan, journal, files, failures, result)
     result.files, result.counts, result.images = files.paths, files.counts, files.images
-    write_jsonl(out / FAILURES_REPORT, [asdict(f) for f in failures])
+    write_jsonl(failures_path(out), [asdict(f) for f in failures])
     result.failures = failures
     write_json(out / MANIFEST, _manifest(converter, result, params=params, digest=digest))
     if not failures:  # while failures remain, the journal stays: a rerun retries them and reuses the rest

@@ -19,7 +19,7 @@ from phi3v_data.convert import RunResult, run_converter
 from phi3v_data.converter import Converter, ConvertUsageError
 from phi3v_data.plugins import PluginError, converter_entry_points, load_converter
 from schemas.errors import validation_problems
-from schemas.layout import FAILURES_REPORT
+from schemas.layout import FAILURES_REPORT, failures_path
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
@@ -99,10 +99,10 @@ def _build_command(name: str, cls: type[Converter]) -> click.Command:
                 where = f"{failure.file}:{failure.line}" if failure.line else failure.file
                 console.print(f"  [red]failed[/] {escape(where)}: {escape(failure.reason)}")
             if len(result.failures) > 10:
-                console.print(f"  … and {len(result.failures) - 10} more in {escape(str(out / FAILURES_REPORT))}")
+                console.print(f"  … and {len(result.failures) - 10} more in {escape(str(failures_path(out)))}")
         if not sum(result.counts.values()):
             raise click.ClickException(
-                f"no records were written: all {len(result.failures)} input(s) failed (see {out / FAILURES_REPORT}); "
+                f"no records were written: all {len(result.failures)} input(s) failed (see {failures_path(out)}); "
                 "fix them and rerun the same command, which retries only the failures"
             )
         if result.failures and strict:

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from phi3v_train.model import Phi3VForCausalLM
+from phi3v_train.model.compat import enable_checkpointing
 from phi3v_train.model.modeling_phi3v import merge_image_features
 
 PROMPT_1 = "<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\n"
@@ -189,7 +190,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(processor, model) -> No
 
     model.train()
     plain = grads()
-    model.gradient_checkpointing_enable()
+    enable_checkpointing(model)
     clip_layer = model.model.vision_embed_tokens.img_processor.vision_model.encoder.layers[0]
     assert clip_layer.gradient_checkpointing and model.model.layers[0].gradient_checkpointing
     checkpointed = grads()

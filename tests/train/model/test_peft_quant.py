@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from phi3v_train.model import QUANT_SKIP_MODULES, Phi3VForCausalLM
+from phi3v_train.model.compat import enable_checkpointing
 
 PROMPT = "<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\nA cat.<|end|>\n"
 TARGETS = [
@@ -30,7 +31,7 @@ def test_lora_trains_only_adapters_everywhere(processor, model, checkpointing: b
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
     lora = peft.get_peft_model(model, config)
     if checkpointing:
-        lora.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(lora)
     lora.train()
     trainable = {name for name, parameter in lora.named_parameters() if parameter.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
