@@ -7,7 +7,7 @@
 #
 #   benchmarks/device/prepare.sh                       # pydantic & co., plus bitsandbytes when it fits
 #   NO_BITSANDBYTES=1 benchmarks/device/prepare.sh     # leave bitsandbytes (41 MiB) behind: no QLoRA row
-#   EXTRA="peft accelerate" benchmarks/device/prepare.sh   # also carry these at the locked versions
+#   EXTRA="safetensors" benchmarks/device/prepare.sh   # also carry these at the locked versions
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,8 +15,9 @@ PY=${PY:-python3}
 LOCK=requirements/lock-py312.txt
 DEST=benchmarks/device/wheels
 LIMIT_MIB=${LIMIT_MIB:-64}
-# pydantic and what it needs: the target has none of them at the versions pydantic 2 asks for
-NEEDED="pydantic pydantic-core annotated-types typing-inspection typing-extensions ${EXTRA:-}"
+# pydantic and what it needs (the target has none of them at the versions pydantic 2 asks for), and peft at the
+# version the tests pair with the image's transformers (requirements/gpu-image.txt; the image's own peft is unread)
+NEEDED="pydantic pydantic-core annotated-types typing-inspection typing-extensions peft ${EXTRA:-}"
 OPTIONAL=bitsandbytes
 [[ -n "${NO_BITSANDBYTES:-}" ]] && OPTIONAL=
 
