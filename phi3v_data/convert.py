@@ -44,7 +44,7 @@ from phi3v_data.io import (
     OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
 from phi3v_data.splits import Carved
-from phi3v_data.workers import start_worker
+from phi3v_data.workers import start_worker, stop_pool
 from schemas import Record
 from schemas.errors import first_validation_line
 from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, failures_path, split_file_name
@@ -562,7 +562,7 @@ def _pool_run(converter: Converter, writer: ImageWriter, items: Iterator[Item],
             for result in future.result():
                 record(result)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+import signal
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -483,3 +485,60 @@ def test_parallel_workers_end_even_when_the_parent_swallows_sigterm(data: Path) 
     proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert (proc.returncode, proc.stdout) == (0, "400 True\n"), proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="finds the pool's workers through /proc")
+def test_ctrl_c_during_a_parallel_validate_ends_it_with_130_and_one_line(data: Path) -> None:
+    """Ctrl-C reaches every process of the group; a worker interrupted inside the pool's queue used to leave its lock
+    taken, and the command then hung instead of exiting."""
+    path = data / "d.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(300_000):
+            handle.write(json.dumps({"id": f"r{i}", "conversations": [{"user": "q " * 20, "assistant": "a"}]}) + "\n")
+    script = ("import signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # a background shell may ignore SIGINT
+              "import phi3v_data.validate as v\n"
+              "from phi3v_data.cli import main\n"
+              "main(['validate', sys.argv[1], '--workers', '3'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "validate finished before the pool could be interrupted"
+        time.sleep(0.5)  # the workers are taking blocks from the queue
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (proc.returncode, output.strip().splitlines()[-1]) == (130, "Error: interrupted"), output
+    assert "Traceback" not in output
+
+
+def test_validate_pool_workers_leave_ctrl_c_to_the_parent_and_die_on_terminate(data: Path) -> None:
+    import multiprocessing
+
+    from phi3v_data.validate import CheckConfig, _start_worker
+
+    config = CheckConfig(data / "images", "header", None)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as a run's "save, then stop" handler would be
+    try:
+        with multiprocessing.get_context("fork").Pool(1, _start_worker, (config, os.getpid())) as pool:
+            seen = [pool.apply(signal.getsignal, (number,)) for number in (signal.SIGINT, signal.SIGTERM)]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIG_IGN, signal.SIG_DFL]

@@ -1,0 +1,48 @@
+"""phi3v_data.workers: pool workers leave Ctrl-C to their parent, die on terminate, and are stopped, not waited for."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from phi3v_data.workers import start_worker, stop_pool
+
+
+def _dispositions() -> list[object]:
+    return [signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)]
+
+
+def _mark_then_sleep(folder: str, seconds: float) -> None:
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    time.sleep(seconds)
+
+
+def test_a_worker_ignores_ctrl_c_and_takes_sigterms_default_whatever_its_parent_had() -> None:
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a run's "save, then stop" handler, inherited by fork
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=start_worker,
+                                 initargs=(os.getpid(),)) as pool:
+            assert pool.submit(_dispositions).result(timeout=60) == [signal.SIG_IGN, signal.SIG_DFL]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_stop_pool_ends_running_tasks_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=start_worker,
+                               initargs=(os.getpid(),))
+    for _ in range(2):
+        pool.submit(_mark_then_sleep, str(tmp_path), 600)
+    queued = pool.submit(open, str(tmp_path / "ran-the-queued-task"), "w")
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are in their task
+        time.sleep(0.05)
+    processes = list(pool._processes.values())
+    assert sorted(p.pid for p in processes) == sorted(int(p.name) for p in tmp_path.iterdir())
+    stop_pool(pool)  # returns once the workers are gone; a plain shutdown would wait ten minutes
+    assert [process.is_alive() for process in processes] == [False, False]
+    assert [process.exitcode for process in processes] == [-signal.SIGTERM] * 2
+    assert queued.done() and not (tmp_path / "ran-the-queued-task").exists()  # cancelled, or broken with the pool
