@@ -163,8 +163,8 @@ def prepare_model(checkpoint: Path, strategy: Strategy, attention: Attention, *,
                   gradient_checkpointing: bool) -> object:
     """Load the checkpoint and choose its trainable parameters exactly as ``phi3v-train run`` does."""
     from phi3v_train.config import TrainConfig
-    from phi3v_train.strategies import apply_strategy, load_base_model
     from phi3v_train.model.compat import enable_checkpointing
+    from phi3v_train.strategies import apply_strategy, load_base_model
 
     config = TrainConfig(
         data=checkpoint, model=str(checkpoint), output=checkpoint, strategy=strategy, attention=attention,

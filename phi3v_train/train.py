@@ -38,9 +38,9 @@ from phi3v_train import checkpointing as ckpt
 from phi3v_train import run_dir as rundir
 from phi3v_train.collator import Collator
 from phi3v_train.config import TrainConfig, write_config
-from phi3v_train.model.compat import checkpointing_arguments
 from phi3v_train.dataset import SampleDataset, SplitSummary, load_mixture, preflight, source_names
 from phi3v_train.distributed import barrier, from_main, is_distributed, is_main, world
+from phi3v_train.model.compat import checkpointing_arguments
 from phi3v_train.model.processing_phi3v import TextEncoder, text_encoding
 from phi3v_train.run_dir import RunError
 from phi3v_train.sampler import LengthGroupedSampler, MixtureSampler, mixture_quotas

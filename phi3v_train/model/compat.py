@@ -28,15 +28,18 @@ def output_cache(outputs: Any) -> Any:
     return getattr(outputs, CACHE, None)
 
 
+# What checkpointing is called: "activation" (later 5.x) or "gradient" (5.17 and before), in TrainingArguments and in
+# the model's ``*_checkpointing_enable`` method alike.
+CHECKPOINTING = "activation" if "activation_checkpointing" in _fields(TrainingArguments) else "gradient"
+
+
 def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
     """``TrainingArguments`` keywords that turn activation (gradient) checkpointing on, non-reentrant."""
-    prefix = "activation" if "activation_checkpointing" in _fields(TrainingArguments) else "gradient"
-    return {f"{prefix}_checkpointing": enabled, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+    return {f"{CHECKPOINTING}_checkpointing": enabled,
+            f"{CHECKPOINTING}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 def enable_checkpointing(model: Any) -> None:
-    """Turn on non-reentrant activation checkpointing with whichever method the installed release names."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Turn on non-reentrant activation checkpointing with the method the installed release names."""
+    enable = getattr(model, f"{CHECKPOINTING}_checkpointing_enable")
+    enable(**{f"{CHECKPOINTING}_checkpointing_kwargs": {"use_reentrant": False}})
