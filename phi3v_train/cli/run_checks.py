@@ -95,6 +95,10 @@ def _check_extras(config: TrainConfig) -> list[str]:
     if config.deepspeed:
         needed.append(("deepspeed", f"--deepspeed {config.deepspeed}"))
     needed += [(name, f"--report-to {name}") for name in config.report_to if name in ("wandb", "mlflow")]
+    if "tensorboard" in config.report_to:
+        needed.append(("tensorboard", "--report-to tensorboard"))
+    elif config.tensorboard:  # on by default; unchecked, it failed after the model loaded and --overwrite deleted
+        needed.append(("tensorboard", "--tensorboard (on by default; --no-tensorboard turns it off)"))
     return [f"{flag} needs {module}, which is not installed: {install_hint(module)}"
             for module, flag in needed if importlib.util.find_spec(module) is None]
 

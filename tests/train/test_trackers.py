@@ -112,3 +112,29 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(
                                               "--report-to", "wandb"])
     assert result.exit_code == 2
     assert "--report-to wandb needs wandb, which is not installed: pip install 'phi3v[wandb]'" in result.output
+
+
+@pytest.mark.parametrize("asked", ["by default", "--report-to"])
+def test_a_missing_tensorboard_is_refused_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: str
+) -> None:
+    """TensorBoard is on by default; without the package, the run used to fail only after the model had loaded (and
+    after --overwrite had deleted the earlier run)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    flags = run_flags(write_dataset(tmp_path / "data"), tmp_path / "m", tmp_path / "run")
+    if asked == "by default":
+        del flags["tensorboard"]
+        expected = "--tensorboard (on by default; --no-tensorboard turns it off) needs tensorboard"
+    else:
+        flags["report_to"] = "tensorboard"
+        expected = "--report-to tensorboard needs tensorboard"
+    earlier = tmp_path / "run" / "log.jsonl"
+    earlier.parent.mkdir()
+    earlier.write_text('{"step": 1, "loss": 1.0}\n')
+    result = CliRunner().invoke(run_command, [*cli_args(flags), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert f"{expected}, which is not installed: pip install 'phi3v[train]'" in " ".join(result.output.split())
+    assert earlier.read_text() == '{"step": 1, "loss": 1.0}\n'
