@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import multiprocessing.pool
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -39,7 +39,7 @@ from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspe
                                       length_problem, raw_text_problems, schema_problems)
 from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
-from phi3v_data.workers import start_worker
+from phi3v_data.workers import start_worker, stop_pool
 from schemas import BINARY_ANSWERS, Record
 from schemas.errors import utf8_error
 from schemas.layout import images_beside
@@ -248,27 +248,35 @@ def _chunk_results(path: Path, config: CheckConfig, *, workers: int, progress: C
         yield lines, check_chunk(checker, lines)
     global _WORKER  # noqa: PLW0603
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    _WORKER = checker
+    # A multiprocessing.Pool hung on Ctrl-C: terminate() killed a worker while it sent a result, holding the queue's
+    # lock that the pool's own thread then waited for. stop_pool ends an executor's workers without that wait.
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context(method),
+                               initializer=_start_worker, initargs=(config, os.getpid()))
+    _WORKER = checker  # forked at the first submit, the workers inherit its warm directory listings
     try:
-        pool = multiprocessing.get_context(method).Pool(workers - 1, _start_worker, (config, os.getpid()))
-    finally:
-        _WORKER = None
-    with pool:
         pending: deque = deque()
         for index, (first_line, offset, data) in enumerate(blocks):
             mine = index % workers == 0
-            job = None if mine else pool.apply_async(_worker_block, (path, first_line, offset, len(data)))
+            job = None if mine else pool.submit(_worker_block, path, first_line, offset, len(data))
+            if job is not None:
+                _WORKER = None
             pending.append((first_line, data, job))
             while len(pending) > 2 * workers:
                 yield _block_result(checker, *pending.popleft())
         while pending:
             yield _block_result(checker, *pending.popleft())
+    except BaseException:  # Ctrl-C, an error, or a reader that stopped early: the running blocks are not waited for
+        stop_pool(pool)
+        raise
+    finally:
+        _WORKER = None
+    pool.shutdown()
 
 
-def _block_result(checker: RecordChecker, first_line: int, data: bytes, job: multiprocessing.pool.AsyncResult | None
+def _block_result(checker: RecordChecker, first_line: int, data: bytes, job: Future[ChunkResult] | None
                   ) -> tuple[list[tuple[int, bytes]], ChunkResult]:
     lines = _lines(first_line, data)
-    return lines, job.get() if job is not None else check_chunk(checker, lines)
+    return lines, job.result() if job is not None else check_chunk(checker, lines)
 
 
 class _Collector:

@@ -531,14 +531,16 @@ def test_ctrl_c_during_a_parallel_validate_ends_it_with_130_and_one_line(data: P
 
 def test_validate_pool_workers_leave_ctrl_c_to_the_parent_and_die_on_terminate(data: Path) -> None:
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from phi3v_data.validate import CheckConfig, _start_worker
 
     config = CheckConfig(data / "images", "header", None)
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as a run's "save, then stop" handler would be
     try:
-        with multiprocessing.get_context("fork").Pool(1, _start_worker, (config, os.getpid())) as pool:
-            seen = [pool.apply(signal.getsignal, (number,)) for number in (signal.SIGINT, signal.SIGTERM)]
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                                 initargs=(config, os.getpid())) as pool:  # the pool validate_file starts
+            seen = [pool.submit(signal.getsignal, number).result() for number in (signal.SIGINT, signal.SIGTERM)]
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIG_IGN, signal.SIG_DFL]
