@@ -44,7 +44,7 @@ from phi3v_data.io import (
     OutputOverlapError, atomic_write, check_output_apart, check_output_name, dumps_utf8, write_json, write_jsonl,
 )
 from phi3v_data.splits import Carved
-from phi3v_data.workers import start_worker, stop_pool
+from phi3v_data.workers import running, start_worker
 from schemas import Record
 from schemas.errors import first_validation_line
 from schemas.layout import FAILURES_REPORT, IMAGES_DIR, MANIFEST, REPORTS_DIR, failures_path, split_file_name
@@ -547,9 +547,8 @@ def _label(converter: Converter, todo: _Todo) -> str:
 def _pool_run(converter: Converter, writer: ImageWriter, items: Iterator[Item],
               record: Callable[[tuple[str, list[dict] | None, dict | None]], None], *, workers: int) -> None:
     """Worker processes convert chunks of items; a bounded number of tasks is in flight (memory stays flat)."""
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
-                               initargs=(converter, writer, os.getpid()))
-    try:
+    with running(ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
+                                     initargs=(converter, writer, os.getpid()))) as pool:
         pending: set[Future] = set()
         for chunk in _stream_chunks(items, workers):
             pending.add(pool.submit(_run_items, chunk))
@@ -561,10 +560,6 @@ def _pool_run(converter: Converter, writer: ImageWriter, items: Iterator[Item],
         for future in pending:
             for result in future.result():
                 record(result)
-    except BaseException:
-        stop_pool(pool)
-        raise
-    pool.shutdown()
 
 
 def _stream_chunks(items: Iterator[Item], workers: int) -> Iterator[list[Item]]:

@@ -39,7 +39,7 @@ from phi3v_data.record_checks import (LengthSpec, LengthSpecError, Problem, aspe
                                       length_problem, raw_text_problems, schema_problems)
 from phi3v_data.io import atomic_write, parse_json
 from phi3v_data.report import Finding, Stats, ValidationReport
-from phi3v_data.workers import start_worker, stop_pool
+from phi3v_data.workers import running, start_worker
 from schemas import BINARY_ANSWERS, Record
 from schemas.errors import utf8_error
 from schemas.layout import images_beside
@@ -252,25 +252,20 @@ def _chunk_results(path: Path, config: CheckConfig, *, workers: int, progress: C
     # lock that the pool's own thread then waited for. stop_pool ends an executor's workers without that wait.
     pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context(method),
                                initializer=_start_worker, initargs=(config, os.getpid()))
-    _WORKER = checker  # forked at the first submit, the workers inherit its warm directory listings
+    _WORKER = checker  # forked when tasks are submitted, the workers inherit its warm directory listings
     try:
-        pending: deque = deque()
-        for index, (first_line, offset, data) in enumerate(blocks):
-            mine = index % workers == 0
-            job = None if mine else pool.submit(_worker_block, path, first_line, offset, len(data))
-            if job is not None:
-                _WORKER = None
-            pending.append((first_line, data, job))
-            while len(pending) > 2 * workers:
+        with running(pool):
+            pending: deque = deque()
+            for index, (first_line, offset, data) in enumerate(blocks):
+                mine = index % workers == 0
+                job = None if mine else pool.submit(_worker_block, path, first_line, offset, len(data))
+                pending.append((first_line, data, job))
+                while len(pending) > 2 * workers:
+                    yield _block_result(checker, *pending.popleft())
+            while pending:
                 yield _block_result(checker, *pending.popleft())
-        while pending:
-            yield _block_result(checker, *pending.popleft())
-    except BaseException:  # Ctrl-C, an error, or a reader that stopped early: the running blocks are not waited for
-        stop_pool(pool)
-        raise
     finally:
         _WORKER = None
-    pool.shutdown()
 
 
 def _block_result(checker: RecordChecker, first_line: int, data: bytes, job: Future[ChunkResult] | None

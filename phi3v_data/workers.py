@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 
 def start_worker(parent: int) -> None:
@@ -49,3 +51,15 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     # broken pool and exits.
     if results is not None and all(process.exitcode is not None for process in processes):
         results._writer.close()
+
+
+@contextmanager
+def running(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
+    """``with running(ProcessPoolExecutor(...)) as pool:`` shuts the pool down as usual when the block ends, and stops
+    it (:func:`stop_pool`) when the block raises: Ctrl-C, SIGTERM's stop, a failed task, or a generator closed early."""
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()

@@ -40,7 +40,7 @@ from phi3v_data.images import ImageProblem, check_image
 from phi3v_data.io import UnsafePathError, atomic_write, parse_json, resolve_inside
 from phi3v_data.prompt import DEFAULT_FORMAT, PromptFormat, encode_record
 from phi3v_data.tokens import elongation_problem, num_image_tokens
-from phi3v_data.workers import start_worker, stop_pool
+from phi3v_data.workers import running, start_worker
 from phi3v_train.token_count import TokenCounter
 from schemas import Record
 
@@ -390,9 +390,8 @@ def _measure_in_pool(files: Sequence[Path], tasks: list[tuple[int, int, int]], j
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children would warn and turn it off anyway
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                               initargs=(job, os.getpid()))
-    try:
+    with running(ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(job, os.getpid()))) as pool:
         pending: dict[Future, int] = {}
         queue = list(enumerate(tasks))[::-1]
         while queue or pending:
@@ -402,10 +401,6 @@ def _measure_in_pool(files: Sequence[Path], tasks: list[tuple[int, int, int]], j
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 record(pending.pop(future), future.result())
-    except BaseException:  # Ctrl-C, SIGTERM's stop or a failed range: the running ranges are not waited for
-        stop_pool(pool)
-        raise
-    pool.shutdown()
 
 
 def _merge(files: Sequence[Path], tasks: list[tuple[int, int, int]], results: list[dict[str, Any] | None]) -> Measured:
